@@ -1,0 +1,85 @@
+"""Method options for low-rank compression, as a small YAML-friendly dataclass."""
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional
+
+import yaml
+
+ATTENTION_MODES = ("auto", "reduced", "dense")
+
+
+@dataclass
+class LowRankConfig:
+    """How to pick ranks and which layers to touch.
+
+    Every field is a key of the ``--lowrank_config`` YAML.
+    """
+
+    theta_attention: float = field(
+        default=0.99, metadata={"help": "explained variance kept by attention projections"}
+    )
+    theta_feed_forward: float = field(
+        default=0.999, metadata={"help": "explained variance kept by feed-forward layers"}
+    )
+    rank_multiple: int = field(
+        default=16, metadata={"help": "ranks are rounded up to a multiple of this"}
+    )
+    keep_dense_if_no_savings: bool = field(
+        default=True,
+        metadata={"help": "leave a layer dense when k (d_in + d_out) >= d_in d_out"},
+    )
+    target_modules: Optional[str] = field(
+        default=None,
+        metadata={"help": "regex (fullmatch) over encoder module names; default: the family's"},
+    )
+    exclude_modules: List[str] = field(
+        default_factory=list, metadata={"help": "regexes of module names to leave dense"}
+    )
+    rank_pattern: Dict[str, int] = field(
+        default_factory=dict, metadata={"help": "regex -> fixed rank, overriding θ"}
+    )
+    attention: str = field(
+        default="auto",
+        metadata={"help": "auto | reduced | dense: how self-attention is computed"},
+    )
+    num_calib: Optional[int] = field(
+        default=None, metadata={"help": "use at most this many calibration utterances"}
+    )
+    batch_size: int = field(default=4, metadata={"help": "calibration batch size"})
+
+    def __post_init__(self):
+        for name in ("theta_attention", "theta_feed_forward"):
+            value = getattr(self, name)
+            if not 0.0 < value <= 1.0:
+                raise ValueError(f"{name} must be in (0, 1], got {value}")
+        if self.rank_multiple < 1:
+            raise ValueError(f"rank_multiple must be >= 1, got {self.rank_multiple}")
+        if self.attention not in ATTENTION_MODES:
+            raise ValueError(f"attention must be one of {ATTENTION_MODES}, got {self.attention!r}")
+        for pattern, rank in self.rank_pattern.items():
+            if int(rank) < 1:
+                raise ValueError(f"rank_pattern[{pattern!r}] must be >= 1, got {rank}")
+        if self.num_calib is not None and self.num_calib < 1:
+            raise ValueError(f"num_calib must be >= 1, got {self.num_calib}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "LowRankConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown low-rank config keys {unknown}; known: {sorted(known)}")
+        return cls(**values)
+
+    @classmethod
+    def from_yaml(cls, path: str) -> "LowRankConfig":
+        with open(path, encoding="utf-8") as f:
+            values = yaml.safe_load(f) or {}
+        if not isinstance(values, dict):
+            raise ValueError(f"{path}: expected a mapping of options")
+        return cls.from_dict(values)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)

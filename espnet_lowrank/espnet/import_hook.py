@@ -1,0 +1,52 @@
+"""An opt-in import hook: once ``espnet2.tasks.asr`` is imported anywhere, the
+plugin registers itself, so plain ``python -m espnet2.bin.asr_inference``
+understands ``encoder: lowrank``.
+
+Installed as a ``.pth`` line by ``python -m espnet_lowrank.bin.install_hook``.
+It imports nothing from ESPnet on its own, and does nothing when ESPnet is
+absent (the watched module is then simply never imported).
+"""
+
+import importlib.abc
+import sys
+
+WATCHED = "espnet2.tasks.asr"
+
+
+class _RegisterAfterExec(importlib.abc.Loader):
+    def __init__(self, loader):
+        self._loader = loader
+
+    def create_module(self, spec):
+        return self._loader.create_module(spec)
+
+    def exec_module(self, module):
+        self._loader.exec_module(module)
+        from espnet_lowrank.espnet.registry import register_into
+
+        register_into(module)
+
+
+class EspnetAsrWatcher(importlib.abc.MetaPathFinder):
+    def find_spec(self, fullname, path, target=None):
+        if fullname != WATCHED:
+            return None
+        for finder in sys.meta_path:
+            if finder is self or not hasattr(finder, "find_spec"):
+                continue
+            spec = finder.find_spec(fullname, path, target)
+            if spec is not None and spec.loader is not None:
+                spec.loader = _RegisterAfterExec(spec.loader)
+                return spec
+        return None
+
+
+def install() -> None:
+    """Put the watcher on ``sys.meta_path`` (once)."""
+    if WATCHED in sys.modules:
+        from espnet_lowrank.espnet.registry import register_into
+
+        register_into(sys.modules[WATCHED])
+        return
+    if not any(isinstance(f, EspnetAsrWatcher) for f in sys.meta_path):
+        sys.meta_path.insert(0, EspnetAsrWatcher())

@@ -1,0 +1,42 @@
+"""Make ESPnet's ASR task know this plugin's classes, without modifying ESPnet.
+
+``register()`` adds entries to the ``ClassChoices`` registries of
+``espnet2.tasks.asr``; it is idempotent. Classes are named by import path so
+that nothing heavy is imported until ESPnet itself asks.
+"""
+
+import importlib
+import logging
+
+logger = logging.getLogger(__name__)
+
+# choices-object name in espnet2.tasks.asr -> {yaml name: "module:Class"}
+PLUGIN_CLASSES = {
+    "encoder_choices": {
+        "lowrank": "espnet_lowrank.espnet.encoder:LowRankEncoder",
+        "whisper_local": "espnet_lowrank.whisper.espnet_whisper:LocalWhisperEncoder",
+    },
+    "decoder_choices": {
+        "whisper_local": "espnet_lowrank.whisper.espnet_whisper:LocalWhisperDecoder",
+    },
+}
+
+
+def _load(path: str):
+    module_name, class_name = path.split(":")
+    return getattr(importlib.import_module(module_name), class_name)
+
+
+def register_into(asr_task_module) -> None:
+    """Add the plugin's classes to an already imported ``espnet2.tasks.asr``."""
+    for choices_name, entries in PLUGIN_CLASSES.items():
+        choices = getattr(asr_task_module, choices_name)
+        for name, path in entries.items():
+            if name not in choices.classes:
+                choices.classes[name] = _load(path)
+    logger.debug("espnet_lowrank classes registered with espnet2.tasks.asr")
+
+
+def register() -> None:
+    """Register the plugin with ESPnet's ASR task (imports ESPnet)."""
+    register_into(importlib.import_module("espnet2.tasks.asr"))

@@ -1,0 +1,154 @@
+"""Two thin factors that stand in for one dense projection.
+
+``LowRankLinear`` replaces ``nn.Linear``; ``LowRankConv1d`` replaces a 1x1
+``nn.Conv1d`` (Conformer's pointwise convolutions). Both keep the children
+``down`` (d_in -> rank, no bias) and ``up`` (rank -> d_out, with the bias), so
+a layer ``...w_1`` becomes ``...w_1.down.weight`` / ``...w_1.up.weight`` /
+``...w_1.up.bias`` in the state dict.
+"""
+
+from typing import Optional
+
+import torch
+from torch import nn
+
+
+class LowRankLinear(nn.Module):
+    """y = up(down(x)) = W2 (W1 x) + b.
+
+    Args:
+        in_features: d_in.
+        out_features: d_out.
+        rank: k, the width of the bottleneck.
+        bias: whether ``up`` carries a bias.
+    """
+
+    def __init__(self, in_features: int, out_features: int, rank: int, bias: bool = True):
+        super().__init__()
+        if not 0 < rank <= min(in_features, out_features):
+            raise ValueError(
+                f"rank {rank} must be in [1, min(d_in={in_features}, d_out={out_features})]"
+            )
+        self.in_features = in_features
+        self.out_features = out_features
+        self.rank = rank
+        self.down = nn.Linear(in_features, rank, bias=False)
+        self.up = nn.Linear(rank, out_features, bias=bias)
+
+    @classmethod
+    def from_factors(
+        cls, w1: torch.Tensor, w2: torch.Tensor, bias: Optional[torch.Tensor]
+    ) -> "LowRankLinear":
+        """Build from W1 (k, d_in), W2 (d_out, k) and b (d_out,)."""
+        rank, d_in = w1.shape
+        d_out = w2.shape[0]
+        layer = cls(d_in, d_out, rank, bias=bias is not None)
+        with torch.no_grad():
+            layer.down.weight.copy_(w1)
+            layer.up.weight.copy_(w2)
+            if bias is not None:
+                layer.up.bias.copy_(bias)
+        return layer
+
+    @property
+    def bias(self) -> Optional[torch.Tensor]:
+        return self.up.bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.up(self.down(x))
+
+    def dense_weight(self) -> torch.Tensor:
+        """W2 @ W1, shape (d_out, d_in)."""
+        return self.up.weight @ self.down.weight
+
+    def to_dense(self) -> nn.Linear:
+        dense = nn.Linear(self.in_features, self.out_features, bias=self.up.bias is not None)
+        dense = dense.to(device=self.up.weight.device, dtype=self.up.weight.dtype)
+        with torch.no_grad():
+            dense.weight.copy_(self.dense_weight())
+            if self.up.bias is not None:
+                dense.bias.copy_(self.up.bias)
+        return dense
+
+    def extra_repr(self) -> str:
+        return f"{self.in_features} -> {self.rank} -> {self.out_features}"
+
+
+class LowRankConv1d(nn.Module):
+    """A 1x1 ``Conv1d`` as two 1x1 convolutions; input and output are (B, C, T)."""
+
+    def __init__(self, in_channels: int, out_channels: int, rank: int, bias: bool = True):
+        super().__init__()
+        if not 0 < rank <= min(in_channels, out_channels):
+            raise ValueError(
+                f"rank {rank} must be in [1, min(d_in={in_channels}, d_out={out_channels})]"
+            )
+        self.in_features = in_channels
+        self.out_features = out_channels
+        self.rank = rank
+        self.down = nn.Conv1d(in_channels, rank, kernel_size=1, bias=False)
+        self.up = nn.Conv1d(rank, out_channels, kernel_size=1, bias=bias)
+
+    @classmethod
+    def from_factors(
+        cls, w1: torch.Tensor, w2: torch.Tensor, bias: Optional[torch.Tensor]
+    ) -> "LowRankConv1d":
+        rank, d_in = w1.shape
+        d_out = w2.shape[0]
+        layer = cls(d_in, d_out, rank, bias=bias is not None)
+        with torch.no_grad():
+            layer.down.weight.copy_(w1.unsqueeze(-1))
+            layer.up.weight.copy_(w2.unsqueeze(-1))
+            if bias is not None:
+                layer.up.bias.copy_(bias)
+        return layer
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.up(self.down(x))
+
+    def dense_weight(self) -> torch.Tensor:
+        return self.up.weight[..., 0] @ self.down.weight[..., 0]
+
+    def to_dense(self) -> nn.Conv1d:
+        dense = nn.Conv1d(self.in_features, self.out_features, 1, bias=self.up.bias is not None)
+        dense = dense.to(device=self.up.weight.device, dtype=self.up.weight.dtype)
+        with torch.no_grad():
+            dense.weight.copy_(self.dense_weight().unsqueeze(-1))
+            if self.up.bias is not None:
+                dense.bias.copy_(self.up.bias)
+        return dense
+
+    def extra_repr(self) -> str:
+        return f"{self.in_features} -> {self.rank} -> {self.out_features} (1x1 conv)"
+
+
+def linear_weight_and_bias(layer: nn.Module):
+    """(W (d_out, d_in), b or None) of a dense ``nn.Linear`` or 1x1 ``nn.Conv1d``."""
+    if isinstance(layer, nn.Linear):
+        return layer.weight, layer.bias
+    if isinstance(layer, nn.Conv1d):
+        if layer.kernel_size != (1,) or layer.groups != 1:
+            raise TypeError(f"only 1x1 ungrouped Conv1d can be factored, got {layer}")
+        return layer.weight[..., 0], layer.bias
+    raise TypeError(
+        f"cannot factor {type(layer).__name__}; supported: nn.Linear, 1x1 nn.Conv1d"
+    )
+
+
+def lowrank_class_for(layer: nn.Module):
+    """The low-rank replacement class for a dense layer."""
+    if isinstance(layer, nn.Linear):
+        return LowRankLinear
+    if isinstance(layer, nn.Conv1d):
+        return LowRankConv1d
+    raise TypeError(
+        f"cannot factor {type(layer).__name__}; supported: nn.Linear, 1x1 nn.Conv1d"
+    )
+
+
+def layer_dims(layer: nn.Module):
+    """(d_in, d_out) of a dense or low-rank projection."""
+    if isinstance(layer, (LowRankLinear, LowRankConv1d)):
+        return layer.in_features, layer.out_features
+    w, _ = linear_weight_and_bias(layer)
+    return w.shape[1], w.shape[0]

