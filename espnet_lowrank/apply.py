@@ -1,0 +1,120 @@
+"""Swapping modules in place: dense projections -> low-rank factors, and
+attention -> rank-space attention. Module paths never change, so the
+state-dict keys follow from the plan (``...w_1.weight`` -> ``...w_1.down.weight``,
+``...w_1.up.weight``, ``...w_1.up.bias``).
+"""
+
+import logging
+from typing import Dict
+
+import torch
+from torch import nn
+
+from espnet_lowrank.factorize import Spectrum, factor_weights
+from espnet_lowrank.families.base import EncoderFamily
+from espnet_lowrank.modules.attention import attention_flops
+from espnet_lowrank.modules.lowrank_linear import (
+    LowRankConv1d,
+    LowRankLinear,
+    layer_dims,
+    linear_weight_and_bias,
+    lowrank_class_for,
+)
+
+logger = logging.getLogger(__name__)
+
+LOWRANK_TYPES = (LowRankLinear, LowRankConv1d)
+
+
+def set_submodule(root: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = root.get_submodule(parent_name) if parent_name else root
+    setattr(parent, child, new)
+
+
+def _planned_layer(encoder: nn.Module, name: str, rank: int) -> nn.Module:
+    try:
+        layer = encoder.get_submodule(name)
+    except AttributeError:
+        raise ValueError(
+            f"the plan names layer {name!r}, which the encoder does not have; "
+            "the low-rank config does not match this model"
+        ) from None
+    d_in, d_out = layer_dims(layer)
+    if not 0 < rank <= min(d_in, d_out):
+        raise ValueError(
+            f"rank {rank} for {name} is out of range for a {d_out}x{d_in} layer "
+            f"(max {min(d_in, d_out)})"
+        )
+    return layer
+
+
+def build_lowrank_layers_(encoder: nn.Module, ranks: Dict[str, int]) -> None:
+    """Replace each planned layer by an (uninitialized) low-rank layer of the
+    planned rank; the weights come later from a state dict."""
+    for name, rank in ranks.items():
+        layer = _planned_layer(encoder, name, rank)
+        if isinstance(layer, LOWRANK_TYPES):
+            raise ValueError(f"{name} is already low-rank")
+        w, _ = linear_weight_and_bias(layer)
+        # Always a bias: b′ = μ + V Vᵀ(b − μ) is non-zero even where b is absent.
+        new = lowrank_class_for(layer)(w.shape[1], w.shape[0], rank, bias=True)
+        set_submodule(encoder, name, new.to(device=w.device, dtype=w.dtype))
+
+
+def factorize_layers_(
+    encoder: nn.Module, ranks: Dict[str, int], spectra: Dict[str, Spectrum]
+) -> None:
+    """Replace each planned dense layer by its PCA factors."""
+    for name, rank in ranks.items():
+        layer = _planned_layer(encoder, name, rank)
+        w, b = linear_weight_and_bias(layer)
+        w1, w2, b_new = factor_weights(w, b, spectra[name], rank)
+        cast = dict(device=w.device, dtype=w.dtype)
+        new = lowrank_class_for(layer).from_factors(w1.to(**cast), w2.to(**cast), b_new.to(**cast))
+        set_submodule(encoder, name, new)
+
+
+def choose_attention_(
+    encoder: nn.Module, family: EncoderFamily, mode: str, frames: int
+) -> Dict[str, str]:
+    """Swap attention modules for the rank-space version where ``mode`` asks
+    for it ("reduced"), or where it needs fewer FLOPs over ``frames`` frames
+    ("auto"). Returns module name -> "reduced" | "dense"."""
+    chosen = {}
+    for name, attn in family.attention_modules(encoder).items():
+        query, key, value, out, n_head = family.attention_parts(attn)
+        if mode == "dense" or family.reduced_attention is None:
+            chosen[name] = "dense"
+            continue
+        if mode == "auto":
+            reduced = attention_flops(query, key, value, out, n_head, frames, reduced=True)
+            dense = attention_flops(query, key, value, out, n_head, frames, reduced=False)
+            if reduced >= dense:
+                chosen[name] = "dense"
+                continue
+        set_submodule(encoder, name, family.reduced_attention(attn))
+        chosen[name] = "reduced"
+    logger.info(
+        "attention: %d reduced, %d dense",
+        sum(v == "reduced" for v in chosen.values()),
+        sum(v == "dense" for v in chosen.values()),
+    )
+    return chosen
+
+
+def to_dense_(encoder: nn.Module) -> None:
+    """Multiply every low-rank layer back into one dense layer (in place)."""
+    for name, module in list(encoder.named_modules()):
+        if isinstance(module, LOWRANK_TYPES):
+            set_submodule(encoder, name, module.to_dense())
+
+
+@torch.no_grad()
+def linear_params(module: nn.Module) -> int:
+    """Parameters of all projections (nn.Linear, 1x1 Conv1d, low-rank layers) in ``module``."""
+    total = 0
+    for m in module.modules():
+        if isinstance(m, nn.Linear) or (isinstance(m, nn.Conv1d) and m.kernel_size == (1,)):
+            total += sum(p.numel() for p in m.parameters(recurse=False))
+    return total

@@ -1,0 +1,92 @@
+"""``encoder: lowrank`` — a dense ESPnet encoder with a low-rank plan applied.
+
+    encoder: lowrank
+    encoder_conf:
+      base: conformer          # any encoder name that ESPnet's ASR task knows
+      base_conf: {...}         # the dense encoder's original encoder_conf
+      plan: {encoders.0.feed_forward.w_1: 160, ...}
+      attention: auto          # auto | reduced | dense
+
+``LowRankEncoder(...)`` returns an instance of a subclass of the base encoder
+class (``LowRank<Base>``), so that the module layout, ``forward`` and the
+class-name checks in ESPnet (``"Whisper" in type(encoder).__name__``) are
+those of the base; only the planned layers are swapped.
+"""
+
+import logging
+from typing import Dict, Optional
+
+from espnet2.asr.encoder.abs_encoder import AbsEncoder
+
+from espnet_lowrank.apply import build_lowrank_layers_, choose_attention_
+from espnet_lowrank.config import ATTENTION_MODES
+from espnet_lowrank.families import family_for
+
+logger = logging.getLogger(__name__)
+
+_SUBCLASSES: Dict[type, type] = {}
+
+
+def resolve_encoder_class(base: str) -> type:
+    """The class ESPnet's ASR task registers under ``base``."""
+    from espnet2.tasks import asr
+
+    from espnet_lowrank.espnet.registry import register_into
+
+    register_into(asr)
+    if base is None or base.lower() == "lowrank":
+        raise ValueError("encoder_conf.base must name a dense encoder, e.g. conformer")
+    if base.lower() not in asr.encoder_choices.classes:
+        raise ValueError(
+            f"unknown base encoder {base!r}; known: {sorted(asr.encoder_choices.classes)}"
+        )
+    return asr.encoder_choices.get_class(base)
+
+
+def lowrank_subclass(base_cls: type) -> type:
+    """``LowRank<Base>``: LowRankEncoder's constructor, the base's everything else."""
+    if base_cls not in _SUBCLASSES:
+        _SUBCLASSES[base_cls] = type(
+            f"LowRank{base_cls.__name__}",
+            (LowRankEncoder, base_cls),
+            {"_base_class": base_cls, "__module__": __name__},
+        )
+    return _SUBCLASSES[base_cls]
+
+
+class LowRankEncoder(AbsEncoder):
+    """Builds the base encoder, then swaps the planned layers in place.
+
+    Args:
+        input_size: passed to the base encoder.
+        base: the base encoder's registered name (``conformer``, ``whisper_local``, ...).
+        base_conf: the base encoder's keyword arguments.
+        plan: module name (inside the encoder) -> rank.
+        attention: ``auto`` (rank-space attention where it needs fewer
+            FLOPs), ``reduced`` or ``dense``.
+    """
+
+    _base_class: Optional[type] = None
+
+    def __new__(cls, *args, base: Optional[str] = None, **kwargs):
+        if cls is LowRankEncoder:
+            cls = lowrank_subclass(resolve_encoder_class(base))
+        return super().__new__(cls)
+
+    def __init__(
+        self,
+        input_size: int,
+        base: str,
+        base_conf: Optional[dict] = None,
+        plan: Optional[Dict[str, int]] = None,
+        attention: str = "auto",
+    ):
+        if attention not in ATTENTION_MODES:
+            raise ValueError(f"unknown attention mode {attention!r}; known: {ATTENTION_MODES}")
+        self._base_class.__init__(self, input_size=input_size, **(base_conf or {}))
+        family = family_for(self)
+        build_lowrank_layers_(self, dict(plan or {}))
+        frames = family.window_frames(self)
+        self.attention_choice = choose_attention_(self, family, attention, frames)
+        self.lowrank_plan = dict(plan or {})
+

@@ -1,0 +1,74 @@
+"""What a family adapter answers: which layers, which attention, which frames."""
+
+import re
+from dataclasses import dataclass
+from typing import Callable, Dict, Optional, Tuple
+
+from torch import nn
+
+from espnet_lowrank.calibration import FrameMaskHook
+from espnet_lowrank.config import LowRankConfig
+from espnet_lowrank.modules.lowrank_linear import layer_dims
+
+# An attention module's (query, key, value, out, n_head).
+AttentionParts = Tuple[nn.Module, nn.Module, nn.Module, nn.Module, int]
+
+
+@dataclass(frozen=True)
+class EncoderFamily:
+    """One encoder family, described as data.
+
+    Attributes:
+        name: short name, also the default config's file stem in conf/lowrank/.
+        encoder_class: "package.module.Class" of the dense encoder.
+        layers: regex (fullmatch over module names inside the encoder) -> role,
+            "attention" or "feed_forward"; the role picks θ.
+        attention: regex of the self-attention modules.
+        attention_parts: the projections and head count of one attention module.
+        reduced_attention: builds the rank-space attention from one attention
+            module (its projections already swapped), or None if unsupported.
+        frame_mask: builds the hook that yields the valid frames, or None when
+            every frame counts (Whisper: the decoder sees all 1500).
+        window_seconds: input length used to report FLOPs.
+        window_frames: encoder frames for ``window_seconds`` of audio; sets the
+            sequence length at which "auto" attention compares FLOPs.
+    """
+
+    name: str
+    encoder_class: str
+    layers: Dict[str, str]
+    attention: str
+    attention_parts: Callable[[nn.Module], AttentionParts]
+    reduced_attention: Optional[Callable[[nn.Module], nn.Module]]
+    frame_mask: Optional[Callable[[], FrameMaskHook]]
+    window_seconds: float
+    window_frames: Callable[[nn.Module], int]
+
+    def role_of(self, name: str) -> Optional[str]:
+        for pattern, role in self.layers.items():
+            if re.fullmatch(pattern, name):
+                return role
+        return None
+
+    def target_layers(
+        self, encoder: nn.Module, config: Optional[LowRankConfig] = None
+    ) -> Dict[str, Tuple[str, int, int]]:
+        """name -> (role, d_in, d_out) for every layer to factor, in model order."""
+        config = config or LowRankConfig()
+        targets = {}
+        for name, module in encoder.named_modules():
+            role = self.role_of(name)
+            if role is None:
+                continue
+            if config.target_modules is not None and not re.fullmatch(config.target_modules, name):
+                continue
+            if any(re.fullmatch(p, name) for p in config.exclude_modules):
+                continue
+            d_in, d_out = layer_dims(module)
+            targets[name] = (role, d_in, d_out)
+        if not targets:
+            raise ValueError(f"no {self.name} layers matched the config's target_modules")
+        return targets
+
+    def attention_modules(self, encoder: nn.Module) -> Dict[str, nn.Module]:
+        return {n: m for n, m in encoder.named_modules() if re.fullmatch(self.attention, n)}

@@ -1,0 +1,138 @@
+"""Self-attention computed in the reduced (rank) dimension.
+
+With low-rank projections q = W_q2 Q1 + b_q (Q1 = W_q1 x), k = W_k2 K1 + b_k,
+v = W_v2 V1 + b_v, the per-head scores are
+
+    q_h k_hᵀ = (Q1 W_q2,hᵀ W_k2,h + b_q,h W_k2,h) K1ᵀ + (terms constant along keys)
+
+and softmax ignores the constant terms, so the key bias disappears and the
+queries meet the shared rank-space keys K1 through one folded matrix
+M_h = W_q2,hᵀ W_k2,h. Since each softmax row sums to one, the values can stay
+in rank space too: out = Σ_h (P_h V1) W_v2,hᵀ W_o,hᵀ + const, with
+W_v2,hᵀ W_o,hᵀ folded into one projection per head. A projection left dense
+is treated as the factor pair (identity, W).
+
+The folded path pays off when the ranks are small against the head width;
+``attention_flops`` compares it with the plain path so callers can choose.
+"""
+
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from espnet_lowrank.modules.lowrank_linear import LowRankLinear
+
+
+def _factors(proj: nn.Module) -> Tuple[Optional[nn.Module], torch.Tensor, Optional[torch.Tensor]]:
+    """(down or None for identity, W2 (d_out, k), bias) of a projection."""
+    if isinstance(proj, LowRankLinear):
+        return proj.down, proj.up.weight, proj.up.bias
+    if isinstance(proj, nn.Linear):
+        return None, proj.weight, proj.bias
+    raise TypeError(f"unsupported projection {type(proj).__name__}; expected nn.Linear or LowRankLinear")
+
+
+def _rank(proj: nn.Module) -> int:
+    return proj.rank if isinstance(proj, LowRankLinear) else proj.in_features
+
+
+def _projection_flops(proj: nn.Module, frames: int) -> int:
+    if isinstance(proj, LowRankLinear):
+        return 2 * frames * proj.rank * (proj.in_features + proj.out_features)
+    return 2 * frames * proj.in_features * proj.out_features
+
+
+def attention_flops(query, key, value, out, n_head: int, frames: int, reduced: bool) -> int:
+    """Multiply-add FLOPs (x2) of one self-attention over ``frames`` frames."""
+    d = query.out_features
+    if not reduced:
+        projections = sum(_projection_flops(p, frames) for p in (query, key, value, out))
+        return projections + 2 * 2 * frames * frames * d
+    kq, kk, kv = _rank(query), _rank(key), _rank(value)
+    ko = out.rank if isinstance(out, LowRankLinear) else d
+    downs = sum(
+        2 * frames * p.in_features * p.rank
+        for p in (query, key, value)
+        if isinstance(p, LowRankLinear)
+    )
+    folded_queries = 2 * frames * kq * n_head * kk
+    scores_and_values = 2 * n_head * frames * frames * (kk + kv)
+    folded_values = 2 * frames * n_head * kv * ko
+    out_up = 2 * frames * ko * d if isinstance(out, LowRankLinear) else 0
+    return downs + folded_queries + scores_and_values + folded_values + out_up
+
+
+class ReducedSelfAttention(nn.Module):
+    """Multi-head self-attention whose scores and values live in rank space.
+
+    Holds the four projections under their original names, so the state-dict
+    keys are those of the plain attention with low-rank projections.
+
+    Args:
+        query, key, value, out: ``nn.Linear`` or ``LowRankLinear`` (d -> d).
+        n_head: number of heads; d must be divisible by it.
+    """
+
+    def __init__(self, query: nn.Module, key: nn.Module, value: nn.Module, out: nn.Module, n_head: int):
+        super().__init__()
+        d = query.out_features
+        if d % n_head:
+            raise ValueError(f"model width {d} is not divisible by {n_head} heads")
+        self.query, self.key, self.value, self.out = query, key, value, out
+        self.n_head = n_head
+
+    def _folded(self, dtype: torch.dtype):
+        """M (H, kq, kk), c (H, kk), N (H, kv, ko), c_o (ko,), scaled for softmax."""
+        h = self.n_head
+        _, wq2, bq = _factors(self.query)
+        _, wk2, _ = _factors(self.key)  # the key bias is constant along keys
+        _, wv2, bv = _factors(self.value)
+        d = wq2.shape[0]
+        dh = d // h
+        scale = dh ** -0.5
+        wq2_h = wq2.reshape(h, dh, -1)
+        wk2_h = wk2.reshape(h, dh, -1)
+        m = scale * wq2_h.transpose(1, 2) @ wk2_h
+        c = scale * torch.einsum("hd,hdk->hk", bq.reshape(h, dh), wk2_h) if bq is not None else None
+        wo1 = self.out.down.weight if isinstance(self.out, LowRankLinear) else self.out.weight
+        wo1_h = wo1.reshape(wo1.shape[0], h, dh).permute(1, 2, 0)  # (H, dh, ko)
+        n = wv2.reshape(h, dh, -1).transpose(1, 2) @ wo1_h
+        c_o = torch.einsum("hd,hdk->k", bv.reshape(h, dh), wo1_h) if bv is not None else None
+        return m.to(dtype), None if c is None else c.to(dtype), n.to(dtype), None if c_o is None else c_o.to(dtype)
+
+    def forward(self, x: torch.Tensor, key_padding_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Self-attention over x.
+
+        Args:
+            x: (#batch, T, d).
+            key_padding_mask: (#batch, T) bool, True where a frame is valid.
+
+        Returns:
+            (#batch, T, d).
+        """
+        b, t, _ = x.shape
+        h = self.n_head
+        m, c, n, c_o = self._folded(x.dtype)
+        q1 = self.query.down(x) if isinstance(self.query, LowRankLinear) else x
+        k1 = self.key.down(x) if isinstance(self.key, LowRankLinear) else x
+        v1 = self.value.down(x) if isinstance(self.value, LowRankLinear) else x
+        queries = torch.einsum("btq,hqk->bhtk", q1, m)
+        if c is not None:
+            queries = queries + c[None, :, None, :]
+        keys = k1.unsqueeze(1).expand(b, h, t, k1.shape[-1])
+        values = v1.unsqueeze(1).expand(b, h, t, v1.shape[-1])
+        attn_mask = None
+        if key_padding_mask is not None:
+            attn_mask = key_padding_mask[:, None, None, :].bool()
+        z = F.scaled_dot_product_attention(queries, keys, values, attn_mask=attn_mask, scale=1.0)
+        y = torch.einsum("bhtv,hvo->bto", z, n)
+        if c_o is not None:
+            y = y + c_o
+        if isinstance(self.out, LowRankLinear):
+            return self.out.up(y)
+        return y + self.out.bias if self.out.bias is not None else y
+
+    def flops(self, frames: int) -> int:
+        return attention_flops(self.query, self.key, self.value, self.out, self.n_head, frames, reduced=True)

@@ -1,0 +1,106 @@
+"""Rank planning: from output spectra and the config to per-layer ranks.
+
+The plan is a plain ``{module name: rank}`` mapping, written into the YAML
+that ESPnet reads. Layers missing from it stay dense. This module never
+touches a model.
+"""
+
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Tuple
+
+from espnet_lowrank.config import LowRankConfig
+from espnet_lowrank.factorize import Spectrum
+
+
+@dataclass
+class LayerDecision:
+    """Why one layer got its rank; one row of report.json."""
+
+    name: str
+    role: str
+    d_in: int
+    d_out: int
+    rank: Optional[int]  # None: kept dense
+    rank_from_theta: int
+    explained_variance: float
+    reason: str
+
+    @property
+    def params_dense(self) -> int:
+        return self.d_in * self.d_out
+
+    @property
+    def params_kept(self) -> int:
+        return self.params_dense if self.rank is None else self.rank * (self.d_in + self.d_out)
+
+
+@dataclass
+class RankPlan:
+    ranks: Dict[str, int]
+    decisions: List[LayerDecision] = field(default_factory=list)
+
+
+def round_up(k: int, multiple: int) -> int:
+    return int(math.ceil(k / multiple) * multiple)
+
+
+def is_worth_factoring(rank: int, d_in: int, d_out: int) -> bool:
+    """Two factors cost k (d_in + d_out); the dense layer d_in d_out."""
+    return rank * (d_in + d_out) < d_in * d_out
+
+
+def _fixed_rank(name: str, rank_pattern: Dict[str, int]) -> Optional[int]:
+    for pattern, rank in rank_pattern.items():
+        if re.fullmatch(pattern, name):
+            return int(rank)
+    return None
+
+
+def make_plan(
+    spectra: Dict[str, Spectrum],
+    layers: Dict[str, Tuple[str, int, int]],
+    config: LowRankConfig,
+) -> RankPlan:
+    """Choose a rank per layer.
+
+    Args:
+        spectra: layer name -> output spectrum from calibration.
+        layers: layer name -> (role, d_in, d_out); role is "attention" or
+            "feed_forward" and selects θ.
+        config: thresholds, rounding and overrides.
+
+    Raises:
+        ValueError: a layer without statistics, or a fixed rank larger than
+            the layer.
+    """
+    ranks: Dict[str, int] = {}
+    decisions: List[LayerDecision] = []
+    for name, (role, d_in, d_out) in layers.items():
+        if name not in spectra:
+            raise ValueError(f"no calibration statistics for layer {name}")
+        spec = spectra[name]
+        theta = config.theta_attention if role == "attention" else config.theta_feed_forward
+        from_theta = spec.rank_for(theta)
+        fixed = _fixed_rank(name, config.rank_pattern)
+        full = min(d_in, d_out)
+        if fixed is not None:
+            if fixed > full:
+                raise ValueError(
+                    f"rank_pattern gives {name} rank {fixed}, but the layer is "
+                    f"{d_out}x{d_in} (max rank {full})"
+                )
+            rank, reason = fixed, "rank_pattern"
+        else:
+            rank, reason = min(round_up(from_theta, config.rank_multiple), full), f"theta={theta}"
+        kept: Optional[int] = rank
+        if config.keep_dense_if_no_savings and not is_worth_factoring(rank, d_in, d_out):
+            kept, reason = None, f"{reason}; dense is smaller"
+        explained = float(spec.explained_variance()[rank - 1])
+        decisions.append(
+            LayerDecision(name, role, d_in, d_out, kept, from_theta, explained, reason)
+        )
+        if kept is not None:
+            ranks[name] = kept
+    return RankPlan(ranks, decisions)
