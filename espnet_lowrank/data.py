@@ -1,0 +1,328 @@
+"""Kaldi-style data directories and audio loading.
+
+A data directory holds ``wav.scp`` (``<utt_id> <path>``), optionally ``text``
+(``<utt_id> <transcript>``), ``utt2spk`` and ``spk2utt``. Relative paths in
+``wav.scp`` resolve against the data directory. ESPnet-style piped commands
+(``... |``) are not supported: convert the audio to files first.
+"""
+
+import logging
+import math
+import os
+from dataclasses import dataclass
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from espnet_lowrank.utils import atomic_write_text
+
+logger = logging.getLogger(__name__)
+
+_MAX_LISTED = 5
+
+
+@dataclass
+class Utterance:
+    """One utterance of a data directory.
+
+    Attributes:
+        utt_id: Utterance id (no whitespace).
+        wav_path: Absolute path of the audio file.
+        text: Transcript, or None when the directory has no ``text``.
+        speaker: Speaker id; None means "same as utt_id" when written.
+    """
+
+    utt_id: str
+    wav_path: str
+    text: Optional[str] = None
+    speaker: Optional[str] = None
+
+
+def _read_kv_file(path: str, allow_empty_value: bool) -> Dict[str, str]:
+    """Read a Kaldi ``<key> <value>`` file, rejecting duplicates and bad lines."""
+    out: Dict[str, str] = {}
+    with open(path, "r", encoding="utf-8") as f:
+        for lineno, raw in enumerate(f, start=1):
+            line = raw.strip()
+            if not line:
+                continue
+            parts = line.split(maxsplit=1)
+            if len(parts) == 1 and not allow_empty_value:
+                raise ValueError(
+                    f"{path}:{lineno}: malformed line (expected '<utt_id> <value>'): {raw.rstrip()!r}"
+                )
+            key = parts[0]
+            value = parts[1].strip() if len(parts) == 2 else ""
+            if key in out:
+                raise ValueError(f"{path}:{lineno}: duplicate utterance id {key!r}")
+            out[key] = value
+    return out
+
+
+def read_data_dir(path: str, require_text: bool = False) -> List[Utterance]:
+    """Read a Kaldi-style data directory.
+
+    Args:
+        path: Directory containing ``wav.scp`` and optionally ``text``.
+        require_text: Raise if ``text`` is missing or lacks an utterance.
+
+    Returns:
+        Utterances sorted by id, with absolute ``wav_path``.
+
+    Raises:
+        FileNotFoundError: Missing directory, ``wav.scp``, ``text`` (when
+            required) or audio files listed in ``wav.scp``.
+        ValueError: Empty ``wav.scp``, malformed lines, duplicate ids, piped
+            commands, or ids of ``text`` that do not match ``wav.scp``.
+    """
+    path = os.path.abspath(path)
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"data directory not found: {path}")
+    scp = os.path.join(path, "wav.scp")
+    if not os.path.isfile(scp):
+        raise FileNotFoundError(f"no wav.scp in data directory {path}")
+    wavs = _read_kv_file(scp, allow_empty_value=False)
+    if not wavs:
+        raise ValueError(f"{scp} is empty: the data directory {path} has no utterances")
+    for utt_id, wav in wavs.items():
+        if wav.endswith("|"):
+            raise ValueError(
+                f"{scp}: utterance {utt_id!r} uses a piped command ({wav!r}); "
+                "only plain audio file paths are supported, convert the audio to files first"
+            )
+    resolved = {
+        u: (w if os.path.isabs(w) else os.path.normpath(os.path.join(path, w)))
+        for u, w in wavs.items()
+    }
+    missing = [f"{u} -> {w}" for u, w in resolved.items() if not os.path.isfile(w)]
+    if missing:
+        listed = "; ".join(missing[:_MAX_LISTED])
+        more = f" (and {len(missing) - _MAX_LISTED} more)" if len(missing) > _MAX_LISTED else ""
+        raise FileNotFoundError(
+            f"{scp}: {len(missing)} of {len(resolved)} audio files are missing: {listed}{more}"
+        )
+
+    texts: Optional[Dict[str, str]] = None
+    text_path = os.path.join(path, "text")
+    if os.path.isfile(text_path):
+        texts = _read_kv_file(text_path, allow_empty_value=True)
+        extra = sorted(set(texts) - set(resolved))
+        if extra:
+            raise ValueError(
+                f"{text_path}: ids not in wav.scp: {', '.join(extra[:_MAX_LISTED])}"
+                + (f" (and {len(extra) - _MAX_LISTED} more)" if len(extra) > _MAX_LISTED else "")
+            )
+    elif require_text:
+        raise FileNotFoundError(f"no text file in data directory {path} (transcripts are required)")
+    if require_text and texts is not None:
+        lacking = sorted(set(resolved) - set(texts))
+        if lacking:
+            raise ValueError(
+                f"{text_path}: no transcript for {len(lacking)} utterances: "
+                + ", ".join(lacking[:_MAX_LISTED])
+            )
+
+    speakers: Dict[str, str] = {}
+    u2s = os.path.join(path, "utt2spk")
+    if os.path.isfile(u2s):
+        speakers = _read_kv_file(u2s, allow_empty_value=False)
+
+    return [
+        Utterance(
+            utt_id=u,
+            wav_path=resolved[u],
+            text=None if texts is None else texts.get(u),
+            speaker=speakers.get(u),
+        )
+        for u in sorted(resolved)
+    ]
+
+
+def write_data_dir(path: str, utts: Sequence[Utterance]) -> None:
+    """Write a Kaldi-style data directory (sorted by id, files written atomically).
+
+    Writes ``wav.scp`` (absolute paths), ``utt2spk`` and ``spk2utt``, and
+    ``text`` when every utterance has a transcript.
+
+    Args:
+        path: Output directory (created if needed).
+        utts: Utterances; ids must be unique and contain no whitespace.
+
+    Raises:
+        ValueError: Duplicate or empty ids, ids with whitespace, or a mix of
+            utterances with and without transcripts.
+    """
+    seen = set()
+    for u in utts:
+        if not u.utt_id or any(c.isspace() for c in u.utt_id):
+            raise ValueError(f"invalid utterance id {u.utt_id!r} (empty or contains whitespace)")
+        if u.utt_id in seen:
+            raise ValueError(f"duplicate utterance id {u.utt_id!r}")
+        seen.add(u.utt_id)
+    if not utts:
+        raise ValueError(f"no utterances to write to {path}")
+    with_text = [u.text is not None for u in utts]
+    if any(with_text) and not all(with_text):
+        raise ValueError(f"some utterances have no transcript; cannot write {path}/text")
+    ordered = sorted(utts, key=lambda u: u.utt_id)
+    os.makedirs(path, exist_ok=True)
+    atomic_write_text(
+        os.path.join(path, "wav.scp"),
+        "".join(f"{u.utt_id} {os.path.abspath(u.wav_path)}\n" for u in ordered),
+    )
+    if all(with_text):
+        atomic_write_text(
+            os.path.join(path, "text"),
+            "".join(" ".join([u.utt_id] + u.text.split()) + "\n" for u in ordered),
+        )
+    spk_of = {u.utt_id: (u.speaker or u.utt_id) for u in ordered}
+    atomic_write_text(
+        os.path.join(path, "utt2spk"), "".join(f"{u} {s}\n" for u, s in spk_of.items())
+    )
+    spk2utt: Dict[str, List[str]] = {}
+    for u, s in spk_of.items():
+        spk2utt.setdefault(s, []).append(u)
+    atomic_write_text(
+        os.path.join(path, "spk2utt"),
+        "".join(f"{s} {' '.join(us)}\n" for s, us in sorted(spk2utt.items())),
+    )
+
+
+def import_librispeech(root: str) -> List[Utterance]:
+    """Collect utterances from a LibriSpeech-format tree.
+
+    The tree holds ``<spk>/<chapter>/<spk>-<chapter>.trans.txt`` files whose
+    lines are ``<utt_id> <TRANSCRIPT>``, next to ``<utt_id>.flac`` files.
+
+    Args:
+        root: Root of the tree (e.g. ``LibriSpeech/dev-clean``).
+
+    Returns:
+        Utterances sorted by id, speaker set to the LibriSpeech speaker.
+
+    Raises:
+        FileNotFoundError: Missing root, no transcript files, or a missing flac.
+    """
+    root = os.path.abspath(root)
+    if not os.path.isdir(root):
+        raise FileNotFoundError(f"LibriSpeech root not found: {root}")
+    utts: Dict[str, Utterance] = {}
+    n_trans = 0
+    for dirpath, _, files in os.walk(root):
+        for name in sorted(files):
+            if not name.endswith(".trans.txt"):
+                continue
+            n_trans += 1
+            trans = os.path.join(dirpath, name)
+            for utt_id, text in _read_kv_file(trans, allow_empty_value=True).items():
+                flac = os.path.join(dirpath, utt_id + ".flac")
+                if not os.path.isfile(flac):
+                    raise FileNotFoundError(f"{trans}: audio for {utt_id!r} not found: {flac}")
+                if utt_id in utts:
+                    raise ValueError(f"{trans}: duplicate utterance id {utt_id!r}")
+                utts[utt_id] = Utterance(utt_id, flac, text, speaker=utt_id.split("-")[0])
+    if n_trans == 0:
+        raise FileNotFoundError(f"no *.trans.txt files under {root}: not a LibriSpeech tree")
+    return [utts[k] for k in sorted(utts)]
+
+
+def prepare_data_dir(src: str, dst: str) -> List[Utterance]:
+    """Make a Kaldi data dir with absolute paths from a Kaldi dir or LibriSpeech tree.
+
+    Args:
+        src: A Kaldi data directory (has ``wav.scp``) or a LibriSpeech tree.
+        dst: Output data directory.
+
+    Returns:
+        The utterances written.
+    """
+    if os.path.isfile(os.path.join(src, "wav.scp")):
+        utts = read_data_dir(src)
+    else:
+        utts = import_librispeech(src)
+    write_data_dir(dst, utts)
+    logger.info("prepared %d utterances from %s in %s", len(utts), src, dst)
+    return utts
+
+
+def load_audio(path: str, sample_rate: int = 16000) -> np.ndarray:
+    """Load an audio file as float32 mono at ``sample_rate``.
+
+    Stereo is averaged to mono; other sample rates are resampled with
+    ``torchaudio.functional.resample``.
+
+    Args:
+        path: Audio file readable by soundfile (wav, flac, ...).
+        sample_rate: Target sample rate in Hz.
+
+    Returns:
+        Array of shape (num_samples,), float32 in [-1, 1].
+
+    Raises:
+        FileNotFoundError: Missing file.
+        ValueError: Corrupt/unreadable file, zero samples, non-finite samples.
+    """
+    import soundfile as sf
+
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"audio file not found: {path}")
+    try:
+        audio, sr = sf.read(path, dtype="float32", always_2d=True)
+    except Exception as e:  # soundfile raises LibsndfileError / RuntimeError
+        raise ValueError(f"cannot read audio file {path} (corrupt or unsupported format): {e}") from e
+    if audio.shape[0] == 0:
+        raise ValueError(f"audio file {path} is empty (zero samples)")
+    audio = audio.mean(axis=1) if audio.shape[1] > 1 else audio[:, 0]
+    if not np.all(np.isfinite(audio)):
+        raise ValueError(f"audio file {path} contains non-finite samples (NaN/Inf)")
+    if sr != sample_rate:
+        try:
+            import torchaudio.functional as AF
+
+            audio = AF.resample(torch.from_numpy(audio), sr, sample_rate).numpy()
+        except ImportError as e:  # pragma: no cover - torchaudio ships with espnet
+            raise ValueError(
+                f"{path} has sample rate {sr} Hz, expected {sample_rate} Hz, "
+                "and torchaudio is not available to resample"
+            ) from e
+        logger.debug("resampled %s from %d to %d Hz", path, sr, sample_rate)
+    return np.ascontiguousarray(audio, dtype=np.float32)
+
+
+def num_batches(n: int, batch_size: int) -> int:
+    """Number of batches ``iter_batches`` yields for ``n`` utterances."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    return math.ceil(n / batch_size)
+
+
+def iter_batches(
+    utts: Sequence[Utterance], batch_size: int, sample_rate: int = 16000
+) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+    """Yield zero-padded audio batches in the given order.
+
+    Args:
+        utts: Utterances to load.
+        batch_size: Maximum batch size B (the last batch may be smaller).
+        sample_rate: Sample rate to load at.
+
+    Yields:
+        ``(speech, lengths)``: speech of shape (B, max_samples) float32,
+        zero-padded; lengths of shape (B,) int64.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    for start in range(0, len(utts), batch_size):
+        chunk = [load_audio(u.wav_path, sample_rate) for u in utts[start : start + batch_size]]
+        lengths = torch.tensor([len(a) for a in chunk], dtype=torch.int64)
+        speech = torch.zeros(len(chunk), int(lengths.max()), dtype=torch.float32)
+        for i, a in enumerate(chunk):
+            speech[i, : len(a)] = torch.from_numpy(a)
+        yield speech, lengths
+
+
+def select(utts: Sequence[Utterance], n: Optional[int]) -> List[Utterance]:
+    """First ``n`` utterances after sorting by id (all of them if ``n`` is None)."""
+    ordered = sorted(utts, key=lambda u: u.utt_id)
+    return ordered if n is None else ordered[:n]
