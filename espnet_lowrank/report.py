@@ -1,0 +1,120 @@
+"""Small plotting and markdown helpers for experiment reports.
+
+Figures use matplotlib's Agg backend (no display needed) and are written
+atomically as PNG files.
+"""
+
+import logging
+from typing import List, Mapping
+
+import numpy as np
+
+from espnet_lowrank.utils import atomic_write
+
+logger = logging.getLogger(__name__)
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: str) -> None:
+    plt = _pyplot()
+
+    def write(tmp: str) -> None:
+        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
+
+    try:
+        atomic_write(path, write)
+    finally:
+        plt.close(fig)
+    logger.info("wrote %s", path)
+
+
+def plot_variance_spectra(spectra: Mapping[str, np.ndarray], path: str) -> None:
+    """Plot cumulative explained-variance curves, one line per layer.
+
+    Args:
+        spectra: Layer name -> array of shape (D,), cumulative explained
+            variance in [0, 1] by number of kept components (1..D).
+        path: Output PNG path.
+    """
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name, curve in spectra.items():
+        curve = np.asarray(curve, dtype=float).reshape(-1)
+        ax.plot(np.arange(1, len(curve) + 1), curve, label=name, linewidth=1)
+    ax.set_xlabel("kept rank")
+    ax.set_ylabel("cumulative explained variance")
+    ax.set_ylim(0, 1.02)
+    ax.grid(True, alpha=0.3)
+    if 0 < len(spectra) <= 16:
+        ax.legend(fontsize="x-small", ncol=2)
+    _save(fig, path)
+
+
+def plot_ranks(ranks: Mapping[str, int], full: Mapping[str, int], path: str) -> None:
+    """Bar chart of kept rank vs full rank per layer.
+
+    Args:
+        ranks: Layer name -> kept rank.
+        full: Layer name -> full rank (must cover every layer of ``ranks``).
+        path: Output PNG path.
+    """
+    missing = [k for k in ranks if k not in full]
+    if missing:
+        raise ValueError(f"no full rank for layers: {', '.join(missing[:5])}")
+    plt = _pyplot()
+    names = list(ranks)
+    x = np.arange(len(names))
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.3 * len(names) + 2), 4.5))
+    ax.bar(x, [full[n] for n in names], color="lightgray", label="full")
+    ax.bar(x, [ranks[n] for n in names], color="tab:blue", label="kept")
+    ax.set_xticks(x)
+    ax.set_xticklabels(names, rotation=90, fontsize="x-small")
+    ax.set_ylabel("rank")
+    ax.legend()
+    _save(fig, path)
+
+
+def plot_wer_vs_size(points: List[dict], path: str, xlabel: str = "parameters") -> None:
+    """Scatter/line plot of WER against model size.
+
+    Args:
+        points: Dicts with keys ``label`` (str), ``size`` (number) and
+            ``wer`` (percent); plotted in order of size.
+        path: Output PNG path.
+        xlabel: Label of the size axis.
+    """
+    for i, p in enumerate(points):
+        for key in ("label", "size", "wer"):
+            if key not in p:
+                raise ValueError(f"point {i} lacks {key!r}: {p}")
+    plt = _pyplot()
+    pts = sorted(points, key=lambda p: p["size"])
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    ax.plot([p["size"] for p in pts], [p["wer"] for p in pts], "o-")
+    for p in pts:
+        ax.annotate(str(p["label"]), (p["size"], p["wer"]), textcoords="offset points",
+                    xytext=(4, 4), fontsize="x-small")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("WER (%)")
+    ax.grid(True, alpha=0.3)
+    _save(fig, path)
+
+
+def markdown_kv_table(d: Mapping[str, object]) -> str:
+    """Two-column markdown table ``|key|value|`` (floats with 4 significant digits)."""
+    lines = ["|key|value|", "|---|---|"]
+    for k, v in d.items():
+        s = f"{v:.4g}" if isinstance(v, float) else str(v)
+        lines.append(f"|{k}|{s.replace('|', '/')}|")
+    return "\n".join(lines) + "\n"
+
+
+__all__: List[str] = ["plot_variance_spectra", "plot_ranks", "plot_wer_vs_size", "markdown_kv_table"]
