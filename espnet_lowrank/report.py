@@ -117,4 +117,34 @@ def markdown_kv_table(d: Mapping[str, object]) -> str:
     return "\n".join(lines) + "\n"
 
 
-__all__: List[str] = ["plot_variance_spectra", "plot_ranks", "plot_wer_vs_size", "markdown_kv_table"]
+
+
+def compression_report_md(report: dict) -> str:
+    """report.md of a compressed exp dir, from its report.json values."""
+    dense_p = report["encoder_linear_params_dense"]
+    comp_p = report["encoder_linear_params_compressed"]
+    dense_f = report["encoder_flops_dense"]
+    comp_f = report["encoder_flops_compressed"]
+    summary = {
+        "family": report["family"],
+        "low-rank config": report.get("lowrank_config_file", "(given in code)"),
+        "encoder linear params": f"{dense_p:,} -> {comp_p:,} ({100 * comp_p / dense_p:.1f}%)",
+        f"encoder GFLOPs ({report['flops_window_seconds']:g} s input)":
+            f"{dense_f / 1e9:.2f} -> {comp_f / 1e9:.2f} ({100 * comp_f / dense_f:.1f}%)",
+        "calibration frames": f"{report['calibration_frames']:,}",
+        "calibration time (s)": report["calibration_seconds"],
+        "calibration peak RSS (MB)": report["calibration_peak_rss_mb"],
+        "statistics memory (MB)": report["statistics_mb"],
+        "reduced-dim attention modules": sum(v == "reduced" for v in report["attention"].values()),
+    }
+    lines = ["# Low-rank compression report", "", markdown_kv_table(summary), "",
+             "## Layers", "", "| layer | role | d_in | d_out | rank | rank from θ | explained var |",
+             "|---|---|---:|---:|---:|---:|---:|"]
+    for layer in report["layers"]:
+        rank = layer["rank"] if layer["rank"] is not None else "dense"
+        lines.append(
+            f"| {layer['name']} | {layer['role']} | {layer['d_in']} | {layer['d_out']} | "
+            f"{rank} | {layer['rank_from_theta']} | {layer['explained_variance']:.4f} |"
+        )
+    lines += ["", "![variance spectra](variance_spectra.png)", "", "![ranks](ranks.png)", ""]
+    return "\n".join(lines)
