@@ -1,0 +1,325 @@
+"""ESPnet self-attention computed in the reduced (rank) dimension.
+
+Drop-ins for ESPnet's ``MultiHeadedAttention`` and its relative-position
+variants (``RelPositionMultiHeadedAttention``, "rel_selfattn";
+``LegacyRelPositionMultiHeadedAttention``, "legacy_rel_selfattn").
+
+With q = W_q2 Q1 + b_q, k = W_k2 K1 + b_k, p = W_p2 P1 + b_p (P1 = W_p1 pos_emb)
+the dense scores of head h are, up to 1/sqrt(d_k),
+
+    content  (q_h + u_h) k_hᵀ = (Q1 W_q2,hᵀ + b_q,h + u_h) W_k2,h K1ᵀ + const along keys
+    position (q_h + v_h) p_hᵀ = (Q1 W_q2,hᵀ + b_q,h + v_h) W_p2,h P1ᵀ + (q_h + v_h)·b_p,h
+
+The key bias only adds a constant along keys and softmax drops it. The
+position bias term is *not* dropped: rel_shift mixes neighbouring rows (and
+the legacy shift pads zeros), so it is added exactly, as a per-query scalar,
+before the shift. Values stay in rank space: P (V1 W_v2ᵀ + b_v) W_outᵀ =
+Σ_h (P_h V1) W_v2,hᵀ W_out,hᵀ + rowsum(P_h) b_v,h W_out,hᵀ, with the product
+W_v2,hᵀ W_out,hᵀ folded per head (rowsum is 1 except for fully masked rows or
+under dropout, so it is kept to stay exact). A projection left dense is the
+factor pair (identity, W).
+
+The projections stay children under their ESPnet names (``linear_q``,
+``linear_k``, ``linear_v``, ``linear_out``, ``linear_pos``, ``pos_bias_u``,
+``pos_bias_v``), so the state-dict keys are those of the dense module with
+low-rank projections.
+"""
+
+from typing import Optional, Tuple
+
+import torch
+from torch import nn
+
+from espnet_lowrank.modules.attention import _factors
+from espnet_lowrank.modules.lowrank_linear import LowRankLinear
+
+
+def _down(proj: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Rank-space input of a projection: W1 x, or x itself for a dense one."""
+    return proj.down(x) if isinstance(proj, LowRankLinear) else x
+
+
+def _check_self_attention(query, key, value) -> None:
+    if not (query is key and key is value):
+        raise ValueError(
+            "reduced attention serves self-attention only: query, key and value "
+            "must be the same tensor (got different tensors; cross-attention or "
+            "cached decoding is not supported)"
+        )
+
+
+def rel_shift_latest(x: torch.Tensor, zero_triu: bool) -> torch.Tensor:
+    """ESPnet's RelPositionMultiHeadedAttention.rel_shift.
+
+    Args:
+        x: (B, H, T1, 2*T1-1) position scores.
+        zero_triu: zero the upper triangular part.
+
+    Returns:
+        (B, H, T1, T1).
+    """
+    zero_pad = torch.zeros((*x.size()[:3], 1), device=x.device, dtype=x.dtype)
+    x_padded = torch.cat([zero_pad, x], dim=-1)
+    x_padded = x_padded.view(*x.size()[:2], x.size(3) + 1, x.size(2))
+    x = x_padded[:, :, 1:].view_as(x)[:, :, :, : x.size(-1) // 2 + 1]
+    if zero_triu:
+        ones = torch.ones((x.size(2), x.size(3)), device=x.device, dtype=x.dtype)
+        x = x * torch.tril(ones, x.size(3) - x.size(2))[None, None, :, :]
+    return x
+
+
+def rel_shift_legacy(x: torch.Tensor, zero_triu: bool) -> torch.Tensor:
+    """ESPnet's LegacyRelPositionMultiHeadedAttention.rel_shift.
+
+    Args:
+        x: (B, H, T1, T2) position scores.
+        zero_triu: zero the upper triangular part.
+
+    Returns:
+        (B, H, T1, T2).
+    """
+    zero_pad = torch.zeros((*x.size()[:3], 1), device=x.device, dtype=x.dtype)
+    x_padded = torch.cat([zero_pad, x], dim=-1)
+    x_padded = x_padded.view(*x.size()[:2], x.size(3) + 1, x.size(2))
+    x = x_padded[:, :, 1:].view_as(x)
+    if zero_triu:
+        # The dense code builds this on the CPU; same values, any device here.
+        ones = torch.ones((x.size(2), x.size(3)), device=x.device, dtype=x.dtype)
+        x = x * torch.tril(ones, x.size(3) - x.size(2))[None, None, :, :]
+    return x
+
+
+class ReducedMultiHeadedAttention(nn.Module):
+    """Drop-in for ESPnet's ``MultiHeadedAttention`` in encoder self-attention.
+
+    Args:
+        linear_q, linear_k, linear_v, linear_out: ``nn.Linear`` or
+            ``LowRankLinear`` (d -> d).
+        n_head: number of heads; d must be divisible by it.
+        dropout_rate: dropout on the attention weights (training only).
+    """
+
+    def __init__(self, linear_q, linear_k, linear_v, linear_out, n_head: int, dropout_rate: float = 0.0):
+        super().__init__()
+        d = linear_q.out_features
+        if d % n_head:
+            raise ValueError(f"model width {d} is not divisible by {n_head} heads")
+        self.linear_q, self.linear_k, self.linear_v, self.linear_out = linear_q, linear_k, linear_v, linear_out
+        self.h = n_head
+        self.d_k = d // n_head
+        self.dropout = nn.Dropout(p=dropout_rate)
+        self.dropout_rate = dropout_rate
+        self.attn = None  # the last attention weights, as the dense module keeps them
+
+    @classmethod
+    def from_dense(cls, attn: nn.Module) -> "ReducedMultiHeadedAttention":
+        _check_plain(attn)
+        return cls(attn.linear_q, attn.linear_k, attn.linear_v, attn.linear_out, attn.h,
+                   getattr(attn, "dropout_rate", 0.0))
+
+    # -- folded matrices ---------------------------------------------------
+
+    def _query_factors(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        """W_q2 per head (H, d_k, kq) and b_q per head (H, d_k) (zeros if absent)."""
+        _, wq2, bq = _factors(self.linear_q)
+        h, dk = self.h, self.d_k
+        bq = bq if bq is not None else torch.zeros(h * dk, dtype=wq2.dtype, device=wq2.device)
+        return wq2.reshape(h, dk, -1), bq.reshape(h, dk)
+
+    def _fold_against(self, proj: nn.Module, query_bias: torch.Tensor):
+        """Queries folded against the rank-space side of ``proj``, scaled.
+
+        Args:
+            proj: the key (or position) projection.
+            query_bias: (H, d_k) bias added to the queries (b_q [+ u or v]).
+
+        Returns:
+            M (H, kq, kp), c (H, kp), W_p2 per head (H, d_k, kp), b_p or None.
+        """
+        _, w2, b2 = _factors(proj)
+        scale = self.d_k ** -0.5
+        wq2_h, _ = self._query_factors()
+        w2_h = w2.reshape(self.h, self.d_k, -1)
+        m = scale * wq2_h.transpose(1, 2) @ w2_h
+        c = scale * torch.einsum("hd,hdk->hk", query_bias, w2_h)
+        return m, c, w2_h, b2
+
+    def _fold_values(self):
+        """N (H, kv, ko) and the per-head value-bias term (H, ko) or None."""
+        _, wv2, bv = _factors(self.linear_v)
+        wo1 = self.linear_out.down.weight if isinstance(self.linear_out, LowRankLinear) else self.linear_out.weight
+        wo1_h = wo1.reshape(wo1.shape[0], self.h, self.d_k).permute(1, 2, 0)  # (H, d_k, ko)
+        n = wv2.reshape(self.h, self.d_k, -1).transpose(1, 2) @ wo1_h
+        c_o = torch.einsum("hd,hdk->hk", bv.reshape(self.h, self.d_k), wo1_h) if bv is not None else None
+        return n, c_o
+
+    # -- forward pieces ----------------------------------------------------
+
+    def _content_scores(self, q1: torch.Tensor, k1: torch.Tensor, extra_bias=None) -> torch.Tensor:
+        """(B, H, T, T) scaled content scores from Q1 (B, T, kq), K1 (B, T, kk)."""
+        _, bq_h = self._query_factors()
+        bias = bq_h if extra_bias is None else bq_h + extra_bias
+        m, c, _, _ = self._fold_against(self.linear_k, bias)
+        queries = torch.einsum("btq,hqk->bhtk", q1, m.to(q1.dtype)) + c.to(q1.dtype)[None, :, None, :]
+        return queries @ k1.unsqueeze(1).transpose(-1, -2)
+
+    def _attend(self, scores: torch.Tensor, v1: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
+        """ESPnet's forward_attention with the values left in rank space.
+
+        Args:
+            scores: (B, H, T1, T2).
+            v1: (B, T2, kv) rank-space values.
+            mask: (B, 1, T2) or (B, T1, T2), non-zero where valid; or None.
+
+        Returns:
+            (B, T1, d).
+        """
+        if mask is not None:
+            mask = mask.unsqueeze(1).eq(0)
+            scores = scores.masked_fill(mask, torch.finfo(scores.dtype).min)
+            self.attn = torch.softmax(scores, dim=-1).masked_fill(mask, 0.0)
+        else:
+            self.attn = torch.softmax(scores, dim=-1)
+        p_attn = self.dropout(self.attn)
+        z = p_attn @ v1.unsqueeze(1)  # (B, H, T1, kv)
+        n, c_o = self._fold_values()
+        y = torch.einsum("bhtv,hvo->bto", z, n.to(z.dtype))
+        if c_o is not None:
+            y = y + torch.einsum("bht,ho->bto", p_attn.sum(-1), c_o.to(z.dtype))
+        if isinstance(self.linear_out, LowRankLinear):
+            return self.linear_out.up(y)
+        return y + self.linear_out.bias if self.linear_out.bias is not None else y
+
+    def forward(self, query, key, value, mask, expand_kv: bool = False):
+        """Self-attention over ``query`` (which must also be key and value).
+
+        Args:
+            query, key, value: the same tensor, (B, T, d).
+            mask: (B, 1, T) or (B, T, T), non-zero where valid; or None.
+
+        Returns:
+            (B, T, d).
+        """
+        _check_self_attention(query, key, value)
+        if expand_kv:
+            raise ValueError("reduced attention does not support expand_kv (decoder-only option)")
+        x = query
+        scores = self._content_scores(_down(self.linear_q, x), _down(self.linear_k, x))
+        return self._attend(scores, _down(self.linear_v, x), mask)
+
+
+class ReducedRelPositionAttention(ReducedMultiHeadedAttention):
+    """Drop-in for ESPnet's ``RelPositionMultiHeadedAttention`` (``legacy=False``)
+    or ``LegacyRelPositionMultiHeadedAttention`` (``legacy=True``).
+
+    Args:
+        linear_q, linear_k, linear_v, linear_out, linear_pos: ``nn.Linear`` or
+            ``LowRankLinear``; ``linear_pos`` is bias-free when dense, but has
+            a bias once factored (b′ of the PCA swap), which is kept exactly.
+        pos_bias_u, pos_bias_v: (H, d_k) parameters of the dense module.
+        n_head: number of heads.
+        dropout_rate: dropout on the attention weights (training only).
+        zero_triu: as in the dense module.
+        legacy: which rel_shift (and pos_emb layout) to use.
+    """
+
+    def __init__(self, linear_q, linear_k, linear_v, linear_out, linear_pos,
+                 pos_bias_u: nn.Parameter, pos_bias_v: nn.Parameter, n_head: int,
+                 dropout_rate: float = 0.0, zero_triu: bool = False, legacy: bool = False):
+        super().__init__(linear_q, linear_k, linear_v, linear_out, n_head, dropout_rate)
+        self.linear_pos = linear_pos
+        self.pos_bias_u = pos_bias_u
+        self.pos_bias_v = pos_bias_v
+        self.zero_triu = zero_triu
+        self.legacy = legacy
+
+    @classmethod
+    def from_dense(cls, attn: nn.Module) -> "ReducedRelPositionAttention":
+        from espnet.nets.pytorch_backend.transformer.attention import (
+            LegacyRelPositionMultiHeadedAttention,
+        )
+
+        _check_plain(attn)
+        return cls(attn.linear_q, attn.linear_k, attn.linear_v, attn.linear_out, attn.linear_pos,
+                   attn.pos_bias_u, attn.pos_bias_v, attn.h, getattr(attn, "dropout_rate", 0.0),
+                   attn.zero_triu, legacy=isinstance(attn, LegacyRelPositionMultiHeadedAttention))
+
+    def rel_shift(self, x: torch.Tensor) -> torch.Tensor:
+        return rel_shift_legacy(x, self.zero_triu) if self.legacy else rel_shift_latest(x, self.zero_triu)
+
+    def _position_scores(self, q1: torch.Tensor, pos_emb: torch.Tensor) -> torch.Tensor:
+        """(B, H, T1, Tp) scaled position scores before rel_shift.
+
+        Args:
+            q1: (B, T1, kq) rank-space queries.
+            pos_emb: (Bp, Tp, d) with Bp 1 or B; Tp = 2*T1-1 (latest) or T1 (legacy).
+        """
+        dtype = q1.dtype
+        wq2_h, bq_h = self._query_factors()
+        qv_bias = bq_h + self.pos_bias_v
+        m, c, wp2_h, bp = self._fold_against(self.linear_pos, qv_bias)
+        p1 = _down(self.linear_pos, pos_emb)  # (Bp, Tp, kp)
+        queries = torch.einsum("btq,hqk->bhtk", q1, m.to(dtype)) + c.to(dtype)[None, :, None, :]
+        scores = queries @ p1.unsqueeze(1).transpose(-1, -2)
+        if bp is not None:
+            # (q_h + v_h)·b_p,h: constant along positions but not after rel_shift.
+            scale = self.d_k ** -0.5
+            bp_h = bp.reshape(self.h, self.d_k)
+            g = scale * torch.einsum("hdq,hd->hq", wq2_h, bp_h)
+            s = scale * (qv_bias * bp_h).sum(-1)
+            scores = scores + (torch.einsum("btq,hq->bht", q1, g.to(dtype)) + s.to(dtype)[None, :, None])[..., None]
+        return scores
+
+    def forward(self, query, key, value, pos_emb, mask):
+        """Self-attention with relative positions.
+
+        Args:
+            query, key, value: the same tensor, (B, T, d).
+            pos_emb: (1 or B, 2*T-1, d) for rel_selfattn, (1 or B, T, d) for
+                legacy_rel_selfattn.
+            mask: (B, 1, T) or (B, T, T), non-zero where valid; or None.
+
+        Returns:
+            (B, T, d).
+        """
+        _check_self_attention(query, key, value)
+        x = query
+        q1 = _down(self.linear_q, x)
+        scores = self._content_scores(q1, _down(self.linear_k, x), extra_bias=self.pos_bias_u)
+        scores = scores + self.rel_shift(self._position_scores(q1, pos_emb))
+        return self._attend(scores, _down(self.linear_v, x), mask)
+
+
+def _check_plain(attn: nn.Module) -> None:
+    """Reject dense options the rank-space form does not reproduce."""
+    for norm in ("q_norm", "k_norm"):
+        if not isinstance(getattr(attn, norm, nn.Identity()), nn.Identity):
+            raise ValueError(
+                "reduced attention cannot fold qk_norm (a LayerNorm between the "
+                "projection and the scores); keep this attention dense"
+            )
+
+
+def reduced_espnet_attention(attn: nn.Module) -> nn.Module:
+    """The rank-space replacement of one ESPnet self-attention module.
+
+    Raises:
+        TypeError: for attention types other than MultiHeadedAttention and its
+            relative-position variants.
+    """
+    from espnet.nets.pytorch_backend.transformer.attention import (
+        LegacyRelPositionMultiHeadedAttention,
+        MultiHeadedAttention,
+        RelPositionMultiHeadedAttention,
+    )
+
+    if isinstance(attn, ReducedMultiHeadedAttention):
+        return attn
+    if isinstance(attn, (RelPositionMultiHeadedAttention, LegacyRelPositionMultiHeadedAttention)):
+        return ReducedRelPositionAttention.from_dense(attn)
+    if isinstance(attn, MultiHeadedAttention):
+        return ReducedMultiHeadedAttention.from_dense(attn)
+    raise TypeError(
+        f"no reduced attention for {type(attn).__name__}; supported: MultiHeadedAttention, "
+        "RelPositionMultiHeadedAttention, LegacyRelPositionMultiHeadedAttention"
+    )
