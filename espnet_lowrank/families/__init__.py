@@ -12,6 +12,9 @@ from espnet_lowrank.families.base import EncoderFamily
 
 _FAMILY_MODULES = (
     "espnet_lowrank.families.whisper",
+    "espnet_lowrank.families.conformer",
+    "espnet_lowrank.families.transformer",
+    "espnet_lowrank.families.e_branchformer",
 )
 
 
