@@ -1,22 +1,63 @@
-"""Run any module with the plugin registered; usable as asr.sh's ``--python``.
+"""Run an ESPnet CLI with the plugin registered; usable as asr.sh's ``--python``.
 
     python -m espnet_lowrank.launch -m espnet2.bin.asr_inference ARGS...
+
+Decoding with ``espnet2.bin.asr_inference`` also shows a tqdm bar over the
+utterances (the stock CLI has none).
 """
 
+import functools
+import importlib
+import os
 import runpy
 import sys
+from typing import List, Optional
+
+
+def _count_utterances(argv: List[str]) -> Optional[int]:
+    """Lines of --key_file, else of the first --data_path_and_name_and_type file."""
+    for flag in ("--key_file", "--data_path_and_name_and_type"):
+        if flag in argv and argv.index(flag) + 1 < len(argv):
+            path = argv[argv.index(flag) + 1].split(",")[0]
+            if os.path.isfile(path):
+                with open(path, encoding="utf-8") as f:
+                    return sum(1 for line in f if line.strip())
+    return None
+
+
+def _show_decoding_progress(module, argv: List[str]) -> None:
+    from tqdm import tqdm
+
+    bar = tqdm(total=_count_utterances(argv), desc="decoding", unit="utt", file=sys.stderr,
+               disable=os.environ.get("ESPNET_LOWRANK_NO_TQDM") == "1")
+    call = module.Speech2Text.__call__
+
+    @functools.wraps(call)
+    def counted(self, *args, **kwargs):
+        result = call(self, *args, **kwargs)
+        bar.update(1)
+        return result
+
+    module.Speech2Text.__call__ = counted
 
 
 def main(argv=None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if len(argv) < 2 or argv[0] != "-m":
         sys.exit("usage: python -m espnet_lowrank.launch -m MODULE [ARGS...]")
-    module = argv[1]
+    module_name, args = argv[1], argv[2:]
     from espnet_lowrank.espnet.import_hook import install
 
     install()
-    sys.argv = [module] + argv[2:]
-    runpy.run_module(module, run_name="__main__", alter_sys=True)
+    module = importlib.import_module(module_name) if module_name.startswith("espnet2.bin.") else None
+    if module is not None and hasattr(module, "main"):
+        if module_name == "espnet2.bin.asr_inference":
+            _show_decoding_progress(module, args)
+        sys.argv = [module_name] + args
+        module.main(args)
+        return
+    sys.argv = [module_name] + args
+    runpy.run_module(module_name, run_name="__main__", alter_sys=True)
 
 
 if __name__ == "__main__":

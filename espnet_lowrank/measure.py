@@ -24,28 +24,25 @@ def encoder_linear_params(model) -> int:
     return linear_params(model.encoder)
 
 
+def _sdpa_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+    """Q Kᵀ plus P V for (B, H, L, E) queries, (B, H, S, E) keys, (B, H, S, Ev) values."""
+    b, h, l, e = query_shape
+    s, ev = key_shape[-2], value_shape[-1]
+    return 2 * b * h * l * s * (e + ev)
+
+
+# torch's counter knows the CUDA attention kernels but not the CPU one.
+_EXTRA_FLOP_FORMULAS = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _sdpa_flops}
+
+
 @torch.no_grad()
 def encoder_flops(model, seconds: float) -> int:
     """FLOPs of the encoder (frontend included) for one utterance of ``seconds``."""
     speech, lengths = _dummy_input(seconds)
-    counter = FlopCounterMode(display=False)
+    counter = FlopCounterMode(display=False, custom_mapping=_EXTRA_FLOP_FORMULAS)
     with counter:
         model.encode(speech, lengths)
     return int(counter.get_total_flops())
-
-
-@torch.no_grad()
-def encoder_latency(model, seconds: float, repeats: int = 5, warmup: int = 1) -> float:
-    """Median wall time (s) of ``model.encode`` on one utterance of ``seconds``."""
-    speech, lengths = _dummy_input(seconds)
-    for _ in range(warmup):
-        model.encode(speech, lengths)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        model.encode(speech, lengths)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 @torch.no_grad()
