@@ -114,7 +114,12 @@ def compress(
     peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
     spectra = {name: spectrum(stats[name]) for name in targets}
-    plan = make_plan(spectra, targets, config)
+    if config.budget is not None:
+        from espnet_lowrank.budget import allocate_ranks
+
+        plan = allocate_ranks(spectra, targets, float(config.budget), config)
+    else:
+        plan = make_plan(spectra, targets, config)
 
     compressed = copy.deepcopy(source).eval()
     factorize_layers_(compressed.encoder, plan.ranks, spectra)

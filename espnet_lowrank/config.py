@@ -47,6 +47,13 @@ class LowRankConfig:
         default=None, metadata={"help": "use at most this many calibration utterances"}
     )
     batch_size: int = field(default=4, metadata={"help": "calibration batch size"})
+    budget: Optional[float] = field(
+        default=None,
+        metadata={
+            "help": "keep this fraction of the target layers' dense FLOPs, ranks allocated "
+            "globally (espnet_lowrank.budget); replaces the θ thresholds"
+        },
+    )
 
     def __post_init__(self):
         for name in ("theta_attention", "theta_feed_forward"):
@@ -64,6 +71,8 @@ class LowRankConfig:
             raise ValueError(f"num_calib must be >= 1, got {self.num_calib}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.budget is not None and not 0.0 < float(self.budget) <= 1.0:
+            raise ValueError(f"budget must be in (0, 1], got {self.budget}")
 
     @classmethod
     def from_dict(cls, values: dict) -> "LowRankConfig":

@@ -1,0 +1,274 @@
+"""Global rank allocation under a cost budget.
+
+Instead of one explained-variance threshold per role (``plan.make_plan``),
+keep a fraction ``budget`` of the target layers' dense cost and spend it
+where it buys the most variance:
+
+* every layer starts dense (cost ``d_in d_out``, nothing discarded);
+* repeatedly take the rank cut, in steps of ``config.rank_multiple``, that
+  loses the least explained variance per unit of cost saved (lost variance is
+  the discarded eigenvalue mass relative to that layer's total variance), until
+  the kept cost is at most ``budget`` times the dense cost;
+* then give rank back, step by step, where it buys the most variance per unit
+  of cost, as long as the budget still holds — so the kept cost ends within one
+  rounding step of the budget.
+
+A layer is dense whenever factoring would not save (``k (d_in + d_out) >=
+d_in d_out``). Costs are per frame: ``flops`` = 2 k (d_in + d_out) for two
+factors, 2 d_in d_out dense; ``params`` adds the bias (d_out) to both; a
+``latency_table`` (dict ``{(d_in, d_out, rank or None for dense): seconds}``
+or a callable with those three arguments) makes the budget a fraction of
+measured time instead. Ties break by layer order, so the result is
+deterministic.
+"""
+
+import logging
+import time
+from typing import Callable, Dict, Iterable, List, Mapping, Optional, Tuple, Union
+
+import torch
+
+from espnet_lowrank.config import LowRankConfig
+from espnet_lowrank.factorize import Spectrum
+from espnet_lowrank.plan import LayerDecision, RankPlan, _fixed_rank
+
+logger = logging.getLogger(__name__)
+
+COSTS = ("flops", "params", "latency")
+LatencyTable = Union[Mapping[Tuple[int, int, Optional[int]], float], Callable[[int, int, Optional[int]], float]]
+
+
+def _cost_fn(cost: str, latency_table: Optional[LatencyTable]) -> Callable[[int, int, Optional[int]], float]:
+    """cost(d_in, d_out, rank or None for dense), per frame."""
+    if latency_table is not None:
+        if cost not in ("flops", "latency"):
+            raise ValueError(f"a latency_table is a cost of its own; got cost={cost!r} as well")
+        if callable(latency_table):
+            return lambda d_in, d_out, rank: float(latency_table(d_in, d_out, rank))
+
+        def from_table(d_in, d_out, rank):
+            try:
+                return float(latency_table[(d_in, d_out, rank)])
+            except KeyError:
+                raise KeyError(
+                    f"latency_table has no entry for (d_in={d_in}, d_out={d_out}, rank={rank}); "
+                    "it needs every candidate rank and None (dense)"
+                ) from None
+
+        return from_table
+    if cost == "latency":
+        raise ValueError("cost='latency' needs a latency_table")
+    if cost == "flops":
+        return lambda d_in, d_out, rank: float(2 * (d_in * d_out if rank is None else rank * (d_in + d_out)))
+    if cost == "params":
+        return lambda d_in, d_out, rank: float(
+            (d_in * d_out if rank is None else rank * (d_in + d_out)) + d_out
+        )
+    raise ValueError(f"cost must be one of {COSTS}, got {cost!r}")
+
+
+def candidate_ranks(d_in: int, d_out: int, multiple: int) -> List[int]:
+    """Factored ranks worth having, ascending: multiples of ``multiple`` (and
+    the full rank) below the break-even k (d_in + d_out) < d_in d_out."""
+    full = min(d_in, d_out)
+    ranks = list(range(multiple, full + 1, multiple))
+    if not ranks or ranks[-1] != full:
+        ranks.append(full)
+    return [k for k in ranks if k * (d_in + d_out) < d_in * d_out]
+
+
+class _Layer:
+    """One layer's options, ordered from cheapest to dense: (rank, cost, lost)."""
+
+    def __init__(self, name, role, d_in, d_out, spec: Spectrum, multiple, cost_fn, fixed):
+        self.name, self.role, self.d_in, self.d_out, self.spec = name, role, d_in, d_out, spec
+        ratios = spec.explained_variance().double()
+        lost = lambda k: max(0.0, 1.0 - float(ratios[min(k, ratios.numel()) - 1]))  # noqa: E731
+        if fixed is not None:
+            self.options = [(fixed, cost_fn(d_in, d_out, fixed), lost(fixed))]
+        else:
+            self.options = [(k, cost_fn(d_in, d_out, k), lost(k)) for k in candidate_ranks(d_in, d_out, multiple)]
+            self.options.append((None, cost_fn(d_in, d_out, None), 0.0))
+        self.fixed = fixed is not None
+        self.at = len(self.options) - 1  # start dense (or at the fixed rank)
+
+    @property
+    def cost(self) -> float:
+        return self.options[self.at][1]
+
+    @property
+    def lost(self) -> float:
+        return self.options[self.at][2]
+
+    @property
+    def rank(self) -> Optional[int]:
+        return self.options[self.at][0]
+
+
+def _best_cut(layer: _Layer) -> Optional[Tuple[float, int]]:
+    """(lost variance per cost saved, target index) of the best cut below the
+    current option; looks past steps that save little (e.g. dense -> the
+    break-even rank) so that a layer is not starved by its first step."""
+    best = None
+    cost, lost = layer.cost, layer.lost
+    for i in range(layer.at - 1, -1, -1):
+        _, c, l = layer.options[i]
+        saved = cost - c
+        if saved <= 0:
+            continue
+        ratio = (l - lost) / saved
+        if best is None or ratio < best[0]:
+            best = (ratio, i)
+    return best
+
+
+def allocate_ranks(
+    spectra: Dict[str, Spectrum],
+    layers: Dict[str, Tuple[str, int, int]],
+    budget: float,
+    config: Optional[LowRankConfig] = None,
+    cost: str = "flops",
+    latency_table: Optional[LatencyTable] = None,
+) -> RankPlan:
+    """Ranks that keep ``budget`` of the dense cost of ``layers``.
+
+    Args:
+        spectra: layer name -> output spectrum from calibration.
+        layers: layer name -> (role, d_in, d_out), as ``family.target_layers``.
+        budget: kept fraction of the dense cost, in (0, 1].
+        config: ``rank_multiple`` (step) and ``rank_pattern`` (fixed ranks,
+            counted but never changed); θ is not used.
+        cost: "flops" or "params" (per frame), or "latency" with a table.
+        latency_table: measured per-layer cost; see the module docstring.
+
+    Raises:
+        ValueError: bad budget, a layer without statistics, or a budget below
+            what the smallest ranks cost.
+    """
+    config = config or LowRankConfig()
+    if not 0.0 < budget <= 1.0:
+        raise ValueError(f"budget must be in (0, 1], got {budget}")
+    cost_fn = _cost_fn(cost, latency_table)
+    state: List[_Layer] = []
+    for name, (role, d_in, d_out) in layers.items():
+        if name not in spectra:
+            raise ValueError(f"no calibration statistics for layer {name}")
+        fixed = _fixed_rank(name, config.rank_pattern)
+        if fixed is not None and fixed > min(d_in, d_out):
+            raise ValueError(
+                f"rank_pattern gives {name} rank {fixed}, but the layer is "
+                f"{d_out}x{d_in} (max rank {min(d_in, d_out)})"
+            )
+        state.append(_Layer(name, role, d_in, d_out, spectra[name], config.rank_multiple, cost_fn, fixed))
+    dense_total = sum(cost_fn(l.d_in, l.d_out, None) for l in state)
+    target = budget * dense_total
+    floor = sum(l.options[0][1] for l in state)
+    if floor > target * (1 + 1e-12):
+        raise ValueError(
+            f"budget {budget} is below the smallest reachable cost "
+            f"{floor / dense_total:.4f} of dense (every layer at rank {config.rank_multiple})"
+        )
+
+    # Cut where the least variance is lost per unit of cost saved.
+    total = sum(l.cost for l in state)
+    while total > target * (1 + 1e-12):
+        best = None
+        for j, layer in enumerate(state):
+            cut = _best_cut(layer)
+            if cut is not None and (best is None or cut[0] < best[0]):
+                best = (cut[0], j, cut[1])
+        if best is None:  # unreachable given the floor check
+            break
+        _, j, i = best
+        total -= state[j].cost - state[j].options[i][1]
+        state[j].at = i
+
+    # Give rank back one step at a time where it buys the most variance.
+    while True:
+        best = None
+        for j, layer in enumerate(state):
+            if layer.at + 1 >= len(layer.options):
+                continue
+            _, c, l = layer.options[layer.at + 1]
+            extra = c - layer.cost
+            if total + extra > target * (1 + 1e-12):
+                continue
+            gain = (layer.lost - l) / extra if extra > 0 else float("inf")
+            if best is None or gain > best[0]:
+                best = (gain, j)
+        if best is None:
+            break
+        j = best[1]
+        total += state[j].options[state[j].at + 1][1] - state[j].cost
+        state[j].at += 1
+
+    ranks: Dict[str, int] = {}
+    decisions: List[LayerDecision] = []
+    reason = f"budget={budget} ({'latency' if latency_table is not None else cost})"
+    for layer in state:
+        theta = config.theta_attention if layer.role == "attention" else config.theta_feed_forward
+        from_theta = layer.spec.rank_for(theta)
+        rank = layer.rank
+        explained = 1.0 - layer.lost
+        why = "rank_pattern" if layer.fixed else reason
+        if rank is None:
+            why += "; dense"
+        else:
+            ranks[layer.name] = rank
+        decisions.append(
+            LayerDecision(layer.name, layer.role, layer.d_in, layer.d_out, rank, from_theta, explained, why)
+        )
+    logger.info(
+        "budget %.3f: kept %.4f of the dense %s, %d of %d layers factored",
+        budget, total / dense_total, "latency" if latency_table is not None else cost,
+        len(ranks), len(state),
+    )
+    return RankPlan(ranks, decisions)
+
+
+def plan_cost(plan: RankPlan, cost: str = "flops", latency_table: Optional[LatencyTable] = None) -> Tuple[float, float]:
+    """(kept, dense) cost of a plan's layers, in the allocator's units."""
+    cost_fn = _cost_fn(cost, latency_table)
+    kept = sum(cost_fn(d.d_in, d.d_out, d.rank) for d in plan.decisions)
+    dense = sum(cost_fn(d.d_in, d.d_out, None) for d in plan.decisions)
+    return kept, dense
+
+
+def discarded_variance(plan: RankPlan) -> float:
+    """Sum over layers of the discarded share of output variance."""
+    return sum(1.0 - d.explained_variance for d in plan.decisions if d.rank is not None)
+
+
+@torch.no_grad()
+def measure_latency_table(
+    shapes: Iterable[Tuple[int, int]],
+    multiple: int,
+    frames: int = 1500,
+    repeats: int = 5,
+    dtype: torch.dtype = torch.float32,
+    device: str = "cpu",
+) -> Dict[Tuple[int, int, Optional[int]], float]:
+    """Median seconds of one ``(frames, d_in)`` input through a dense
+    ``nn.Linear`` and through two factors of every candidate rank, per shape."""
+    from espnet_lowrank.modules.lowrank_linear import LowRankLinear
+
+    table = {}
+    for d_in, d_out in sorted(set(shapes)):
+        x = torch.randn(frames, d_in, dtype=dtype, device=device)
+        layers = {None: torch.nn.Linear(d_in, d_out)}
+        for k in candidate_ranks(d_in, d_out, multiple):
+            layers[k] = LowRankLinear(d_in, d_out, k)
+        for rank, layer in layers.items():
+            layer = layer.to(device=device, dtype=dtype)
+            layer(x)
+            times = []
+            for _ in range(repeats):
+                if device.startswith("cuda"):
+                    torch.cuda.synchronize()
+                start = time.perf_counter()
+                layer(x)
+                if device.startswith("cuda"):
+                    torch.cuda.synchronize()
+                times.append(time.perf_counter() - start)
+            table[(d_in, d_out, rank)] = sorted(times)[len(times) // 2]
+    return table

@@ -1,0 +1,123 @@
+"""Global rank allocation under a budget (espnet_lowrank.budget)."""
+
+import pytest
+import torch
+
+from espnet_lowrank.budget import (
+    allocate_ranks,
+    candidate_ranks,
+    discarded_variance,
+    plan_cost,
+)
+from espnet_lowrank.config import LowRankConfig
+from espnet_lowrank.factorize import Spectrum
+
+
+def _spectrum(eigenvalues) -> Spectrum:
+    ev = torch.as_tensor(eigenvalues, dtype=torch.float64)
+    d = ev.numel()
+    return Spectrum(ev, torch.eye(d, dtype=torch.float64), torch.zeros(d, dtype=torch.float64))
+
+
+def _decaying(d, rate, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return _spectrum(torch.exp(-rate * torch.arange(d, dtype=torch.float64)) * (1 + 0.1 * torch.rand(d, generator=g, dtype=torch.float64)))
+
+
+def _model(num_blocks=3, d=64, ff=256):
+    spectra, layers = {}, {}
+    for b in range(num_blocks):
+        for i, p in enumerate(("q", "k", "v", "o")):
+            name = f"b{b}.attn.{p}"
+            layers[name] = ("attention", d, d)
+            spectra[name] = _decaying(d, 0.05 + 0.03 * i + 0.01 * b, seed=10 * b + i)
+        layers[f"b{b}.ff1"] = ("feed_forward", d, ff)
+        spectra[f"b{b}.ff1"] = _decaying(ff, 0.02, seed=100 + b)
+        layers[f"b{b}.ff2"] = ("feed_forward", ff, d)
+        spectra[f"b{b}.ff2"] = _decaying(d, 0.08, seed=200 + b)
+    return spectra, layers
+
+
+@pytest.mark.parametrize("cost", ["flops", "params"])
+@pytest.mark.parametrize("budget", [0.3, 0.5, 0.75, 1.0])
+def test_budget_is_honored_within_one_step(budget, cost):
+    spectra, layers = _model()
+    config = LowRankConfig(rank_multiple=8)
+    plan = allocate_ranks(spectra, layers, budget, config, cost=cost)
+    kept, dense = plan_cost(plan, cost)
+    assert kept <= budget * dense * (1 + 1e-9)
+    step = max(2 * config.rank_multiple * (d_in + d_out) for _, d_in, d_out in layers.values())
+    assert budget * dense - kept < step, (kept, dense)
+    for name, rank in plan.ranks.items():
+        _, d_in, d_out = layers[name]
+        assert rank % 8 == 0 and rank * (d_in + d_out) < d_in * d_out
+
+
+def test_more_budget_discards_less_variance():
+    spectra, layers = _model()
+    config = LowRankConfig(rank_multiple=8)
+    lost = [discarded_variance(allocate_ranks(spectra, layers, b, config)) for b in (0.25, 0.4, 0.55, 0.7, 0.85)]
+    assert all(a > b for a, b in zip(lost, lost[1:])), lost
+    assert discarded_variance(allocate_ranks(spectra, layers, 1.0, config)) <= lost[-1]
+
+
+def test_flat_spectrum_keeps_more_rank_than_peaked():
+    d = 128
+    spectra = {
+        "flat": _spectrum(torch.ones(d)),
+        "peaked": _spectrum(torch.exp(-0.3 * torch.arange(d, dtype=torch.float64))),
+    }
+    layers = {"flat": ("attention", d, d), "peaked": ("attention", d, d)}
+    plan = allocate_ranks(spectra, layers, 0.5, LowRankConfig(rank_multiple=16))
+    flat = plan.ranks.get("flat", d)  # absent: dense
+    assert flat > plan.ranks["peaked"]
+
+
+def test_deterministic_and_full_budget_stays_dense():
+    spectra, layers = _model()
+    a = allocate_ranks(spectra, layers, 0.5, LowRankConfig())
+    b = allocate_ranks(dict(reversed(list(spectra.items()))), layers, 0.5, LowRankConfig())
+    assert a.ranks == b.ranks
+    assert allocate_ranks(spectra, layers, 1.0, LowRankConfig()).ranks == {}
+
+
+def test_rank_pattern_is_fixed_and_counted():
+    spectra, layers = _model()
+    config = LowRankConfig(rank_multiple=8, rank_pattern={r"b0\.ff1": 24})
+    plan = allocate_ranks(spectra, layers, 0.5, config)
+    assert plan.ranks["b0.ff1"] == 24
+    kept, dense = plan_cost(plan)
+    assert kept <= 0.5 * dense * (1 + 1e-9)
+
+
+def test_latency_table_steers_the_cuts():
+    # Two layers with the same spectrum; factoring "a" (64 wide) barely saves
+    # time, factoring "b" (72 wide) saves in proportion: the cuts go to "b".
+    d = 64
+    spectra = {"a": _decaying(d, 0.1, 1), "b": _decaying(d + 8, 0.1, 1)}
+    layers = {"a": ("attention", d, d), "b": ("attention", d + 8, d + 8)}
+
+    def latency(d_in, d_out, rank):
+        if rank is None:
+            return 1.0
+        return 0.9 + 0.1 * rank / d_in if d_in == d else rank / d_in
+
+    plan = allocate_ranks(spectra, layers, 0.7, LowRankConfig(rank_multiple=8), latency_table=latency)
+    assert "a" not in plan.ranks and "b" in plan.ranks
+    kept, dense = plan_cost(plan, latency_table=latency)
+    assert kept <= 0.7 * dense * (1 + 1e-9)
+    table = {(d_in, d_out, k): latency(d_in, d_out, k)
+             for _, d_in, d_out in layers.values() for k in candidate_ranks(d_in, d_out, 8) + [None]}
+    assert allocate_ranks(spectra, layers, 0.7, LowRankConfig(rank_multiple=8), latency_table=table).ranks == plan.ranks
+
+
+def test_bad_budgets_fail_clearly():
+    spectra, layers = _model()
+    with pytest.raises(ValueError, match="budget must be"):
+        allocate_ranks(spectra, layers, 0.0, LowRankConfig())
+    with pytest.raises(ValueError, match="below the smallest reachable"):
+        allocate_ranks(spectra, layers, 0.01, LowRankConfig(rank_multiple=16))
+    with pytest.raises(ValueError, match="latency_table"):
+        allocate_ranks(spectra, layers, 0.5, LowRankConfig(), cost="latency")
+    with pytest.raises(ValueError, match="no calibration statistics"):
+        allocate_ranks({}, layers, 0.5, LowRankConfig())
