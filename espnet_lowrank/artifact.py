@@ -145,7 +145,13 @@ def save_exp_dir(
         for name, write_figure in (figures or {}).items():
             write_figure(os.path.join(tmp, name))
         # Reload exactly what ESPnet will read; a mismatch aborts the write.
-        reloaded, _ = load_asr_model(os.path.join(tmp, "config.yaml"), os.path.join(tmp, "model.pth"))
+        # (config.yaml points at final_dir, which does not exist yet: reload
+        # through a copy whose localized files point into tmp.)
+        reload_config = os.path.join(tmp, ".reload_config.yaml")
+        with open(reload_config, "w", encoding="utf-8") as f:
+            yaml.safe_dump(_localize_files(train_config, tmp, tmp), f, sort_keys=False, allow_unicode=True)
+        reloaded, _ = load_asr_model(reload_config, os.path.join(tmp, "model.pth"))
+        os.remove(reload_config)
         logger.info("reloaded %s: all %d keys match", final_dir, len(reloaded.state_dict()))
 
 
