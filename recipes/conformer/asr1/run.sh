@@ -1,0 +1,251 @@
+#!/usr/bin/env bash
+# Train a small ESPnet Conformer, compress its encoder (LiteASR low-rank), decode, score.
+# Stages keep ESPnet's (egs2/TEMPLATE/asr1/asr.sh) numbers:
+#   1   data prep: real speech + Piper speech -> data/{train,dev,test_synth,test_real} (local/data.sh)
+#   2   format: data/<set> -> dump/raw/<set> (absolute wav paths, utt2num_samples)
+#   3   (no speed perturbation in this recipe)
+#   4   drop training/dev utterances shorter than --min_wav_duration or longer than --max_wav_duration
+#   5   BPE model (sentencepiece) and token list
+#  10   collect feature statistics (espnet2.bin.asr_train --collect_stats true)
+#  11   train (espnet2.bin.asr_train); exp/<tag>/model.pth -> valid.acc.ave.pth
+#  12   compress with every low-rank config (calibration on training data only, split over
+#       --nj jobs, statistics merged), then decode every test set with the dense and the
+#       compressed models (stock espnet2.bin.asr_inference over --nj jobs)
+#  13   score (basic normalizer) and write RESULTS.md (+ WER-vs-size PNG)
+# --tiny true runs every stage on a handful of utterances with a 2-block Conformer (CI).
+set -euo pipefail
+cd "$(dirname "$0")"
+
+stage=1
+stop_stage=13
+nj=1
+backend=local              # local | slurm (jobs of stage 12)
+tiny=false
+asr_config=                # default: conf/train_asr_conformer.yaml (tiny: conf/train_tiny.yaml)
+asr_exp=                   # default: exp/asr_<config name>
+inference_config=          # default: conf/decode_asr.yaml (tiny: conf/decode_tiny.yaml)
+inference_asr_model=       # default: <asr_exp>/model.pth
+lowrank_config=            # default: conf/lowrank/<family>.yaml (tiny: conf/lowrank_tiny.yaml); "none": no compression
+lowrank_configs=           # several configs (a θ sweep): "a.yaml b.yaml"
+thetas=                    # or a θ sweep on --lowrank_config: "0.9 0.95 0.99" (both θs set to each value)
+num_calib=                 # default: the low-rank config's num_calib (else 64)
+decode_dense=true           # stage 12: also decode with the dense model
+test_sets="test_synth test_real"  # names under data/ or absolute Kaldi dirs; never used for training/calibration
+data_opts=                 # extra options for local/data.sh, e.g. "--real_train /path/to/LibriSpeech/train-clean-100"
+nbpe=300
+min_wav_duration=0.1
+max_wav_duration=20
+ngpu=0
+results=                   # default: RESULTS.md (tiny: exp/RESULTS.md)
+python=python
+__recipe_options="stage stop_stage nj backend tiny asr_config asr_exp inference_config inference_asr_model decode_dense lowrank_config lowrank_configs thetas num_calib test_sets data_opts nbpe min_wav_duration max_wav_duration ngpu results python"
+. ../../common/parse_options.sh
+
+root=$(cd ../../.. && pwd)
+if [ "${tiny}" = true ]; then
+    asr_config=${asr_config:-conf/train_tiny.yaml}
+    inference_config=${inference_config:-conf/decode_tiny.yaml}
+    lowrank_config=${lowrank_config:-conf/lowrank_tiny.yaml}
+    results=${results:-exp/RESULTS.md}
+    nbpe=40
+    data_opts="--tiny true ${data_opts}"
+fi
+asr_config=${asr_config:-conf/train_asr_conformer.yaml}
+inference_config=${inference_config:-conf/decode_asr.yaml}
+results=${results:-RESULTS.md}
+asr_exp=${asr_exp:-exp/asr_$(basename "${asr_config}" .yaml)}
+model_file=${inference_asr_model:-${asr_exp}/model.pth}
+token_dir=data/token_list/bpe_unigram${nbpe}
+bpemodel=${token_dir}/bpe.model
+token_list=${token_dir}/tokens.txt
+stats_dir=exp/asr_stats_$(basename "${asr_config}" .yaml)
+
+log() { echo "$(date '+%H:%M:%S') [stage ${1}] ${*:2}" >&2; }
+fail() { echo "$0: ERROR: $*" >&2; exit 1; }
+tools() { ${python} local/recipe_tools.py "$@"; }
+
+# ---------------------------------------------------------------- input checks (before any work)
+test_dirs=
+for t in ${test_sets}; do
+    case "$t" in /*) test_dirs+=" $t" ;; *) test_dirs+=" data/$t" ;; esac
+done
+[ -n "${test_dirs}" ] || fail "no --test_sets"
+[ -f "${inference_config}" ] || fail "inference config not found: ${inference_config}"
+if [ ${stage} -le 11 ] && [ ${stop_stage} -ge 10 ]; then
+    family=$(tools check_family "${asr_config}") || fail "cannot compress the encoder of ${asr_config} (see above)"
+elif [ ${stop_stage} -ge 12 ] && [ ${stage} -le 13 ]; then
+    family=$(tools check_family "${asr_exp}/config.yaml") || fail "cannot compress ${asr_exp} (see above)"
+    [ -f "${model_file}" ] || fail "model not found: ${model_file} (run stage 11 first?)"
+fi
+if [ ${stage} -le 1 ] && [ ${stop_stage} -ge 1 ]; then
+    # Test sets that stage 1 does not make must exist already.
+    for d in ${test_dirs}; do
+        case "$d" in data/test_synth|data/test_real) ;; *) tools check_data --require_text "$d" || fail "bad test set $d" ;; esac
+    done
+else
+    if [ ${stage} -le 11 ] && [ ${stop_stage} -ge 2 ]; then
+        tools check_data --require_text data/train data/dev || fail "bad training data (run stage 1 first?)"
+    fi
+    if [ ${stop_stage} -ge 12 ] && [ ${stage} -le 13 ]; then
+        tools check_data --require_text ${test_dirs} || fail "bad test set (run stage 1 first?)"
+    fi
+fi
+
+# Low-rank configs: --lowrank_configs, or a --thetas sweep on --lowrank_config, or one config.
+if [ ${stop_stage} -ge 12 ] && [ "${lowrank_config}" != none ]; then
+    lowrank_config=${lowrank_config:-${root}/conf/lowrank/${family:-conformer}.yaml}
+    if [ -n "${thetas}" ]; then
+        tools check_lowrank "${lowrank_config}" >/dev/null || fail "bad --lowrank_config"
+        lowrank_configs=$(tools sweep_configs --base "${lowrank_config}" --thetas ${thetas} --out "${asr_exp}_lowrank_configs")
+    fi
+    lowrank_configs=${lowrank_configs:-${lowrank_config}}
+    tools check_lowrank ${lowrank_configs} >/dev/null || fail "bad low-rank config"
+else
+    lowrank_configs=
+fi
+n_configs=$(echo ${lowrank_configs} | wc -w)
+lowrank_exp_of() {  # config -> exp dir
+    if [ "${n_configs}" -le 1 ]; then echo "${asr_exp}_lowrank"; else echo "${asr_exp}_lowrank_$(basename "$1" .yaml)"; fi
+}
+
+# ---------------------------------------------------------------- stage 1
+if [ ${stage} -le 1 ] && [ ${stop_stage} -ge 1 ]; then
+    log 1 "data preparation"
+    local/data.sh --python "${python}" ${data_opts}
+fi
+
+# ---------------------------------------------------------------- stages 2-5
+if [ ${stage} -le 2 ] && [ ${stop_stage} -ge 2 ]; then
+    log 2 "format data/{train,dev} and the test sets into dump/raw"
+    for d in data/train data/dev ${test_dirs}; do
+        out=dump/raw/$(basename "$d")
+        rm -rf "${out}"; mkdir -p "${out}"
+        ${python} - "$d" "${out}" <<'PY'
+import sys, soundfile as sf
+from espnet_lowrank.data import read_data_dir, write_data_dir
+utts = read_data_dir(sys.argv[1], require_text=True)
+write_data_dir(sys.argv[2], utts)
+with open(f"{sys.argv[2]}/utt2num_samples", "w") as f:
+    f.writelines(f"{u.utt_id} {sf.info(u.wav_path).frames}\n" for u in utts)
+PY
+    done
+fi
+if [ ${stage} -le 4 ] && [ ${stop_stage} -ge 4 ]; then
+    log 4 "remove utterances outside [${min_wav_duration}, ${max_wav_duration}] s from train and dev"
+    for d in dump/raw/train dump/raw/dev; do
+        tools filter "$d" --min "${min_wav_duration}" --max "${max_wav_duration}"
+    done
+fi
+if [ ${stage} -le 5 ] && [ ${stop_stage} -ge 5 ]; then
+    log 5 "BPE (unigram, ${nbpe}) and token list from dump/raw/train/text"
+    mkdir -p "${token_dir}"
+    cut -d' ' -f2- dump/raw/train/text > "${token_dir}/train.txt"
+    ${python} -c "
+import sentencepiece as spm, sys
+spm.SentencePieceTrainer.train(input=sys.argv[1], model_prefix=sys.argv[2], vocab_size=int(sys.argv[3]),
+    model_type='unigram', character_coverage=1.0, input_sentence_size=100000000, hard_vocab_limit=False)
+" "${token_dir}/train.txt" "${token_dir}/bpe" "${nbpe}" > "${token_dir}/spm_train.log" 2>&1 \
+        || { tail -20 "${token_dir}/spm_train.log" >&2; fail "sentencepiece training failed"; }
+    ${python} -m espnet2.bin.tokenize_text --token_type bpe --bpemodel "${bpemodel}" \
+        --input "${token_dir}/train.txt" --output "${token_list}" --write_vocabulary true \
+        --add_symbol '<blank>:0' --add_symbol '<unk>:1' --add_symbol '<sos/eos>:-1' 2>> "${token_dir}/spm_train.log"
+fi
+
+train_opts=(--use_preprocessor true --token_type bpe --bpemodel "${PWD}/${bpemodel}"
+            --token_list "${PWD}/${token_list}" --non_linguistic_symbols none --cleaner none --g2p none
+            --ngpu "${ngpu}" --config "${asr_config}" --frontend_conf fs=16k)
+
+# ---------------------------------------------------------------- stage 10
+if [ ${stage} -le 10 ] && [ ${stop_stage} -ge 10 ]; then
+    log 10 "collect stats -> ${stats_dir}"
+    rm -rf "${stats_dir}"; mkdir -p "${stats_dir}"
+    ${python} -m espnet2.bin.asr_train --collect_stats true "${train_opts[@]}" \
+        --train_data_path_and_name_and_type dump/raw/train/wav.scp,speech,sound \
+        --train_data_path_and_name_and_type dump/raw/train/text,text,text \
+        --valid_data_path_and_name_and_type dump/raw/dev/wav.scp,speech,sound \
+        --valid_data_path_and_name_and_type dump/raw/dev/text,text,text \
+        --train_shape_file dump/raw/train/wav.scp --valid_shape_file dump/raw/dev/wav.scp \
+        --output_dir "${stats_dir}" > "${stats_dir}/collect_stats.log" 2>&1 \
+        || { tail -20 "${stats_dir}/collect_stats.log" >&2; fail "collect stats failed (${stats_dir}/collect_stats.log)"; }
+    n_tokens=$(wc -l < "${token_list}")
+    for s in train valid; do
+        awk -v N="${n_tokens}" '{ print $0 "," N }' "${stats_dir}/${s}/text_shape" > "${stats_dir}/${s}/text_shape.bpe"
+    done
+fi
+
+# ---------------------------------------------------------------- stage 11
+if [ ${stage} -le 11 ] && [ ${stop_stage} -ge 11 ]; then
+    log 11 "train ${asr_config} -> ${asr_exp} (log: ${asr_exp}/train.log)"
+    mkdir -p "${asr_exp}"
+    ${python} -m espnet_lowrank.launch -m espnet2.bin.asr_train "${train_opts[@]}" \
+        --normalize global_mvn --normalize_conf "stats_file=${PWD}/${stats_dir}/train/feats_stats.npz" \
+        --train_data_path_and_name_and_type dump/raw/train/wav.scp,speech,sound \
+        --train_data_path_and_name_and_type dump/raw/train/text,text,text \
+        --valid_data_path_and_name_and_type dump/raw/dev/wav.scp,speech,sound \
+        --valid_data_path_and_name_and_type dump/raw/dev/text,text,text \
+        --train_shape_file "${stats_dir}/train/speech_shape" --train_shape_file "${stats_dir}/train/text_shape.bpe" \
+        --valid_shape_file "${stats_dir}/valid/speech_shape" --valid_shape_file "${stats_dir}/valid/text_shape.bpe" \
+        --fold_length 80000 --fold_length 150 --resume true --use_tensorboard false \
+        --output_dir "${asr_exp}" > "${asr_exp}/train.log" 2>&1 \
+        || { tail -20 "${asr_exp}/train.log" >&2; fail "training failed (${asr_exp}/train.log)"; }
+    best=valid.acc.ave.pth
+    [ -e "${asr_exp}/${best}" ] || best=valid.acc.best.pth
+    [ -e "${asr_exp}/${best}" ] || fail "training wrote neither valid.acc.ave.pth nor valid.acc.best.pth"
+    ln -sfn "${best}" "${asr_exp}/model.pth"
+    cp "${inference_config}" "${asr_exp}/decode.yaml"
+fi
+
+# ---------------------------------------------------------------- stage 12
+if [ ${stage} -le 12 ] && [ ${stop_stage} -ge 12 ]; then
+    calib_dir=${asr_exp}_calib
+    for conf in ${lowrank_configs}; do
+        lowrank_exp=$(lowrank_exp_of "${conf}")
+        batch_size=$(tools check_lowrank "${conf}")
+        n=${num_calib:-$(${python} -c "import sys; from espnet_lowrank.config import LowRankConfig as C; print(C.from_yaml(sys.argv[1]).num_calib or 64)" "${conf}")}
+        # Calibration: n training utterances (never dev/test), split at batch boundaries.
+        rm -rf "${calib_dir}"
+        jobs=$(tools calib_split --train dump/raw/train --num "${n}" --batch_size "${batch_size}" --nj "${nj}" --out "${calib_dir}")
+        log 12 "calibrate ${asr_exp} on ${n} training utterances in ${jobs} jobs ($(basename "${conf}"))"
+        ${python} - "${jobs}" "${backend}" "${calib_dir}" "${asr_exp}/config.yaml" "${model_file}" "${conf}" <<'PY'
+import sys
+from espnet_lowrank.jobs import run_jobs
+nj, backend, calib, config, model, conf = sys.argv[1:]
+cmds, logs = [], []
+for j in range(1, int(nj) + 1):
+    cmds.append([sys.executable, "-m", "espnet_lowrank.bin.compress", "--asr_train_config", config,
+                 "--asr_model_file", model, "--lowrank_config", conf,
+                 "--calib_data", f"{calib}/split{nj}/{j}", "--stats_out", f"{calib}/stats.{j}.pt"])
+    logs.append(f"{calib}/log/calib.{j}.log")
+run_jobs(cmds, logs, backend=backend, desc="calibration")
+PY
+        log 12 "merge statistics and compress -> ${lowrank_exp}"
+        ${python} -m espnet_lowrank.bin.compress --asr_train_config "${asr_exp}/config.yaml" \
+            --asr_model_file "${model_file}" --lowrank_config "${conf}" \
+            --stats $(for j in $(seq 1 "${jobs}"); do echo "${calib_dir}/stats.${j}.pt"; done) \
+            --output_dir "${lowrank_exp}" --overwrite > "${calib_dir}/compress.log" 2>&1 \
+            || { tail -20 "${calib_dir}/compress.log" >&2; fail "compression failed"; }
+        cp "${inference_config}" "${lowrank_exp}/decode.yaml"
+    done
+    dense=; [ "${decode_dense}" = true ] && dense=${asr_exp}
+    for exp in ${dense} $(for c in ${lowrank_configs}; do lowrank_exp_of "$c"; done); do
+        for t in ${test_dirs}; do
+            name=$(basename "$t")
+            log 12 "decode ${name} with ${exp}"
+            dump=dump/raw/${name}; [ -f "${dump}/wav.scp" ] || dump=$t
+            mf=${exp}/model.pth; [ "${exp}" = "${asr_exp}" ] && mf=${model_file}
+            ${python} -m espnet_lowrank.bin.decode --asr_exp "${exp}" --data "${dump}" \
+                --output_dir "${exp}/decode_${name}" --nj "${nj}" --backend "${backend}" \
+                --inference_config "${inference_config}" --inference_asr_model "${mf}"
+        done
+    done
+fi
+
+# ---------------------------------------------------------------- stage 13
+if [ ${stage} -le 13 ] && [ ${stop_stage} -ge 13 ]; then
+    log 13 "score and write ${results}"
+    exps="${asr_exp} $(for c in ${lowrank_configs}; do lowrank_exp_of "$c"; done)"
+    mkdir -p "$(dirname "${results}")"
+    ${python} -m espnet_lowrank.bin.results --exps ${exps} --test_sets ${test_dirs} \
+        --normalize basic --output "${results}"
+    log 13 "wrote ${results}"
+fi
