@@ -1,0 +1,173 @@
+"""A real ESPnet Conformer ASR model, end to end through stock ESPnet:
+
+built with ``ASRTask.build_model``, trained for a few optimizer steps on real
+speech (AN4), saved as an exp dir (config.yaml + model.pth + token list),
+compressed with ``python -m espnet_lowrank.bin.compress``, reloaded through
+``ASRTask.build_model_from_file`` with zero missing and zero unexpected keys,
+and decoded with the stock ``python -m espnet2.bin.asr_inference``.
+"""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from espnet_lowrank.data import load_audio, read_data_dir, write_data_dir
+
+VENV_BIN = Path(sys.executable).parent
+
+pytestmark = pytest.mark.slow
+
+TINY_CONFORMER = {
+    "encoder": "conformer",
+    "encoder_conf": {
+        "output_size": 64, "attention_heads": 2, "linear_units": 128, "num_blocks": 2,
+        "dropout_rate": 0.0, "positional_dropout_rate": 0.0, "attention_dropout_rate": 0.0,
+        "input_layer": "conv2d", "macaron_style": True, "rel_pos_type": "latest",
+        "pos_enc_layer_type": "rel_pos", "selfattention_layer_type": "rel_selfattn",
+        "activation_type": "swish", "use_cnn_module": True, "cnn_module_kernel": 7,
+    },
+    "decoder": "transformer",
+    "decoder_conf": {"attention_heads": 2, "linear_units": 128, "num_blocks": 1},
+    "model_conf": {"ctc_weight": 0.3, "lsm_weight": 0.1},
+    "frontend_conf": {"n_fft": 512, "hop_length": 160, "n_mels": 40},
+    "normalize": "utterance_mvn",
+}
+LOWRANK = {"theta_attention": 0.9, "theta_feed_forward": 0.95, "rank_multiple": 8,
+           "keep_dense_if_no_savings": True, "attention": "auto", "batch_size": 2}
+
+
+def _env():
+    return dict(os.environ, PATH=f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+                ESPNET_LOWRANK_NO_TQDM="1")
+
+
+def _run(cmd, timeout=300):
+    proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, f"{' '.join(map(str, cmd))}\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
+    return proc
+
+
+@pytest.fixture(scope="module")
+def an4(shared_data_dir, tmp_path_factory):
+    """8 AN4 utterances to train and calibrate on, 3 others to decode."""
+    utts = read_data_dir(str(shared_data_dir / "an4"), require_text=True)
+    root = tmp_path_factory.mktemp("an4")
+    train, test = utts[:8], utts[-3:]
+    write_data_dir(str(root / "train"), train)
+    write_data_dir(str(root / "test"), test)
+    return root, train, test
+
+
+def _char_ids(text, token_to_id):
+    return [token_to_id.get("<space>" if c == " " else c, token_to_id["<unk>"]) for c in text]
+
+
+@pytest.fixture(scope="module")
+def trained_exp(an4, tmp_path_factory):
+    from espnet2.tasks.asr import ASRTask
+
+    root, train, _ = an4
+    exp = tmp_path_factory.mktemp("exp") / "asr_tiny_conformer"
+    exp.mkdir()
+    chars = sorted({c for u in train for c in u.text if c != " "})
+    tokens = ["<blank>", "<unk>", "<space>"] + chars + ["<sos/eos>"]
+    (exp / "tokens.txt").write_text("".join(t + "\n" for t in tokens))
+    (exp / "train.yaml").write_text(yaml.safe_dump(TINY_CONFORMER))
+    args = ASRTask.get_parser().parse_args([
+        "--config", str(exp / "train.yaml"), "--token_list", str(exp / "tokens.txt"),
+        "--token_type", "char", "--output_dir", str(exp), "--ngpu", "0",
+    ])
+    torch.manual_seed(0)
+    model = ASRTask.build_model(args)
+
+    # A few optimizer steps on real speech.
+    token_to_id = {t: i for i, t in enumerate(tokens)}
+    audio = [torch.from_numpy(load_audio(u.wav_path)) for u in train]
+    speech = torch.nn.utils.rnn.pad_sequence(audio, batch_first=True)
+    speech_lengths = torch.tensor([len(a) for a in audio])
+    ids = [torch.tensor(_char_ids(u.text, token_to_id)) for u in train]
+    text = torch.nn.utils.rnn.pad_sequence(ids, batch_first=True, padding_value=-1)
+    text_lengths = torch.tensor([len(i) for i in ids])
+    optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
+    model.train()
+    losses = []
+    for _ in range(6):
+        loss, _, _ = model(speech=speech, speech_lengths=speech_lengths, text=text, text_lengths=text_lengths)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss.detach()))
+    assert losses[-1] < losses[0], losses
+
+    # The exp dir as ESPnet's trainer writes it: token_list inlined in config.yaml.
+    config = vars(args)
+    config["token_list"] = tokens
+    (exp / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    torch.save(model.state_dict(), exp / "model.pth")
+    (exp / "decode.yaml").write_text(yaml.safe_dump(
+        {"beam_size": 2, "ctc_weight": 0.3, "lm_weight": 0.0, "maxlenratio": 0.5, "nbest": 1}))
+    return exp
+
+
+@pytest.fixture(scope="module")
+def compressed_exp(trained_exp, an4):
+    root, _, _ = an4
+    out = trained_exp.parent / "asr_tiny_conformer_lowrank"
+    conf = trained_exp.parent / "lowrank.yaml"
+    conf.write_text(yaml.safe_dump(LOWRANK))
+    _run([sys.executable, "-m", "espnet_lowrank.bin.compress",
+          "--asr_train_config", str(trained_exp / "config.yaml"),
+          "--asr_model_file", str(trained_exp / "model.pth"),
+          "--calib_data", str(root / "train"), "--lowrank_config", str(conf),
+          "--output_dir", str(out)])
+    return out
+
+
+def test_reload_through_espnet_with_exact_keys(trained_exp, compressed_exp):
+    from espnet2.tasks.asr import ASRTask
+
+    from espnet_lowrank.espnet.registry import register
+
+    register()
+    config = yaml.safe_load((compressed_exp / "config.yaml").read_text())
+    assert config["encoder"] == "lowrank"
+    plan = config["encoder_conf"]["plan"]
+    assert plan, "nothing was factored"
+    model, _ = ASRTask.build_model_from_file(
+        str(compressed_exp / "config.yaml"), str(compressed_exp / "model.pth"), "cpu")
+    saved = torch.load(compressed_exp / "model.pth", map_location="cpu")
+    built = model.state_dict()
+    assert sorted(set(built) - set(saved)) == []  # missing
+    assert sorted(set(saved) - set(built)) == []  # unexpected
+    for key, value in saved.items():
+        assert built[key].shape == value.shape, key
+        assert torch.equal(built[key], value), key
+
+    dense, _ = ASRTask.build_model_from_file(
+        str(trained_exp / "config.yaml"), str(trained_exp / "model.pth"), "cpu")
+    n_dense = sum(p.numel() for p in dense.encoder.parameters())
+    n_lowrank = sum(p.numel() for p in model.encoder.parameters())
+    assert n_lowrank < n_dense
+    # Everything outside the encoder is untouched.
+    dense_state = dense.state_dict()
+    for key, value in built.items():
+        if not key.startswith("encoder."):
+            assert torch.equal(value, dense_state[key]), key
+
+
+def test_stock_asr_inference_decodes_every_utterance(compressed_exp, an4, tmp_path):
+    root, _, test = an4
+    out = tmp_path / "decode_test"
+    _run([sys.executable, "-m", "espnet2.bin.asr_inference", "--ngpu", "0", "--batch_size", "1",
+          "--data_path_and_name_and_type", f"{root / 'test' / 'wav.scp'},speech,sound",
+          "--asr_train_config", str(compressed_exp / "config.yaml"),
+          "--asr_model_file", str(compressed_exp / "model.pth"),
+          "--config", str(compressed_exp / "decode.yaml"),
+          "--output_dir", str(out)])
+    lines = (out / "1best_recog" / "text").read_text().splitlines()
+    assert sorted(line.split(maxsplit=1)[0] for line in lines) == sorted(u.utt_id for u in test)
