@@ -64,6 +64,10 @@ def main(cmd: Optional[List[str]] = None) -> None:
     if not args.stats and not args.calib_data:
         sys.exit("error: --calib_data is required unless --stats is given")
 
+    out = args.output_dir
+    if out and os.path.isdir(out) and os.listdir(out) and not args.overwrite:
+        raise FileExistsError(f"output directory {out} exists and is not empty (use --overwrite)")
+
     # 1. Load the dense model, with the strict key check.
     model, train_config = load_asr_model(args.asr_train_config, args.asr_model_file, args.device)
     family = family_for(model.encoder)
