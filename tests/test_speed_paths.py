@@ -190,3 +190,65 @@ def test_budget_plan_runs_through_the_fast_paths(dispatch, mode):
     choose_attention_(full, family, "reduced", 100)
     got, _, _ = _encode(full, batch)
     assert (got - want)[valid].abs().max().item() < 1e-4
+
+
+_TRITON_SCRIPT = r"""
+import torch, torch.nn.functional as F
+from torch import nn
+from espnet_lowrank.modules.attention import ReducedSelfAttention
+from espnet_lowrank.modules.lowrank_linear import LowRankLinear
+from espnet_lowrank.modules.triton_attention import rank_space_attention
+
+torch.manual_seed(0)
+worst = 0.0
+# ranks 16, 48 (not a power of two) and 40 (not a multiple of 16)
+for b, h, t, kk, kv in ((2, 3, 37, 16, 48), (1, 2, 70, 40, 32)):
+    q = 0.3 * torch.randn(b, h, t, kk); k = torch.randn(b, t, kk); v = torch.randn(b, t, kv)
+    valid = torch.ones(b, t, dtype=torch.bool); valid[-1, t // 2:] = False
+    for m in (None, valid):
+        want = F.scaled_dot_product_attention(
+            q, k[:, None].expand(b, h, t, kk), v[:, None].expand(b, h, t, kv),
+            attn_mask=None if m is None else m[:, None, None, :], scale=1.0)
+        worst = max(worst, (rank_space_attention(q, k, v, m, block_m=16, block_n=16) - want).abs().max().item())
+# through ReducedSelfAttention, full rank
+d = 32
+layers = [nn.Linear(d, d) for _ in range(4)]
+lowrank = []
+for p in layers:
+    u, s, vh = torch.linalg.svd(p.weight.detach())
+    lowrank.append(LowRankLinear.from_factors(torch.diag(s) @ vh, u, p.bias.detach()))
+x = torch.randn(2, 24, d)
+valid = torch.ones(2, 24, dtype=torch.bool); valid[1, 15:] = False
+attn = ReducedSelfAttention(*lowrank, 4).eval()
+with torch.inference_mode():
+    got = attn(x, key_padding_mask=valid)
+    q, kk_, vv = (layers[i](x).view(2, 24, 4, 8).transpose(1, 2) for i in range(3))
+    z = F.scaled_dot_product_attention(q, kk_, vv, attn_mask=valid[:, None, None, :])
+    want = layers[3](z.transpose(1, 2).reshape(2, 24, d))
+worst = max(worst, (got - want)[valid].abs().max().item())
+print("WORST", worst)
+"""
+
+
+def test_triton_rank_space_kernel_under_the_interpreter():
+    import os
+    import subprocess
+    import sys
+
+    if importlib_util_find_spec("triton") is None:
+        pytest.skip("triton is not installed")
+    env = dict(os.environ, TRITON_INTERPRET="1", ESPNET_LOWRANK_TRITON="1",
+               ESPNET_LOWRANK_ATTENTION_DISPATCH="reduced")
+    proc = subprocess.run([sys.executable, "-c", _TRITON_SCRIPT], env=env, capture_output=True,
+                          text=True, timeout=600)
+    if proc.returncode != 0 and "interpreter" in proc.stderr.lower() and "InterpreterError" not in proc.stderr:
+        pytest.skip(f"triton's CPU interpreter cannot run here: {proc.stderr[-500:]}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    worst = float(proc.stdout.split("WORST")[-1])
+    assert worst < 1e-4, worst
+
+
+def importlib_util_find_spec(name):
+    import importlib.util
+
+    return importlib.util.find_spec(name)

@@ -73,6 +73,9 @@ def attention_flops(query, key, value, out, n_head: int, frames: int, reduced: b
 # space. Training and autograd always take the rank-space path.
 DISPATCH_MODES = ("measure", "flops", "reduced")
 DISPATCH = os.environ.get("ESPNET_LOWRANK_ATTENTION_DISPATCH", "measure")
+# Opt-in Triton kernel for the rank-space softmax (modules/triton_attention.py):
+# used on CUDA, or on CPU under TRITON_INTERPRET=1 (tests).
+USE_TRITON = os.environ.get("ESPNET_LOWRANK_TRITON") == "1"
 # (dispatch key) -> "reduced" | "dense"; filled on first use.
 _DISPATCH_CACHE: Dict[tuple, str] = {}
 
@@ -169,15 +172,22 @@ class ReducedSelfAttention(nn.Module):
         queries = q1 @ m_flat  # (b, t, h kk)
         if c_flat is not None:
             queries = queries + c_flat
-        # Keys and values are shared by the heads: stack the heads' queries as
-        # rows of one single-head attention, (b, 1, h t, kk).
-        queries = queries.view(b, t, h, kk).transpose(1, 2).reshape(b, 1, h * t, kk)
-        attn_mask = None
-        if key_padding_mask is not None:
-            attn_mask = key_padding_mask[:, None, None, :].bool()
-        z = F.scaled_dot_product_attention(
-            queries, k1.unsqueeze(1), v1.unsqueeze(1), attn_mask=attn_mask, scale=1.0
-        )  # (b, 1, h t, kv)
+        queries = queries.view(b, t, h, kk).transpose(1, 2)  # (b, h, t, kk)
+        if USE_TRITON and (x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"):
+            from espnet_lowrank.modules.triton_attention import rank_space_attention
+
+            mask = None if key_padding_mask is None else key_padding_mask.bool()
+            z = rank_space_attention(queries, k1, v1, mask)  # (b, h, t, kv)
+        else:
+            # Keys and values are shared by the heads: stack the heads' queries
+            # as rows of one single-head attention, (b, 1, h t, kk).
+            queries = queries.reshape(b, 1, h * t, kk)
+            attn_mask = None
+            if key_padding_mask is not None:
+                attn_mask = key_padding_mask[:, None, None, :].bool()
+            z = F.scaled_dot_product_attention(
+                queries, k1.unsqueeze(1), v1.unsqueeze(1), attn_mask=attn_mask, scale=1.0
+            )  # (b, 1, h t, kv)
         z = z.view(b, h, t, kv).transpose(1, 2).reshape(b, t, h * kv)
         y = z @ n_flat if c_o is None else torch.addmm(c_o, z.reshape(b * t, h * kv), n_flat).view(b, t, -1)
         if isinstance(self.out, LowRankLinear):
