@@ -10,7 +10,7 @@ set -euo pipefail
 shared_data=${ESPNET_LOWRANK_SHARED_DATA:-$(cd ../../../.. && pwd)/shared/data}
 real_train="librispeech_train-clean-100 arctic_cathy_a ljspeech vctk an4 pocketsphinx"  # names under shared_data or paths
 real_test="arctic_misc"
-heldout_speakers='^p334$'  # regex over speaker ids of the training dirs: held out for test_real
+heldout_speakers='^(p228|p334)$'  # regex over speaker ids of the training dirs: held out for test_real
 corpora=                   # default: ${shared_data}/text_corpora
 num_synth_train=2500       # about 2.5 h of synthesized speech (Piper, 4 voice settings)
 num_synth_test=50

@@ -1,0 +1,146 @@
+"""recipes/conformer/asr1/run.sh --tiny true, stages 1 -> 13, in a temporary copy of
+the recipe (nothing is written into the repo), plus: stage 12 gives the same plan,
+weights and hypotheses with --nj 1 and --nj 4; bad input fails fast, before any work.
+"""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+VENV_BIN = Path(sys.executable).parent
+
+pytestmark = pytest.mark.slow
+
+
+def _copy_recipe(dst: Path) -> Path:
+    """recipes/common, recipes/conformer/asr1 (no data/exp/dump) and conf/lowrank."""
+    ignore = shutil.ignore_patterns("data", "exp", "dump", "RESULTS.md", "__pycache__")
+    shutil.copytree(ROOT / "recipes" / "common", dst / "recipes" / "common")
+    shutil.copytree(ROOT / "recipes" / "conformer" / "asr1", dst / "recipes" / "conformer" / "asr1", ignore=ignore)
+    shutil.copytree(ROOT / "conf" / "lowrank", dst / "conf" / "lowrank")
+    return dst / "recipes" / "conformer" / "asr1"
+
+
+def _run(recipe: Path, *args: str, shared: Path, timeout: int = 600) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PATH=f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+               ESPNET_LOWRANK_SHARED_DATA=str(shared), ESPNET_LOWRANK_NO_TQDM="1")
+    proc = subprocess.Popen(["bash", str(recipe / "run.sh"), *args], cwd=recipe, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # the recipe's jobs too
+        out, err = proc.communicate()
+        pytest.fail(f"run.sh {' '.join(args)} ran past {timeout} s:\n{err[-3000:]}")
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def _lowrank_state(recipe: Path):
+    exp = recipe / "exp" / "asr_train_tiny_lowrank"
+    plan = yaml.safe_load((exp / "config.yaml").read_text())["encoder_conf"]["plan"]
+    state = torch.load(exp / "model.pth", map_location="cpu")
+    hyps = {p.parent.parent.name: p.read_text() for p in exp.glob("decode_*/1best_recog/text")}
+    return plan, state, hyps
+
+
+@pytest.fixture(scope="module")
+def tiny_recipe(tmp_path_factory, shared_data_dir):
+    recipe = _copy_recipe(tmp_path_factory.mktemp("recipe"))
+    proc = _run(recipe, "--tiny", "true", "--nj", "1", shared=shared_data_dir)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    return recipe
+
+
+def test_tiny_recipe_stages_1_to_13(tiny_recipe):
+    results = (tiny_recipe / "exp" / "RESULTS.md").read_text()
+    for row in ("| asr_train_tiny |", "| asr_train_tiny_lowrank |",
+                "asr_train_tiny/decode_test_synth", "asr_train_tiny_lowrank/decode_test_real"):
+        assert row in results, results
+    assert (tiny_recipe / "exp" / "wer_vs_size.png").is_file()
+    dense = tiny_recipe / "exp" / "asr_train_tiny"
+    assert (dense / "config.yaml").is_file() and (dense / "model.pth").is_file()
+    report = json.loads((tiny_recipe / "exp" / "asr_train_tiny_lowrank" / "report.json").read_text())
+    assert report  # written by compress
+    # Test sets never leak into training or calibration.
+    train = set(line.split()[0] for line in (tiny_recipe / "dump/raw/train/text").read_text().splitlines())
+    calib = set(line.split()[0] for line in (tiny_recipe / "exp/asr_train_tiny_calib/wav.scp").read_text().splitlines())
+    assert calib <= train
+    for test_set in ("test_synth", "test_real"):
+        ids = set(line.split()[0] for line in (tiny_recipe / "data" / test_set / "text").read_text().splitlines())
+        assert ids and not ids & train
+        hyp_ids = set(line.split()[0] for line in
+                      (tiny_recipe / f"exp/asr_train_tiny_lowrank/decode_{test_set}/1best_recog/text").read_text().splitlines())
+        assert hyp_ids == ids
+
+
+def test_stage12_same_result_with_nj_1_and_4(tiny_recipe, shared_data_dir):
+    plan1, state1, hyps1 = _lowrank_state(tiny_recipe)
+    proc = _run(tiny_recipe, "--tiny", "true", "--stage", "12", "--stop_stage", "12", "--nj", "4",
+                "--decode_dense", "false", "--test_sets", "test_real", shared=shared_data_dir)
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    assert "in 4 jobs" in proc.stderr
+    assert len(list((tiny_recipe / "exp/asr_train_tiny_calib/split4").iterdir())) == 4
+    plan4, state4, hyps4 = _lowrank_state(tiny_recipe)
+    assert plan1 == plan4
+    assert any(rank for rank in plan1.values())
+    assert state1.keys() == state4.keys()
+    for key in state1:
+        torch.testing.assert_close(state1[key], state4[key], rtol=1e-5, atol=1e-6, msg=key)
+    assert set(hyps1) == {"decode_test_synth", "decode_test_real"}
+    assert set(hyps4) == {"decode_test_real"}  # compress --overwrite replaced the exp dir
+    assert hyps1["decode_test_real"] == hyps4["decode_test_real"]
+
+
+# ---------------------------------------------------------------- bad input: fail fast
+def _assert_fails_fast(proc, recipe: Path, *phrases: str):
+    assert proc.returncode != 0
+    for phrase in phrases:
+        assert phrase in proc.stderr, proc.stderr[-3000:]
+    # No work was started: no formatted data, no training, no synthesized speech.
+    assert not (recipe / "dump").exists() and not (recipe / "exp").exists()
+    assert not (recipe / "data" / "local").exists()
+
+
+def test_missing_data_dir_fails_fast(tmp_path, shared_data_dir):
+    recipe = _copy_recipe(tmp_path)
+    missing = tmp_path / "no_such_corpus"
+    proc = _run(recipe, "--tiny", "true", "--data_opts", f"--real_train {missing}", shared=shared_data_dir,
+                timeout=120)
+    _assert_fails_fast(proc, recipe, "data directory not found", str(missing))
+    # A missing test set, and a missing training dir for a run that starts at stage 2.
+    proc = _run(recipe, "--tiny", "true", "--test_sets", str(missing), shared=shared_data_dir, timeout=120)
+    _assert_fails_fast(proc, recipe, "bad test set", str(missing))
+    proc = _run(recipe, "--tiny", "true", "--stage", "2", shared=shared_data_dir, timeout=120)
+    _assert_fails_fast(proc, recipe, "data/train", "run stage 1 first?")
+
+
+def test_wav_scp_with_missing_audio_fails_fast(tmp_path, shared_data_dir):
+    recipe = _copy_recipe(tmp_path)
+    bad = tmp_path / "bad_set"
+    bad.mkdir()
+    (bad / "wav.scp").write_text(f"u1 {shared_data_dir}/an4/audio/missing.flac\nu2 audio/gone.flac\n")
+    (bad / "text").write_text("u1 HELLO\nu2 WORLD\n")
+    proc = _run(recipe, "--tiny", "true", "--data_opts", f"--real_train {bad}", shared=shared_data_dir,
+                timeout=120)
+    _assert_fails_fast(proc, recipe, "2 of 2 audio files are missing", "missing.flac")
+
+
+def test_unknown_encoder_family_fails_fast(tmp_path, shared_data_dir):
+    recipe = _copy_recipe(tmp_path)
+    config = yaml.safe_load((recipe / "conf" / "train_tiny.yaml").read_text())
+    config["encoder"] = "rnn"
+    config["encoder_conf"] = {"output_size": 64, "hidden_size": 64, "num_layers": 1}
+    bad = recipe / "conf" / "train_rnn.yaml"
+    bad.write_text(yaml.safe_dump(config))
+    proc = _run(recipe, "--tiny", "true", "--asr_config", str(bad), shared=shared_data_dir, timeout=120)
+    _assert_fails_fast(proc, recipe, "no low-rank adapter", "unknown encoder family", "'rnn'")
