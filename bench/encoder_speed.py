@@ -174,7 +174,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         variants.append(("compile", torch.compile(dense.encode), torch.compile(compressed.encode)))
     threads = args.threads if device == "cpu" else [torch.get_num_threads()]
     rows = []
-    header = (f"{'model':<14}{'device':<7}{'mode':<8}{'dtype':<6}{'thr':>4}{'batch':>6}{'sec':>6}"
+    header = (f"{'model':<16}{'device':<7}{'mode':<8}{'dtype':<6}{'thr':>4}{'batch':>6}{'sec':>6}"
               f"{'dense_ms':>10}{'comp_ms':>10}{'lat_ratio':>10}{'flop_ratio':>11}{'efficiency':>11}")
     print(header)
     for n in threads:
@@ -194,7 +194,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                                latency_ratio=round(lat_ratio, 4), flop_ratio=round(flop_ratio, 4),
                                efficiency=round(eff, 4))
                     rows.append(row)
-                    print(f"{row['model']:<14}{device:<7}{mode:<8}{row['dtype'][:5]:<6}{n:>4}{batch:>6}{s:>6g}"
+                    print(f"{row['model']:<16}{device:<7}{mode:<8}{row['dtype'][:5]:<6}{n:>4}{batch:>6}{s:>6g}"
                           f"{d_ms:>10.1f}{c_ms:>10.1f}{lat_ratio:>10.3f}{flop_ratio:>11.3f}{eff:>11.3f}")
                     print(f"efficiency {eff:.3f} = ({d_ms:.1f}/{c_ms:.1f}) / (1/{flop_ratio:.3f})  "
                           f"[{row['model']} {device} {mode} threads={n} batch={batch} {s:g}s]")
