@@ -114,7 +114,7 @@ def _assert_fails_fast(proc, recipe: Path, *phrases: str):
 def test_missing_data_dir_fails_fast(tmp_path, shared_data_dir):
     recipe = _copy_recipe(tmp_path)
     missing = tmp_path / "no_such_corpus"
-    proc = _run(recipe, "--tiny", "true", "--data_opts", f"--real_train {missing}", shared=shared_data_dir,
+    proc = _run(recipe, "--tiny", "true", "--train_data", str(missing), shared=shared_data_dir,
                 timeout=120)
     _assert_fails_fast(proc, recipe, "data directory not found", str(missing))
     # A missing test set, and a missing training dir for a run that starts at stage 2.
@@ -130,7 +130,7 @@ def test_wav_scp_with_missing_audio_fails_fast(tmp_path, shared_data_dir):
     bad.mkdir()
     (bad / "wav.scp").write_text(f"u1 {shared_data_dir}/an4/audio/missing.flac\nu2 audio/gone.flac\n")
     (bad / "text").write_text("u1 HELLO\nu2 WORLD\n")
-    proc = _run(recipe, "--tiny", "true", "--data_opts", f"--real_train {bad}", shared=shared_data_dir,
+    proc = _run(recipe, "--tiny", "true", "--train_data", str(bad), shared=shared_data_dir,
                 timeout=120)
     _assert_fails_fast(proc, recipe, "2 of 2 audio files are missing", "missing.flac")
 

@@ -12,7 +12,13 @@
 #       --nj jobs, statistics merged), then decode every test set with the dense and the
 #       compressed models (stock espnet2.bin.asr_inference over --nj jobs)
 #  13   score (basic normalizer) and write RESULTS.md (+ WER-vs-size PNG)
-# --tiny true runs every stage on a handful of utterances with a 2-block Conformer (CI).
+# --tiny true runs every stage on a handful of utterances with a 2-block Conformer (CI;
+# tests/test_conformer_recipe.py). The full setup (conf/train_asr_conformer.yaml, a 6.8M-param
+# Conformer, on ~1.8 h of real speech from ../../../../shared/data plus ~2.5 h of Piper speech)
+# is written to run as is but has NOT been run to completion here: its training time on a
+# 2-core CPU is an estimate, not a measurement; lower max_epoch/num_synth_train if needed.
+# Stage 12 on --nj N gives the same plan, weights and hypotheses as on one job: calibration
+# parts are cut at the low-rank config's batch boundaries, so every job sees the same batches.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -31,6 +37,8 @@ thetas=                    # or a θ sweep on --lowrank_config: "0.9 0.95 0.99" 
 num_calib=                 # default: the low-rank config's num_calib (else 64)
 decode_dense=true           # stage 12: also decode with the dense model
 test_sets="test_synth test_real"  # names under data/ or absolute Kaldi dirs; never used for training/calibration
+train_data=                # stage 1: real training speech, Kaldi dirs or LibriSpeech trees ("a b"; default: shared sets)
+test_real_data=            # stage 1: real held-out speech dirs for test_real (default: shared arctic_misc)
 data_opts=                 # extra options for local/data.sh, e.g. "--real_train /path/to/LibriSpeech/train-clean-100"
 nbpe=300
 min_wav_duration=0.1
@@ -38,7 +46,7 @@ max_wav_duration=20
 ngpu=0
 results=                   # default: RESULTS.md (tiny: exp/RESULTS.md)
 python=python
-__recipe_options="stage stop_stage nj backend tiny asr_config asr_exp inference_config inference_asr_model decode_dense lowrank_config lowrank_configs thetas num_calib test_sets data_opts nbpe min_wav_duration max_wav_duration ngpu results python"
+__recipe_options="stage stop_stage nj backend tiny asr_config asr_exp inference_config inference_asr_model decode_dense lowrank_config lowrank_configs thetas num_calib test_sets train_data test_real_data data_opts nbpe min_wav_duration max_wav_duration ngpu results python"
 . ../../common/parse_options.sh
 
 root=$(cd ../../.. && pwd)
@@ -111,7 +119,8 @@ lowrank_exp_of() {  # config -> exp dir
 # ---------------------------------------------------------------- stage 1
 if [ ${stage} -le 1 ] && [ ${stop_stage} -ge 1 ]; then
     log 1 "data preparation"
-    local/data.sh --python "${python}" ${data_opts}
+    local/data.sh --python "${python}" ${data_opts} \
+        ${train_data:+--real_train "${train_data}"} ${test_real_data:+--real_test "${test_real_data}"}
 fi
 
 # ---------------------------------------------------------------- stages 2-5
