@@ -13,6 +13,11 @@ import torch
 from torch import nn
 
 
+def _check_rank(rank: int, d_in: int, d_out: int) -> None:
+    if not 0 < rank <= min(d_in, d_out):
+        raise ValueError(f"rank {rank} must be in [1, min(d_in={d_in}, d_out={d_out})]")
+
+
 class LowRankLinear(nn.Module):
     """y = up(down(x)) = W2 (W1 x) + b.
 
@@ -25,10 +30,7 @@ class LowRankLinear(nn.Module):
 
     def __init__(self, in_features: int, out_features: int, rank: int, bias: bool = True):
         super().__init__()
-        if not 0 < rank <= min(in_features, out_features):
-            raise ValueError(
-                f"rank {rank} must be in [1, min(d_in={in_features}, d_out={out_features})]"
-            )
+        _check_rank(rank, in_features, out_features)
         self.in_features = in_features
         self.out_features = out_features
         self.rank = rank
@@ -79,10 +81,7 @@ class LowRankConv1d(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, rank: int, bias: bool = True):
         super().__init__()
-        if not 0 < rank <= min(in_channels, out_channels):
-            raise ValueError(
-                f"rank {rank} must be in [1, min(d_in={in_channels}, d_out={out_channels})]"
-            )
+        _check_rank(rank, in_channels, out_channels)
         self.in_features = in_channels
         self.out_features = out_channels
         self.rank = rank
