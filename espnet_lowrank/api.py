@@ -36,7 +36,11 @@ def save_compressed(
     save_exp_dir(
         output_dir,
         result.model,
-        lowrank_train_config(train_config, result.plan.ranks, attention),
+        lowrank_train_config(
+            train_config, result.plan.ranks, attention,
+            int8=bool(result.report.get("config", {}).get("int8")),
+            elastic=bool(result.report.get("config", {}).get("elastic")),
+        ),
         default_decode_config(source_config_file, result.model),
         result.report,
         compression_report_md(result.report),

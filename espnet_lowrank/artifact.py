@@ -79,7 +79,8 @@ def load_asr_model(config_file: str, model_file: str, device: str = "cpu") -> Tu
 
 
 def lowrank_train_config(
-    train_config: dict, ranks: Dict[str, int], attention: str
+    train_config: dict, ranks: Dict[str, int], attention: str,
+    int8: bool = False, elastic: bool = False,
 ) -> dict:
     """The train config with ``encoder: lowrank`` wrapping the dense encoder."""
     if str(train_config.get("encoder", "")).lower() == "lowrank":
@@ -91,6 +92,11 @@ def lowrank_train_config(
         "plan": {name: int(rank) for name, rank in ranks.items()},
         "attention": attention,
     }
+    # Written only when on, so existing exp dirs keep their exact config.
+    if int8:
+        config["encoder_conf"]["int8"] = True
+    if elastic:
+        config["encoder_conf"]["elastic"] = True
     config["encoder"] = "lowrank"
     return config
 

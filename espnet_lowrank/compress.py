@@ -122,7 +122,12 @@ def compress(
         plan = make_plan(spectra, targets, config)
 
     compressed = copy.deepcopy(source).eval()
-    factorize_layers_(compressed.encoder, plan.ranks, spectra)
+    if config.elastic:
+        from espnet_lowrank.elastic import factorize_elastic_
+
+        factorize_elastic_(compressed.encoder, plan.ranks, spectra)
+    else:
+        factorize_layers_(compressed.encoder, plan.ranks, spectra)
     frames = family.window_frames(compressed.encoder)
     attention = choose_attention_(compressed.encoder, family, config.attention, frames)
 

@@ -55,6 +55,21 @@ class LowRankConfig:
         },
     )
 
+    int8: bool = field(
+        default=False,
+        metadata={
+            "help": "dynamic int8 (qint8) on the encoder's linears (factors and dense ones), "
+            "applied when the exp dir is loaded; CPU only (espnet_lowrank.quantize)"
+        },
+    )
+    elastic: bool = field(
+        default=False,
+        metadata={
+            "help": "store each planned layer's full PCA basis; the rank is chosen at load "
+            "from config.yaml's plan (espnet_lowrank.elastic)"
+        },
+    )
+
     def __post_init__(self):
         for name in ("theta_attention", "theta_feed_forward"):
             value = getattr(self, name)

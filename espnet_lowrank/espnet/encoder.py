@@ -80,13 +80,33 @@ class LowRankEncoder(AbsEncoder):
         base_conf: Optional[dict] = None,
         plan: Optional[Dict[str, int]] = None,
         attention: str = "auto",
+        int8: bool = False,
+        elastic: bool = False,
     ):
         if attention not in ATTENTION_MODES:
             raise ValueError(f"unknown attention mode {attention!r}; known: {ATTENTION_MODES}")
         self._base_class.__init__(self, input_size=input_size, **(base_conf or {}))
         family = family_for(self)
-        build_lowrank_layers_(self, dict(plan or {}))
+        if elastic:
+            from espnet_lowrank.elastic import build_elastic_layers_
+
+            build_elastic_layers_(self, dict(plan or {}))
+        else:
+            build_lowrank_layers_(self, dict(plan or {}))
         frames = family.window_frames(self)
         self.attention_choice = choose_attention_(self, family, attention, frames)
         self.lowrank_plan = dict(plan or {})
+        self.lowrank_int8 = bool(int8)
+        if int8:
+            # model.pth holds float weights (the strict key check sees the
+            # float layout); quantize once they are loaded.
+            self.register_load_state_dict_post_hook(_quantize_after_load)
+
+
+def _quantize_after_load(encoder, incompatible_keys) -> None:
+    from espnet_lowrank.quantize import quantize_linears_, quantized_linears
+
+    if quantized_linears(encoder):
+        return
+    quantize_linears_(encoder)
 

@@ -1,0 +1,179 @@
+"""int8 on top of low-rank, and elastic ranks, on real Whisper tiny.en and
+real speech: save -> ESPnet load with the strict key check."""
+
+import copy
+import re
+
+import pytest
+import torch
+import yaml
+
+from espnet_lowrank.api import save_compressed
+from espnet_lowrank.artifact import build_asr_model, load_asr_model
+from espnet_lowrank.bin.export_whisper import export_whisper
+from espnet_lowrank.compress import calibrate_model, compress
+from espnet_lowrank.config import LowRankConfig
+from espnet_lowrank.data import load_audio, read_data_dir
+from espnet_lowrank.quantize import quantize_linears_, quantized_linears
+
+LIBRISPEECH = "librispeech_train-clean-100"
+NUM_CALIB = 4
+
+
+@pytest.fixture(scope="module")
+def librispeech(shared_data_dir):
+    return read_data_dir(str(shared_data_dir / LIBRISPEECH), require_text=True)
+
+
+@pytest.fixture(scope="module")
+def dense_exp(tmp_path_factory):
+    out = tmp_path_factory.mktemp("exp") / "whisper_tiny.en"
+    export_whisper("tiny.en", str(out))
+    return out
+
+
+@pytest.fixture(scope="module")
+def dense(dense_exp):
+    model, config = load_asr_model(str(dense_exp / "config.yaml"), str(dense_exp / "model.pth"))
+    return model, config
+
+
+@pytest.fixture(scope="module")
+def stats(dense, librispeech):
+    return calibrate_model(dense[0], librispeech[:NUM_CALIB], LowRankConfig())
+
+
+@pytest.fixture(scope="module")
+def speech(librispeech):
+    """Two held-out real utterances, never used for calibration."""
+    wavs = [torch.from_numpy(load_audio(u.wav_path)).float() for u in librispeech[NUM_CALIB:NUM_CALIB + 2]]
+    n = max(w.numel() for w in wavs)
+    batch = torch.zeros(len(wavs), n)
+    for i, w in enumerate(wavs):
+        batch[i, : w.numel()] = w
+    return batch, torch.tensor([w.numel() for w in wavs])
+
+
+def _encode(model, speech):
+    with torch.no_grad():
+        out, _ = model.encode(*speech)
+    return out
+
+
+def _rel(a, b) -> float:
+    return ((a - b).norm() / b.norm()).item()
+
+
+BUDGET = LowRankConfig(budget=0.75)
+
+
+def test_int8_close_to_float_compressed(dense, stats, speech):
+    result = compress(dense[0], config=BUDGET, stats=stats)
+    q = copy.deepcopy(result.model)
+    n = quantize_linears_(q.encoder)
+    assert n > 0 and quantized_linears(q.encoder) == n
+    err = _rel(_encode(q, speech), _encode(result.model, speech))
+    dq = copy.deepcopy(dense[0])
+    quantize_linears_(dq.encoder)
+    err_dense = _rel(_encode(dq, speech), _encode(dense[0], speech))
+    print(f"int8 encoder output, relative error: on low-rank {err:.4f}, on dense {err_dense:.4f}")
+    # Measured 2026-11-22 (VNNI CPU, per-channel weights, 8-bit activations):
+    # ~0.13 on the budget-0.75 model, ~0.065 on dense tiny.en itself; the
+    # error comes from per-tensor activation quantization of fc2's path
+    # (Whisper's outlier channels), not from the factors. The issue's 5%
+    # is out of reach for torch dynamic int8 here; WER is in bench/README.md.
+    assert err < 0.2
+    assert err_dense < 0.1
+
+
+def test_int8_exp_dir_reloads_and_is_quantized(dense, dense_exp, stats, speech, tmp_path):
+    from espnet2.tasks.asr import ASRTask
+
+    config = LowRankConfig(budget=0.75, int8=True)
+    result = compress(dense[0], config=config, stats=stats)
+    out = tmp_path / "int8"
+    save_compressed(result, dense[1], str(out), source_config_file=str(dense_exp / "config.yaml"))
+    train_config = yaml.safe_load((out / "config.yaml").read_text())
+    assert train_config["encoder_conf"]["int8"] is True
+    saved = torch.load(out / "model.pth", map_location="cpu")
+    assert all(v.dtype == torch.float32 for v in saved.values() if v.is_floating_point())
+
+    # Strict check (load_asr_model), then the float layout's keys exactly.
+    model, _ = load_asr_model(str(out / "config.yaml"), str(out / "model.pth"))
+    fresh = build_asr_model(train_config)
+    keys = fresh.load_state_dict(saved, strict=False)
+    assert not keys.missing_keys and not keys.unexpected_keys
+    assert quantized_linears(fresh.encoder) > 0
+
+    espnet_model, _ = ASRTask.build_model_from_file(str(out / "config.yaml"), str(out / "model.pth"), "cpu")
+    for m in (model, espnet_model):
+        # Every linear left float sits inside a rank-space attention module.
+        reduced = [n for n, c in m.encoder.attention_choice.items() if c == "reduced"]
+        left = [n for n, mod in m.encoder.named_modules() if isinstance(mod, torch.nn.Linear)]
+        assert all(any(n.startswith(r + ".") for r in reduced) for n in left), left[:5]
+        assert quantized_linears(m.encoder) > 0
+        assert "Whisper" in type(m.encoder).__name__
+    want = _encode(result.model, speech)
+    got = _encode(espnet_model.eval(), speech)
+    assert _rel(got, want) < 0.2  # the int8 error, as in the test above
+    assert torch.allclose(_encode(model, speech), got)
+
+
+def _halved(plan):
+    return {name: max(16, (rank // 2) // 16 * 16) for name, rank in plan.items()}
+
+
+def test_elastic_truncation_at_load_equals_direct_compression(dense, dense_exp, stats, speech, tmp_path):
+    from espnet2.tasks.asr import ASRTask
+
+    config = LowRankConfig(elastic=True)
+    result = compress(dense[0], config=config, stats=stats)
+    plain = compress(dense[0], config=LowRankConfig(), stats=stats)
+    assert result.plan.ranks == plain.plan.ranks
+    # At the planned rank, the elastic model is the plain compressed one.
+    assert _rel(_encode(result.model, speech), _encode(plain.model, speech)) < 1e-4
+    assert result.report["encoder_linear_params_compressed"] == plain.report["encoder_linear_params_compressed"]
+
+    out = tmp_path / "elastic"
+    save_compressed(result, dense[1], str(out), source_config_file=str(dense_exp / "config.yaml"))
+    saved = torch.load(out / "model.pth", map_location="cpu")
+    name = next(iter(result.plan.ranks))
+    full = min(saved[f"encoder.{name}.down.weight"].shape[1], saved[f"encoder.{name}.up.weight"].shape[0])
+    assert saved[f"encoder.{name}.down.weight"].shape[0] == full  # the full basis is stored
+
+    # Another operating point from the same artifact: edit the plan, reload.
+    train_config = yaml.safe_load((out / "config.yaml").read_text())
+    assert train_config["encoder_conf"]["elastic"] is True
+    new_plan = _halved(train_config["encoder_conf"]["plan"])
+    assert new_plan != train_config["encoder_conf"]["plan"]
+    train_config["encoder_conf"]["plan"] = new_plan
+    (out / "config.yaml").write_text(yaml.safe_dump(train_config, sort_keys=False))
+    model, _ = load_asr_model(str(out / "config.yaml"), str(out / "model.pth"))
+    espnet_model, _ = ASRTask.build_model_from_file(str(out / "config.yaml"), str(out / "model.pth"), "cpu")
+    # The state dict layout never depends on the chosen rank.
+    state = model.state_dict()
+    assert set(state) == set(saved)
+    assert all(state[k].shape == saved[k].shape for k in saved)
+
+    direct = compress(dense[0], config=LowRankConfig(
+        target_modules="|".join(re.escape(n) for n in new_plan),
+        rank_pattern={re.escape(n): r for n, r in new_plan.items()},
+    ), stats=stats)
+    assert direct.plan.ranks == new_plan
+    want = _encode(direct.model, speech)
+    for m in (model, espnet_model.eval()):
+        got = _encode(m, speech)
+        diff = (got - want).abs().max().item()
+        print(f"elastic vs direct at halved ranks: max abs diff {diff:.2e} (max |y| {want.abs().max():.1f})")
+        assert diff < 1e-4 * want.abs().max().item()
+        assert {n: mod.rank for n, mod in m.encoder.named_modules() if hasattr(mod, "full_rank")} == new_plan
+
+
+def test_int8_refuses_cuda_input(dense, stats):
+    result = compress(dense[0], config=BUDGET, stats=stats)
+    q = copy.deepcopy(result.model)
+    quantize_linears_(q.encoder)
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA here; the CPU-only guard is a forward pre-hook")
+    with pytest.raises(RuntimeError, match="CPU only"):
+        q.encode(torch.zeros(1, 16000, device="cuda"), torch.tensor([16000], device="cuda"))
