@@ -1,0 +1,228 @@
+#!/usr/bin/env python3
+"""WER against size / FLOPs / CPU latency for Whisper: dense, LiteASR mode at
+several θ pairs, the global budget allocator at several budgets, and int8 on
+top — all measured in one run on the same held-out real speech.
+
+    python bench/pareto.py --model tiny.en --out_dir bench/results/pareto_tiny.en \\
+        [--num_calib 32] [--num_eval 16] [--sets librispeech_train-clean-100 vctk] \\
+        [--thetas 0.99,0.999 0.98,0.995 0.97,0.99] [--budgets 0.85 0.75 0.65] \\
+        [--int8 liteasr_0.98_0.995 budget_0.75]
+
+Calibration: the first ``--num_calib`` utterances of
+``librispeech_train-clean-100``; evaluation: the next ``--num_eval`` of it
+(never overlapping) plus the first ``--num_eval`` of each other set. Decoding
+is in-process with ``espnet2.bin.asr_inference.Speech2Text`` and the exp dir's
+decode.yaml (Whisper: greedy, beam 1); ``s2t.asr_model`` is swapped for each
+compressed model. WER: corpus WER with Whisper's English normalizer
+(``espnet_lowrank.scoring.score_texts(..., normalize="whisper")``).
+
+Columns: encoder linear params (``measure.encoder_linear_params``), encoder
+FLOPs for one 30 s window (``measure.encoder_flops``; int8 rows show the float
+model's FLOPs: the counter does not see quantized kernels), CPU encoder
+latency (median of ``--repeats`` calls on one 30 s window, paired with the
+dense model via ``measure.paired_latency``; ``lat_ratio`` is from the pairing),
+encoder size on disk (``torch.save`` of the encoder's state dict as it runs:
+float, or packed int8). Writes ``pareto.md``, ``pareto.json`` and
+``pareto.png`` into ``--out_dir``.
+"""
+
+import argparse
+import copy
+import json
+import logging
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from espnet_lowrank.compress import calibrate_model, compress  # noqa: E402
+from espnet_lowrank.config import LowRankConfig  # noqa: E402
+from espnet_lowrank.data import load_audio, read_data_dir  # noqa: E402
+from espnet_lowrank.measure import encoder_flops, encoder_linear_params, paired_latency  # noqa: E402
+from espnet_lowrank.quantize import quantize_linears_  # noqa: E402
+from espnet_lowrank.scoring import score_texts  # noqa: E402
+
+CALIB_SET = "librispeech_train-clean-100"
+WINDOW = 30.0
+
+
+def get_parser():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="tiny.en", help="Whisper name (tiny.en, base) or a dense exp dir")
+    p.add_argument("--data", default=str(REPO.parent / "shared" / "data"))
+    p.add_argument("--sets", nargs="+", default=[CALIB_SET, "vctk"])
+    p.add_argument("--num_calib", type=int, default=32)
+    p.add_argument("--num_eval", type=int, default=16)
+    p.add_argument("--thetas", nargs="*", default=["0.99,0.999", "0.98,0.995", "0.97,0.99"],
+                   help="LiteASR θ pairs attention,feed_forward")
+    p.add_argument("--budgets", nargs="*", type=float, default=[0.85, 0.75, 0.65])
+    p.add_argument("--int8", nargs="*", default=["liteasr_0.98_0.995", "budget_0.75"],
+                   help="compressed rows to also run with int8 (dense always gets one)")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--work_dir", default=None, help="where the dense export goes (default: a temp dir)")
+    p.add_argument("--out_dir", required=True)
+    return p
+
+
+def dense_exp_dir(model: str, work_dir: str) -> Path:
+    if os.path.isdir(model):
+        return Path(model)
+    from espnet_lowrank.bin.export_whisper import export_whisper
+
+    out = Path(work_dir) / f"whisper_{model}"
+    if not (out / "model.pth").is_file():
+        export_whisper(model, str(out))
+    return out
+
+
+def encoder_mb(model) -> float:
+    with tempfile.NamedTemporaryFile(suffix=".pth") as f:
+        torch.save(model.encoder.state_dict(), f.name)
+        return os.path.getsize(f.name) / 2 ** 20
+
+
+def decode_wer(s2t, eval_sets):
+    rows = {}
+    for name, utts in eval_sets.items():
+        refs = {u.utt_id: u.text for u in utts}
+        hyps = {}
+        with torch.no_grad():
+            for u in utts:
+                hyps[u.utt_id] = s2t(load_audio(u.wav_path))[0][0]
+        rows[name] = score_texts(refs, hyps, dataset=name, normalize="whisper").err
+    return rows
+
+
+def plot(rows, sets, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    xs = [("params_M", "encoder linear params (M)"), ("gflops", "encoder GFLOPs / 30 s"),
+          ("latency_ms", "CPU encoder latency (ms)")]
+    fig, axes = plt.subplots(len(sets), 3, figsize=(15, 4 * len(sets)), squeeze=False)
+    styles = {"dense": ("k", "*"), "liteasr": ("tab:blue", "o"), "budget": ("tab:orange", "s")}
+    for i, s in enumerate(sets):
+        for j, (key, label) in enumerate(xs):
+            ax = axes[i][j]
+            for kind, (color, marker) in styles.items():
+                for int8 in (False, True):
+                    pts = sorted((r[key], r["wer"][s]) for r in rows if r["kind"] == kind and r["int8"] == int8)
+                    if not pts:
+                        continue
+                    ax.plot(*zip(*pts), color=color, marker=marker, linestyle="--" if int8 else "-",
+                            mfc="none" if int8 else color, label=f"{kind}{' +int8' if int8 else ''}")
+            for r in rows:
+                ax.annotate(r["name"].replace("liteasr_", "θ").replace("budget_", "b"),
+                            (r[key], r["wer"][s]), fontsize=6)
+            ax.set_xlabel(label)
+            ax.set_ylabel(f"WER % ({s})")
+            ax.grid(alpha=0.3)
+            if i == 0 and j == 0:
+                ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def markdown(rows, sets, meta) -> str:
+    head = ["name", "int8"] + [f"WER {s}" for s in sets] + [
+        "enc lin params", "params %", "GFLOPs", "latency ms", "lat_ratio", "enc MB"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    dense = rows[0]
+    for r in rows:
+        cells = [r["name"], "yes" if r["int8"] else ""] + [f"{r['wer'][s]:.1f}" for s in sets] + [
+            f"{r['params']:,}", f"{100 * r['params'] / dense['params']:.1f}", f"{r['gflops']:.2f}",
+            f"{r['latency_ms']:.0f}", f"{r['lat_ratio']:.2f}", f"{r['enc_mb']:.1f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n\n" + meta + "\n"
+
+
+def main(argv=None):
+    args = get_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from espnet2.bin.asr_inference import Speech2Text
+
+    os.makedirs(args.out_dir, exist_ok=True)
+    work = args.work_dir or tempfile.mkdtemp(prefix="pareto_")
+    exp = dense_exp_dir(args.model, work)
+    decode = yaml.safe_load((exp / "decode.yaml").read_text())
+    s2t = Speech2Text(str(exp / "config.yaml"), str(exp / "model.pth"), device="cpu", **decode)
+    dense = s2t.asr_model.eval()
+
+    calib_all = read_data_dir(os.path.join(args.data, CALIB_SET), require_text=True)
+    calib = calib_all[: args.num_calib]
+    eval_sets = {}
+    for s in args.sets:
+        utts = calib_all if s == CALIB_SET else read_data_dir(os.path.join(args.data, s), require_text=True)
+        start = args.num_calib if s == CALIB_SET else 0
+        eval_sets[s] = utts[start: start + args.num_eval]
+    calib_ids = {u.utt_id for u in calib}
+    assert not any(u.utt_id in calib_ids for us in eval_sets.values() for u in us)
+
+    started = time.time()
+    stats = calibrate_model(dense, calib, LowRankConfig())
+    configs = [("dense", "dense", None)]
+    for pair in args.thetas:
+        ta, tf = (float(x) for x in pair.split(","))
+        configs.append((f"liteasr_{ta}_{tf}", "liteasr", LowRankConfig(theta_attention=ta, theta_feed_forward=tf)))
+    for b in args.budgets:
+        configs.append((f"budget_{b}", "budget", LowRankConfig(budget=b)))
+
+    rows = []
+
+    def measure(name, kind, model, int8, float_model):
+        s2t.asr_model = model
+        wer = decode_wer(s2t, eval_sets)
+        d_ms, c_ms = paired_latency(dense, model, WINDOW, repeats=args.repeats)
+        row = {
+            "name": name, "kind": kind, "int8": int8, "wer": wer,
+            "params": encoder_linear_params(float_model),
+            "gflops": encoder_flops(float_model, WINDOW) / 1e9,
+            "latency_ms": 1000 * c_ms, "lat_ratio": c_ms / d_ms, "enc_mb": encoder_mb(model),
+        }
+        row["params_M"] = row["params"] / 1e6
+        rows.append(row)
+        print(f"{name}{' +int8' if int8 else ''}: WER {wer}, params {row['params']:,}, "
+              f"{row['gflops']:.2f} GFLOPs, {row['latency_ms']:.0f} ms ({row['lat_ratio']:.2f}x), "
+              f"{row['enc_mb']:.1f} MB  [{time.time() - started:.0f}s]", flush=True)
+
+    for name, kind, cfg in configs:
+        if cfg is None:
+            model = dense
+        else:
+            model = compress(dense, config=cfg, stats=stats).model
+        measure(name, kind, model, False, model)
+        if name == "dense" or name in args.int8:
+            q = copy.deepcopy(model)
+            quantize_linears_(q.encoder)
+            measure(name, kind, q.eval(), True, model)
+    s2t.asr_model = dense
+
+    meta = (
+        f"Model `{args.model}`; calibration: first {args.num_calib} utterances of `{CALIB_SET}`; "
+        f"evaluation: " + ", ".join(f"`{s}` ({len(u)} utts)" for s, u in eval_sets.items())
+        + f"; greedy decode (decode.yaml); latency: one {WINDOW:.0f} s window, median of "
+        f"{args.repeats}, {torch.get_num_threads()} threads; run took {time.time() - started:.0f} s."
+    )
+    sets = list(eval_sets)
+    md = markdown(rows, sets, meta)
+    Path(args.out_dir, "pareto.md").write_text(md)
+    Path(args.out_dir, "pareto.json").write_text(json.dumps({"rows": rows, "meta": meta}, indent=2))
+    plot(rows, sets, os.path.join(args.out_dir, "pareto.png"))
+    print(md)
+
+
+if __name__ == "__main__":
+    main()
