@@ -1,0 +1,76 @@
+"""bench/pareto.py end to end at a toy size, and the two tiny.en contract
+configs through the stock compress CLI."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from espnet_lowrank.bin.export_whisper import export_whisper
+from espnet_lowrank.config import LowRankConfig
+
+REPO = Path(__file__).resolve().parents[1]
+CONFS = ("whisper_tiny_liteasr.yaml", "whisper_tiny_best.yaml")
+
+
+@pytest.fixture(scope="module")
+def dense_exp(tmp_path_factory):
+    out = tmp_path_factory.mktemp("exp") / "whisper_tiny.en"
+    export_whisper("tiny.en", str(out))
+    return out
+
+
+@pytest.mark.parametrize("name", CONFS)
+def test_contract_configs_parse(name):
+    config = LowRankConfig.from_yaml(str(REPO / "conf" / "lowrank" / name))
+    if "liteasr" in name:
+        assert config.budget is None  # θ pair, one pass
+        assert config.target_modules is None and not config.exclude_modules  # all encoder linears
+
+
+def test_pareto_toy_run(dense_exp, shared_data_dir, tmp_path):
+    out = tmp_path / "pareto"
+    subprocess.run(
+        [sys.executable, str(REPO / "bench" / "pareto.py"), "--model", str(dense_exp),
+         "--data", str(shared_data_dir), "--num_calib", "4", "--num_eval", "1",
+         "--thetas", "0.98,0.995", "--budgets", "0.75", "--int8", "budget_0.75",
+         "--repeats", "1", "--out_dir", str(out)],
+        check=True, capture_output=True, cwd=str(tmp_path),
+    )
+    for f in ("pareto.md", "pareto.json", "pareto.png"):
+        assert (out / f).is_file(), f
+    rows = json.loads((out / "pareto.json").read_text())["rows"]
+    names = [(r["name"], r["int8"]) for r in rows]
+    assert names == [("dense", False), ("dense", True), ("liteasr_0.98_0.995", False),
+                     ("budget_0.75", False), ("budget_0.75", True)]
+    dense, dense8, lite, budget, budget8 = rows
+    assert lite["params"] < dense["params"] and budget["params"] < dense["params"]
+    assert abs(budget["params"] / dense["params"] - 0.75) < 0.02
+    assert dense8["enc_mb"] < 0.5 * dense["enc_mb"] and budget8["enc_mb"] < budget["enc_mb"]
+    assert set(dense["wer"]) == {"librispeech_train-clean-100", "vctk"}
+    assert "| dense | yes |" in (out / "pareto.md").read_text()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", CONFS)
+def test_contract_configs_through_cli(name, dense_exp, shared_data_dir, tmp_path):
+    from espnet_lowrank.data import read_data_dir, write_data_dir
+
+    calib = tmp_path / "calib"
+    write_data_dir(str(calib), read_data_dir(str(shared_data_dir / "librispeech_train-clean-100"))[:4])
+    out = tmp_path / "out"
+    subprocess.run(
+        [sys.executable, "-m", "espnet_lowrank.bin.compress",
+         "--asr_train_config", str(dense_exp / "config.yaml"),
+         "--asr_model_file", str(dense_exp / "model.pth"),
+         "--lowrank_config", str(REPO / "conf" / "lowrank" / name),
+         "--calib_data", str(calib), "--num_calib", "4", "--output_dir", str(out)],
+        check=True, capture_output=True,
+    )
+    report = json.loads((out / "report.json").read_text())
+    kept = report["encoder_linear_params_compressed"] / report["encoder_linear_params_dense"]
+    assert 0.6 < kept < 0.9, kept
+    assert yaml.safe_load((out / "config.yaml").read_text())["encoder"] == "lowrank"
