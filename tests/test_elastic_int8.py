@@ -177,3 +177,37 @@ def test_int8_refuses_cuda_input(dense, stats):
         pytest.skip("no CUDA here; the CPU-only guard is a forward pre-hook")
     with pytest.raises(RuntimeError, match="CPU only"):
         q.encode(torch.zeros(1, 16000, device="cuda"), torch.tensor([16000], device="cuda"))
+
+
+@pytest.mark.parametrize("conv", [False, True])
+def test_elastic_layer_unit(conv):
+    """Linear and 1x1 Conv1d (Conformer's pointwise convs): the elastic layer
+    loaded at rank k equals factorize_layers_ at rank k, for several k."""
+    from torch import nn
+
+    from espnet_lowrank.apply import factorize_layers_
+    from espnet_lowrank.elastic import build_elastic_layers_, factorize_elastic_
+    from espnet_lowrank.factorize import Spectrum
+
+    torch.manual_seed(0)
+    d_in, d_out = 24, 40
+    dense = nn.Sequential(nn.Conv1d(d_in, d_out, 1) if conv else nn.Linear(d_in, d_out))
+    q, _ = torch.linalg.qr(torch.randn(d_out, d_out, dtype=torch.float64))
+    spec = {"0": Spectrum(torch.linspace(10, 0.1, d_out, dtype=torch.float64), q,
+                          torch.randn(d_out, dtype=torch.float64))}
+    elastic = copy.deepcopy(dense)
+    factorize_elastic_(elastic, {"0": 8}, spec)
+    state = elastic.state_dict()
+    assert state["0.down.weight"].shape[0] == d_in  # full rank min(d_in, d_out)
+    x = torch.randn(3, d_in, 5) if conv else torch.randn(5, d_in)
+    for k in (1, 8, 16, d_in):
+        direct = copy.deepcopy(dense)
+        factorize_layers_(direct, {"0": k}, spec)
+        loaded = copy.deepcopy(dense)
+        build_elastic_layers_(loaded, {"0": k})
+        loaded.load_state_dict(state, strict=True)
+        assert loaded[0].rank == k
+        torch.testing.assert_close(loaded(x), direct(x), rtol=1e-5, atol=1e-5)
+        # Saving the loaded layer gives back the full artifact.
+        for key, value in loaded.state_dict().items():
+            torch.testing.assert_close(value, state[key], rtol=1e-6, atol=1e-6)
