@@ -98,6 +98,12 @@ def compress(
         CompressionResult with a compressed deep copy of the model.
     """
     config = config or LowRankConfig()
+    if config.sequential:
+        if stats is not None:
+            raise ValueError("sequential calibration computes its own statistics; drop stats")
+        from espnet_lowrank.sequential import compress_sequential
+
+        return compress_sequential(model, calib_data, config)
     source = asr_model_of(model)
     family = family_for(source.encoder)
     targets = family.target_layers(source.encoder, config)

@@ -70,6 +70,14 @@ class LowRankConfig:
         },
     )
 
+    sequential: bool = field(
+        default=False,
+        metadata={
+            "help": "calibrate block by block on the already-compressed earlier blocks "
+            "(one pass per block; θ mode only; espnet_lowrank.sequential)"
+        },
+    )
+
     def __post_init__(self):
         for name in ("theta_attention", "theta_feed_forward"):
             value = getattr(self, name)
