@@ -63,6 +63,8 @@ def get_parser():
     p.add_argument("--thetas", nargs="*", default=["0.99,0.999", "0.98,0.995", "0.97,0.99"],
                    help="LiteASR θ pairs attention,feed_forward")
     p.add_argument("--budgets", nargs="*", type=float, default=[0.85, 0.75, 0.65])
+    p.add_argument("--sequential_thetas", nargs="*", default=[],
+                   help="θ pairs for sequential (block-by-block) calibration")
     p.add_argument("--int8", nargs="*", default=["liteasr_0.98_0.995", "budget_0.75"],
                    help="compressed rows to also run with int8 (dense always gets one)")
     p.add_argument("--repeats", type=int, default=3)
@@ -110,7 +112,8 @@ def plot(rows, sets, path):
     xs = [("params_M", "encoder linear params (M)"), ("gflops", "encoder GFLOPs / 30 s"),
           ("latency_ms", "CPU encoder latency (ms)")]
     fig, axes = plt.subplots(len(sets), 3, figsize=(15, 4 * len(sets)), squeeze=False)
-    styles = {"dense": ("k", "*"), "liteasr": ("tab:blue", "o"), "budget": ("tab:orange", "s")}
+    styles = {"dense": ("k", "*"), "liteasr": ("tab:blue", "o"), "budget": ("tab:orange", "s"),
+              "sequential": ("tab:green", "^")}
     for i, s in enumerate(sets):
         for j, (key, label) in enumerate(xs):
             ax = axes[i][j]
@@ -179,6 +182,11 @@ def main(argv=None):
         configs.append((f"liteasr_{ta}_{tf}", "liteasr", LowRankConfig(theta_attention=ta, theta_feed_forward=tf)))
     for b in args.budgets:
         configs.append((f"budget_{b}", "budget", LowRankConfig(budget=b)))
+    for pair in args.sequential_thetas:
+        ta, tf = (float(x) for x in pair.split(","))
+        configs.append((f"sequential_{ta}_{tf}", "sequential",
+                        LowRankConfig(theta_attention=ta, theta_feed_forward=tf, sequential=True,
+                                      num_calib=args.num_calib)))
 
     rows = []
 
@@ -202,7 +210,10 @@ def main(argv=None):
         if cfg is None:
             model = dense
         else:
-            model = compress(dense, config=cfg, stats=stats).model
+            if cfg.sequential:  # calibrates once per block, on the compressed model
+                model = compress(dense, calib, cfg).model
+            else:
+                model = compress(dense, config=cfg, stats=stats).model
         measure(name, kind, model, False, model)
         if name == "dense" or name in args.int8:
             q = copy.deepcopy(model)

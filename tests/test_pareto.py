@@ -73,4 +73,5 @@ def test_contract_configs_through_cli(name, dense_exp, shared_data_dir, tmp_path
     report = json.loads((out / "report.json").read_text())
     kept = report["encoder_linear_params_compressed"] / report["encoder_linear_params_dense"]
     assert 0.6 < kept < 0.9, kept
+    assert yaml.safe_load((out / "config.yaml").read_text())["encoder_conf"]["plan"]
     assert yaml.safe_load((out / "config.yaml").read_text())["encoder"] == "lowrank"
