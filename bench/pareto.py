@@ -6,7 +6,8 @@ top — all measured in one run on the same held-out real speech.
     python bench/pareto.py --model tiny.en --out_dir bench/results/pareto_tiny.en \\
         [--num_calib 32] [--num_eval 16] [--sets librispeech_train-clean-100 vctk] \\
         [--thetas 0.99,0.999 0.98,0.995 0.97,0.99] [--budgets 0.85 0.75 0.65] \\
-        [--int8 liteasr_0.98_0.995 budget_0.75]
+        [--int8 liteasr_0.98_0.995 budget_0.75] [--sequential_thetas 0.98,0.995 --refit_modes none all] \\
+        [--configs bench/configs/*.yaml]
 
 Calibration: the first ``--num_calib`` utterances of
 ``librispeech_train-clean-100``; evaluation: the next ``--num_eval`` of it
@@ -64,7 +65,12 @@ def get_parser():
                    help="LiteASR θ pairs attention,feed_forward")
     p.add_argument("--budgets", nargs="*", type=float, default=[0.85, 0.75, 0.65])
     p.add_argument("--sequential_thetas", nargs="*", default=[],
-                   help="θ pairs for sequential (block-by-block) calibration")
+                   help="θ pairs for sequential (layer-group by layer-group) calibration")
+    p.add_argument("--refit_modes", nargs="*", default=["none"], choices=["none", "all", "no_qk"],
+                   help="least-squares refit modes, one row per sequential θ pair and mode")
+    p.add_argument("--configs", nargs="*", default=[],
+                   help="low-rank config YAMLs, one row each, named by file stem (e.g. with "
+                        "recovery_steps or refit)")
     p.add_argument("--int8", nargs="*", default=["liteasr_0.98_0.995", "budget_0.75"],
                    help="compressed rows to also run with int8 (dense always gets one)")
     p.add_argument("--repeats", type=int, default=3)
@@ -113,7 +119,8 @@ def plot(rows, sets, path):
           ("latency_ms", "CPU encoder latency (ms)")]
     fig, axes = plt.subplots(len(sets), 3, figsize=(15, 4 * len(sets)), squeeze=False)
     styles = {"dense": ("k", "*"), "liteasr": ("tab:blue", "o"), "budget": ("tab:orange", "s"),
-              "sequential": ("tab:green", "^")}
+              "sequential": ("tab:green", "^"), "sequential+refit_all": ("tab:red", "v"),
+              "sequential+refit_no_qk": ("tab:purple", "D"), "config": ("tab:brown", "P")}
     for i, s in enumerate(sets):
         for j, (key, label) in enumerate(xs):
             ax = axes[i][j]
@@ -184,9 +191,16 @@ def main(argv=None):
         configs.append((f"budget_{b}", "budget", LowRankConfig(budget=b)))
     for pair in args.sequential_thetas:
         ta, tf = (float(x) for x in pair.split(","))
-        configs.append((f"sequential_{ta}_{tf}", "sequential",
-                        LowRankConfig(theta_attention=ta, theta_feed_forward=tf, sequential=True,
-                                      num_calib=args.num_calib)))
+        for mode in args.refit_modes:
+            suffix = "" if mode == "none" else f"_refit_{mode}"
+            configs.append((f"sequential_{ta}_{tf}{suffix}", "sequential" + suffix.replace("_refit_", "+refit_"),
+                            LowRankConfig(theta_attention=ta, theta_feed_forward=tf, sequential=True,
+                                          refit=mode, num_calib=args.num_calib)))
+
+    for path in args.configs:
+        cfg = LowRankConfig.from_yaml(path)
+        cfg.num_calib = args.num_calib
+        configs.append((Path(path).stem, "config", cfg))
 
     rows = []
 
@@ -210,7 +224,7 @@ def main(argv=None):
         if cfg is None:
             model = dense
         else:
-            if cfg.sequential:  # calibrates once per block, on the compressed model
+            if cfg.sequential or cfg.recovery_steps:  # need the audio, not just statistics
                 model = compress(dense, calib, cfg).model
             else:
                 model = compress(dense, config=cfg, stats=stats).model

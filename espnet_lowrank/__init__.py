@@ -6,6 +6,8 @@ and never imports ESPnet):
 - ``compress(model, calib_data, config)`` -> CompressionResult
 - ``calibrate_model(model, calib_data, config)`` -> StatsSet
 - ``LowRankConfig``
+- ``recover_(compressed, dense, utts, steps)``: short distillation of the factors
+  (also run inside ``compress`` by ``recovery_steps``)
 - ``register()``: make ESPnet's ASR task know ``encoder: lowrank``
 - ``save_compressed(result, train_config, output_dir)`` / ``load_compressed(exp_dir)``
 """
@@ -17,6 +19,7 @@ _EXPORTS = {
     "calibrate_model": "espnet_lowrank.compress",
     "CompressionResult": "espnet_lowrank.compress",
     "LowRankConfig": "espnet_lowrank.config",
+    "recover_": "espnet_lowrank.recovery",
     "register": "espnet_lowrank.espnet.registry",
     "save_compressed": "espnet_lowrank.api",
     "load_compressed": "espnet_lowrank.api",

@@ -134,10 +134,48 @@ def compress(
         factorize_elastic_(compressed.encoder, plan.ranks, spectra)
     else:
         factorize_layers_(compressed.encoder, plan.ranks, spectra)
+    recovery = recover_if_asked(compressed, source, calib_data, config)
     frames = family.window_frames(compressed.encoder)
     attention = choose_attention_(compressed.encoder, family, config.attention, frames)
 
-    report = {
+    report = build_report(source, compressed, family, config, plan, attention)
+    report.update(recovery)
+    report.update({
+        "calibration_frames": stats.num_frames,
+        "calibration_seconds": round(calibration_seconds, 2),
+        "calibration_peak_rss_mb": round(peak_rss_mb, 1),
+        "statistics_mb": round(sum(s.gram.numel() * 8 for s in stats.values()) / 2 ** 20, 2),
+    })
+    logger.info(
+        "encoder linear params %d -> %d (%.1f%%)",
+        report["encoder_linear_params_dense"],
+        report["encoder_linear_params_compressed"],
+        100.0 * report["encoder_linear_params_compressed"] / report["encoder_linear_params_dense"],
+    )
+    curves = {name: spectra[name].explained_variance().float().tolist() for name in targets}
+    return CompressionResult(compressed, plan, attention, report, curves)
+
+
+def recover_if_asked(compressed, source, calib_data: Optional[CalibData], config: LowRankConfig) -> dict:
+    """Run the optional distillation (``config.recovery_steps``) on the factors."""
+    if not config.recovery_steps:
+        return {}
+    if calib_data is None:
+        raise ValueError("recovery_steps needs calibration audio (calib_data), not only statistics")
+    from espnet_lowrank.recovery import recover_
+
+    utts = _calibration_utterances(calib_data, config.num_calib)
+    was_training = source.training
+    try:
+        return recover_(compressed, source.eval(), utts, config.recovery_steps, config.recovery_lr,
+                        config.batch_size)
+    finally:
+        source.train(was_training)
+
+
+def build_report(source, compressed, family, config: LowRankConfig, plan: RankPlan, attention) -> dict:
+    """The part of report.json that every compression mode shares."""
+    return {
         "family": family.name,
         "config": config.to_dict(),
         "plan": dict(plan.ranks),
@@ -157,21 +195,9 @@ def compress(
             for d in plan.decisions
         ],
         "attention": attention,
-        "calibration_frames": stats.num_frames,
-        "calibration_seconds": round(calibration_seconds, 2),
-        "calibration_peak_rss_mb": round(peak_rss_mb, 1),
-        "statistics_mb": round(sum(s.gram.numel() * 8 for s in stats.values()) / 2 ** 20, 2),
         "flops_window_seconds": family.window_seconds,
         "encoder_linear_params_dense": encoder_linear_params(source),
         "encoder_linear_params_compressed": encoder_linear_params(compressed),
         "encoder_flops_dense": encoder_flops(source, family.window_seconds),
         "encoder_flops_compressed": encoder_flops(compressed, family.window_seconds),
     }
-    logger.info(
-        "encoder linear params %d -> %d (%.1f%%)",
-        report["encoder_linear_params_dense"],
-        report["encoder_linear_params_compressed"],
-        100.0 * report["encoder_linear_params_compressed"] / report["encoder_linear_params_dense"],
-    )
-    curves = {name: spectra[name].explained_variance().float().tolist() for name in targets}
-    return CompressionResult(compressed, plan, attention, report, curves)

@@ -7,6 +7,7 @@ from typing import Dict, List, Optional
 import yaml
 
 ATTENTION_MODES = ("auto", "reduced", "dense")
+REFIT_MODES = ("none", "all", "no_qk")
 
 
 @dataclass
@@ -74,9 +75,29 @@ class LowRankConfig:
         default=False,
         metadata={
             "help": "calibrate block by block on the already-compressed earlier blocks "
-            "(one pass per block; θ mode only; espnet_lowrank.sequential)"
+            "(one pass per layer group, in forward order; θ mode only; espnet_lowrank.sequential)"
         },
     )
+    refit: str = field(
+        default="none",
+        metadata={
+            "help": "with sequential: none | all | no_qk. Fit each layer's factors by least "
+            "squares to the dense model's outputs from the compressed model's inputs "
+            "(espnet_lowrank.refit); no_qk keeps PCA for query/key projections"
+        },
+    )
+    refit_ridge: float = field(
+        default=1e-2, metadata={"help": "ridge term of the refit, relative to the mean input variance"}
+    )
+    recovery_steps: int = field(
+        default=0,
+        metadata={
+            "help": "after factoring, this many steps of distillation (MSE to the dense "
+            "encoder's outputs on the calibration audio), training only the factors "
+            "(espnet_lowrank.recovery); 0: off"
+        },
+    )
+    recovery_lr: float = field(default=1e-4, metadata={"help": "Adam learning rate of the recovery"})
 
     def __post_init__(self):
         for name in ("theta_attention", "theta_feed_forward"):
@@ -96,6 +117,17 @@ class LowRankConfig:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.budget is not None and not 0.0 < float(self.budget) <= 1.0:
             raise ValueError(f"budget must be in (0, 1], got {self.budget}")
+        if self.refit not in REFIT_MODES:
+            raise ValueError(f"refit must be one of {REFIT_MODES}, got {self.refit!r}")
+        if self.refit != "none" and not self.sequential:
+            raise ValueError("refit works inside sequential calibration: set sequential: true")
+        if self.recovery_steps < 0:
+            raise ValueError(f"recovery_steps must be >= 0, got {self.recovery_steps}")
+        if self.recovery_steps and self.elastic:
+            raise ValueError("recovery trains the rank-k factors, which elastic artifacts do not "
+                             "store; use recovery_steps: 0 with elastic")
+        if self.refit_ridge < 0:
+            raise ValueError(f"refit_ridge must be >= 0, got {self.refit_ridge}")
 
     @classmethod
     def from_dict(cls, values: dict) -> "LowRankConfig":

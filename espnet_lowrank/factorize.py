@@ -44,11 +44,14 @@ class Spectrum:
 
 
 def spectrum(stats: OutputStats) -> Spectrum:
-    cov = stats.covariance()
+    return spectrum_from_covariance(stats.covariance(), stats.mean)
+
+
+def spectrum_from_covariance(cov: torch.Tensor, mean: torch.Tensor) -> Spectrum:
     cov = 0.5 * (cov + cov.T)  # exact symmetry for eigh
     eigenvalues, eigenvectors = torch.linalg.eigh(cov)
     order = torch.argsort(eigenvalues, descending=True)
-    return Spectrum(eigenvalues[order].clamp_min(0.0), eigenvectors[:, order], stats.mean)
+    return Spectrum(eigenvalues[order].clamp_min(0.0), eigenvectors[:, order], mean)
 
 
 def factor_weights(

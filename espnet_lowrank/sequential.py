@@ -1,29 +1,42 @@
-"""Sequential calibration (``sequential: true``): compress block by block,
-recalibrating each block on the *already compressed* earlier blocks.
+"""Sequential calibration (``sequential: true``): compress the encoder layer
+group by layer group, in forward order, each group calibrated on the inputs
+that the *already compressed* earlier layers produce.
 
 One-pass LiteASR calibrates every layer on the dense model's activations, so
-the later layers' PCA bases fit inputs they never see once the earlier
-layers are truncated. Here block i's output statistics (and so its basis and
-θ ranks) come from a forward pass through the model whose blocks < i are
-already low-rank: each block's basis adapts to the error it receives. Cost:
-one calibration pass per block instead of one in all.
+a later layer's basis fits inputs it never sees once the earlier layers are
+truncated. Here a group's statistics come from a forward pass through the
+partly compressed model, so each basis adapts to the error it receives.
 
-Blocks are the target layers grouped by the name prefix up to their first
-numeric component (``encoders.blocks.3`` for Whisper, ``encoders.3`` for
-ESPnet encoders). θ mode only (not ``budget``). Measured on Whisper tiny.en
-at a ~24% cut (θ 0.98/0.995, 32 calibration utterances, greedy WER on 16
-held-out LibriSpeech / 16 VCTK, dense 6.7 / 3.4): one pass 30.5 / 15.6,
-sequential 13.4 / 17.1 (bench/README.md).
+A group is a run of target layers that read the same input tensor (q/k/v of
+one attention); the others (``out``, ``fc1``, ``fc2``, ...) are groups of one.
+That gives the order the refit needs: q/k/v, then ``out`` on inputs from the
+new q/k/v, then the MLP's first and second layers.
+
+With ``refit`` the factors are not the PCA of the layer's outputs but a
+least-squares fit of the *dense* model's outputs from the compressed model's
+inputs (``espnet_lowrank.refit``): the dense model runs beside the compressed
+one on the same batch, and the group's dense outputs pair frame by frame with
+the compressed inputs. Ranks come from θ either way, so refit and PCA are
+compared at the same size. ``refit: no_qk`` keeps PCA for the query and key
+projections, whose output error matters only through the attention logits.
+
+Cost: one pass per group (two models with ``refit``), each stopped right
+after the group's last layer. θ mode only (not ``budget``).
 """
 
 import copy
-import dataclasses
 import logging
+import os
 import re
-from collections import OrderedDict
-from typing import Dict, List
+import resource
+import time
+from typing import Dict, List, Optional, Set
 
-from espnet_lowrank.plan import RankPlan
+import torch
+from torch import nn
+
+from espnet_lowrank.plan import RankPlan, make_plan
+from espnet_lowrank.refit import RegressionStats, output_spectrum, refit_factors, relative_error
 
 logger = logging.getLogger(__name__)
 
@@ -33,63 +46,216 @@ def block_of(name: str) -> str:
     return m.group(1) if m else name
 
 
+class _StopForward(Exception):
+    """Raised by a hook once the layers of interest have run."""
+
+
+def _frames(layer: nn.Module, t: torch.Tensor) -> torch.Tensor:
+    """(B, T, d) frames of a layer input or output; Conv1d tensors are (B, d, T)."""
+    return t.transpose(1, 2) if isinstance(layer, nn.Conv1d) else t
+
+
+def _run(encode, speech, lengths):
+    try:
+        encode(speech, lengths)
+    except _StopForward:
+        pass
+
+
+def _hook_layers(encoder, names, on_call, frame_mask):
+    """Forward hooks ``on_call(name, layer, input, output, mask)`` on ``names``;
+    raises _StopForward once all of them ran. Returns the handles."""
+    modules = dict(encoder.named_modules())
+    pending: Set[str] = set()
+    handles = []
+
+    def make(name):
+        layer = modules[name]
+
+        def hook(_module, inputs, output):
+            mask = frame_mask.current if frame_mask is not None else None
+            on_call(name, layer, inputs[0], output, mask)
+            pending.discard(name)
+            if not pending:
+                raise _StopForward
+
+        return hook
+
+    def reset(_module, _inputs):
+        pending.update(names)
+
+    handles.append(encoder.register_forward_pre_hook(reset))
+    for name in names:
+        handles.append(modules[name].register_forward_hook(make(name)))
+    if frame_mask is not None:  # after the stats hooks: see EspnetFrameMask
+        handles.extend(frame_mask.attach(encoder))
+    return handles
+
+
+def _masked(frames: torch.Tensor, mask: Optional[torch.Tensor], name: str) -> torch.Tensor:
+    if mask is None:
+        return frames
+    if mask.shape != frames.shape[:2]:
+        raise RuntimeError(f"frame mask {tuple(mask.shape)} does not match {tuple(frames.shape[:2])} of {name}")
+    return frames[mask]
+
+
+def input_groups(model, family, names: List[str], batch) -> List[List[str]]:
+    """Target layers in call order, grouped where consecutive layers read the
+    same input tensor."""
+    order, keys = [], {}
+
+    def on_call(name, layer, x, _y, _mask):
+        if name not in keys:
+            order.append(name)
+            keys[name] = (x.data_ptr(), tuple(x.shape))
+
+    handles = _hook_layers(model.encoder, names, on_call, None)
+    try:
+        with torch.no_grad():
+            _run(model.encode, *batch)
+    finally:
+        for h in handles:
+            h.remove()
+    missing = sorted(set(names) - set(order))
+    if missing:
+        raise RuntimeError(f"these target layers never ran in the encoder's forward: {missing[:3]}")
+    groups: List[List[str]] = []
+    for name in order:
+        if groups and keys[groups[-1][-1]] == keys[name]:
+            groups[-1].append(name)
+        else:
+            groups.append([name])
+    return groups
+
+
+def paired_pass(dense, current, family, group: List[str], refit: Set[str], batches) -> Dict[str, RegressionStats]:
+    """One pass over ``batches``: moments of the inputs that ``current`` feeds
+    the group's layers, paired with ``dense``'s outputs of the layers in
+    ``refit``."""
+    from espnet_lowrank.modules.lowrank_linear import layer_dims
+
+    cur_modules = dict(current.encoder.named_modules())
+    stats = {}
+    for name in group:
+        d_in, d_out = layer_dims(cur_modules[name])
+        stats[name] = RegressionStats(d_in, d_out, with_target=name in refit)
+    targets: Dict[str, torch.Tensor] = {}
+
+    def keep_target(name, layer, _x, y, mask):
+        targets[name] = _masked(_frames(layer, y), mask, name)
+
+    def add_input(name, layer, x, _y, mask):
+        stats[name].update(_masked(_frames(layer, x), mask, name), targets.pop(name, None))
+
+    frame_mask = family.frame_mask
+    handles = []
+    try:
+        if refit:
+            handles += _hook_layers(dense.encoder, [n for n in group if n in refit], keep_target,
+                                    frame_mask() if frame_mask else None)
+        handles += _hook_layers(current.encoder, group, add_input, frame_mask() if frame_mask else None)
+        with torch.no_grad():
+            for speech, lengths in batches:
+                if refit:
+                    _run(dense.encode, speech, lengths)
+                _run(current.encode, speech, lengths)
+    finally:
+        for h in handles:
+            h.remove()
+    return stats
+
+
 def compress_sequential(model, calib_data, config):
-    from espnet_lowrank.apply import choose_attention_
-    from espnet_lowrank.compress import CompressionResult, asr_model_of, compress
+    from tqdm import tqdm
+
+    from espnet_lowrank.apply import choose_attention_, set_submodule
+    from espnet_lowrank.compress import (CompressionResult, _calibration_utterances, asr_model_of,
+                                         build_report, recover_if_asked)
+    from espnet_lowrank.data import iter_batches
+    from espnet_lowrank.factorize import factor_weights
     from espnet_lowrank.families import family_for
-    from espnet_lowrank.measure import encoder_flops, encoder_linear_params
+    from espnet_lowrank.modules.lowrank_linear import linear_weight_and_bias, lowrank_class_for
 
     if config.budget is not None:
         raise ValueError("sequential calibration works with the θ thresholds, not with budget")
     if calib_data is None:
-        raise ValueError("sequential calibration needs calib_data (it calibrates once per block)")
+        raise ValueError("sequential calibration needs calib_data (it calibrates once per layer group)")
+    if config.refit != "none" and config.elastic:
+        raise ValueError("refit factors have no nested PCA basis: use refit: none with elastic")
     source = asr_model_of(model)
     family = family_for(source.encoder)
     targets = family.target_layers(source.encoder, config)
-    groups: Dict[str, List[str]] = OrderedDict()
-    for name in targets:
-        groups.setdefault(block_of(name), []).append(name)
+    utts = _calibration_utterances(calib_data, config.num_calib)
+    device = next(source.parameters()).device
 
-    current = source
-    ranks, decisions, spectra, seconds, frames = {}, [], {}, 0.0, 0
-    last = None
-    for i, (block, names) in enumerate(groups.items()):
-        sub = dataclasses.replace(
-            config, sequential=False, attention="dense", exclude_modules=[],
-            target_modules="|".join(re.escape(n) for n in names),
-        )
-        last = compress(current, calib_data, sub)
-        current = last.model
-        ranks.update(last.plan.ranks)
-        decisions.extend(last.plan.decisions)
-        spectra.update(last.spectra)
-        seconds += last.report["calibration_seconds"]
-        frames = last.report["calibration_frames"]
-        logger.info("sequential: block %d/%d (%s) -> %d layers factored",
-                    i + 1, len(groups), block, len(last.plan.ranks))
-    compressed = current if last is not None else copy.deepcopy(source).eval()
-    attention = choose_attention_(compressed.encoder, family, config.attention,
-                                  family.window_frames(compressed.encoder))
+    def batches():
+        for speech, lengths in iter_batches(utts, config.batch_size):
+            yield speech.to(device), lengths.to(device)
+
+    was_training = source.training
+    dense = source.eval()
+    current = copy.deepcopy(source).eval()
+    refit = _refit_layers(family, current.encoder, targets, config.refit)
+    started = time.perf_counter()
+    ranks, decisions, spectra, fit = {}, [], {}, {}
+    try:
+        groups = input_groups(dense, family, list(targets), next(batches()))
+        show = os.environ.get("ESPNET_LOWRANK_NO_TQDM") != "1"
+        for group in tqdm(groups, desc="sequential calibration", unit="group", disable=not show):
+            stats = paired_pass(dense, current, family, group, refit & set(group), batches())
+            layers = {n: current.encoder.get_submodule(n) for n in group}
+            group_spectra = {n: output_spectrum(stats[n], *linear_weight_and_bias(layers[n])) for n in group}
+            plan = make_plan(group_spectra, {n: targets[n] for n in group}, config)
+            decisions.extend(plan.decisions)
+            spectra.update(group_spectra)
+            if config.elastic:
+                from espnet_lowrank.elastic import factorize_elastic_
+
+                factorize_elastic_(current.encoder, plan.ranks, group_spectra)
+            for name, rank in plan.ranks.items():
+                ranks[name] = rank
+                if config.elastic:
+                    continue
+                w, b = linear_weight_and_bias(layers[name])
+                if name in refit:
+                    w1, w2, bias = refit_factors(stats[name], rank, config.refit_ridge, weight=w)
+                    pca = factor_weights(w, b, group_spectra[name], rank)
+                    fit[name] = {"pca": relative_error(stats[name], *pca),
+                                 "refit": relative_error(stats[name], w1, w2, bias)}
+                else:
+                    w1, w2, bias = factor_weights(w, b, group_spectra[name], rank)
+                cast = dict(device=w.device, dtype=w.dtype)
+                new = lowrank_class_for(layers[name]).from_factors(w1.to(**cast), w2.to(**cast), bias.to(**cast))
+                set_submodule(current.encoder, name, new)
+    finally:
+        source.train(was_training)
+    seconds = time.perf_counter() - started
+    recovery = recover_if_asked(current, source, utts, config)
+    attention = choose_attention_(current.encoder, family, config.attention,
+                                  family.window_frames(current.encoder))
     plan = RankPlan(ranks, decisions)
-    report = dict(last.report) if last is not None else {}
+    report = build_report(source, current, family, config, plan, attention)
     report.update({
-        "family": family.name,
-        "config": config.to_dict(),
-        "plan": dict(ranks),
-        "layers": [
-            {"name": d.name, "role": d.role, "d_in": d.d_in, "d_out": d.d_out, "rank": d.rank,
-             "rank_from_theta": d.rank_from_theta,
-             "explained_variance": round(d.explained_variance, 6),
-             "params_dense": d.params_dense, "params_kept": d.params_kept, "reason": d.reason}
-            for d in decisions
-        ],
-        "attention": attention,
-        "calibration_frames": frames,
+        "calibration_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "calibration_seconds": round(seconds, 2),
         "calibration_passes": len(groups),
-        "encoder_linear_params_dense": encoder_linear_params(source),
-        "encoder_linear_params_compressed": encoder_linear_params(compressed),
-        "encoder_flops_dense": encoder_flops(source, family.window_seconds),
-        "encoder_flops_compressed": encoder_flops(compressed, family.window_seconds),
+        "calibration_utterances": len(utts),
+        "refit_relative_error": {n: {k: round(v, 6) for k, v in e.items()} for n, e in fit.items()},
+        **recovery,
     })
-    return CompressionResult(compressed, plan, attention, report, spectra)
+    curves = {name: s.explained_variance().float().tolist() for name, s in spectra.items()}
+    return CompressionResult(current, plan, attention, report, curves)
+
+
+def _refit_layers(family, encoder, targets, mode: str) -> Set[str]:
+    if mode == "none":
+        return set()
+    names = set(targets)
+    if mode == "no_qk":
+        by_module = {id(m): n for n, m in encoder.named_modules()}
+        for attn in family.attention_modules(encoder).values():
+            query, key, *_ = family.attention_parts(attn)
+            names -= {by_module[id(query)], by_module[id(key)]}
+    return names
+

@@ -1,4 +1,5 @@
-"""Sequential (block-by-block) calibration on real tiny.en and real speech."""
+"""Sequential (layer-group by layer-group) calibration, its least-squares
+refit, and the short recovery, on real tiny.en and real speech."""
 
 import pytest
 import torch
@@ -6,7 +7,7 @@ import torch
 from espnet_lowrank.api import load_compressed, save_compressed
 from espnet_lowrank.artifact import load_asr_model
 from espnet_lowrank.bin.export_whisper import export_whisper
-from espnet_lowrank.compress import compress
+from espnet_lowrank.compress import calibrate_model, compress
 from espnet_lowrank.config import LowRankConfig
 from espnet_lowrank.data import read_data_dir
 from espnet_lowrank.sequential import block_of
@@ -24,11 +25,19 @@ def test_sequential_on_tiny_en(shared_data_dir, tmp_path):
     utts = read_data_dir(str(shared_data_dir / "librispeech_train-clean-100"))[:2]
     kw = dict(theta_attention=0.98, theta_feed_forward=0.995)
     one = compress(dense, utts, LowRankConfig(**kw))
-    seq = compress(dense, utts, LowRankConfig(sequential=True, **kw))
-    assert seq.report["calibration_passes"] == 4
-    # Block 0 sees the dense inputs either way: same ranks there.
-    first = {n: r for n, r in one.plan.ranks.items() if n.startswith("encoders.blocks.0.")}
-    assert first and first == {n: r for n, r in seq.plan.ranks.items() if n.startswith("encoders.blocks.0.")}
+    seq = compress(dense, utts, LowRankConfig(sequential=True, refit="all", **kw))
+    # Groups in forward order: q/k/v (one input), out, mlp.0, mlp.2 for each of 4 blocks.
+    assert seq.report["calibration_passes"] == 16
+    # The first group sees the dense inputs either way: same ranks there.
+    qkv = [f"encoders.blocks.0.attn.{p}" for p in ("query", "key", "value")]
+    assert {n: one.plan.ranks.get(n) for n in qkv} == {n: seq.plan.ranks.get(n) for n in qkv}
+    # The refit fits the dense outputs better than PCA of the layer's own outputs,
+    # on the calibration frames (ridge aside: the first group's inputs are dense).
+    fit = seq.report["refit_relative_error"]
+    assert set(fit) == set(seq.plan.ranks)
+    assert all(e["refit"] <= 1.01 * e["pca"] for e in fit.values()), fit
+    later = [e for n, e in fit.items() if not n.startswith("encoders.blocks.0.")]
+    assert sum(e["refit"] for e in later) < 0.8 * sum(e["pca"] for e in later), fit
     assert set(seq.plan.ranks) and seq.report["encoder_linear_params_compressed"] < seq.report["encoder_linear_params_dense"]
     with pytest.raises(ValueError, match="budget"):
         compress(dense, utts, LowRankConfig(sequential=True, budget=0.75))
@@ -39,3 +48,25 @@ def test_sequential_on_tiny_en(shared_data_dir, tmp_path):
         got, _ = model.encode(speech, torch.tensor([speech.shape[1]]))
         want, _ = seq.model.encode(speech, torch.tensor([speech.shape[1]]))
     assert (got - want).abs().max().item() < 1e-3 * want.abs().max().item()
+
+
+def test_recovery_lowers_the_distillation_loss(shared_data_dir, tmp_path):
+    exp = tmp_path / "dense"
+    export_whisper("tiny.en", str(exp))
+    dense, _ = load_asr_model(str(exp / "config.yaml"), str(exp / "model.pth"))
+    utts = read_data_dir(str(shared_data_dir / "librispeech_train-clean-100"))[:2]
+    before = {k: v.clone() for k, v in dense.state_dict().items()}
+    result = compress(dense, utts, LowRankConfig(theta_attention=0.95, theta_feed_forward=0.98,
+                                                 recovery_steps=4, recovery_lr=3e-4, batch_size=2))
+    report = result.report
+    assert report["recovery_steps"] == 4
+    assert report["recovery_mse_after"] < 0.95 * report["recovery_mse_before"], report
+    # Only the factors trained; the source model is untouched.
+    assert all(torch.equal(before[k], v) for k, v in dense.state_dict().items())
+    dense_keys = {k for k in result.model.state_dict() if ".down." not in k and ".up." not in k}
+    for k in dense_keys:
+        if k in before:
+            assert torch.equal(before[k], result.model.state_dict()[k]), k
+    with pytest.raises(ValueError, match="calibration audio"):
+        compress(dense, config=LowRankConfig(recovery_steps=2),
+                 stats=calibrate_model(dense, utts[:1]))

@@ -1,0 +1,94 @@
+"""Short recovery (``recovery_steps: N``): a few hundred steps of distillation
+after factoring. The loss is the MSE between the compressed and the dense
+encoder outputs on the calibration audio (valid frames only), and only the
+low-rank factors train; every other weight stays as it was.
+
+Runs in eval mode (no dropout or SpecAugment) with gradients on, so the
+student sees exactly the forward it will run at inference.
+"""
+
+import itertools
+import logging
+import os
+import time
+from typing import List
+
+import torch
+
+from espnet_lowrank.data import Utterance, iter_batches
+
+logger = logging.getLogger(__name__)
+
+
+def factor_parameters(encoder: torch.nn.Module) -> List[torch.nn.Parameter]:
+    from espnet_lowrank.apply import LOWRANK_TYPES
+
+    params = []
+    for module in encoder.modules():
+        if isinstance(module, LOWRANK_TYPES):
+            params.extend(module.parameters())
+    return params
+
+
+def _valid_mse(student: torch.Tensor, teacher: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    mask = torch.arange(teacher.shape[1], device=teacher.device)[None, :] < lengths[:, None]
+    diff = (student - teacher)[mask]
+    return (diff * diff).mean()
+
+
+def recover_(compressed, dense, utts: List[Utterance], steps: int, lr: float = 1e-4,
+             batch_size: int = 4) -> dict:
+    """Train ``compressed``'s low-rank factors for ``steps`` steps to match
+    ``dense``'s encoder outputs on ``utts`` (in place). Returns the loss
+    before and after, measured on the first batch."""
+    from tqdm import tqdm
+
+    if steps < 1:
+        raise ValueError(f"recovery needs at least one step, got {steps}")
+    if not utts:
+        raise ValueError("recovery needs calibration utterances")
+    params = factor_parameters(compressed.encoder)
+    if not params:
+        raise ValueError("no low-rank layers to train: the plan factored nothing")
+    device = params[0].device
+    trainable = {id(p) for p in params}
+    frozen = [p for p in compressed.parameters() if id(p) not in trainable and p.requires_grad]
+    for p in frozen:
+        p.requires_grad_(False)
+    batches = [(s.to(device), n.to(device)) for s, n in iter_batches(utts, batch_size)]
+    targets = []
+    with torch.no_grad():
+        for speech, lengths in batches:
+            out, out_lens = dense.encode(speech, lengths)
+            targets.append((out, out_lens))
+    optimizer = torch.optim.Adam(params, lr=lr)
+    compressed.eval()
+    started = time.perf_counter()
+
+    def loss_of(i):
+        speech, lengths = batches[i]
+        out, _ = compressed.encode(speech, lengths)
+        teacher, teacher_lens = targets[i]
+        return _valid_mse(out, teacher, teacher_lens)
+
+    with torch.no_grad():
+        before = float(loss_of(0))
+    show = os.environ.get("ESPNET_LOWRANK_NO_TQDM") != "1"
+    order = itertools.cycle(range(len(batches)))
+    try:
+        with torch.enable_grad():
+            for _ in tqdm(range(steps), desc="recovery", unit="step", disable=not show):
+                loss = loss_of(next(order))
+                if not torch.isfinite(loss):
+                    raise FloatingPointError("recovery loss became non-finite; lower recovery_lr")
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
+    with torch.no_grad():
+        after = float(loss_of(0))
+    logger.info("recovery: %d steps, encoder MSE %.4g -> %.4g", steps, before, after)
+    return {"recovery_steps": steps, "recovery_lr": lr, "recovery_mse_before": before,
+            "recovery_mse_after": after, "recovery_seconds": round(time.perf_counter() - started, 2)}
