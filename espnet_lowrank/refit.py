@@ -60,6 +60,10 @@ class RegressionStats:
             self.y_sum += y.sum(0)
             self.y_sq += float((y * y).sum())
 
+    def nbytes(self) -> int:
+        tensors = [self.xx, self.x_sum] + ([self.yx, self.y_sum] if self.with_target else [])
+        return sum(t.numel() * t.element_size() for t in tensors)
+
     def input_moments(self) -> Tuple[torch.Tensor, torch.Tensor]:
         """(mean, covariance) of x̃."""
         if self.count == 0:

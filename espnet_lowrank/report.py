@@ -137,6 +137,15 @@ def compression_report_md(report: dict) -> str:
         "statistics memory (MB)": report["statistics_mb"],
         "reduced-dim attention modules": sum(v == "reduced" for v in report["attention"].values()),
     }
+    if "calibration_passes" in report:
+        summary["calibration passes (sequential)"] = report["calibration_passes"]
+    fit = report.get("refit_relative_error") or {}
+    if fit:
+        mean = {k: sum(e[k] for e in fit.values()) / len(fit) for k in ("pca", "refit")}
+        summary["mean relative layer error, PCA -> refit"] = f"{mean['pca']:.4f} -> {mean['refit']:.4f}"
+    if report.get("recovery_steps"):
+        summary[f"recovery ({report['recovery_steps']} steps) encoder MSE"] = (
+            f"{report['recovery_mse_before']:.4g} -> {report['recovery_mse_after']:.4g}")
     lines = ["# Low-rank compression report", "", markdown_kv_table(summary), "",
              "## Layers", "", "| layer | role | d_in | d_out | rank | rank from θ | explained var |",
              "|---|---|---:|---:|---:|---:|---:|"]

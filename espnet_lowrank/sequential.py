@@ -198,12 +198,14 @@ def compress_sequential(model, calib_data, config):
     current = copy.deepcopy(source).eval()
     refit = _refit_layers(family, current.encoder, targets, config.refit)
     started = time.perf_counter()
-    ranks, decisions, spectra, fit = {}, [], {}, {}
+    ranks, decisions, spectra, fit, frames, stats_mb = {}, [], {}, {}, 0, 0.0
     try:
         groups = input_groups(dense, family, list(targets), next(batches()))
         show = os.environ.get("ESPNET_LOWRANK_NO_TQDM") != "1"
         for group in tqdm(groups, desc="sequential calibration", unit="group", disable=not show):
             stats = paired_pass(dense, current, family, group, refit & set(group), batches())
+            frames = frames or max(st.count for st in stats.values())
+            stats_mb = max(stats_mb, sum(st.nbytes() for st in stats.values()) / 2 ** 20)
             layers = {n: current.encoder.get_submodule(n) for n in group}
             group_spectra = {n: output_spectrum(stats[n], *linear_weight_and_bias(layers[n])) for n in group}
             plan = make_plan(group_spectra, {n: targets[n] for n in group}, config)
@@ -240,6 +242,8 @@ def compress_sequential(model, calib_data, config):
         "calibration_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "calibration_seconds": round(seconds, 2),
         "calibration_passes": len(groups),
+        "calibration_frames": frames,
+        "statistics_mb": round(stats_mb, 2),
         "calibration_utterances": len(utts),
         "refit_relative_error": {n: {k: round(v, 6) for k, v in e.items()} for n, e in fit.items()},
         **recovery,
