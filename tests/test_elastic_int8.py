@@ -81,7 +81,7 @@ def test_int8_close_to_float_compressed(dense, stats, speech):
     # ~0.13 on the budget-0.75 model, ~0.065 on dense tiny.en itself; the
     # error comes from per-tensor activation quantization of fc2's path
     # (Whisper's outlier channels), not from the factors. The issue's 5%
-    # is out of reach for torch dynamic int8 here; WER is in bench/README.md.
+    # is out of reach for torch dynamic int8 here; WER is in bench/RESULTS.md.
     assert err < 0.2
     assert err_dense < 0.1
 
