@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Zero-shot Whisper: no training. Stages keep ESPnet's numbers:
-#   1   data: a synthesized calibration set and test set (Piper), or real speech
+#   1   data: a synthesized calibration set and test set (Piper), or real speech;
+#       ../shared/data/vctk is decoded as a real test set too when it is there
 #  12   export the dense Whisper model, compress it, decode every test set
 #       (dense and compressed) with the stock espnet2.bin.asr_inference
 #  13   score with jiwer; write RESULTS.md (WER, size, FLOPs, CPU latency ratio)
@@ -20,9 +21,11 @@ real_data=                # Kaldi or LibriSpeech dir: calibrate on its first utt
 num_calib=32
 num_test=16
 test_sets=                # extra test sets: names under data/ or absolute Kaldi dirs
+shared_data=${ESPNET_LOWRANK_SHARED_DATA:-$(cd ../../../.. && pwd)/shared/data}
+shared_test_sets="vctk"   # real test sets taken from ${shared_data} when it exists (not with --tiny)
 tiny=false                # CI-sized run of every stage
 python=python
-__recipe_options="stage stop_stage nj backend model lowrank_config inference_config asr_exp inference_asr_model real_data num_calib num_test test_sets tiny python"
+__recipe_options="stage stop_stage nj backend model lowrank_config inference_config asr_exp inference_asr_model real_data num_calib num_test test_sets shared_data shared_test_sets tiny python"
 . ../../common/parse_options.sh
 
 if [ "${tiny}" = true ]; then num_calib=4; num_test=4; fi
@@ -38,6 +41,13 @@ all_test_sets="data/test"
 for t in ${test_sets}; do
     case "$t" in /*) all_test_sets+=" $t" ;; *) all_test_sets+=" data/$t" ;; esac
 done
+# Real speech beside the checkout (../shared/data) is an extra test set when present; the
+# job itself never needs it (calibration stays on data/calib).
+if [ "${tiny}" != true ] && [ -d "${shared_data}" ]; then
+    for s in ${shared_test_sets}; do
+        [ -d "${shared_data}/$s" ] && all_test_sets+=" ${shared_data}/$s"
+    done
+fi
 
 if [ ${stage} -le 1 ] && [ ${stop_stage} -ge 1 ]; then
     log 1 "data preparation"
