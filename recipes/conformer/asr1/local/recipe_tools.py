@@ -95,6 +95,15 @@ def cmd_check_lowrank(args) -> None:
             die(f"bad low-rank config {path}: {e}")
 
 
+def cmd_needs_audio(args) -> None:
+    """'yes' when the config calibrates in several passes (sequential) or
+    trains on the audio (recovery): those can't be split into summed statistics."""
+    from espnet_lowrank.config import LowRankConfig
+
+    config = LowRankConfig.from_yaml(args.config)
+    print("yes" if config.sequential or config.recovery_steps else "no")
+
+
 # ---------------------------------------------------------------- stage 1
 def _norm(text: str) -> str:
     from espnet_lowrank.scoring import basic_normalize
@@ -257,6 +266,8 @@ def main(argv=None) -> None:
     s.add_argument("config")
     s = sub.add_parser("check_lowrank")
     s.add_argument("configs", nargs="+")
+    s = sub.add_parser("needs_audio")
+    s.add_argument("config")
     s = sub.add_parser("select_sentences")
     s.add_argument("--corpora", required=True)
     s.add_argument("--real_dirs", nargs="*", default=[])
