@@ -97,7 +97,7 @@ class LowRankConfig:
             "(espnet_lowrank.recovery); 0: off"
         },
     )
-    recovery_lr: float = field(default=1e-4, metadata={"help": "Adam learning rate of the recovery"})
+    recovery_lr: float = field(default=3e-5, metadata={"help": "Adam learning rate of the recovery (3e-4 diverged on the recipe Conformer)"})
 
     def __post_init__(self):
         for name in ("theta_attention", "theta_feed_forward"):

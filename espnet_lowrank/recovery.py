@@ -36,7 +36,7 @@ def _valid_mse(student: torch.Tensor, teacher: torch.Tensor, lengths: torch.Tens
     return (diff * diff).mean()
 
 
-def recover_(compressed, dense, utts: List[Utterance], steps: int, lr: float = 1e-4,
+def recover_(compressed, dense, utts: List[Utterance], steps: int, lr: float = 3e-5,
              batch_size: int = 4) -> dict:
     """Train ``compressed``'s low-rank factors for ``steps`` steps to match
     ``dense``'s encoder outputs on ``utts`` (in place). Returns the loss
