@@ -86,6 +86,12 @@ def test_decoder_suppression():
         51864, 16, n_ctx=32, n_state=16, n_head=2, n_layer=1,
         suppress_tokens=[5, 6], suppress_blank_tokens=[220, 50256], sample_begin=2,
     ).eval()
+    # openai-whisper leaves some weights as torch.empty (loaded from a checkpoint
+    # in real use): give them finite values, or the logits can be NaN by chance.
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in dec.parameters():
+            p.normal_(0.0, 0.02)
     memory = torch.randn(1, 30, 16)
     with torch.no_grad():
         first, _ = dec.batch_score(torch.tensor([[50257, 50362]]), [None], memory)
