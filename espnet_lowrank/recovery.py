@@ -7,7 +7,6 @@ Runs in eval mode (no dropout or SpecAugment) with gradients on, so the
 student sees exactly the forward it will run at inference.
 """
 
-import itertools
 import logging
 import os
 import time
@@ -39,8 +38,10 @@ def _valid_mse(student: torch.Tensor, teacher: torch.Tensor, lengths: torch.Tens
 def recover_(compressed, dense, utts: List[Utterance], steps: int, lr: float = 3e-5,
              batch_size: int = 4) -> dict:
     """Train ``compressed``'s low-rank factors for ``steps`` steps to match
-    ``dense``'s encoder outputs on ``utts`` (in place). Returns the loss
-    before and after, measured on the first batch."""
+    ``dense``'s encoder outputs on ``utts`` (in place). After every pass over
+    the batches the MSE over all of them is measured, and the factors with the
+    lowest one are kept (the calibration factors when nothing improved).
+    Returns the MSE before and after and the step the kept factors are from."""
     from tqdm import tqdm
 
     if steps < 1:
@@ -71,24 +72,44 @@ def recover_(compressed, dense, utts: List[Utterance], steps: int, lr: float = 3
         teacher, teacher_lens = targets[i]
         return _valid_mse(out, teacher, teacher_lens)
 
-    with torch.no_grad():
-        before = float(loss_of(0))
+    def full_loss():
+        with torch.no_grad():
+            return sum(float(loss_of(i)) for i in range(len(batches))) / len(batches)
+
+    def snapshot():
+        return [p.detach().clone() for p in params]
+
+    # Keep the best factors seen: a too-large LR can raise the loss, and the
+    # start (plain PCA) must never be replaced by something worse.
+    before = full_loss()
+    best, best_loss, best_epoch = snapshot(), before, 0
     show = os.environ.get("ESPNET_LOWRANK_NO_TQDM") != "1"
-    order = itertools.cycle(range(len(batches)))
     try:
         with torch.enable_grad():
-            for _ in tqdm(range(steps), desc="recovery", unit="step", disable=not show):
-                loss = loss_of(next(order))
+            for step in tqdm(range(steps), desc="recovery", unit="step", disable=not show):
+                loss = loss_of(step % len(batches))
                 if not torch.isfinite(loss):
-                    raise FloatingPointError("recovery loss became non-finite; lower recovery_lr")
+                    logger.warning("recovery loss became non-finite at step %d; stopping and "
+                                   "keeping the best factors. Lower recovery_lr.", step)
+                    break
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
+                if (step + 1) % len(batches) == 0 or step + 1 == steps:
+                    current = full_loss()
+                    if current < best_loss:
+                        best, best_loss, best_epoch = snapshot(), current, step + 1
     finally:
         for p in frozen:
             p.requires_grad_(True)
     with torch.no_grad():
-        after = float(loss_of(0))
+        for p, saved in zip(params, best):
+            p.copy_(saved)
+    after = best_loss
+    if best_epoch == 0:
+        logger.warning("recovery did not lower the encoder MSE (%.4g); kept the factors from "
+                       "calibration. Try a lower recovery_lr.", before)
     logger.info("recovery: %d steps, encoder MSE %.4g -> %.4g", steps, before, after)
     return {"recovery_steps": steps, "recovery_lr": lr, "recovery_mse_before": before,
-            "recovery_mse_after": after, "recovery_seconds": round(time.perf_counter() - started, 2)}
+            "recovery_mse_after": after, "recovery_best_step": best_epoch,
+            "recovery_seconds": round(time.perf_counter() - started, 2)}

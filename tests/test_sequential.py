@@ -67,6 +67,15 @@ def test_recovery_lowers_the_distillation_loss(shared_data_dir, tmp_path):
     for k in dense_keys:
         if k in before:
             assert torch.equal(before[k], result.model.state_dict()[k]), k
+    # A diverging LR never makes things worse: the calibration factors are kept.
+    kw = dict(theta_attention=0.95, theta_feed_forward=0.98, batch_size=2)
+    plain = compress(dense, utts, LowRankConfig(**kw)).model.state_dict()
+    diverged = compress(dense, utts, LowRankConfig(recovery_steps=2, recovery_lr=1.0, **kw))
+    assert diverged.report["recovery_best_step"] == 0, diverged.report
+    assert diverged.report["recovery_mse_after"] == diverged.report["recovery_mse_before"]
+    got = diverged.model.state_dict()
+    assert set(got) == set(plain)
+    assert max((got[k] - plain[k]).abs().max().item() for k in plain) == 0.0
     with pytest.raises(ValueError, match="calibration audio"):
         compress(dense, config=LowRankConfig(recovery_steps=2),
                  stats=calibrate_model(dense, utts[:1]))
