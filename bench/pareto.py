@@ -97,16 +97,23 @@ def encoder_mb(model) -> float:
         return os.path.getsize(f.name) / 2 ** 20
 
 
-def decode_wer(s2t, eval_sets):
-    rows = {}
+def decode_wer(s2t, eval_sets, hyp_dir=None):
+    """Corpus WER per set; with ``hyp_dir``, also writes each set's hypotheses
+    (Kaldi ``text`` format) and returns sub/del/ins so hallucinations show."""
+    rows, detail = {}, {}
     for name, utts in eval_sets.items():
         refs = {u.utt_id: u.text for u in utts}
         hyps = {}
         with torch.no_grad():
             for u in utts:
                 hyps[u.utt_id] = s2t(load_audio(u.wav_path))[0][0]
-        rows[name] = score_texts(refs, hyps, dataset=name, normalize="whisper").err
-    return rows
+        score = score_texts(refs, hyps, dataset=name, normalize="whisper")
+        rows[name] = score.err
+        detail[name] = {"sub": score.sub, "del": score.dele, "ins": score.ins, "s_err": score.s_err}
+        if hyp_dir is not None:
+            os.makedirs(hyp_dir, exist_ok=True)
+            Path(hyp_dir, f"{name}.txt").write_text("".join(f"{k} {v}\n" for k, v in sorted(hyps.items())))
+    return rows, detail
 
 
 def plot(rows, sets, path):
@@ -145,12 +152,14 @@ def plot(rows, sets, path):
 
 
 def markdown(rows, sets, meta) -> str:
-    head = ["name", "int8"] + [f"WER {s}" for s in sets] + [
+    head = ["name", "int8"] + [f"WER {s} (ins)" for s in sets] + [
         "enc lin params", "params %", "GFLOPs", "latency ms", "lat_ratio", "enc MB"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     dense = rows[0]
     for r in rows:
-        cells = [r["name"], "yes" if r["int8"] else ""] + [f"{r['wer'][s]:.1f}" for s in sets] + [
+        cells = [r["name"], "yes" if r["int8"] else ""] + [
+            f"{r['wer'][s]:.1f} ({r['wer_detail'][s]['ins']:.1f})" if "wer_detail" in r else f"{r['wer'][s]:.1f}"
+            for s in sets] + [
             f"{r['params']:,}", f"{100 * r['params'] / dense['params']:.1f}", f"{r['gflops']:.2f}",
             f"{r['latency_ms']:.0f}", f"{r['lat_ratio']:.2f}", f"{r['enc_mb']:.1f}"]
         lines.append("| " + " | ".join(cells) + " |")
@@ -206,10 +215,10 @@ def main(argv=None):
 
     def measure(name, kind, model, int8, float_model):
         s2t.asr_model = model
-        wer = decode_wer(s2t, eval_sets)
+        wer, detail = decode_wer(s2t, eval_sets, os.path.join(args.out_dir, "hyps", name + ("_int8" if int8 else "")))
         d_ms, c_ms = paired_latency(dense, model, WINDOW, repeats=args.repeats)
         row = {
-            "name": name, "kind": kind, "int8": int8, "wer": wer,
+            "name": name, "kind": kind, "int8": int8, "wer": wer, "wer_detail": detail,
             "params": encoder_linear_params(float_model),
             "gflops": encoder_flops(float_model, WINDOW) / 1e9,
             "latency_ms": 1000 * c_ms, "lat_ratio": c_ms / d_ms, "enc_mb": encoder_mb(model),

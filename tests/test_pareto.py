@@ -52,6 +52,13 @@ def test_pareto_toy_run(dense_exp, shared_data_dir, tmp_path):
     assert dense8["enc_mb"] < 0.5 * dense["enc_mb"] and budget8["enc_mb"] < budget["enc_mb"]
     assert set(dense["wer"]) == {"librispeech_train-clean-100", "vctk"}
     assert "| dense | yes |" in (out / "pareto.md").read_text()
+    # Hypotheses are kept per row and set, and the WER splits into sub/del/ins.
+    hyps = (out / "hyps" / "budget_0.75_int8" / "vctk.txt").read_text().splitlines()
+    first_vctk = (shared_data_dir / "vctk" / "text").read_text().split()[0]
+    assert len(hyps) == 1 and hyps[0].split()[0] == first_vctk, hyps
+    for r in rows:
+        for s, d in r["wer_detail"].items():
+            assert abs(d["sub"] + d["del"] + d["ins"] - r["wer"][s]) < 0.05, (r["name"], s, d)
 
 
 @pytest.mark.slow
