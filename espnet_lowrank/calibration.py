@@ -9,7 +9,7 @@ over jobs and merged afterwards.
 import contextlib
 import logging
 import os
-from typing import Callable, Dict, Iterable, Iterator, List, Optional, Tuple
+from typing import Callable, Iterable, Iterator, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -115,11 +115,11 @@ class StatsSet(dict):
         return merged
 
 
-def _output_frames(layer: nn.Module, output: torch.Tensor) -> torch.Tensor:
-    """(B, T, d) frames of a layer output; Conv1d outputs are (B, d, T)."""
+def frames_of(layer: nn.Module, tensor: torch.Tensor) -> torch.Tensor:
+    """(B, T, d) frames of a layer's input or output; Conv1d tensors are (B, d, T)."""
     if isinstance(layer, nn.Conv1d) or getattr(layer, "channels_first", False):
-        return output.transpose(1, 2)
-    return output
+        return tensor.transpose(1, 2)
+    return tensor
 
 
 @contextlib.contextmanager
@@ -139,7 +139,7 @@ def collect_output_stats(
 
     def make_hook(name: str, layer: nn.Module):
         def hook(_module, _inputs, output):
-            frames = _output_frames(layer, output)
+            frames = frames_of(layer, output)
             mask = frame_mask.current if frame_mask is not None else None
             if mask is not None:
                 if mask.shape != frames.shape[:2]:

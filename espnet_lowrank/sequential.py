@@ -27,32 +27,21 @@ after the group's last layer. θ mode only (not ``budget``).
 import copy
 import logging
 import os
-import re
 import resource
 import time
 from typing import Dict, List, Optional, Set
 
 import torch
-from torch import nn
 
+from espnet_lowrank.calibration import frames_of
 from espnet_lowrank.plan import RankPlan, make_plan
 from espnet_lowrank.refit import RegressionStats, output_spectrum, refit_factors, relative_error
 
 logger = logging.getLogger(__name__)
 
 
-def block_of(name: str) -> str:
-    m = re.match(r"^(.*?\.\d+)(\.|$)", name)
-    return m.group(1) if m else name
-
-
 class _StopForward(Exception):
     """Raised by a hook once the layers of interest have run."""
-
-
-def _frames(layer: nn.Module, t: torch.Tensor) -> torch.Tensor:
-    """(B, T, d) frames of a layer input or output; Conv1d tensors are (B, d, T)."""
-    return t.transpose(1, 2) if isinstance(layer, nn.Conv1d) else t
 
 
 def _run(encode, speech, lengths):
@@ -143,10 +132,10 @@ def paired_pass(dense, current, family, group: List[str], refit: Set[str], batch
     targets: Dict[str, torch.Tensor] = {}
 
     def keep_target(name, layer, _x, y, mask):
-        targets[name] = _masked(_frames(layer, y), mask, name)
+        targets[name] = _masked(frames_of(layer, y), mask, name)
 
     def add_input(name, layer, x, _y, mask):
-        stats[name].update(_masked(_frames(layer, x), mask, name), targets.pop(name, None))
+        stats[name].update(_masked(frames_of(layer, x), mask, name), targets.pop(name, None))
 
     frame_mask = family.frame_mask
     handles = []

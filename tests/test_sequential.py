@@ -10,12 +10,6 @@ from espnet_lowrank.bin.export_whisper import export_whisper
 from espnet_lowrank.compress import calibrate_model, compress
 from espnet_lowrank.config import LowRankConfig
 from espnet_lowrank.data import read_data_dir
-from espnet_lowrank.sequential import block_of
-
-
-def test_block_of():
-    assert block_of("encoders.blocks.3.attn.query") == "encoders.blocks.3"
-    assert block_of("encoders.11.feed_forward.w_1") == "encoders.11"
 
 
 def test_sequential_on_tiny_en(shared_data_dir, tmp_path):

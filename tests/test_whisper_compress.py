@@ -4,7 +4,6 @@ decoded by the stock ``espnet2.bin.asr_inference``."""
 
 import hashlib
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
