@@ -82,7 +82,18 @@ class OutputStats:
 
 
 class StatsSet(dict):
-    """Layer name -> OutputStats, with the same merge rule as its members."""
+    """Layer name -> OutputStats, with the same merge rule as its members.
+
+    ``seconds`` and ``peak_rss_mb`` record what collecting them cost (summed
+    and maxed over merged jobs), so split calibration reports its real cost.
+    """
+
+    _META = "__calibration_cost__"
+
+    def __init__(self, *args, seconds: float = 0.0, peak_rss_mb: float = 0.0, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.seconds = seconds
+        self.peak_rss_mb = peak_rss_mb
 
     def __add__(self, other: "StatsSet") -> "StatsSet":
         if set(self) != set(other):
@@ -90,7 +101,9 @@ class StatsSet(dict):
                 "cannot merge statistics over different layers: "
                 f"{sorted(set(self) ^ set(other))[:5]} ..."
             )
-        return StatsSet({name: self[name] + other[name] for name in self})
+        return StatsSet({name: self[name] + other[name] for name in self},
+                        seconds=self.seconds + other.seconds,
+                        peak_rss_mb=max(self.peak_rss_mb, other.peak_rss_mb))
 
     @property
     def num_frames(self) -> int:
@@ -98,12 +111,14 @@ class StatsSet(dict):
 
     def save(self, path: str) -> None:
         state = {name: s.state_dict() for name, s in self.items()}
+        state[self._META] = {"seconds": float(self.seconds), "peak_rss_mb": float(self.peak_rss_mb)}
         atomic_write(path, lambda tmp: torch.save(state, tmp))
 
     @classmethod
     def load(cls, path: str) -> "StatsSet":
         state = torch.load(path, map_location="cpu", weights_only=True)
-        return cls({name: OutputStats.from_state_dict(s) for name, s in state.items()})
+        cost = state.pop(cls._META, {})
+        return cls({name: OutputStats.from_state_dict(s) for name, s in state.items()}, **cost)
 
     @classmethod
     def merge_files(cls, paths: List[str]) -> "StatsSet":

@@ -67,8 +67,9 @@ def calibrate_model(model, calib_data: CalibData, config: Optional[LowRankConfig
     )
     was_training = model.training
     model.eval()
+    started = time.perf_counter()
     try:
-        return calibrate(
+        stats = calibrate(
             model.encode,
             model.encoder,
             batches,
@@ -78,6 +79,13 @@ def calibrate_model(model, calib_data: CalibData, config: Optional[LowRankConfig
         )
     finally:
         model.train(was_training)
+    stats.seconds = time.perf_counter() - started
+    stats.peak_rss_mb = _peak_rss_mb()
+    return stats
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def compress(
@@ -108,7 +116,6 @@ def compress(
     family = family_for(source.encoder)
     targets = family.target_layers(source.encoder, config)
 
-    started = time.perf_counter()
     if stats is None:
         if calib_data is None:
             raise ValueError("compress needs calib_data or precomputed stats")
@@ -116,8 +123,6 @@ def compress(
     missing = sorted(set(targets) - set(stats))
     if missing:
         raise ValueError(f"the statistics lack {len(missing)} target layers, e.g. {missing[:3]}")
-    calibration_seconds = time.perf_counter() - started
-    peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
     spectra = {name: spectrum(stats[name]) for name in targets}
     if config.budget is not None:
@@ -142,8 +147,9 @@ def compress(
     report.update(recovery)
     report.update({
         "calibration_frames": stats.num_frames,
-        "calibration_seconds": round(calibration_seconds, 2),
-        "calibration_peak_rss_mb": round(peak_rss_mb, 1),
+        # merged statistics carry their jobs' cost (seconds summed, RSS maxed)
+        "calibration_seconds": round(stats.seconds, 2),
+        "calibration_peak_rss_mb": round(stats.peak_rss_mb, 1),
         "statistics_mb": round(sum(s.gram.numel() * 8 for s in stats.values()) / 2 ** 20, 2),
     })
     logger.info(

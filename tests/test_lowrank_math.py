@@ -91,10 +91,13 @@ def test_statistics_save_load_roundtrip(tmp_path):
     stats = OutputStats(8)
     stats.update(torch.randn(100, 8))
     path = str(tmp_path / "stats.pt")
-    StatsSet({"x": stats}).save(path)
+    StatsSet({"x": stats}, seconds=2.5, peak_rss_mb=300.0).save(path)
     loaded = StatsSet.load(path)
-    assert loaded["x"].count == 100
+    assert set(loaded) == {"x"} and loaded["x"].count == 100
     assert torch.equal(loaded["x"].gram, stats.gram)
+    # What calibrating cost travels with the file: summed time, max RSS when merged.
+    merged = StatsSet.merge_files([path, path])
+    assert (merged.seconds, merged.peak_rss_mb) == (5.0, 300.0)
 
 
 def test_masked_frames_are_not_counted():
