@@ -136,7 +136,9 @@ def test_masked_frames_are_not_counted():
     assert stats["proj"].count == 3
 
 
-def _dense_attention(x, query, key, value, out, n_head, valid=None):
+def reference_attention(x, query, key, value, out, n_head, valid=None):
+    """Plain multi-head self-attention from four linear maps (the reference
+    the rank-space attention must match)."""
     b, t, d = x.shape
     dh = d // n_head
 
@@ -157,7 +159,7 @@ def test_reduced_attention_full_rank_equals_dense(with_mask, factored):
     query, key, value, out = (nn.Linear(d, d) for _ in range(4))
     x = torch.randn(2, 10, d)
     valid = torch.tensor([[True] * 10, [True] * 6 + [False] * 4]) if with_mask else None
-    dense = _dense_attention(x, query, key, value, out, h, valid)
+    dense = reference_attention(x, query, key, value, out, h, valid)
     if factored:
         frames = x.reshape(-1, d)
         query, key, value, out = (_factored(p, frames if p is not out else torch.randn(500, d), d)

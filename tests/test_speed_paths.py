@@ -8,7 +8,6 @@ weight updates; the budget path of ``compress`` must build a working model.
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from espnet_lowrank.calibration import OutputStats
@@ -16,6 +15,7 @@ from espnet_lowrank.factorize import factor_weights, spectrum
 from espnet_lowrank.modules import attention as attention_module
 from espnet_lowrank.modules.attention import ReducedSelfAttention
 from espnet_lowrank.modules.lowrank_linear import LowRankLinear
+from test_lowrank_math import reference_attention
 
 
 def _full_rank(layer: nn.Linear, x: torch.Tensor) -> LowRankLinear:
@@ -25,20 +25,6 @@ def _full_rank(layer: nn.Linear, x: torch.Tensor) -> LowRankLinear:
     stats.update(y.double())
     w1, w2, b = factor_weights(layer.weight, layer.bias, spectrum(stats), min(layer.weight.shape))
     return LowRankLinear.from_factors(w1.float(), w2.float(), b.float())
-
-
-def _dense_attention(x, query, key, value, out, n_head, valid=None):
-    b, t, d = x.shape
-    dh = d // n_head
-
-    def heads(y):
-        return y.view(b, t, n_head, dh).transpose(1, 2)
-
-    scores = heads(query(x)) @ heads(key(x)).transpose(-1, -2) / dh ** 0.5
-    if valid is not None:
-        scores = scores.masked_fill(~valid[:, None, None, :], float("-inf"))
-    z = (scores.softmax(-1) @ heads(value(x))).transpose(1, 2).reshape(b, t, d)
-    return out(z)
 
 
 def _setup(factored, d=48, h=4, t=20, seed=0):
@@ -72,7 +58,7 @@ def test_every_attention_path_is_exact_at_full_rank(dispatch, mode, factored, wi
     x, dense_layers, layers, h = _setup(factored)
     valid = torch.tensor([[True] * 20, [True] * 13 + [False] * 7]) if with_mask else None
     with torch.no_grad():
-        want = _dense_attention(x, *dense_layers, h, valid)
+        want = reference_attention(x, *dense_layers, h, valid)
     reduced = ReducedSelfAttention(*layers, h).eval()
     with torch.inference_mode():
         got = reduced(x, key_padding_mask=valid)
@@ -98,7 +84,7 @@ def test_training_and_autograd_take_the_rank_space_path(dispatch):
     assert attention_module._DISPATCH_CACHE == {}
     assert reduced._cache is None
     assert layers[0].down.weight.grad is not None
-    assert (y - _dense_attention(x, *dense_layers, h)).abs().max().item() < 1e-4
+    assert (y - reference_attention(x, *dense_layers, h)).abs().max().item() < 1e-4
 
 
 def test_folded_cache_follows_in_place_weight_updates(dispatch):
@@ -115,7 +101,7 @@ def test_folded_cache_follows_in_place_weight_updates(dispatch):
         after = reduced(x)
     assert reduced._cache_key != first_key
     with torch.no_grad():
-        want = _dense_attention(x, *(p.to_dense() for p in layers), h)
+        want = reference_attention(x, *(p.to_dense() for p in layers), h)
     assert (after - want).abs().max().item() < 1e-4
     assert (after - before).abs().max().item() > 1e-3
     # a new state dict (new storage) also invalidates
@@ -123,7 +109,7 @@ def test_folded_cache_follows_in_place_weight_updates(dispatch):
     with torch.inference_mode():
         halved = reduced(x)
     with torch.no_grad():
-        want = _dense_attention(x, *(p.to_dense() for p in layers), h)
+        want = reference_attention(x, *(p.to_dense() for p in layers), h)
     assert (halved - want).abs().max().item() < 1e-4
 
 
