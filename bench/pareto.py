@@ -77,6 +77,8 @@ def get_parser():
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--work_dir", default=None, help="where the dense export goes (default: a temp dir)")
     p.add_argument("--out_dir", required=True)
+    p.add_argument("--replot", action="store_true",
+                   help="only redraw pareto.png and pareto.md from --out_dir's pareto.json")
     return p
 
 
@@ -136,7 +138,9 @@ def plot(rows, sets, path):
                     pts = sorted((r[key], r["wer"][s]) for r in rows if r["kind"] == kind and r["int8"] == int8)
                     if not pts:
                         continue
-                    ax.plot(*zip(*pts), color=color, marker=marker, linestyle="--" if int8 else "-",
+                            # "config" rows are unrelated YAMLs: points, not a curve
+                    line = "none" if kind == "config" else ("--" if int8 else "-")
+                    ax.plot(*zip(*pts), color=color, marker=marker, linestyle=line,
                             mfc="none" if int8 else color, label=f"{kind}{' +int8' if int8 else ''}")
             for r in rows:
                 ax.annotate(r["name"].replace("liteasr_", "θ").replace("budget_", "b"),
@@ -169,6 +173,12 @@ def markdown(rows, sets, meta) -> str:
 def main(argv=None):
     args = get_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
+    if args.replot:
+        saved = json.loads(Path(args.out_dir, "pareto.json").read_text())
+        sets = list(saved["rows"][0]["wer"])
+        Path(args.out_dir, "pareto.md").write_text(markdown(saved["rows"], sets, saved["meta"]))
+        plot(saved["rows"], sets, os.path.join(args.out_dir, "pareto.png"))
+        return
     if args.threads:
         torch.set_num_threads(args.threads)
     from espnet2.bin.asr_inference import Speech2Text

@@ -59,6 +59,12 @@ def test_pareto_toy_run(dense_exp, shared_data_dir, tmp_path):
     for r in rows:
         for s, d in r["wer_detail"].items():
             assert abs(d["sub"] + d["del"] + d["ins"] - r["wer"][s]) < 0.05, (r["name"], s, d)
+    # --replot redraws the table and plot from pareto.json alone.
+    md = (out / "pareto.md").read_text()
+    (out / "pareto.png").unlink()
+    subprocess.run([sys.executable, str(REPO / "bench" / "pareto.py"), "--replot", "--out_dir", str(out)],
+                   check=True, capture_output=True)
+    assert (out / "pareto.png").is_file() and (out / "pareto.md").read_text() == md
 
 
 @pytest.mark.slow
