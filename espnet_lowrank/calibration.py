@@ -20,28 +20,6 @@ from espnet_lowrank.utils import atomic_write
 logger = logging.getLogger(__name__)
 
 
-def add_moments_(gram: torch.Tensor, total: torch.Tensor, y: torch.Tensor) -> None:
-    """gram += Σ y yᵀ and total += Σ y (float64 accumulators) for frames y (N, d).
-
-    Float64 frames are multiplied in float64. Lower-precision frames are
-    centered on their batch mean and multiplied in float32 (about twice as fast
-    on CPU): Σ y yᵀ = Σ c cᵀ + N m mᵀ with c = y − m, so the float32 product
-    never has to resolve a small variance on top of a large mean.
-    """
-    if y.dtype == torch.float64:
-        gram += y.T @ y
-        total += y.sum(0)
-        return
-    y = y.float()
-    mean = y.mean(0)
-    centered = y - mean
-    # The rounded mean leaves Σ c slightly off zero: keep its cross terms.
-    m, c_sum, n = mean.double(), centered.sum(0, dtype=torch.float64), y.shape[0]
-    gram += (centered.T @ centered).double() + torch.outer(m, c_sum) + torch.outer(c_sum, m) \
-        + n * torch.outer(m, m)
-    total += y.sum(0, dtype=torch.float64)
-
-
 class OutputStats:
     """Running statistics of one layer's outputs y ∈ R^d.
 
@@ -61,13 +39,14 @@ class OutputStats:
         """Add frames y of shape (N, d)."""
         if y.shape[-1] != self.dim:
             raise ValueError(f"expected outputs of width {self.dim}, got {tuple(y.shape)}")
-        y = y.detach().reshape(-1, self.dim).to(self.gram.device)
+        y = y.detach().reshape(-1, self.dim).to(device=self.gram.device, dtype=torch.float64)
         if not torch.isfinite(y).all():
             raise FloatingPointError(
                 "non-finite activations during calibration; check the input audio "
                 "and the model weights"
             )
-        add_moments_(self.gram, self.total, y)
+        self.gram += y.T @ y
+        self.total += y.sum(0)
         self.count += y.shape[0]
 
     def __add__(self, other: "OutputStats") -> "OutputStats":
