@@ -92,18 +92,27 @@ def _masked(frames: torch.Tensor, mask: Optional[torch.Tensor], name: str) -> to
 def input_groups(model, family, names: List[str], batch) -> List[List[str]]:
     """Target layers in call order, grouped where consecutive layers read the
     same input tensor."""
-    order, keys = [], {}
+    # Compare each input with the previous layer's while holding a reference
+    # to it: a freed tensor's memory can be reused at the same address and
+    # shape, which made unrelated layers look like one group.
+    order, shares_previous, last = [], {}, [None]
 
     def on_call(name, layer, x, _y, _mask):
-        if name not in keys:
-            order.append(name)
-            keys[name] = (x.data_ptr(), tuple(x.shape))
+        if name in shares_previous:
+            return
+        prev = last[0]
+        order.append(name)
+        shares_previous[name] = prev is not None and (
+            x is prev or (x.data_ptr() == prev.data_ptr() and x.shape == prev.shape
+                          and x.stride() == prev.stride()))
+        last[0] = x
 
     handles = _hook_layers(model.encoder, names, on_call, None)
     try:
         with torch.no_grad():
             _run(model.encode, *batch)
     finally:
+        last[0] = None
         for h in handles:
             h.remove()
     missing = sorted(set(names) - set(order))
@@ -111,7 +120,7 @@ def input_groups(model, family, names: List[str], batch) -> List[List[str]]:
         raise RuntimeError(f"these target layers never ran in the encoder's forward: {missing[:3]}")
     groups: List[List[str]] = []
     for name in order:
-        if groups and keys[groups[-1][-1]] == keys[name]:
+        if groups and shares_previous[name]:
             groups[-1].append(name)
         else:
             groups.append([name])
