@@ -138,7 +138,7 @@ def plot(rows, sets, path):
                     pts = sorted((r[key], r["wer"][s]) for r in rows if r["kind"] == kind and r["int8"] == int8)
                     if not pts:
                         continue
-                            # "config" rows are unrelated YAMLs: points, not a curve
+                    # "config" rows are unrelated YAMLs: points, not a curve
                     line = "none" if kind == "config" else ("--" if int8 else "-")
                     ax.plot(*zip(*pts), color=color, marker=marker, linestyle=line,
                             mfc="none" if int8 else color, label=f"{kind}{' +int8' if int8 else ''}")

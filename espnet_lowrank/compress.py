@@ -80,11 +80,12 @@ def calibrate_model(model, calib_data: CalibData, config: Optional[LowRankConfig
     finally:
         model.train(was_training)
     stats.seconds = time.perf_counter() - started
-    stats.peak_rss_mb = _peak_rss_mb()
+    stats.peak_rss_mb = peak_rss_mb()
     return stats
 
 
-def _peak_rss_mb() -> float:
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far (Linux reports KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 

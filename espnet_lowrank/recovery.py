@@ -82,7 +82,7 @@ def recover_(compressed, dense, utts: List[Utterance], steps: int, lr: float = 3
     # Keep the best factors seen: a too-large LR can raise the loss, and the
     # start (plain PCA) must never be replaced by something worse.
     before = full_loss()
-    best, best_loss, best_epoch = snapshot(), before, 0
+    best, best_loss, best_step = snapshot(), before, 0
     show = os.environ.get("ESPNET_LOWRANK_NO_TQDM") != "1"
     try:
         with torch.enable_grad():
@@ -98,7 +98,7 @@ def recover_(compressed, dense, utts: List[Utterance], steps: int, lr: float = 3
                 if (step + 1) % len(batches) == 0 or step + 1 == steps:
                     current = full_loss()
                     if current < best_loss:
-                        best, best_loss, best_epoch = snapshot(), current, step + 1
+                        best, best_loss, best_step = snapshot(), current, step + 1
     finally:
         for p in frozen:
             p.requires_grad_(True)
@@ -106,10 +106,10 @@ def recover_(compressed, dense, utts: List[Utterance], steps: int, lr: float = 3
         for p, saved in zip(params, best):
             p.copy_(saved)
     after = best_loss
-    if best_epoch == 0:
+    if best_step == 0:
         logger.warning("recovery did not lower the encoder MSE (%.4g); kept the factors from "
                        "calibration. Try a lower recovery_lr.", before)
     logger.info("recovery: %d steps, encoder MSE %.4g -> %.4g", steps, before, after)
     return {"recovery_steps": steps, "recovery_lr": lr, "recovery_mse_before": before,
-            "recovery_mse_after": after, "recovery_best_step": best_epoch,
+            "recovery_mse_after": after, "recovery_best_step": best_step,
             "recovery_seconds": round(time.perf_counter() - started, 2)}

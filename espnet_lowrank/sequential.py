@@ -27,7 +27,6 @@ after the group's last layer. θ mode only (not ``budget``).
 import copy
 import logging
 import os
-import resource
 import time
 from typing import Dict, List, Optional, Set
 
@@ -169,7 +168,7 @@ def compress_sequential(model, calib_data, config):
 
     from espnet_lowrank.apply import choose_attention_, set_submodule
     from espnet_lowrank.compress import (CompressionResult, _calibration_utterances, asr_model_of,
-                                         build_report, recover_if_asked)
+                                         build_report, peak_rss_mb, recover_if_asked)
     from espnet_lowrank.data import iter_batches
     from espnet_lowrank.factorize import factor_weights
     from espnet_lowrank.families import family_for
@@ -237,7 +236,7 @@ def compress_sequential(model, calib_data, config):
     plan = RankPlan(ranks, decisions)
     report = build_report(source, current, family, config, plan, attention)
     report.update({
-        "calibration_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "calibration_peak_rss_mb": round(peak_rss_mb(), 1),
         "calibration_seconds": round(seconds, 2),
         "calibration_passes": len(groups),
         "calibration_frames": frames,
