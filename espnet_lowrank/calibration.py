@@ -8,7 +8,6 @@ over jobs and merged afterwards.
 
 import contextlib
 import logging
-import os
 from typing import Callable, Iterable, Iterator, List, Optional, Tuple
 
 import torch
@@ -223,13 +222,12 @@ def calibrate(
     Raises:
         ValueError: if ``batches`` is empty.
     """
-    from tqdm import tqdm
+    from espnet_lowrank.progress import progress
 
     num_batches = 0
     with collect_output_stats(encoder, layer_names, frame_mask, device=device) as stats:
         with torch.no_grad():
-            for speech, lengths in tqdm(batches, total=total, desc="calibration", unit="batch",
-                                        disable=os.environ.get("ESPNET_LOWRANK_NO_TQDM") == "1"):
+            for speech, lengths in progress(batches, total=total, desc="calibration", unit="batch"):
                 encode(speech, lengths)
                 num_batches += 1
     if num_batches == 0:

@@ -10,7 +10,7 @@ import subprocess
 import time
 from typing import List, Optional, Sequence
 
-from tqdm import tqdm
+from espnet_lowrank.progress import progress
 
 BACKENDS = ("local", "slurm")
 
@@ -65,8 +65,7 @@ def run_jobs(
     running = {}
     limit = max_parallel or len(commands)
     failures = []
-    with tqdm(total=len(commands), desc=desc, unit="job",
-              disable=os.environ.get("ESPNET_LOWRANK_NO_TQDM") == "1") as bar:
+    with progress(total=len(commands), desc=desc, unit="job") as bar:
         while pending or running:
             while pending and len(running) < limit:
                 job = pending.pop(0)

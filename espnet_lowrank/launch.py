@@ -26,10 +26,9 @@ def _count_utterances(argv: List[str]) -> Optional[int]:
 
 
 def _show_decoding_progress(module, argv: List[str]) -> None:
-    from tqdm import tqdm
+    from espnet_lowrank.progress import progress
 
-    bar = tqdm(total=_count_utterances(argv), desc="decoding", unit="utt", file=sys.stderr,
-               disable=os.environ.get("ESPNET_LOWRANK_NO_TQDM") == "1")
+    bar = progress(total=_count_utterances(argv), desc="decoding", unit="utt")
     call = module.Speech2Text.__call__
 
     @functools.wraps(call)

@@ -8,7 +8,6 @@ student sees exactly the forward it will run at inference.
 """
 
 import logging
-import os
 import time
 from typing import List
 
@@ -42,7 +41,7 @@ def recover_(compressed, dense, utts: List[Utterance], steps: int, lr: float = 3
     the batches the MSE over all of them is measured, and the factors with the
     lowest one are kept (the calibration factors when nothing improved).
     Returns the MSE before and after and the step the kept factors are from."""
-    from tqdm import tqdm
+    from espnet_lowrank.progress import progress
 
     if steps < 1:
         raise ValueError(f"recovery needs at least one step, got {steps}")
@@ -83,10 +82,9 @@ def recover_(compressed, dense, utts: List[Utterance], steps: int, lr: float = 3
     # start (plain PCA) must never be replaced by something worse.
     before = full_loss()
     best, best_loss, best_step = snapshot(), before, 0
-    show = os.environ.get("ESPNET_LOWRANK_NO_TQDM") != "1"
     try:
         with torch.enable_grad():
-            for step in tqdm(range(steps), desc="recovery", unit="step", disable=not show):
+            for step in progress(range(steps), desc="recovery", unit="step"):
                 loss = loss_of(step % len(batches))
                 if not torch.isfinite(loss):
                     logger.warning("recovery loss became non-finite at step %d; stopping and "

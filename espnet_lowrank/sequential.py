@@ -26,7 +26,6 @@ after the group's last layer. θ mode only (not ``budget``).
 
 import copy
 import logging
-import os
 import time
 from typing import Dict, List, Optional, Set
 
@@ -164,7 +163,7 @@ def paired_pass(dense, current, family, group: List[str], refit: Set[str], batch
 
 
 def compress_sequential(model, calib_data, config):
-    from tqdm import tqdm
+    from espnet_lowrank.progress import progress
 
     from espnet_lowrank.apply import choose_attention_, set_submodule
     from espnet_lowrank.compress import (CompressionResult, _calibration_utterances, asr_model_of,
@@ -198,8 +197,7 @@ def compress_sequential(model, calib_data, config):
     ranks, decisions, spectra, fit, frames, stats_mb = {}, [], {}, {}, 0, 0.0
     try:
         groups = input_groups(dense, family, list(targets), next(batches()))
-        show = os.environ.get("ESPNET_LOWRANK_NO_TQDM") != "1"
-        for group in tqdm(groups, desc="sequential calibration", unit="group", disable=not show):
+        for group in progress(groups, desc="sequential calibration", unit="group"):
             stats = paired_pass(dense, current, family, group, refit & set(group), batches())
             frames = frames or max(st.count for st in stats.values())
             stats_mb = max(stats_mb, sum(st.nbytes() for st in stats.values()) / 2 ** 20)
