@@ -7,6 +7,7 @@ import copy
 import json
 import logging
 import os
+import pickle
 import shutil
 from argparse import Namespace
 from typing import Callable, Dict, Optional, Tuple
@@ -14,9 +15,14 @@ from typing import Callable, Dict, Optional, Tuple
 import torch
 import yaml
 
-from espnet_lowrank.utils import atomic_output_dir, atomic_write_text
+from espnet_lowrank.utils import atomic_output_dir, real_path
 
 logger = logging.getLogger(__name__)
+
+
+# encoder_conf.version of the config.yaml written here; exp dirs without it
+# (written before versioning) read as version 1.
+PLAN_VERSION = 1
 
 
 class KeyMismatchError(RuntimeError):
@@ -46,10 +52,15 @@ def check_state_dict(model: torch.nn.Module, state_dict: Dict[str, torch.Tensor]
 def read_yaml(path: str) -> dict:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"config not found: {path}")
-    with open(path, encoding="utf-8") as f:
-        values = yaml.safe_load(f)
+    try:
+        with open(path, encoding="utf-8") as f:
+            values = yaml.safe_load(f)
+    except UnicodeDecodeError:
+        raise ValueError(f"{path} is not UTF-8 text") from None
+    except yaml.YAMLError as e:
+        raise ValueError(f"{path} is not valid YAML: {str(e).splitlines()[0]}") from None
     if not isinstance(values, dict):
-        raise ValueError(f"{path}: expected a YAML mapping")
+        raise ValueError(f"{path}: expected a YAML mapping, got {type(values).__name__}")
     return values
 
 
@@ -63,16 +74,33 @@ def build_asr_model(config: dict):
     return ASRTask.build_model(Namespace(**config))
 
 
+def read_state_dict(model_file: str) -> Dict[str, torch.Tensor]:
+    """A ``model.pth`` as a plain state dict. ``weights_only=True``: a pickle
+    that would run code, or a file that is not a state dict, is refused."""
+    if not os.path.isfile(model_file):
+        raise FileNotFoundError(f"model file not found: {model_file}")
+    try:
+        state = torch.load(model_file, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"{model_file} is not a plain state dict (refused by the weights-only "
+                         f"loader, nothing was executed): {first}") from None
+    except (RuntimeError, EOFError, OSError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"cannot read {model_file} (truncated or not a PyTorch file): {first}") from None
+    if isinstance(state, dict) and "module" in state and not isinstance(state["module"], torch.Tensor):
+        state = state["module"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{model_file} does not hold a state dict (name -> tensor)")
+    return state
+
+
 def load_asr_model(config_file: str, model_file: str, device: str = "cpu") -> Tuple[torch.nn.Module, dict]:
     """Build the model of ``config_file`` and load ``model_file`` into it,
     failing loudly on any missing, unexpected or misshapen key."""
     config = read_yaml(config_file)
-    if not os.path.isfile(model_file):
-        raise FileNotFoundError(f"model file not found: {model_file}")
     model = build_asr_model(config)
-    state = torch.load(model_file, map_location="cpu", weights_only=False)
-    if isinstance(state, dict) and "module" in state and not isinstance(state["module"], torch.Tensor):
-        state = state["module"]
+    state = read_state_dict(model_file)
     check_state_dict(model, state, f"{config_file} + {model_file}")
     model.load_state_dict(state, strict=True)
     return model.to(device).eval(), config
@@ -91,6 +119,7 @@ def lowrank_train_config(
         "base_conf": copy.deepcopy(train_config.get("encoder_conf") or {}),
         "plan": {name: int(rank) for name, rank in ranks.items()},
         "attention": attention,
+        "version": PLAN_VERSION,
     }
     # Written only when on, so existing exp dirs keep their exact config.
     if int8:
@@ -133,11 +162,8 @@ def save_exp_dir(
     """Write config.yaml, model.pth, decode.yaml, the reports and ``figures``
     (file name -> writer) atomically, then reload them through ESPnet with
     the strict key check."""
-    final_dir = os.path.abspath(output_dir)
-    for src in source_files:
-        if os.path.abspath(src).startswith(final_dir + os.sep):
-            raise ValueError(f"output dir {final_dir} holds the source file {src}; choose another")
-    with atomic_output_dir(final_dir, overwrite=overwrite) as tmp:
+    final_dir = real_path(output_dir)
+    with atomic_output_dir(final_dir, overwrite=overwrite, source_files=source_files) as tmp:
         config = _localize_files(train_config, tmp, final_dir)
         with open(os.path.join(tmp, "config.yaml"), "w", encoding="utf-8") as f:
             yaml.safe_dump(config, f, sort_keys=False, allow_unicode=True)
@@ -158,7 +184,22 @@ def save_exp_dir(
             yaml.safe_dump(_localize_files(train_config, tmp, tmp), f, sort_keys=False, allow_unicode=True)
         reloaded, _ = load_asr_model(reload_config, os.path.join(tmp, "model.pth"))
         os.remove(reload_config)
-        logger.info("reloaded %s: all %d keys match", final_dir, len(reloaded.state_dict()))
+        check_forward(reloaded)
+        logger.info("reloaded %s: all %d keys match, a forward pass runs", final_dir,
+                    len(reloaded.state_dict()))
+
+
+@torch.no_grad()
+def check_forward(model: torch.nn.Module, seconds: float = 1.0) -> None:
+    """One forward pass of the reloaded encoder on a second of noise: a model
+    that only fails when it runs (e.g. int8 applied at load) fails here,
+    before the exp dir is renamed into place."""
+    generator = torch.Generator().manual_seed(0)
+    samples = int(16000 * seconds)
+    speech = 0.01 * torch.randn(1, samples, generator=generator)
+    encoded, _ = model.encode(speech, torch.tensor([samples]))
+    if not torch.isfinite(encoded).all():
+        raise RuntimeError("the reloaded model's encoder gives non-finite outputs on a test input")
 
 
 def default_decode_config(source_config_file: Optional[str], model) -> dict:
@@ -171,7 +212,3 @@ def default_decode_config(source_config_file: Optional[str], model) -> dict:
     ctc_weight = 0.3 if getattr(model, "ctc", None) is not None and getattr(model, "ctc_weight", 0) > 0 else 0.0
     return {"beam_size": 10, "ctc_weight": ctc_weight, "lm_weight": 0.0, "penalty": 0.0,
             "maxlenratio": 0.0, "minlenratio": 0.0}
-
-
-def write_json(path: str, value: dict) -> None:
-    atomic_write_text(path, json.dumps(value, indent=2))

@@ -290,6 +290,36 @@ def load_audio(path: str, sample_rate: int = 16000) -> np.ndarray:
     return np.ascontiguousarray(audio, dtype=np.float32)
 
 
+# Below this much non-silent audio, the per-layer statistics (d x d moments)
+# are estimated from too few frames to mean anything.
+MIN_CALIBRATION_SPEECH_SECONDS = 1.0
+SHORT_SECONDS = 0.1
+SILENT_PEAK = 1e-4
+
+
+def check_calibration_audio(utts: Sequence[Utterance], sample_rate: int = 16000) -> float:
+    """Load every calibration file once, before the expensive work: unreadable
+    audio raises (naming the file), very short or silent files are logged,
+    and a set with less than ``MIN_CALIBRATION_SPEECH_SECONDS`` of
+    non-silent audio is refused. Returns the seconds of non-silent audio."""
+    speech_seconds = 0.0
+    for u in utts:
+        audio = load_audio(u.wav_path, sample_rate)
+        seconds = len(audio) / sample_rate
+        if seconds < SHORT_SECONDS:
+            logger.warning("calibration utterance %s is only %.1f ms long", u.utt_id, 1000 * seconds)
+        if float(np.abs(audio).max()) < SILENT_PEAK:
+            logger.warning("calibration utterance %s is silent (peak < %g)", u.utt_id, SILENT_PEAK)
+            continue
+        speech_seconds += seconds
+    if speech_seconds < MIN_CALIBRATION_SPEECH_SECONDS:
+        raise ValueError(
+            f"the calibration set has only {speech_seconds:.3f} s of non-silent audio in {len(utts)} "
+            f"utterances; at least {MIN_CALIBRATION_SPEECH_SECONDS} s is needed to estimate the statistics"
+        )
+    return speech_seconds
+
+
 def num_batches(n: int, batch_size: int) -> int:
     """Number of batches ``iter_batches`` yields for ``n`` utterances."""
     if batch_size < 1:

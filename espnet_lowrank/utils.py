@@ -1,26 +1,62 @@
-"""Small helpers shared by the pipeline: atomic file and directory writes."""
+"""Small helpers shared by the pipeline: atomic file and directory writes
+that leave nothing behind on an exception, Ctrl-C or SIGTERM, and real-path
+checks that keep outputs away from the source model."""
 
 import contextlib
 import os
 import shutil
+import signal
 import tempfile
-from typing import Callable, Iterator
+import threading
+from typing import Callable, Iterable, Iterator
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so that cleanup runs."""
+
+    def __init__(self, signum: int):
+        super().__init__(f"terminated by signal {signum}")
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Turn SIGTERM into KeyboardInterrupt for the block, so that ``finally``
+    clauses (temporary files) run on ``kill`` as they do on Ctrl-C."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise Terminated(signum)
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _remove(path: str) -> None:
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+    elif os.path.lexists(path):
+        os.remove(path)
 
 
 def atomic_write(path: str, write: Callable[[str], None]) -> None:
     """Call ``write(tmp_path)`` and rename the result onto ``path``, so that a
-    crash never leaves a half-written file behind."""
+    crash or a signal never leaves a half-written file behind."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-" + os.path.basename(path))
     os.close(fd)
     try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+        with sigterm_as_interrupt():
+            write(tmp)
+            os.replace(tmp, path)
+    finally:
+        _remove(tmp)
 
 
 def atomic_write_text(path: str, text: str) -> None:
@@ -31,24 +67,75 @@ def atomic_write_text(path: str, text: str) -> None:
     atomic_write(path, write)
 
 
+def real_path(path: str) -> str:
+    """``path`` with every symlink resolved (also for a path that does not exist yet)."""
+    return os.path.realpath(os.path.abspath(path))
+
+
+def is_within(path: str, directory: str) -> bool:
+    """Whether ``path`` is ``directory`` or lies below it, after resolving symlinks."""
+    path, directory = real_path(path), real_path(directory)
+    return path == directory or path.startswith(directory.rstrip(os.sep) + os.sep)
+
+
+def check_output_dir(output_dir: str, source_files: Iterable[str] = (), overwrite: bool = False) -> None:
+    """Refuse, before any work, an output dir that would hold, replace or sit
+    inside the source model, that is a file, that exists non-empty without
+    ``overwrite``, or whose parent cannot be written."""
+    out = real_path(output_dir)
+    for src in source_files:
+        src_dir = os.path.dirname(real_path(src))
+        if is_within(src, out):
+            raise ValueError(f"output dir {output_dir} holds the source file {src} (real path "
+                             f"{real_path(src)}); choose another output dir")
+        if is_within(out, src_dir):
+            raise ValueError(f"output dir {output_dir} is inside the source model's dir {src_dir}; "
+                             "choose a dir beside it")
+    if os.path.lexists(output_dir) and not os.path.isdir(output_dir):
+        raise ValueError(f"output dir {output_dir} exists and is not a directory")
+    if os.path.isdir(out) and os.listdir(out) and not overwrite:
+        raise FileExistsError(f"output directory {output_dir} exists and is not empty (use --overwrite)")
+    parent = os.path.dirname(out)
+    while not os.path.isdir(parent):
+        if os.path.lexists(parent):
+            raise ValueError(f"cannot create output dir {output_dir}: {parent} is not a directory")
+        parent = os.path.dirname(parent)
+    try:  # os.access says yes to root even on read-only mounts: probe for real
+        fd, probe = tempfile.mkstemp(dir=parent, prefix=".write-probe-")
+        os.close(fd)
+        os.remove(probe)
+    except OSError as e:
+        raise PermissionError(f"cannot write the output dir {output_dir}: {parent} is not writable "
+                              f"({e.strerror})") from None
+
+
 @contextlib.contextmanager
-def atomic_output_dir(path: str, overwrite: bool = False) -> Iterator[str]:
+def atomic_output_dir(path: str, overwrite: bool = False, source_files: Iterable[str] = ()) -> Iterator[str]:
     """Yield a temporary sibling directory; on success it replaces ``path``.
 
-    On failure the temporary directory is removed and ``path`` is untouched.
-    An existing non-empty ``path`` is an error unless ``overwrite``.
+    On failure (an exception, Ctrl-C or SIGTERM) the temporary directory is
+    removed and ``path`` is untouched. An existing non-empty ``path`` is an
+    error unless ``overwrite``; a ``path`` that holds or sits inside one of
+    ``source_files`` (symlinks resolved) is always an error.
     """
-    path = os.path.abspath(path)
-    if os.path.exists(path) and os.listdir(path) and not overwrite:
-        raise FileExistsError(f"output directory {path} exists and is not empty")
+    source_files = tuple(source_files)
+    check_output_dir(path, source_files, overwrite)
+    path = real_path(path)
     parent = os.path.dirname(path)
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(dir=parent, prefix=".tmp-" + os.path.basename(path))
     try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if os.path.exists(path):
-        shutil.rmtree(path)
-    os.replace(tmp, path)
+        with sigterm_as_interrupt():
+            yield tmp
+            # Checked again just before the swap: nothing that holds a
+            # source file is ever deleted.
+            check_output_dir(path, source_files, overwrite)
+            if os.path.exists(path):
+                old = tempfile.mkdtemp(dir=parent, prefix=".old-" + os.path.basename(path))
+                os.replace(path, os.path.join(old, "dir"))
+                os.replace(tmp, path)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(tmp, path)
+    finally:
+        _remove(tmp)

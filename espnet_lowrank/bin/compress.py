@@ -16,17 +16,20 @@ own ``--calib_data``), then once with ``--stats part.*.pt``.
 import argparse
 import logging
 import os
+import re
 import sys
 from pathlib import Path
 from typing import List, Optional
 
 from espnet_lowrank.api import save_compressed
-from espnet_lowrank.artifact import load_asr_model
+from espnet_lowrank.artifact import KeyMismatchError, load_asr_model
 from espnet_lowrank.calibration import StatsSet
 from espnet_lowrank.compress import calibrate_model, compress
 from espnet_lowrank.config import LowRankConfig
 from espnet_lowrank.families import family_for
+from espnet_lowrank.data import check_calibration_audio, read_data_dir, select
 from espnet_lowrank.report import compression_report_md
+from espnet_lowrank.utils import check_output_dir, sigterm_as_interrupt
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf" / "lowrank"
 
@@ -53,55 +56,110 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--stats_out", help="only calibrate, and save the statistics here")
     parser.add_argument("--stats", nargs="+", help="statistics files to merge instead of calibrating")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output dir")
+    parser.add_argument("--verbose", action="store_true", help="show tracebacks of input errors")
     return parser
 
 
+def _load_config(path: str, num_calib: Optional[int]) -> LowRankConfig:
+    config = LowRankConfig.from_yaml(path)
+    if num_calib is not None:
+        config.num_calib = num_calib
+        config.__post_init__()
+    return config
+
+
+def check_plan_inputs(encoder, family, config: LowRankConfig) -> None:
+    """Patterns that match nothing and fixed ranks larger than their layer,
+    found before calibration rather than after it."""
+    targets = family.target_layers(encoder, config)  # raises when nothing matches
+    names = [n for n, _ in encoder.named_modules()]
+    for pattern in list(config.exclude_modules) + list(config.rank_pattern):
+        if not any(re.fullmatch(pattern, n) for n in names):
+            raise ValueError(f"the pattern {pattern!r} in the low-rank config matches no encoder module")
+    for pattern, rank in config.rank_pattern.items():
+        for name, (_, d_in, d_out) in targets.items():
+            if re.fullmatch(pattern, name) and int(rank) > min(d_in, d_out):
+                raise ValueError(f"rank_pattern gives {name} rank {rank}, more than its "
+                                 f"{d_out}x{d_in} shape allows (max rank {min(d_in, d_out)})")
+
+
 def main(cmd: Optional[List[str]] = None) -> None:
+    """Compress; raises on bad input (``cli`` turns that into one line)."""
     args = get_parser().parse_args(cmd)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # 1. Every input that can be checked without the model, cheapest first.
     if not args.stats_out and not args.output_dir:
-        sys.exit("error: --output_dir is required (or --stats_out for a calibration-only job)")
+        raise ValueError("--output_dir is required (or --stats_out for a calibration-only job)")
     if not args.stats and not args.calib_data:
-        sys.exit("error: --calib_data is required unless --stats is given")
+        raise ValueError("--calib_data is required unless --stats is given")
+    sources = (args.asr_train_config, args.asr_model_file)
+    for path in sources + tuple(args.stats or ()):
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"input file not found: {path}")
+    if args.output_dir:
+        check_output_dir(args.output_dir, sources, args.overwrite)
+    config = _load_config(args.lowrank_config, args.num_calib) if args.lowrank_config else None
+    calib = None
+    if args.calib_data:
+        calib = read_data_dir(args.calib_data)
 
-    out = args.output_dir
-    if out and os.path.isdir(out) and os.listdir(out) and not args.overwrite:
-        raise FileExistsError(f"output directory {out} exists and is not empty (use --overwrite)")
-
-    # 1. Load the dense model, with the strict key check.
+    # 2. Load the dense model, with the strict key check.
     model, train_config = load_asr_model(args.asr_train_config, args.asr_model_file, args.device)
     family = family_for(model.encoder)
 
-    # 2. The method config: explicit, or the family's default.
+    # 3. The method config: explicit, or the family's default; then the checks that need the model.
     config_path = args.lowrank_config or str(default_config_path(family.name))
-    config = LowRankConfig.from_yaml(config_path)
-    if args.num_calib is not None:
-        config.num_calib = args.num_calib
-        config.__post_init__()
+    config = config or _load_config(config_path, args.num_calib)
+    check_plan_inputs(model.encoder, family, config)
+    if calib is not None:
+        check_calibration_audio(select(calib, config.num_calib))
 
-    # 3. Calibration only: save statistics for a later merge.
+    # 4. Calibration only: save statistics for a later merge.
     if args.stats_out:
         calibrate_model(model, args.calib_data, config).save(args.stats_out)
         logging.info("wrote %s", args.stats_out)
         return
 
-    # 4. Compress (calibrating, or from merged statistics).
+    # 5. Compress (calibrating, or from merged statistics).
     stats = StatsSet.merge_files(args.stats) if args.stats else None
     result = compress(model, args.calib_data, config, stats=stats)
 
-    # 5. Write the exp dir atomically and reload it through ESPnet.
+    # 6. Write the exp dir atomically and reload it through ESPnet.
     result.report["lowrank_config_file"] = config_path
     save_compressed(
         result,
         train_config,
         args.output_dir,
         source_config_file=args.asr_train_config,
-        source_files=(args.asr_train_config, args.asr_model_file),
+        source_files=sources,
         overwrite=args.overwrite,
     )
     print(compression_report_md(result.report).split("## Layers")[0])
     print(f"wrote {os.path.abspath(args.output_dir)}")
 
 
+INPUT_ERRORS = (ValueError, FileNotFoundError, FileExistsError, PermissionError, KeyMismatchError)
+
+
+def cli(cmd: Optional[List[str]] = None) -> int:
+    """``main`` for the command line: bad input and signals end in one line
+    on stderr and a non-zero status (a traceback with ``--verbose``)."""
+    verbose = "--verbose" in (sys.argv[1:] if cmd is None else cmd)
+    try:
+        with sigterm_as_interrupt():
+            main(cmd)
+    except INPUT_ERRORS as e:
+        if verbose:
+            raise
+        message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        print(f"espnet_lowrank.compress: error: {message}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt as e:
+        print(f"espnet_lowrank.compress: interrupted ({e or 'SIGINT'}); nothing was written",
+              file=sys.stderr)
+        return 128 + getattr(e, "signum", 2)
+    return 0
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(cli())

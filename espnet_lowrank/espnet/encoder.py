@@ -19,6 +19,7 @@ from typing import Dict, Optional
 from espnet2.asr.encoder.abs_encoder import AbsEncoder
 
 from espnet_lowrank.apply import build_lowrank_layers_, choose_attention_
+from espnet_lowrank.artifact import PLAN_VERSION
 from espnet_lowrank.config import ATTENTION_MODES
 from espnet_lowrank.families import family_for
 
@@ -82,9 +83,13 @@ class LowRankEncoder(AbsEncoder):
         attention: str = "auto",
         int8: bool = False,
         elastic: bool = False,
+        version: int = 1,
     ):
         if attention not in ATTENTION_MODES:
             raise ValueError(f"unknown attention mode {attention!r}; known: {ATTENTION_MODES}")
+        if version != PLAN_VERSION:
+            raise ValueError(f"encoder_conf.version {version} is not readable by this espnet_lowrank "
+                             f"(plan version {PLAN_VERSION}); upgrade the plugin")
         self._base_class.__init__(self, input_size=input_size, **(base_conf or {}))
         family = family_for(self)
         if elastic:
@@ -97,10 +102,30 @@ class LowRankEncoder(AbsEncoder):
         self.attention_choice = choose_attention_(self, family, attention, frames)
         self.lowrank_plan = dict(plan or {})
         self.lowrank_int8 = bool(int8)
+        # ESPnet loads with strict=False, which would leave factors at their
+        # random init: every load path goes through this check.
+        self._lowrank_keys = frozenset(self.state_dict())
+        self.register_load_state_dict_pre_hook(self._refuse_wrong_keys)
         if int8:
             # model.pth holds float weights (the strict key check sees the
             # float layout); quantize once they are loaded.
             self.register_load_state_dict_post_hook(_quantize_after_load)
+
+
+    @staticmethod
+    def _refuse_wrong_keys(module, state_dict, prefix, *_args) -> None:
+        from espnet_lowrank.artifact import KeyMismatchError
+
+        found = {k[len(prefix):] for k in state_dict if k.startswith(prefix)}
+        missing = sorted(module._lowrank_keys - found)
+        unexpected = sorted(found - module._lowrank_keys)
+        if missing or unexpected:
+            raise KeyMismatchError(
+                f"the checkpoint does not fit the low-rank encoder of this config.yaml: "
+                f"{len(missing)} missing keys under {prefix or '(root)'} (e.g. {missing[:2]}), "
+                f"{len(unexpected)} unexpected (e.g. {unexpected[:2]}); is model.pth the dense "
+                "model's or another plan's?"
+            )
 
 
 def _quantize_after_load(encoder, incompatible_keys) -> None:
