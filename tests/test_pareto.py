@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from espnet_lowrank.bin.export_whisper import export_whisper
+from espnet_lowrank.whisper.export import export_whisper
 from espnet_lowrank.config import LowRankConfig
 
 REPO = Path(__file__).resolve().parents[1]

@@ -6,7 +6,7 @@ import torch
 
 from espnet_lowrank.api import load_compressed, save_compressed
 from espnet_lowrank.artifact import load_asr_model
-from espnet_lowrank.bin.export_whisper import export_whisper
+from espnet_lowrank.whisper.export import export_whisper
 from espnet_lowrank.compress import calibrate_model, compress
 from espnet_lowrank.config import LowRankConfig
 from espnet_lowrank.data import read_data_dir

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from espnet_lowrank.bin.synthesize import find_voice, piper_command, read_texts
+from espnet_lowrank.synthesize import find_voice, piper_command, read_texts
 from espnet_lowrank.data import read_data_dir
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]

@@ -12,6 +12,7 @@ import whisper
 from whisper.model import ModelDimensions, Whisper
 
 from espnet_lowrank.whisper import checkpoints as ck
+from espnet_lowrank.whisper import hf as hf_layout
 
 LIBRISPEECH = "librispeech_train-clean-100"
 
@@ -188,18 +189,18 @@ def test_openai_pt(random_model, tmp_path):
 
 def test_hf_key_mapping_both_ways(random_model):
     ref = random_model.state_dict()
-    hf = ck.openai_to_hf_state_dict(ref)
+    hf = hf_layout.openai_to_hf_state_dict(ref)
     assert "model.encoder.layers.1.self_attn.k_proj.weight" in hf
     assert "model.encoder.layers.1.self_attn.k_proj.bias" not in hf
     assert "model.decoder.layers.0.encoder_attn.q_proj.bias" in hf
     assert "model.decoder.layers.1.fc2.weight" in hf
     assert "model.encoder.embed_positions.weight" in hf
     assert "proj_out.weight" in hf
-    back = ck.hf_to_openai_state_dict(hf)
+    back = hf_layout.hf_to_openai_state_dict(hf)
     assert set(back) == set(ref)
     assert all(torch.equal(back[k], ref[k]) for k in ref)
     with pytest.raises(ck.CheckpointError, match="unexpected"):
-        ck.hf_to_openai_state_dict({"model.encoder.bogus.weight": torch.zeros(1)})
+        hf_layout.hf_to_openai_state_dict({"model.encoder.bogus.weight": torch.zeros(1)})
 
 
 def _write_safetensors(path: Path, tensors) -> None:
@@ -228,7 +229,7 @@ def test_hf_dir(random_model, tmp_path):
     }
     (tmp_path / "config.json").write_text(json.dumps(config))
     ref = random_model.state_dict()
-    _write_safetensors(tmp_path / "model.safetensors", ck.openai_to_hf_state_dict(ref))
+    _write_safetensors(tmp_path / "model.safetensors", hf_layout.openai_to_hf_state_dict(ref))
     try:
         import safetensors  # noqa: F401
     except ImportError:

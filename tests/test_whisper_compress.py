@@ -14,7 +14,7 @@ import yaml
 
 from espnet_lowrank.artifact import KeyMismatchError, load_asr_model
 from espnet_lowrank.bin import compress as compress_cli
-from espnet_lowrank.bin.export_whisper import export_whisper
+from espnet_lowrank.whisper.export import export_whisper
 from espnet_lowrank.compress import compress
 from espnet_lowrank.config import LowRankConfig
 from espnet_lowrank.data import read_data_dir, write_data_dir

@@ -100,9 +100,33 @@ def test_decoder_suppression():
     assert torch.isinf(later[0, [5, 6]]).all() and torch.isfinite(later[0, [220, 50256]]).all()
 
 
+def test_tokenizer_patch_is_explicit():
+    """Importing the Whisper modules (and registering) patches nothing; building
+    the decoder, as Speech2Text and training do, installs the compat view."""
+    code = (
+        "import espnet_lowrank, espnet_lowrank.whisper.espnet_whisper as ew\n"
+        "import espnet_lowrank.whisper.tokenizer, espnet_lowrank.whisper.export\n"
+        "espnet_lowrank.register()\n"
+        "from whisper.tokenizer import Tokenizer\n"
+        "print('patched:', 'tokenizer' in Tokenizer.__dict__)\n"
+        "ew.LocalWhisperDecoder(51864, 16, n_ctx=4, n_state=16, n_head=2, n_layer=1)\n"
+        "print('patched:', 'tokenizer' in Tokenizer.__dict__)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    # ESPnet prints its own notes to stdout
+    assert [l for l in proc.stdout.splitlines() if l.startswith("patched:")] == [
+        "patched: False", "patched: True"]
+
+
 def test_espnet_whisper_tokenizer_classes_work():
     from espnet2.text.whisper_token_id_converter import OpenAIWhisperTokenIDConverter
     from espnet2.text.whisper_tokenizer import OpenAIWhisperTokenizer
+
+    from espnet_lowrank.whisper.tokenizer import install_tokenizer_compat
+
+    install_tokenizer_compat()
 
     text = " Hello world, it's Mrs. Linde's café."
     for model_type in ("whisper_en", "whisper_multilingual"):
@@ -219,7 +243,7 @@ def test_base_multilingual_export_matches_whisper_decode(tmp_path, shared_data_d
         ck.packaged_model_dir("base")
     except ck.CheckpointError as e:
         pytest.skip(str(e))
-    from espnet_lowrank.bin.export_whisper import export_whisper
+    from espnet_lowrank.whisper.export import export_whisper
 
     exp = Path(export_whisper("base", str(tmp_path / "whisper_base"), check=False))
     config = yaml.safe_load((exp / "config.yaml").read_text(encoding="utf-8"))

@@ -18,30 +18,18 @@ import logging
 import os
 import re
 import sys
-from pathlib import Path
 from typing import List, Optional
 
 from espnet_lowrank.api import save_compressed
 from espnet_lowrank.artifact import KeyMismatchError, load_asr_model
 from espnet_lowrank.calibration import StatsSet
 from espnet_lowrank.compress import calibrate_model, compress
+from espnet_lowrank.conf import default_config_path
 from espnet_lowrank.config import LowRankConfig
 from espnet_lowrank.families import family_for
 from espnet_lowrank.data import check_calibration_audio, read_data_dir, select
 from espnet_lowrank.report import compression_report_md
 from espnet_lowrank.utils import check_output_dir, sigterm_as_interrupt
-
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf" / "lowrank"
-
-
-def default_config_path(family_name: str) -> Path:
-    path = CONF_DIR / f"{family_name}.yaml"
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"no default low-rank config for family {family_name!r} at {path}; "
-            "pass --lowrank_config"
-        )
-    return path
 
 
 def get_parser() -> argparse.ArgumentParser:

@@ -8,37 +8,16 @@ The first exp dir is the dense reference. Each exp dir holds
 ``decode_<set>/1best_recog/text``. Size and FLOPs come from the models
 themselves; the encoder latency of every model is measured here, alternating
 with the dense one, in this run.
+
+The logic lives in :mod:`espnet_lowrank.results`; this CLI only parses arguments.
 """
 
 import argparse
-import datetime
-import json
-import os
-import platform
 import shlex
 import sys
 from typing import List, Optional
 
-import torch
-
-from espnet_lowrank.artifact import load_asr_model
-from espnet_lowrank.data import read_data_dir
-from espnet_lowrank.families import family_for
-from espnet_lowrank.measure import encoder_flops, encoder_linear_params, paired_latency
-from espnet_lowrank.report import plot_wer_vs_size
-from espnet_lowrank.scoring import markdown_table, read_text_file, score_texts
-from espnet_lowrank.utils import atomic_write_text
-
-
-def machine_line() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
-        cpu = names[0] if names else cpu
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
+from espnet_lowrank.results import write_results
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -56,79 +35,13 @@ def get_parser() -> argparse.ArgumentParser:
 
 def main(cmd: Optional[List[str]] = None) -> None:
     args = get_parser().parse_args(cmd)
-    dense_exp = args.exps[0]
-    models = {exp: load_asr_model(f"{exp}/config.yaml", f"{exp}/model.pth")[0] for exp in args.exps}
-    family = family_for(models[dense_exp].encoder)
-    seconds = args.latency_seconds or family.window_seconds
-
-    # Per-set ESPnet tables.
-    sections, wers = [], {exp: {} for exp in args.exps}
-    for test_set in args.test_sets:
-        name = os.path.basename(os.path.normpath(test_set))
-        refs = {u.utt_id: u.text for u in read_data_dir(test_set, require_text=True)}
-        rows = []
-        for exp in args.exps:
-            hyps = read_text_file(os.path.join(exp, f"decode_{name}", "1best_recog", "text"))
-            row = score_texts(refs, hyps, dataset=f"{os.path.basename(exp)}/decode_{name}",
-                              normalize=args.normalize)
-            rows.append(row)
-            wers[exp][name] = row.err
-        sections.append(f"### WER: {name}\n\n{markdown_table(rows)}")
-
-    # Size, FLOPs, latency, calibration cost.
-    dense = models[dense_exp]
-    dense_params = encoder_linear_params(dense)
-    dense_flops = encoder_flops(dense, family.window_seconds)
-    summary = ["| model | " + " | ".join(f"WER {os.path.basename(os.path.normpath(t))}" for t in args.test_sets)
-               + " | enc. linear params | params ratio | enc. GFLOPs | FLOPs ratio | enc. latency (s) | latency ratio"
-               " | calib. time (s) | calib. peak RSS (MB) |",
-               "|---|" + "---:|" * (len(args.test_sets) + 8)]
-    points = []
-    for exp in args.exps:
-        model = models[exp]
-        params = encoder_linear_params(model)
-        flops = encoder_flops(model, family.window_seconds)
-        if exp == dense_exp:
-            latency_dense, latency = paired_latency(dense, dense, seconds, args.latency_repeats)
-            latency_ratio = 1.0
-        else:
-            latency_dense, latency = paired_latency(dense, model, seconds, args.latency_repeats)
-            latency_ratio = latency / latency_dense
-        report_path = os.path.join(exp, "report.json")
-        report = json.load(open(report_path)) if os.path.isfile(report_path) else {}
-        calib_time = report.get("calibration_seconds", "-")
-        calib_rss = report.get("calibration_peak_rss_mb", "-")
-        summary.append(
-            f"| {os.path.basename(exp)} | "
-            + " | ".join(f"{wers[exp][os.path.basename(os.path.normpath(t))]:.1f}" for t in args.test_sets)
-            + f" | {params:,} | {params / dense_params:.3f} | {flops / 1e9:.2f} | {flops / dense_flops:.3f}"
-            f" | {latency:.3f} | {latency_ratio:.3f} | {calib_time} | {calib_rss} |"
-        )
-        first_set = os.path.basename(os.path.normpath(args.test_sets[0]))
-        points.append({"label": os.path.basename(exp), "size": params, "wer": wers[exp][first_set]})
-
-    plot = args.plot or os.path.join(os.path.dirname(os.path.abspath(args.output)), "wer_vs_size.png")
-    plot_wer_vs_size(points, plot, xlabel="encoder linear params")
-    command = "python -m espnet_lowrank.bin.results " + " ".join(shlex.quote(a) for a in (cmd or sys.argv[1:]))
-    text = "\n".join([
-        "# RESULTS",
-        "",
-        f"- date: {datetime.date.today().isoformat()}",
-        f"- machine: {machine_line()}",
-        f"- command: `{command}`",
-        f"- WER: corpus WER (%), text normalizer: {args.normalize}",
-        f"- FLOPs: encoder forward on {family.window_seconds:g} s of audio; latency: median of "
-        f"{args.latency_repeats} runs on {seconds:g} s, alternating with the dense model",
-        "",
-        "## Summary",
-        "",
-        *summary,
-        "",
-        f"![WER against size]({os.path.basename(plot)})",
-        "",
-        *sections,
-    ])
-    atomic_write_text(args.output, text + "\n")
+    command = "python -m espnet_lowrank.bin.results " + " ".join(
+        shlex.quote(a) for a in (sys.argv[1:] if cmd is None else cmd))
+    text = write_results(
+        args.exps, args.test_sets, args.output, normalize=args.normalize,
+        latency_seconds=args.latency_seconds, latency_repeats=args.latency_repeats,
+        plot=args.plot, command=command,
+    )
     print(text)
 
 

@@ -33,9 +33,9 @@ def _default_dataset(hyp: str) -> str:
     return os.path.basename(d) or "test"
 
 
-def main(argv: Optional[Sequence[str]] = None) -> None:
+def main(cmd: Optional[Sequence[str]] = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    args = get_parser().parse_args(argv)
+    args = get_parser().parse_args(cmd)
     refs = read_text_file(args.ref)
     hyps = read_text_file(args.hyp)
     dataset = args.dataset or _default_dataset(args.hyp)
