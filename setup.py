@@ -10,7 +10,7 @@ setup(
     package_data={"espnet_lowrank.conf": ["lowrank/*.yaml"]},
     entry_points={
         "console_scripts": [
-            "espnet-lowrank-compress = espnet_lowrank.bin.compress:main",
+            "espnet-lowrank-compress = espnet_lowrank.bin.compress:cli",
             "espnet-lowrank-decode = espnet_lowrank.bin.decode:main",
             "espnet-lowrank-export-whisper = espnet_lowrank.bin.export_whisper:main",
             "espnet-lowrank-install-hook = espnet_lowrank.bin.install_hook:main",

@@ -19,7 +19,7 @@ import torch
 import yaml
 
 from espnet_lowrank.bin import compress as compress_cli
-from espnet_lowrank.bin.export_whisper import export_whisper
+from espnet_lowrank.whisper.export import export_whisper
 from espnet_lowrank.data import check_calibration_audio, load_audio, read_data_dir
 
 SR = 16000
