@@ -300,3 +300,15 @@ def test_stock_loader_refuses_a_model_pth_that_does_not_fit_the_plan(dense_exp, 
     shutil.copy(dense_exp / "model.pth", exp / "model.pth")
     with pytest.raises(KeyMismatchError, match=r"2 missing keys .*mlp\.0\.down|missing keys"):
         Speech2Text(str(exp / "config.yaml"), str(exp / "model.pth"))
+
+
+def test_ten_minute_audio_is_cut_with_a_log_line(dense_exp, caplog):
+    """Whisper sees 30 s; a longer utterance is cut, and the log says so."""
+    from espnet_lowrank.artifact import load_asr_model
+
+    model, _ = load_asr_model(str(dense_exp / "config.yaml"), str(dense_exp / "model.pth"))
+    speech = torch.from_numpy(_noise(600.0))[None]
+    with caplog.at_level("WARNING"):
+        mel, lens = model.encoder.log_mel(speech, torch.tensor([speech.shape[1]]))
+    assert lens.tolist() == [3000]
+    assert any("600.0 s is cut to Whisper's 30 s window" in r.getMessage() for r in caplog.records)

@@ -102,6 +102,9 @@ class LocalWhisperEncoder(AbsEncoder):
         for audio, n in zip(xs_pad, ilens.tolist()):
             audio = audio[: int(n)].float()
             if self.do_pad_trim:
+                if audio.shape[-1] > N_SAMPLES:
+                    logger.warning("an utterance of %.1f s is cut to Whisper's 30 s window",
+                                   audio.shape[-1] / SAMPLE_RATE)
                 audio = pad_or_trim(audio, N_SAMPLES)
             mels.append(log_mel_spectrogram(audio, self.n_mels))
         lens = torch.tensor([m.shape[-1] for m in mels], device=xs_pad.device)
