@@ -136,7 +136,7 @@ def compress(
 
     compressed = copy.deepcopy(source).eval()
     if config.elastic:
-        from espnet_lowrank.elastic import factorize_elastic_
+        from espnet_lowrank.experimental.elastic import factorize_elastic_
 
         factorize_elastic_(compressed.encoder, plan.ranks, spectra)
     else:

@@ -208,7 +208,7 @@ def compress_sequential(model, calib_data, config):
             decisions.extend(plan.decisions)
             spectra.update(group_spectra)
             if config.elastic:
-                from espnet_lowrank.elastic import factorize_elastic_
+                from espnet_lowrank.experimental.elastic import factorize_elastic_
 
                 factorize_elastic_(current.encoder, plan.ranks, group_spectra)
             for name, rank in plan.ranks.items():
