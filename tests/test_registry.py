@@ -124,7 +124,6 @@ def test_triton_switch_keeps_gradients(monkeypatch):
 
     def fake_kernel(queries, keys, values, mask):
         calls.append(torch.is_grad_enabled())
-        b, h, t, kk = queries.shape
         z = torch.softmax(queries @ keys.unsqueeze(1).transpose(-1, -2), -1) @ values.unsqueeze(1)
         return torch.empty_like(z).copy_(z.detach())  # like the kernel: no graph
 
@@ -218,3 +217,18 @@ def test_modes_are_restored_per_submodule():
     model.eval()
     restore_modes(model, saved)
     assert training_modes(model) == before
+
+
+def test_each_family_is_one_adapter_file_plus_its_default_yaml():
+    """Families are found by their module-level ``FAMILY``; each has its
+    default config in conf/lowrank/."""
+    from pathlib import Path
+
+    from espnet_lowrank import families
+
+    found = families.all_families()
+    assert sorted(f.name for f in found.values()) == ["conformer", "e_branchformer", "transformer", "whisper"]
+    assert not hasattr(families, "family_by_name")
+    conf = Path(__file__).resolve().parents[1] / "conf" / "lowrank"
+    for family in found.values():
+        assert (conf / f"{family.name}.yaml").is_file(), family.name

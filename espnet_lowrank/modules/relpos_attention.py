@@ -1,4 +1,5 @@
-"""ESPnet self-attention computed in the reduced (rank) dimension.
+"""ESPnet self-attention computed in the reduced (rank) dimension: the ESPnet
+adapters over the folding core (``modules/folding.py``).
 
 Drop-ins for ESPnet's ``MultiHeadedAttention`` and its relative-position
 variants (``RelPositionMultiHeadedAttention``, "rel_selfattn";
@@ -25,7 +26,7 @@ The projections stay children under their ESPnet names (``linear_q``,
 low-rank projections.
 """
 
-from typing import Optional, Tuple
+from typing import Optional
 
 import torch
 from torch import nn
