@@ -122,7 +122,7 @@ def test_folded_cache_follows_in_place_weight_updates(dispatch):
 
 def test_whisper_attention_fast_path_matches_whisper(dispatch):
     whisper_model = pytest.importorskip("whisper.model")
-    from espnet_lowrank.families.whisper import WhisperReducedAttention
+    from espnet_lowrank.modules.attention import WhisperReducedAttention
 
     dispatch("measure")  # an empty cache
     torch.manual_seed(3)

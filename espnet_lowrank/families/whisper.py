@@ -5,7 +5,6 @@ to all of them, padding included.
 """
 
 from espnet_lowrank.families.base import EncoderFamily
-from espnet_lowrank.modules.attention import WhisperReducedAttention  # noqa: F401 (its old home)
 
 FAMILY = EncoderFamily(
     name="whisper",
