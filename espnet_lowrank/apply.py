@@ -7,23 +7,17 @@ state-dict keys follow from the plan (``...w_1.weight`` -> ``...w_1.down.weight`
 import logging
 from typing import Dict
 
-import torch
 from torch import nn
 
 from espnet_lowrank.factorize import Spectrum, factor_weights
 from espnet_lowrank.families.base import EncoderFamily
-from espnet_lowrank.modules.attention import attention_flops
-from espnet_lowrank.modules.lowrank_linear import (
-    LowRankConv1d,
-    LowRankLinear,
-    layer_dims,
-    linear_weight_and_bias,
-    lowrank_class_for,
-)
+from espnet_lowrank.handlers import is_lowrank, layer_dims, lowrank_class_for, weight_and_bias
+from espnet_lowrank.modules.folding import attention_flops
+from espnet_lowrank.modules.lowrank_linear import LowRankConv1d, LowRankLinear
 
 logger = logging.getLogger(__name__)
 
-LOWRANK_TYPES = (LowRankLinear, LowRankConv1d)
+LOWRANK_TYPES = (LowRankLinear, LowRankConv1d)  # recovery trains the parameters of these
 
 
 def set_submodule(root: nn.Module, name: str, new: nn.Module) -> None:
@@ -54,9 +48,9 @@ def build_lowrank_layers_(encoder: nn.Module, ranks: Dict[str, int]) -> None:
     planned rank; the weights come later from a state dict."""
     for name, rank in ranks.items():
         layer = _planned_layer(encoder, name, rank)
-        if isinstance(layer, LOWRANK_TYPES):
+        if is_lowrank(layer):
             raise ValueError(f"{name} is already low-rank")
-        w, _ = linear_weight_and_bias(layer)
+        w, _ = weight_and_bias(layer)
         # Always a bias: b′ = μ + V Vᵀ(b − μ) is non-zero even where b is absent.
         new = lowrank_class_for(layer)(w.shape[1], w.shape[0], rank, bias=True)
         set_submodule(encoder, name, new.to(device=w.device, dtype=w.dtype))
@@ -68,7 +62,7 @@ def factorize_layers_(
     """Replace each planned dense layer by its PCA factors."""
     for name, rank in ranks.items():
         layer = _planned_layer(encoder, name, rank)
-        w, b = linear_weight_and_bias(layer)
+        w, b = weight_and_bias(layer)
         w1, w2, b_new = factor_weights(w, b, spectra[name], rank)
         cast = dict(device=w.device, dtype=w.dtype)
         new = lowrank_class_for(layer).from_factors(w1.to(**cast), w2.to(**cast), b_new.to(**cast))
@@ -83,10 +77,11 @@ def choose_attention_(
     ("auto"). Returns module name -> "reduced" | "dense"."""
     chosen = {}
     for name, attn in family.attention_modules(encoder).items():
-        query, key, value, out, n_head = family.attention_parts(attn)
-        if mode == "dense" or family.reduced_attention is None:
+        # Dense mode never asks for the parts: any attention type may stay dense.
+        if mode == "dense":
             chosen[name] = "dense"
             continue
+        query, key, value, out, n_head = family.attention_parts(attn)
         if mode == "auto":
             reduced = attention_flops(query, key, value, out, n_head, frames, reduced=True)
             dense = attention_flops(query, key, value, out, n_head, frames, reduced=False)
@@ -102,19 +97,3 @@ def choose_attention_(
     )
     return chosen
 
-
-def to_dense_(encoder: nn.Module) -> None:
-    """Multiply every low-rank layer back into one dense layer (in place)."""
-    for name, module in list(encoder.named_modules()):
-        if isinstance(module, LOWRANK_TYPES):
-            set_submodule(encoder, name, module.to_dense())
-
-
-@torch.no_grad()
-def linear_params(module: nn.Module) -> int:
-    """Parameters of all projections (nn.Linear, 1x1 Conv1d, low-rank layers) in ``module``."""
-    total = 0
-    for m in module.modules():
-        if isinstance(m, nn.Linear) or (isinstance(m, nn.Conv1d) and m.kernel_size == (1,)):
-            total += sum(p.numel() for p in m.parameters(recurse=False))
-    return total

@@ -20,6 +20,7 @@ from espnet_lowrank.data import Utterance, iter_batches, num_batches, read_data_
 from espnet_lowrank.factorize import spectrum
 from espnet_lowrank.families import family_for
 from espnet_lowrank.measure import encoder_flops, encoder_linear_params
+from espnet_lowrank.modes import restore_modes, training_modes
 from espnet_lowrank.plan import RankPlan, make_plan
 
 logger = logging.getLogger(__name__)
@@ -65,7 +66,7 @@ def calibrate_model(model, calib_data: CalibData, config: Optional[LowRankConfig
         (speech.to(device), lengths.to(device))
         for speech, lengths in iter_batches(utts, config.batch_size)
     )
-    was_training = model.training
+    was_training = training_modes(model)
     model.eval()
     started = time.perf_counter()
     try:
@@ -78,7 +79,7 @@ def calibrate_model(model, calib_data: CalibData, config: Optional[LowRankConfig
             total=num_batches(len(utts), config.batch_size),
         )
     finally:
-        model.train(was_training)
+        restore_modes(model, was_training)
     stats.seconds = time.perf_counter() - started
     stats.peak_rss_mb = peak_rss_mb()
     return stats
@@ -135,7 +136,7 @@ def compress(
 
     compressed = copy.deepcopy(source).eval()
     if config.elastic:
-        from espnet_lowrank.elastic import factorize_elastic_
+        from espnet_lowrank.experimental.elastic import factorize_elastic_
 
         factorize_elastic_(compressed.encoder, plan.ranks, spectra)
     else:
@@ -172,12 +173,12 @@ def recover_if_asked(compressed, source, calib_data: Optional[CalibData], config
     from espnet_lowrank.recovery import recover_
 
     utts = _calibration_utterances(calib_data, config.num_calib)
-    was_training = source.training
+    was_training = training_modes(source)
     try:
         return recover_(compressed, source.eval(), utts, config.recovery_steps, config.recovery_lr,
                         config.batch_size)
     finally:
-        source.train(was_training)
+        restore_modes(source, was_training)
 
 
 def build_report(source, compressed, family, config: LowRankConfig, plan: RankPlan, attention) -> dict:

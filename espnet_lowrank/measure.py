@@ -8,7 +8,7 @@ from typing import Tuple
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from espnet_lowrank.apply import linear_params
+from espnet_lowrank.handlers import is_dense_projection
 
 SAMPLE_RATE = 16000
 
@@ -18,6 +18,17 @@ def _dummy_input(seconds: float, batch: int = 1) -> Tuple[torch.Tensor, torch.Te
     generator = torch.Generator().manual_seed(0)
     speech = 0.01 * torch.randn(batch, samples, generator=generator)
     return speech, torch.full((batch,), samples, dtype=torch.long)
+
+
+def linear_params(module: torch.nn.Module) -> int:
+    """Parameters of all projections in ``module``: dense ones (``nn.Linear``,
+    1x1 ``Conv1d``) and the factors of low-rank ones (their ``down``/``up``
+    children are such projections). int8 linears are not counted."""
+    return sum(
+        p.numel()
+        for m in module.modules() if is_dense_projection(m)
+        for p in m.parameters(recurse=False)
+    )
 
 
 def encoder_linear_params(model) -> int:

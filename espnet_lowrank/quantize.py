@@ -7,9 +7,11 @@ fbgemm; activations quantized per tensor on the fly, 8-bit on VNNI CPUs), as
 ``quantize_dynamic`` itself matches module types exactly, so it skips
 subclasses of ``nn.Linear`` such as Whisper's ``whisper.model.Linear``; the
 swap here takes any ``nn.Linear`` instance and converts it with the same
-``from_float``-style observer. Linears inside rank-space attention
-(``ReducedSelfAttention``, which reads its factors' weights to fold them) stay
-float.
+``from_float``-style observer. Which modules are swapped and which subtrees
+stay float comes from the handler registry (``handlers.int8_policy``): every
+rank-space attention (Whisper's ``ReducedSelfAttention``, ESPnet's
+``ReducedMultiHeadedAttention`` and its relative-position variant) reads its
+projections' weights to fold them, so it stays float.
 
 Quantized modules are CPU-only: the exp dir stores float weights, and
 ``LowRankEncoder`` quantizes after its state dict is loaded; running the
@@ -17,10 +19,12 @@ quantized encoder on CUDA raises a clear error.
 """
 
 import logging
-from typing import List
+from typing import List, Tuple
 
 import torch
 from torch import nn
+
+from espnet_lowrank.handlers import int8_policy
 
 logger = logging.getLogger(__name__)
 
@@ -68,10 +72,18 @@ def _quantized_linear(layer: nn.Linear) -> nn.Module:
     return qlinear
 
 
-def _skipped_roots(module: nn.Module) -> List[str]:
-    from espnet_lowrank.modules.attention import ReducedSelfAttention
-
-    return [name for name, m in module.named_modules() if isinstance(m, ReducedSelfAttention)]
+def _plan_int8(module: nn.Module) -> Tuple[List[str], List[str]]:
+    """(names to quantize, roots of the subtrees kept float)."""
+    quantize, keep = [], []
+    for name, m in module.named_modules():
+        if any(k == "" or name.startswith(k + ".") for k in keep):
+            continue
+        policy = int8_policy(m)
+        if policy == "float":
+            keep.append(name)
+        elif policy == "quantize":
+            quantize.append(name)
+    return quantize, keep
 
 
 @torch.no_grad()
@@ -82,11 +94,7 @@ def quantize_linears_(module: nn.Module) -> int:
 
     if torch.backends.quantized.engine == "none":  # pragma: no cover
         raise RuntimeError("this torch build has no quantized engine for dynamic int8")
-    skip = _skipped_roots(module)
-    names = [
-        name for name, m in module.named_modules()
-        if isinstance(m, nn.Linear) and not any(name == s or name.startswith(s + ".") for s in skip)
-    ]
+    names, skip = _plan_int8(module)
     for name in names:
         layer = module.get_submodule(name)
         if layer.weight.is_cuda:

@@ -32,6 +32,7 @@ from typing import Dict, List, Optional, Set
 import torch
 
 from espnet_lowrank.calibration import frames_of
+from espnet_lowrank.modes import restore_modes, training_modes
 from espnet_lowrank.plan import RankPlan, make_plan
 from espnet_lowrank.refit import RegressionStats, output_spectrum, refit_factors, relative_error
 
@@ -189,7 +190,7 @@ def compress_sequential(model, calib_data, config):
         for speech, lengths in iter_batches(utts, config.batch_size):
             yield speech.to(device), lengths.to(device)
 
-    was_training = source.training
+    was_training = training_modes(source)
     dense = source.eval()
     current = copy.deepcopy(source).eval()
     refit = _refit_layers(family, current.encoder, targets, config.refit)
@@ -207,7 +208,7 @@ def compress_sequential(model, calib_data, config):
             decisions.extend(plan.decisions)
             spectra.update(group_spectra)
             if config.elastic:
-                from espnet_lowrank.elastic import factorize_elastic_
+                from espnet_lowrank.experimental.elastic import factorize_elastic_
 
                 factorize_elastic_(current.encoder, plan.ranks, group_spectra)
             for name, rank in plan.ranks.items():
@@ -226,7 +227,7 @@ def compress_sequential(model, calib_data, config):
                 new = lowrank_class_for(layers[name]).from_factors(w1.to(**cast), w2.to(**cast), bias.to(**cast))
                 set_submodule(current.encoder, name, new)
     finally:
-        source.train(was_training)
+        restore_modes(source, was_training)
     seconds = time.perf_counter() - started
     recovery = recover_if_asked(current, source, utts, config)
     attention = choose_attention_(current.encoder, family, config.attention,

@@ -186,7 +186,7 @@ def test_elastic_layer_unit(conv):
     from torch import nn
 
     from espnet_lowrank.apply import factorize_layers_
-    from espnet_lowrank.elastic import build_elastic_layers_, factorize_elastic_
+    from espnet_lowrank.experimental.elastic import build_elastic_layers_, factorize_elastic_
     from espnet_lowrank.factorize import Spectrum
 
     torch.manual_seed(0)

@@ -43,23 +43,30 @@ def _setup(factored, d=48, h=4, t=20, seed=0):
 
 @pytest.fixture
 def dispatch(monkeypatch):
-    def set_mode(mode):
-        monkeypatch.setattr(attention_module, "DISPATCH", mode)
+    """Returns a ReducedSelfAttention factory with the dispatch mode set
+    explicitly (a constructor argument), on an empty measurement cache."""
+
+    def with_mode(mode):
         monkeypatch.setattr(attention_module, "_DISPATCH_CACHE", {})
 
-    return set_mode
+        def build(*args, **kwargs):
+            return ReducedSelfAttention(*args, dispatch=mode, **kwargs)
+
+        return build
+
+    return with_mode
 
 
 @pytest.mark.parametrize("mode", ["reduced", "flops", "measure"])
 @pytest.mark.parametrize("factored", ["all", "mixed", "none"])
 @pytest.mark.parametrize("with_mask", [False, True])
 def test_every_attention_path_is_exact_at_full_rank(dispatch, mode, factored, with_mask):
-    dispatch(mode)
+    build = dispatch(mode)
     x, dense_layers, layers, h = _setup(factored)
     valid = torch.tensor([[True] * 20, [True] * 13 + [False] * 7]) if with_mask else None
     with torch.no_grad():
         want = reference_attention(x, *dense_layers, h, valid)
-    reduced = ReducedSelfAttention(*layers, h).eval()
+    reduced = build(*layers, h).eval()
     with torch.inference_mode():
         got = reduced(x, key_padding_mask=valid)
         again = reduced(x, key_padding_mask=valid)  # cached folded matrices / cached dispatch
@@ -76,9 +83,9 @@ def test_every_attention_path_is_exact_at_full_rank(dispatch, mode, factored, wi
 
 
 def test_training_and_autograd_take_the_rank_space_path(dispatch):
-    dispatch("measure")
+    build = dispatch("measure")
     x, dense_layers, layers, h = _setup("all")
-    reduced = ReducedSelfAttention(*layers, h)
+    reduced = build(*layers, h)
     y = reduced(x)  # grad enabled: no measuring, no cache
     y.sum().backward()
     assert attention_module._DISPATCH_CACHE == {}
@@ -88,9 +95,9 @@ def test_training_and_autograd_take_the_rank_space_path(dispatch):
 
 
 def test_folded_cache_follows_in_place_weight_updates(dispatch):
-    dispatch("reduced")
+    build = dispatch("reduced")
     x, _, layers, h = _setup("all")
-    reduced = ReducedSelfAttention(*layers, h).eval()
+    reduced = build(*layers, h).eval()
     with torch.inference_mode():
         before = reduced(x)
     first_key = reduced._cache_key
@@ -115,9 +122,9 @@ def test_folded_cache_follows_in_place_weight_updates(dispatch):
 
 def test_whisper_attention_fast_path_matches_whisper(dispatch):
     whisper_model = pytest.importorskip("whisper.model")
-    from espnet_lowrank.families.whisper import WhisperReducedAttention
+    from espnet_lowrank.modules.attention import WhisperReducedAttention
 
-    dispatch("measure")
+    dispatch("measure")  # an empty cache
     torch.manual_seed(3)
     d, h, t = 64, 4, 30
     mha = whisper_model.MultiHeadAttention(d, h).eval()
@@ -135,7 +142,7 @@ def test_whisper_attention_fast_path_matches_whisper(dispatch):
                 q.bias.zero_()
             p = q
         lowrank.append(_full_rank(p, frames))
-    reduced = WhisperReducedAttention(*lowrank, h).eval()
+    reduced = WhisperReducedAttention(*lowrank, h, dispatch="measure").eval()
     with torch.inference_mode():
         got, _ = reduced(x)
     assert (got - want).abs().max().item() < 1e-4
@@ -182,7 +189,7 @@ import torch, torch.nn.functional as F
 from torch import nn
 from espnet_lowrank.modules.attention import ReducedSelfAttention
 from espnet_lowrank.modules.lowrank_linear import LowRankLinear
-from espnet_lowrank.modules.triton_attention import rank_space_attention
+from espnet_lowrank.experimental.triton_attention import rank_space_attention
 
 torch.manual_seed(0)
 worst = 0.0
@@ -204,13 +211,18 @@ for p in layers:
     lowrank.append(LowRankLinear.from_factors(torch.diag(s) @ vh, u, p.bias.detach()))
 x = torch.randn(2, 24, d)
 valid = torch.ones(2, 24, dtype=torch.bool); valid[1, 15:] = False
-attn = ReducedSelfAttention(*lowrank, 4).eval()
+attn = ReducedSelfAttention(*lowrank, 4, dispatch="reduced", use_triton=True).eval()
 with torch.inference_mode():
     got = attn(x, key_padding_mask=valid)
     q, kk_, vv = (layers[i](x).view(2, 24, 4, 8).transpose(1, 2) for i in range(3))
     z = F.scaled_dot_product_attention(q, kk_, vv, attn_mask=valid[:, None, None, :])
     want = layers[3](z.transpose(1, 2).reshape(2, 24, d))
 worst = max(worst, (got - want)[valid].abs().max().item())
+# training with the kernel switched on: q/k/v still get gradients (bug 10)
+attn.train()
+attn(x, key_padding_mask=valid)[valid].square().sum().backward()
+print("GRADS", all(p.down.weight.grad is not None and p.down.weight.grad.abs().sum() > 0
+                   for p in lowrank[:3]))
 print("WORST", worst)
 """
 
@@ -222,13 +234,13 @@ def test_triton_rank_space_kernel_under_the_interpreter():
 
     if importlib_util_find_spec("triton") is None:
         pytest.skip("triton is not installed")
-    env = dict(os.environ, TRITON_INTERPRET="1", ESPNET_LOWRANK_TRITON="1",
-               ESPNET_LOWRANK_ATTENTION_DISPATCH="reduced")
+    env = dict(os.environ, TRITON_INTERPRET="1")
     proc = subprocess.run([sys.executable, "-c", _TRITON_SCRIPT], env=env, capture_output=True,
                           text=True, timeout=600)
     if proc.returncode != 0 and "interpreter" in proc.stderr.lower() and "InterpreterError" not in proc.stderr:
         pytest.skip(f"triton's CPU interpreter cannot run here: {proc.stderr[-500:]}")
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "GRADS True" in proc.stdout, proc.stdout
     worst = float(proc.stdout.split("WORST")[-1])
     assert worst < 1e-4, worst
 

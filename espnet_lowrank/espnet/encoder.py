@@ -93,7 +93,7 @@ class LowRankEncoder(AbsEncoder):
         self._base_class.__init__(self, input_size=input_size, **(base_conf or {}))
         family = family_for(self)
         if elastic:
-            from espnet_lowrank.elastic import build_elastic_layers_
+            from espnet_lowrank.experimental.elastic import build_elastic_layers_
 
             build_elastic_layers_(self, dict(plan or {}))
         else:

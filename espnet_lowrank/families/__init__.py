@@ -1,29 +1,30 @@
 """Encoder families, keyed by the dense encoder's class (found through the MRO,
-so a low-rank subclass maps to its base). Adding a family is one module here
-plus one entry in ``_FAMILY_MODULES``.
+so a low-rank subclass maps to its base).
+
+Adding an encoder family touches one adapter file, ``families/<name>.py``
+(which layers and roles, which attention modules, which frames count; see
+``base.EncoderFamily``; found here by its module-level ``FAMILY``), plus its
+default YAML ``conf/lowrank/<name>.yaml``. Module types (projections, attention) are
+not per family: a new type goes into the handler registry
+(``espnet_lowrank/handlers.py``).
 """
 
 import importlib
+import pkgutil
 from typing import Dict
 
 from torch import nn
 
 from espnet_lowrank.families.base import EncoderFamily
 
-_FAMILY_MODULES = (
-    "espnet_lowrank.families.whisper",
-    "espnet_lowrank.families.conformer",
-    "espnet_lowrank.families.transformer",
-    "espnet_lowrank.families.e_branchformer",
-)
-
 
 def all_families() -> Dict[str, EncoderFamily]:
-    """encoder class path -> family."""
+    """encoder class path -> family, for every module here with a ``FAMILY``."""
     families = {}
-    for module_name in _FAMILY_MODULES:
-        family = importlib.import_module(module_name).FAMILY
-        families[family.encoder_class] = family
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda i: i.name):
+        family = getattr(importlib.import_module(f"{__name__}.{info.name}"), "FAMILY", None)
+        if family is not None:
+            families[family.encoder_class] = family
     return families
 
 
@@ -38,11 +39,3 @@ def family_for(encoder: nn.Module) -> EncoderFamily:
         + ", ".join(sorted(families))
     )
 
-
-def family_by_name(name: str) -> EncoderFamily:
-    for family in all_families().values():
-        if family.name == name:
-            return family
-    raise ValueError(
-        f"unknown encoder family {name!r}; known: {sorted(f.name for f in all_families().values())}"
-    )

@@ -1,4 +1,8 @@
-"""What a family adapter answers: which layers, which attention, which frames."""
+"""What a family adapter answers: which layers, which attention, which frames.
+
+How each module type is read, factored, folded or quantized is not a family
+question: the handler registry (``espnet_lowrank/handlers.py``) answers it.
+"""
 
 import re
 from dataclasses import dataclass
@@ -8,10 +12,7 @@ from torch import nn
 
 from espnet_lowrank.calibration import FrameMaskHook
 from espnet_lowrank.config import LowRankConfig
-from espnet_lowrank.modules.lowrank_linear import layer_dims
-
-# An attention module's (query, key, value, out, n_head).
-AttentionParts = Tuple[nn.Module, nn.Module, nn.Module, nn.Module, int]
+from espnet_lowrank.handlers import AttentionParts, attention_parts, layer_dims, reduced_attention
 
 
 @dataclass(frozen=True)
@@ -24,9 +25,6 @@ class EncoderFamily:
         layers: regex (fullmatch over module names inside the encoder) -> role,
             "attention" or "feed_forward"; the role picks θ.
         attention: regex of the self-attention modules.
-        attention_parts: the projections and head count of one attention module.
-        reduced_attention: builds the rank-space attention from one attention
-            module (its projections already swapped), or None if unsupported.
         frame_mask: builds the hook that yields the valid frames, or None when
             every frame counts (Whisper: the decoder sees all 1500).
         window_seconds: input length used to report FLOPs.
@@ -38,8 +36,6 @@ class EncoderFamily:
     encoder_class: str
     layers: Dict[str, str]
     attention: str
-    attention_parts: Callable[[nn.Module], AttentionParts]
-    reduced_attention: Optional[Callable[[nn.Module], nn.Module]]
     frame_mask: Optional[Callable[[], FrameMaskHook]]
     window_seconds: float
     window_frames: Callable[[nn.Module], int]
@@ -72,3 +68,13 @@ class EncoderFamily:
 
     def attention_modules(self, encoder: nn.Module) -> Dict[str, nn.Module]:
         return {n: m for n, m in encoder.named_modules() if re.fullmatch(self.attention, n)}
+
+    @staticmethod
+    def attention_parts(attn: nn.Module) -> AttentionParts:
+        """(query, key, value, out, n_head) of one attention module (registry)."""
+        return attention_parts(attn)
+
+    @staticmethod
+    def reduced_attention(attn: nn.Module) -> nn.Module:
+        """The rank-space attention built from one attention module (registry)."""
+        return reduced_attention(attn)

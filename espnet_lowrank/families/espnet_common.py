@@ -1,6 +1,12 @@
 """Pieces shared by the ESPnet encoder adapters (Conformer, Transformer,
-E-Branchformer): attention parts, the rank-space attention factory, the
-valid-frame mask taken from ``embed``, and the encoder frame count of a window.
+E-Branchformer): the valid-frame mask taken from ``embed`` and the encoder
+frame count of a window. Their attention types are in the handler registry.
+
+For the relative-position attentions, ``choose_attention_``'s "auto" mode
+compares FLOPs of q/k/v/out only: the position term (linear_pos over the
+position rows and the (T, 2T-1) position scores) is left out on both sides,
+an approximation that slightly favours the dense count when linear_pos is
+factored.
 """
 
 import logging
@@ -10,8 +16,7 @@ import torch
 from torch import nn
 
 from espnet_lowrank.calibration import FrameMaskHook
-from espnet_lowrank.families.base import AttentionParts, EncoderFamily
-from espnet_lowrank.modules.relpos_attention import reduced_espnet_attention
+from espnet_lowrank.families.base import EncoderFamily
 
 logger = logging.getLogger(__name__)
 
@@ -19,23 +24,6 @@ logger = logging.getLogger(__name__)
 FEATURE_RATE = 100
 # Utterance length at which "auto" attention compares FLOPs; typical ASR segments.
 DEFAULT_WINDOW_SECONDS = 10.0
-
-
-def attention_parts(attn: nn.Module) -> AttentionParts:
-    """(linear_q, linear_k, linear_v, linear_out, n_head) of an ESPnet attention.
-
-    For the relative-position variants, ``choose_attention_``'s "auto" mode
-    compares FLOPs from these parts only: the position term (linear_pos over
-    the position rows and the (T, 2T-1) position scores) is left out on both
-    sides, so the comparison is an approximation that slightly favours the
-    dense path's count when linear_pos is factored.
-    """
-    if not hasattr(attn, "linear_q"):
-        raise TypeError(
-            f"{type(attn).__name__} has no linear_q/k/v/out projections; only "
-            "MultiHeadedAttention and its relative-position variants are supported"
-        )
-    return attn.linear_q, attn.linear_k, attn.linear_v, attn.linear_out, attn.h
 
 
 def _embed_mask(output) -> torch.Tensor:
@@ -128,8 +116,6 @@ def espnet_family(name: str, encoder_class: str, layers: Dict[str, str], attenti
         encoder_class=encoder_class,
         layers=layers,
         attention=attention,
-        attention_parts=attention_parts,
-        reduced_attention=reduced_espnet_attention,
         frame_mask=embed_frame_mask,
         window_seconds=window_seconds,
         window_frames=window_frames_fn(window_seconds),

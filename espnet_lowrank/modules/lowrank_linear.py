@@ -12,6 +12,10 @@ from typing import Optional
 import torch
 from torch import nn
 
+# The type dispatch lives in the handler registry; these names stay for callers.
+from espnet_lowrank.handlers import layer_dims, lowrank_class_for  # noqa: F401
+from espnet_lowrank.handlers import weight_and_bias as linear_weight_and_bias  # noqa: F401
+
 
 def _check_rank(rank: int, d_in: int, d_out: int) -> None:
     if not 0 < rank <= min(d_in, d_out):
@@ -120,34 +124,3 @@ class LowRankConv1d(nn.Module):
     def extra_repr(self) -> str:
         return f"{self.in_features} -> {self.rank} -> {self.out_features} (1x1 conv)"
 
-
-def linear_weight_and_bias(layer: nn.Module):
-    """(W (d_out, d_in), b or None) of a dense ``nn.Linear`` or 1x1 ``nn.Conv1d``."""
-    if isinstance(layer, nn.Linear):
-        return layer.weight, layer.bias
-    if isinstance(layer, nn.Conv1d):
-        if layer.kernel_size != (1,) or layer.groups != 1:
-            raise TypeError(f"only 1x1 ungrouped Conv1d can be factored, got {layer}")
-        return layer.weight[..., 0], layer.bias
-    raise TypeError(
-        f"cannot factor {type(layer).__name__}; supported: nn.Linear, 1x1 nn.Conv1d"
-    )
-
-
-def lowrank_class_for(layer: nn.Module):
-    """The low-rank replacement class for a dense layer."""
-    if isinstance(layer, nn.Linear):
-        return LowRankLinear
-    if isinstance(layer, nn.Conv1d):
-        return LowRankConv1d
-    raise TypeError(
-        f"cannot factor {type(layer).__name__}; supported: nn.Linear, 1x1 nn.Conv1d"
-    )
-
-
-def layer_dims(layer: nn.Module):
-    """(d_in, d_out) of a dense or low-rank projection."""
-    if isinstance(layer, (LowRankLinear, LowRankConv1d)):
-        return layer.in_features, layer.out_features
-    w, _ = linear_weight_and_bias(layer)
-    return w.shape[1], w.shape[0]

@@ -1,4 +1,5 @@
-"""ESPnet self-attention computed in the reduced (rank) dimension.
+"""ESPnet self-attention computed in the reduced (rank) dimension: the ESPnet
+adapters over the folding core (``modules/folding.py``).
 
 Drop-ins for ESPnet's ``MultiHeadedAttention`` and its relative-position
 variants (``RelPositionMultiHeadedAttention``, "rel_selfattn";
@@ -25,18 +26,14 @@ The projections stay children under their ESPnet names (``linear_q``,
 low-rank projections.
 """
 
-from typing import Optional, Tuple
+from typing import Optional
 
 import torch
 from torch import nn
 
-from espnet_lowrank.modules.attention import _factors
-from espnet_lowrank.modules.lowrank_linear import LowRankLinear
-
-
-def _down(proj: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Rank-space input of a projection: W1 x, or x itself for a dense one."""
-    return proj.down(x) if isinstance(proj, LowRankLinear) else x
+from espnet_lowrank.handlers import factors
+from espnet_lowrank.modules.folding import check_heads, fold_scores, fold_values, project_out
+from espnet_lowrank.modules.folding import rank_input as _down
 
 
 def _check_self_attention(query, key, value) -> None:
@@ -102,8 +99,7 @@ class ReducedMultiHeadedAttention(nn.Module):
     def __init__(self, linear_q, linear_k, linear_v, linear_out, n_head: int, dropout_rate: float = 0.0):
         super().__init__()
         d = linear_q.out_features
-        if d % n_head:
-            raise ValueError(f"model width {d} is not divisible by {n_head} heads")
+        check_heads(d, n_head)
         self.linear_q, self.linear_k, self.linear_v, self.linear_out = linear_q, linear_k, linear_v, linear_out
         self.h = n_head
         self.d_k = d // n_head
@@ -117,51 +113,18 @@ class ReducedMultiHeadedAttention(nn.Module):
         return cls(attn.linear_q, attn.linear_k, attn.linear_v, attn.linear_out, attn.h,
                    getattr(attn, "dropout_rate", 0.0))
 
-    # -- folded matrices ---------------------------------------------------
-
-    def _query_factors(self) -> Tuple[torch.Tensor, torch.Tensor]:
-        """W_q2 per head (H, d_k, kq) and b_q per head (H, d_k) (zeros if absent)."""
-        _, wq2, bq = _factors(self.linear_q)
-        h, dk = self.h, self.d_k
-        bq = bq if bq is not None else torch.zeros(h * dk, dtype=wq2.dtype, device=wq2.device)
-        return wq2.reshape(h, dk, -1), bq.reshape(h, dk)
-
-    def _fold_against(self, proj: nn.Module, query_bias: torch.Tensor):
-        """Queries folded against the rank-space side of ``proj``, scaled.
-
-        Args:
-            proj: the key (or position) projection.
-            query_bias: (H, d_k) bias added to the queries (b_q [+ u or v]).
-
-        Returns:
-            M (H, kq, kp), c (H, kp), W_p2 per head (H, d_k, kp), b_p or None.
-        """
-        _, w2, b2 = _factors(proj)
-        scale = self.d_k ** -0.5
-        wq2_h, _ = self._query_factors()
-        w2_h = w2.reshape(self.h, self.d_k, -1)
-        m = scale * wq2_h.transpose(1, 2) @ w2_h
-        c = scale * torch.einsum("hd,hdk->hk", query_bias, w2_h)
-        return m, c, w2_h, b2
-
-    def _fold_values(self):
-        """N (H, kv, ko) and the per-head value-bias term (H, ko) or None."""
-        _, wv2, bv = _factors(self.linear_v)
-        wo1 = self.linear_out.down.weight if isinstance(self.linear_out, LowRankLinear) else self.linear_out.weight
-        wo1_h = wo1.reshape(wo1.shape[0], self.h, self.d_k).permute(1, 2, 0)  # (H, d_k, ko)
-        n = wv2.reshape(self.h, self.d_k, -1).transpose(1, 2) @ wo1_h
-        c_o = torch.einsum("hd,hdk->hk", bv.reshape(self.h, self.d_k), wo1_h) if bv is not None else None
-        return n, c_o
-
     # -- forward pieces ----------------------------------------------------
 
     def _content_scores(self, q1: torch.Tensor, k1: torch.Tensor, extra_bias=None) -> torch.Tensor:
         """(B, H, T, T) scaled content scores from Q1 (B, T, kq), K1 (B, T, kk)."""
-        _, bq_h = self._query_factors()
-        bias = bq_h if extra_bias is None else bq_h + extra_bias
-        m, c, _, _ = self._fold_against(self.linear_k, bias)
-        queries = torch.einsum("btq,hqk->bhtk", q1, m.to(q1.dtype)) + c.to(q1.dtype)[None, :, None, :]
-        return queries @ k1.unsqueeze(1).transpose(-1, -2)
+        m, c = fold_scores(self.linear_q, self.linear_k, self.h, extra_bias)
+        return self._folded_queries(q1, m, c) @ k1.unsqueeze(1).transpose(-1, -2)
+
+    @staticmethod
+    def _folded_queries(q1: torch.Tensor, m: torch.Tensor, c: Optional[torch.Tensor]) -> torch.Tensor:
+        """(B, H, T, kp) from Q1 (B, T, kq), M (H, kq, kp), c (H, kp) or None."""
+        queries = torch.einsum("btq,hqk->bhtk", q1, m.to(q1.dtype))
+        return queries if c is None else queries + c.to(q1.dtype)[None, :, None, :]
 
     def _attend(self, scores: torch.Tensor, v1: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
         """ESPnet's forward_attention with the values left in rank space.
@@ -182,13 +145,11 @@ class ReducedMultiHeadedAttention(nn.Module):
             self.attn = torch.softmax(scores, dim=-1)
         p_attn = self.dropout(self.attn)
         z = p_attn @ v1.unsqueeze(1)  # (B, H, T1, kv)
-        n, c_o = self._fold_values()
+        n, c_o = fold_values(self.linear_v, self.linear_out, self.h)
         y = torch.einsum("bhtv,hvo->bto", z, n.to(z.dtype))
         if c_o is not None:
             y = y + torch.einsum("bht,ho->bto", p_attn.sum(-1), c_o.to(z.dtype))
-        if isinstance(self.linear_out, LowRankLinear):
-            return self.linear_out.up(y)
-        return y + self.linear_out.bias if self.linear_out.bias is not None else y
+        return project_out(self.linear_out, y)
 
     def forward(self, query, key, value, mask, expand_kv: bool = False):
         """Self-attention over ``query`` (which must also be key and value).
@@ -234,15 +195,11 @@ class ReducedRelPositionAttention(ReducedMultiHeadedAttention):
         self.legacy = legacy
 
     @classmethod
-    def from_dense(cls, attn: nn.Module) -> "ReducedRelPositionAttention":
-        from espnet.nets.pytorch_backend.transformer.attention import (
-            LegacyRelPositionMultiHeadedAttention,
-        )
-
+    def from_dense(cls, attn: nn.Module, legacy: bool = False) -> "ReducedRelPositionAttention":
         _check_plain(attn)
         return cls(attn.linear_q, attn.linear_k, attn.linear_v, attn.linear_out, attn.linear_pos,
                    attn.pos_bias_u, attn.pos_bias_v, attn.h, getattr(attn, "dropout_rate", 0.0),
-                   attn.zero_triu, legacy=isinstance(attn, LegacyRelPositionMultiHeadedAttention))
+                   attn.zero_triu, legacy=legacy)
 
     def rel_shift(self, x: torch.Tensor) -> torch.Tensor:
         return rel_shift_legacy(x, self.zero_triu) if self.legacy else rel_shift_latest(x, self.zero_triu)
@@ -255,15 +212,16 @@ class ReducedRelPositionAttention(ReducedMultiHeadedAttention):
             pos_emb: (Bp, Tp, d) with Bp 1 or B; Tp = 2*T1-1 (latest) or T1 (legacy).
         """
         dtype = q1.dtype
-        wq2_h, bq_h = self._query_factors()
-        qv_bias = bq_h + self.pos_bias_v
-        m, c, wp2_h, bp = self._fold_against(self.linear_pos, qv_bias)
+        m, c = fold_scores(self.linear_q, self.linear_pos, self.h, self.pos_bias_v)
         p1 = _down(self.linear_pos, pos_emb)  # (Bp, Tp, kp)
-        queries = torch.einsum("btq,hqk->bhtk", q1, m.to(dtype)) + c.to(dtype)[None, :, None, :]
-        scores = queries @ p1.unsqueeze(1).transpose(-1, -2)
+        scores = self._folded_queries(q1, m, c) @ p1.unsqueeze(1).transpose(-1, -2)
+        _, _, bp = factors(self.linear_pos)
         if bp is not None:
             # (q_h + v_h)·b_p,h: constant along positions but not after rel_shift.
+            _, wq2, bq = factors(self.linear_q)
             scale = self.d_k ** -0.5
+            wq2_h = wq2.reshape(self.h, self.d_k, -1)
+            qv_bias = self.pos_bias_v if bq is None else bq.reshape(self.h, self.d_k) + self.pos_bias_v
             bp_h = bp.reshape(self.h, self.d_k)
             g = scale * torch.einsum("hdq,hd->hq", wq2_h, bp_h)
             s = scale * (qv_bias * bp_h).sum(-1)
@@ -301,25 +259,8 @@ def _check_plain(attn: nn.Module) -> None:
 
 
 def reduced_espnet_attention(attn: nn.Module) -> nn.Module:
-    """The rank-space replacement of one ESPnet self-attention module.
+    """The rank-space replacement of one ESPnet self-attention module (through
+    the handler registry; a TypeError lists the supported types)."""
+    from espnet_lowrank.handlers import reduced_attention
 
-    Raises:
-        TypeError: for attention types other than MultiHeadedAttention and its
-            relative-position variants.
-    """
-    from espnet.nets.pytorch_backend.transformer.attention import (
-        LegacyRelPositionMultiHeadedAttention,
-        MultiHeadedAttention,
-        RelPositionMultiHeadedAttention,
-    )
-
-    if isinstance(attn, ReducedMultiHeadedAttention):
-        return attn
-    if isinstance(attn, (RelPositionMultiHeadedAttention, LegacyRelPositionMultiHeadedAttention)):
-        return ReducedRelPositionAttention.from_dense(attn)
-    if isinstance(attn, MultiHeadedAttention):
-        return ReducedMultiHeadedAttention.from_dense(attn)
-    raise TypeError(
-        f"no reduced attention for {type(attn).__name__}; supported: MultiHeadedAttention, "
-        "RelPositionMultiHeadedAttention, LegacyRelPositionMultiHeadedAttention"
-    )
+    return reduced_attention(attn)

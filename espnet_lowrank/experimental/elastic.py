@@ -1,4 +1,5 @@
-"""Elastic ranks: one artifact, every operating point.
+"""Elastic ranks: one artifact, every operating point (experimental: no
+measured benefit yet, see ``espnet_lowrank/experimental/__init__.py``).
 
 With ``elastic: true`` each planned layer is stored with its *full* ordered
 PCA basis, i.e. the factors at full rank r = min(d_in, d_out)
@@ -28,6 +29,7 @@ from typing import Dict, Optional
 import torch
 from torch import nn
 
+from espnet_lowrank.handlers import lowrank_class_for, weight_and_bias
 from espnet_lowrank.modules.lowrank_linear import LowRankConv1d, LowRankLinear
 
 _PARTS = ("down.weight", "up.weight", "up.bias")
@@ -67,9 +69,9 @@ class _ElasticMixin:
 
     @torch.no_grad()
     def set_full_basis(self, down: torch.Tensor, up: torch.Tensor, mean: torch.Tensor, coef: torch.Tensor) -> None:
-        """Store the full basis and load the current rank's slice."""
-        self._full_down = down.detach().to(self._full_down).clone()
-        self._full_up = up.detach().to(self._full_up).clone()
+        """Store the full basis (2-D, or 3-D for convs) and load the current rank's slice."""
+        self._full_down = down.detach().to(self._full_down).reshape(self._full_down.shape).clone()
+        self._full_up = up.detach().to(self._full_up).reshape(self._full_up.shape).clone()
         self.mean.copy_(mean)
         self.coef.copy_(coef)
         self._truncate()
@@ -128,25 +130,22 @@ class ElasticLowRankConv1d(_ElasticMixin, LowRankConv1d):
 
 
 ELASTIC_TYPES = (ElasticLowRankLinear, ElasticLowRankConv1d)
+# low-rank class (from the handler registry) -> its elastic form
+_ELASTIC = {LowRankLinear: ElasticLowRankLinear, LowRankConv1d: ElasticLowRankConv1d}
 
 
 def elastic_class_for(layer: nn.Module):
-    if isinstance(layer, nn.Linear):
-        return ElasticLowRankLinear
-    if isinstance(layer, nn.Conv1d):
-        return ElasticLowRankConv1d
-    raise TypeError(f"cannot make {type(layer).__name__} elastic")
+    return _ELASTIC[lowrank_class_for(layer)]
 
 
 def build_elastic_layers_(encoder: nn.Module, ranks: Dict[str, int]) -> None:
     """Like ``apply.build_lowrank_layers_``, with elastic layers (weights come
     later from a state dict holding the full basis)."""
     from espnet_lowrank.apply import _planned_layer, set_submodule
-    from espnet_lowrank.modules.lowrank_linear import linear_weight_and_bias
 
     for name, rank in ranks.items():
         layer = _planned_layer(encoder, name, rank)
-        w, _ = linear_weight_and_bias(layer)
+        w, _ = weight_and_bias(layer)
         new = elastic_class_for(layer)(w.shape[1], w.shape[0], int(rank))
         set_submodule(encoder, name, new.to(device=w.device, dtype=w.dtype))
 
@@ -157,11 +156,10 @@ def factorize_elastic_(encoder: nn.Module, ranks: Dict[str, int], spectra) -> No
     PCA basis, truncated to the planned rank."""
     from espnet_lowrank.apply import _planned_layer, set_submodule
     from espnet_lowrank.factorize import factor_weights
-    from espnet_lowrank.modules.lowrank_linear import linear_weight_and_bias
 
     for name, rank in ranks.items():
         layer = _planned_layer(encoder, name, rank)
-        w, b = linear_weight_and_bias(layer)
+        w, b = weight_and_bias(layer)
         d_out, d_in = w.shape
         full = min(d_in, d_out)
         spec = spectra[name]
@@ -171,7 +169,5 @@ def factorize_elastic_(encoder: nn.Module, ranks: Dict[str, int], spectra) -> No
         coef = w2.T @ (b64 - mean)
         new = elastic_class_for(layer)(d_in, d_out, int(rank), full)
         new = new.to(device=w.device, dtype=w.dtype)
-        if isinstance(new, ElasticLowRankConv1d):
-            w1, w2 = w1.unsqueeze(-1), w2.unsqueeze(-1)
         new.set_full_basis(w1, w2, mean, coef)
         set_submodule(encoder, name, new)

@@ -13,11 +13,14 @@ through the loop; the caller projects Z once afterwards with the folded
 ``N_h = W_v2,hᵀ W_o,hᵀ`` (one GEMM over all heads). Any rank works; ranks
 that are multiples of 16 waste no lanes (block widths are powers of two).
 
-Opt-in (``ESPNET_LOWRANK_TRITON=1``): ``ReducedSelfAttention`` then uses it
-on CUDA tensors (and on CPU under ``TRITON_INTERPRET=1``, for tests); off by
-default because no GPU was available to measure it against SDPA.
+Experimental, off by default (never timed: no GPU was available to measure it
+against SDPA). ``ReducedSelfAttention(use_triton=True)`` uses it on CUDA
+tensors (and on CPU under ``TRITON_INTERPRET=1``, for tests), and only where
+no gradient is needed: the kernel has no backward. The fp32 dots ask for full
+IEEE precision (Triton's default is TF32 on NVIDIA GPUs).
 """
 
+import os
 from typing import Optional
 
 import torch
@@ -36,6 +39,11 @@ LOOP_BUCKET = 256
 
 def available() -> bool:
     return triton is not None
+
+
+def usable(x: torch.Tensor) -> bool:
+    """Whether the kernel can run on ``x``'s device here."""
+    return available() and (x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1")
 
 
 if triton is not None:
@@ -80,7 +88,8 @@ if triton is not None:
                 K + b * stride_kb + offs_n[:, None] * stride_kt + offs_k[None, :],
                 mask=in_range[:, None] & (offs_k[None, :] < KK), other=0.0,
             )
-            s = tl.dot(q, tl.trans(k))
+            # "ieee": fp32 dots would default to TF32 on NVIDIA (10-bit mantissa).
+            s = tl.dot(q, tl.trans(k), input_precision="ieee")
             valid = in_range
             if HAS_MASK:
                 keep = tl.load(MASK + b * stride_mb + offs_n, mask=in_range, other=0)
@@ -95,7 +104,7 @@ if triton is not None:
                 V + b * stride_vb + offs_n[:, None] * stride_vt + offs_v[None, :],
                 mask=in_range[:, None] & (offs_v[None, :] < KV), other=0.0,
             )
-            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision="ieee")
             m_i = m_new
         l_i = tl.where(l_i == 0.0, 1.0, l_i)  # a query with no valid key gives zeros
         acc = acc / l_i[:, None]
