@@ -103,13 +103,6 @@ def choose_attention_(
     return chosen
 
 
-def to_dense_(encoder: nn.Module) -> None:
-    """Multiply every low-rank layer back into one dense layer (in place)."""
-    for name, module in list(encoder.named_modules()):
-        if isinstance(module, LOWRANK_TYPES):
-            set_submodule(encoder, name, module.to_dense())
-
-
 @torch.no_grad()
 def linear_params(module: nn.Module) -> int:
     """Parameters of all projections (nn.Linear, 1x1 Conv1d, low-rank layers) in ``module``."""

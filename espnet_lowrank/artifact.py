@@ -14,7 +14,7 @@ from typing import Callable, Dict, Optional, Tuple
 import torch
 import yaml
 
-from espnet_lowrank.utils import atomic_output_dir, atomic_write_text
+from espnet_lowrank.utils import atomic_output_dir
 
 logger = logging.getLogger(__name__)
 
@@ -171,7 +171,3 @@ def default_decode_config(source_config_file: Optional[str], model) -> dict:
     ctc_weight = 0.3 if getattr(model, "ctc", None) is not None and getattr(model, "ctc_weight", 0) > 0 else 0.0
     return {"beam_size": 10, "ctc_weight": ctc_weight, "lm_weight": 0.0, "penalty": 0.0,
             "maxlenratio": 0.0, "minlenratio": 0.0}
-
-
-def write_json(path: str, value: dict) -> None:
-    atomic_write_text(path, json.dumps(value, indent=2))

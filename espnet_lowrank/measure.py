@@ -1,6 +1,7 @@
 """Size, FLOPs and latency of an encoder, measured the same way for the dense
 and the compressed model."""
 
+import resource
 import statistics
 import time
 from typing import Tuple
@@ -18,6 +19,11 @@ def _dummy_input(seconds: float, batch: int = 1) -> Tuple[torch.Tensor, torch.Te
     generator = torch.Generator().manual_seed(0)
     speech = 0.01 * torch.randn(batch, samples, generator=generator)
     return speech, torch.full((batch,), samples, dtype=torch.long)
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def encoder_linear_params(model) -> int:

@@ -23,7 +23,7 @@ from typing import List, Optional
 from espnet_lowrank.api import save_compressed
 from espnet_lowrank.artifact import load_asr_model
 from espnet_lowrank.calibration import StatsSet
-from espnet_lowrank.compress import calibrate_model, compress
+from espnet_lowrank.pipeline import calibrate_model, compress
 from espnet_lowrank.config import LowRankConfig
 from espnet_lowrank.families import family_for
 from espnet_lowrank.report import compression_report_md

@@ -38,11 +38,3 @@ def family_for(encoder: nn.Module) -> EncoderFamily:
         + ", ".join(sorted(families))
     )
 
-
-def family_by_name(name: str) -> EncoderFamily:
-    for family in all_families().values():
-        if family.name == name:
-            return family
-    raise ValueError(
-        f"unknown encoder family {name!r}; known: {sorted(f.name for f in all_families().values())}"
-    )
