@@ -1,5 +1,7 @@
-"""Calibration: stream audio through the dense encoder and keep, per target
-layer, the running output statistics (Σ y yᵀ, Σ y, frame count) in float64.
+"""Calibration: stream audio through the encoder (dense, or partly factored in
+sequential mode) and keep, per target layer, the running output statistics
+(Σ y yᵀ, Σ y, frame count) in float64 on the CPU, whatever device the model
+runs on.
 
 Activations are never stored: memory is O(d²) per layer. Statistics add up
 (``a + b`` equals one pass over both halves), so calibration can be split
