@@ -66,3 +66,24 @@ def test_recovery_lowers_the_distillation_loss(shared_data_dir, tmp_path):
     with pytest.raises(ValueError, match="calibration audio"):
         compress(dense, config=LowRankConfig(recovery_steps=2),
                  stats=calibrate_model(dense, utts[:1]))
+
+
+def test_group_statistics_stop_the_forward_and_stay_on_cpu_float64():
+    """``calibrate(..., stop_after=True)``: the forward stops once the group ran
+    (later layers never run), and the statistics are float64 on the CPU
+    whatever the activations' dtype (bug 11: CUDA and CPU tensors mixed)."""
+    from torch import nn
+
+    from espnet_lowrank.calibration import calibrate
+
+    torch.manual_seed(0)
+    encoder = nn.Sequential(nn.Linear(6, 5), nn.Linear(5, 4), nn.Linear(4, 3)).to(torch.float16)
+    ran = []
+    encoder[2].register_forward_hook(lambda *_: ran.append(True))
+    batches = [(torch.randn(2, 7, 6, dtype=torch.float16), None) for _ in range(3)]
+    stats = calibrate(lambda x, _n: encoder(x), encoder, batches, ["0", "1"], stop_after=True)
+    assert not ran
+    assert {n: (s.gram.device.type, s.gram.dtype, s.count) for n, s in stats.items()} == {
+        "0": ("cpu", torch.float64, 42), "1": ("cpu", torch.float64, 42)}
+    full = calibrate(lambda x, _n: encoder(x), encoder, batches, ["0", "1"])
+    assert torch.equal(full["1"].gram, stats["1"].gram)
