@@ -9,7 +9,7 @@ A ``--lowrank_config`` YAML may give the sections::
     deployment:  {attention, int8, elastic}
 
 or the same options as flat keys (``theta_attention: 0.98``,
-``recovery_lr: 1.0e-4``), as older files do. Every check lives here: types
+``recovery_lr: 1.0e-4``), as older files do, and ``version: 1``. Every check lives here: types
 (YAML reads ``1e-4`` as a string, so a string is never taken for a number,
 nor ``"no"`` for a boolean), bounds, unknown keys and combinations, each
 refused in one line that names the key.
@@ -25,6 +25,9 @@ import yaml
 
 ATTENTION_MODES = ("auto", "reduced", "dense")
 MAX_LR = 1.0
+# The YAML schema's version (optional key ``version``); a later schema that
+# renames options bumps it, and this module maps the older ones.
+VERSION = 1
 
 
 @dataclass
@@ -289,11 +292,12 @@ class LowRankConfig:
 
     def to_dict(self) -> dict:
         """Flat ``{key: value}``, the names of the flat YAML form."""
-        return {flat: getattr(getattr(self, s), f) for flat, (s, f) in FLAT_KEYS.items()}
+        return {"version": VERSION,
+                **{flat: getattr(getattr(self, s), f) for flat, (s, f) in FLAT_KEYS.items()}}
 
     def sections(self) -> dict:
         """``{section: {field: value}}``, the sectioned YAML form."""
-        return {name: dataclasses.asdict(getattr(self, name)) for name in SECTIONS}
+        return {"version": VERSION, **{name: dataclasses.asdict(getattr(self, name)) for name in SECTIONS}}
 
 
 def _split(values: dict):
@@ -309,7 +313,10 @@ def _split(values: dict):
         sections[where[0]][where[1]] = value
 
     for key, value in values.items():
-        if key in SECTIONS:
+        if key == "version":
+            if _integer(1)(key, value) != VERSION:
+                raise ValueError(f"version: this plugin reads low-rank config version {VERSION}, got {value}")
+        elif key in SECTIONS:
             if dataclasses.is_dataclass(value) and isinstance(value, SECTIONS[key]):
                 value = dataclasses.asdict(value)
             if not isinstance(value, dict):
@@ -325,5 +332,5 @@ def _split(values: dict):
             raise ValueError(f"{key}: this option was removed ({_REMOVED[key]}); delete the key")
         else:
             raise ValueError(f"unknown low-rank config key {key!r}; known: "
-                             f"{', '.join(list(SECTIONS) + sorted(FLAT_KEYS))}")
+                             f"{', '.join(['version'] + list(SECTIONS) + sorted(FLAT_KEYS))}")
     return sections, labels

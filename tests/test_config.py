@@ -38,7 +38,9 @@ BAD_YAML = [
     ('sequential: "yes"', "sequential", "expected true or false"),
     ("seed: -1", "seed", "must be >= 0"),
     ("attention: fast", "attention", "must be one of auto, reduced, dense"),
-    ("thetaattention: 0.9", "thetaattention", "known: targets, ranks"),
+    ("thetaattention: 0.9", "thetaattention", "known: version, targets, ranks"),
+    ("version: 2", "version", "reads low-rank config version 1, got 2"),
+    ('version: "1"', "version", "expected an integer"),
     ("ranks:\n  theta: 0.9", "ranks.theta", "known in ranks: theta_attention"),
     ("recovery: 100", "recovery", "expected a mapping"),
     ("refit: all", "refit", "removed"),
@@ -98,7 +100,7 @@ def test_sections_and_flat_keys_are_the_same_config(tmp_path):
     flat = tmp_path / "flat.yaml"
     flat.write_text("theta_attention: 0.98\nrecovery_steps: 100\nrecovery_lr: 1.0e-4\nint8: true\n")
     nested = tmp_path / "nested.yaml"
-    nested.write_text("ranks: {theta_attention: 0.98}\nrecovery: {steps: 100, lr: 1.0e-4}\n"
+    nested.write_text("version: 1\nranks: {theta_attention: 0.98}\nrecovery: {steps: 100, lr: 1.0e-4}\n"
                       "deployment: {int8: true}\n")
     a, b = LowRankConfig.from_yaml(str(flat)), LowRankConfig.from_yaml(str(nested))
     assert a == b
@@ -108,7 +110,7 @@ def test_sections_and_flat_keys_are_the_same_config(tmp_path):
     assert LowRankConfig.from_dict(a.to_dict()) == a
     assert LowRankConfig.from_dict(a.sections()) == a
     assert set(a.to_dict()) == {
-        "target_modules", "exclude_modules", "rank_pattern", "theta_attention", "theta_feed_forward",
+        "version", "target_modules", "exclude_modules", "rank_pattern", "theta_attention", "theta_feed_forward",
         "rank_multiple", "budget", "num_calib", "batch_size", "sequential", "seed", "recovery_steps",
         "recovery_lr", "attention", "int8", "elastic"}
     defaults = LowRankConfig()
