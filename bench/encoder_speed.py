@@ -31,7 +31,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 from espnet_lowrank.artifact import load_asr_model  # noqa: E402
-from espnet_lowrank.compress import compress  # noqa: E402
+from espnet_lowrank.pipeline import compress  # noqa: E402
 from espnet_lowrank.config import LowRankConfig  # noqa: E402
 from espnet_lowrank.data import read_data_dir, select  # noqa: E402
 from espnet_lowrank.families import family_for  # noqa: E402

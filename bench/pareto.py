@@ -6,7 +6,7 @@ top — all measured in one run on the same held-out real speech.
     python bench/pareto.py --model tiny.en --out_dir bench/results/pareto_tiny.en \\
         [--num_calib 32] [--num_eval 16] [--sets librispeech_train-clean-100 vctk] \\
         [--thetas 0.99,0.999 0.98,0.995 0.97,0.99] [--budgets 0.85 0.75 0.65] \\
-        [--int8 liteasr_0.98_0.995 budget_0.75] [--sequential_thetas 0.98,0.995 --refit_modes none all] \\
+        [--int8 liteasr_0.98_0.995 budget_0.75] [--sequential_thetas 0.98,0.995] \\
         [--configs bench/configs/*.yaml]
 
 Calibration: the first ``--num_calib`` utterances of
@@ -43,7 +43,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from espnet_lowrank.compress import calibrate_model, compress  # noqa: E402
+from espnet_lowrank.pipeline import calibrate_model, compress  # noqa: E402
 from espnet_lowrank.config import LowRankConfig  # noqa: E402
 from espnet_lowrank.data import load_audio, read_data_dir  # noqa: E402
 from espnet_lowrank.measure import encoder_flops, encoder_linear_params, paired_latency  # noqa: E402
@@ -66,11 +66,9 @@ def get_parser():
     p.add_argument("--budgets", nargs="*", type=float, default=[0.85, 0.75, 0.65])
     p.add_argument("--sequential_thetas", nargs="*", default=[],
                    help="θ pairs for sequential (layer-group by layer-group) calibration")
-    p.add_argument("--refit_modes", nargs="*", default=["none"], choices=["none", "all", "no_qk"],
-                   help="least-squares refit modes, one row per sequential θ pair and mode")
     p.add_argument("--configs", nargs="*", default=[],
                    help="low-rank config YAMLs, one row each, named by file stem (e.g. with "
-                        "recovery_steps or refit)")
+                        "recovery_steps)")
     p.add_argument("--int8", nargs="*", default=["liteasr_0.98_0.995", "budget_0.75"],
                    help="compressed rows to also run with int8 (dense always gets one)")
     p.add_argument("--repeats", type=int, default=3)
@@ -128,7 +126,9 @@ def plot(rows, sets, path):
           ("latency_ms", "CPU encoder latency (ms)")]
     fig, axes = plt.subplots(len(sets), 3, figsize=(15, 4 * len(sets)), squeeze=False)
     styles = {"dense": ("k", "*"), "liteasr": ("tab:blue", "o"), "budget": ("tab:orange", "s"),
-              "sequential": ("tab:green", "^"), "sequential+refit_all": ("tab:red", "v"),
+              "sequential": ("tab:green", "^"),
+              # rows of the removed least-squares refit, for --replot of older results
+              "sequential+refit_all": ("tab:red", "v"),
               "sequential+refit_no_qk": ("tab:purple", "D"), "config": ("tab:brown", "P")}
     for i, s in enumerate(sets):
         for j, (key, label) in enumerate(xs):
@@ -210,15 +210,13 @@ def main(argv=None):
         configs.append((f"budget_{b}", "budget", LowRankConfig(budget=b)))
     for pair in args.sequential_thetas:
         ta, tf = (float(x) for x in pair.split(","))
-        for mode in args.refit_modes:
-            suffix = "" if mode == "none" else f"_refit_{mode}"
-            configs.append((f"sequential_{ta}_{tf}{suffix}", "sequential" + suffix.replace("_refit_", "+refit_"),
-                            LowRankConfig(theta_attention=ta, theta_feed_forward=tf, sequential=True,
-                                          refit=mode, num_calib=args.num_calib)))
+        configs.append((f"sequential_{ta}_{tf}", "sequential",
+                        LowRankConfig(theta_attention=ta, theta_feed_forward=tf, sequential=True,
+                                      num_calib=args.num_calib)))
 
     for path in args.configs:
         cfg = LowRankConfig.from_yaml(path)
-        cfg.num_calib = args.num_calib
+        cfg.calibration.num_calib = args.num_calib
         configs.append((Path(path).stem, "config", cfg))
 
     rows = []
@@ -243,7 +241,7 @@ def main(argv=None):
         if cfg is None:
             model = dense
         else:
-            if cfg.sequential or cfg.recovery_steps:  # need the audio, not just statistics
+            if cfg.calibration.sequential or cfg.recovery.steps:  # need the audio, not just statistics
                 model = compress(dense, calib, cfg).model
             else:
                 model = compress(dense, config=cfg, stats=stats).model

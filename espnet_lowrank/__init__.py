@@ -7,7 +7,7 @@ and never imports ESPnet):
 - ``calibrate_model(model, calib_data, config)`` -> StatsSet
 - ``LowRankConfig``
 - ``recover_(compressed, dense, utts, steps)``: short distillation of the factors
-  (also run inside ``compress`` by ``recovery_steps``)
+  (also run inside ``compress`` by ``recovery.steps``)
 - ``register()``: make ESPnet's ASR task know ``encoder: lowrank``
 - ``save_compressed(result, train_config, output_dir)`` / ``load_compressed(exp_dir)``
 """
@@ -15,9 +15,9 @@ and never imports ESPnet):
 import importlib
 
 _EXPORTS = {
-    "compress": "espnet_lowrank.compress",
-    "calibrate_model": "espnet_lowrank.compress",
-    "CompressionResult": "espnet_lowrank.compress",
+    "compress": "espnet_lowrank.pipeline",
+    "calibrate_model": "espnet_lowrank.pipeline",
+    "CompressionResult": "espnet_lowrank.pipeline",
     "LowRankConfig": "espnet_lowrank.config",
     "recover_": "espnet_lowrank.recovery",
     "register": "espnet_lowrank.espnet.registry",

@@ -8,7 +8,7 @@ from espnet_lowrank.artifact import (
     lowrank_train_config,
     save_exp_dir,
 )
-from espnet_lowrank.compress import CompressionResult
+from espnet_lowrank.pipeline import CompressionResult
 from espnet_lowrank.report import compression_report_md, plot_ranks, plot_variance_spectra
 
 
@@ -29,7 +29,7 @@ def save_compressed(
         source_config_file: the dense config.yaml; its decode.yaml is reused.
         source_files: files that must never be inside ``output_dir``.
     """
-    attention = result.report.get("config", {}).get("attention", "auto")
+    deployment = result.config.deployment
     decisions = result.plan.decisions
     full = {d.name: min(d.d_in, d.d_out) for d in decisions}
     kept = {d.name: d.rank if d.rank is not None else full[d.name] for d in decisions}
@@ -37,9 +37,8 @@ def save_compressed(
         output_dir,
         result.model,
         lowrank_train_config(
-            train_config, result.plan.ranks, attention,
-            int8=bool(result.report.get("config", {}).get("int8")),
-            elastic=bool(result.report.get("config", {}).get("elastic")),
+            train_config, result.plan.ranks, deployment.attention,
+            int8=deployment.int8, elastic=deployment.elastic,
         ),
         default_decode_config(source_config_file, result.model),
         result.report,

@@ -5,7 +5,7 @@ keep a fraction ``budget`` of the target layers' dense cost and spend it
 where it buys the most variance:
 
 * every layer starts dense (cost ``d_in d_out``, nothing discarded);
-* repeatedly take the rank cut, in steps of ``config.rank_multiple``, that
+* repeatedly take the rank cut, in steps of ``config.ranks.rank_multiple``, that
   loses the least explained variance per unit of cost saved (lost variance is
   the discarded eigenvalue mass relative to that layer's total variance), until
   the kept cost is at most ``budget`` times the dense cost;
@@ -14,19 +14,13 @@ where it buys the most variance:
   rounding step of the budget.
 
 A layer is dense whenever factoring would not save (``k (d_in + d_out) >=
-d_in d_out``). Costs are per frame: ``flops`` = 2 k (d_in + d_out) for two
-factors, 2 d_in d_out dense; ``params`` adds the bias (d_out) to both; a
-``latency_table`` (dict ``{(d_in, d_out, rank or None for dense): seconds}``
-or a callable with those three arguments) makes the budget a fraction of
-measured time instead. Ties break by layer order, so the result is
+d_in d_out``). The cost is FLOPs per frame: 2 k (d_in + d_out) for two
+factors, 2 d_in d_out dense. Ties break by layer order, so the result is
 deterministic.
 """
 
 import logging
-import time
-from typing import Callable, Dict, Iterable, List, Mapping, Optional, Tuple, Union
-
-import torch
+from typing import Dict, List, Optional, Tuple
 
 from espnet_lowrank.config import LowRankConfig
 from espnet_lowrank.factorize import Spectrum
@@ -34,37 +28,9 @@ from espnet_lowrank.plan import LayerDecision, RankPlan, _fixed_rank
 
 logger = logging.getLogger(__name__)
 
-COSTS = ("flops", "params", "latency")
-LatencyTable = Union[Mapping[Tuple[int, int, Optional[int]], float], Callable[[int, int, Optional[int]], float]]
-
-
-def _cost_fn(cost: str, latency_table: Optional[LatencyTable]) -> Callable[[int, int, Optional[int]], float]:
-    """cost(d_in, d_out, rank or None for dense), per frame."""
-    if latency_table is not None:
-        if cost not in ("flops", "latency"):
-            raise ValueError(f"a latency_table is a cost of its own; got cost={cost!r} as well")
-        if callable(latency_table):
-            return lambda d_in, d_out, rank: float(latency_table(d_in, d_out, rank))
-
-        def from_table(d_in, d_out, rank):
-            try:
-                return float(latency_table[(d_in, d_out, rank)])
-            except KeyError:
-                raise KeyError(
-                    f"latency_table has no entry for (d_in={d_in}, d_out={d_out}, rank={rank}); "
-                    "it needs every candidate rank and None (dense)"
-                ) from None
-
-        return from_table
-    if cost == "latency":
-        raise ValueError("cost='latency' needs a latency_table")
-    if cost == "flops":
-        return lambda d_in, d_out, rank: float(2 * (d_in * d_out if rank is None else rank * (d_in + d_out)))
-    if cost == "params":
-        return lambda d_in, d_out, rank: float(
-            (d_in * d_out if rank is None else rank * (d_in + d_out)) + d_out
-        )
-    raise ValueError(f"cost must be one of {COSTS}, got {cost!r}")
+def flops(d_in: int, d_out: int, rank: Optional[int]) -> float:
+    """FLOPs per frame of a layer at ``rank`` (None: dense)."""
+    return float(2 * (d_in * d_out if rank is None else rank * (d_in + d_out)))
 
 
 def candidate_ranks(d_in: int, d_out: int, multiple: int) -> List[int]:
@@ -80,15 +46,15 @@ def candidate_ranks(d_in: int, d_out: int, multiple: int) -> List[int]:
 class _Layer:
     """One layer's options, ordered from cheapest to dense: (rank, cost, lost)."""
 
-    def __init__(self, name, role, d_in, d_out, spec: Spectrum, multiple, cost_fn, fixed):
+    def __init__(self, name, role, d_in, d_out, spec: Spectrum, multiple, fixed):
         self.name, self.role, self.d_in, self.d_out, self.spec = name, role, d_in, d_out, spec
         ratios = spec.explained_variance().double()
         lost = lambda k: max(0.0, 1.0 - float(ratios[min(k, ratios.numel()) - 1]))  # noqa: E731
         if fixed is not None:
-            self.options = [(fixed, cost_fn(d_in, d_out, fixed), lost(fixed))]
+            self.options = [(fixed, flops(d_in, d_out, fixed), lost(fixed))]
         else:
-            self.options = [(k, cost_fn(d_in, d_out, k), lost(k)) for k in candidate_ranks(d_in, d_out, multiple)]
-            self.options.append((None, cost_fn(d_in, d_out, None), 0.0))
+            self.options = [(k, flops(d_in, d_out, k), lost(k)) for k in candidate_ranks(d_in, d_out, multiple)]
+            self.options.append((None, flops(d_in, d_out, None), 0.0))
         self.fixed = fixed is not None
         self.at = len(self.options) - 1  # start dense (or at the fixed rank)
 
@@ -127,10 +93,8 @@ def allocate_ranks(
     layers: Dict[str, Tuple[str, int, int]],
     budget: float,
     config: Optional[LowRankConfig] = None,
-    cost: str = "flops",
-    latency_table: Optional[LatencyTable] = None,
 ) -> RankPlan:
-    """Ranks that keep ``budget`` of the dense cost of ``layers``.
+    """Ranks that keep ``budget`` of the dense FLOPs of ``layers``.
 
     Args:
         spectra: layer name -> output spectrum from calibration.
@@ -138,8 +102,6 @@ def allocate_ranks(
         budget: kept fraction of the dense cost, in (0, 1].
         config: ``rank_multiple`` (step) and ``rank_pattern`` (fixed ranks,
             counted but never changed); θ is not used.
-        cost: "flops" or "params" (per frame), or "latency" with a table.
-        latency_table: measured per-layer cost; see the module docstring.
 
     Raises:
         ValueError: bad budget, a layer without statistics, or a budget below
@@ -148,25 +110,24 @@ def allocate_ranks(
     config = config or LowRankConfig()
     if not 0.0 < budget <= 1.0:
         raise ValueError(f"budget must be in (0, 1], got {budget}")
-    cost_fn = _cost_fn(cost, latency_table)
     state: List[_Layer] = []
     for name, (role, d_in, d_out) in layers.items():
         if name not in spectra:
             raise ValueError(f"no calibration statistics for layer {name}")
-        fixed = _fixed_rank(name, config.rank_pattern)
+        fixed = _fixed_rank(name, config.targets.rank_pattern)
         if fixed is not None and fixed > min(d_in, d_out):
             raise ValueError(
                 f"rank_pattern gives {name} rank {fixed}, but the layer is "
                 f"{d_out}x{d_in} (max rank {min(d_in, d_out)})"
             )
-        state.append(_Layer(name, role, d_in, d_out, spectra[name], config.rank_multiple, cost_fn, fixed))
-    dense_total = sum(cost_fn(l.d_in, l.d_out, None) for l in state)
+        state.append(_Layer(name, role, d_in, d_out, spectra[name], config.ranks.rank_multiple, fixed))
+    dense_total = sum(flops(l.d_in, l.d_out, None) for l in state)
     target = budget * dense_total
     floor = sum(l.options[0][1] for l in state)
     if floor > target * (1 + 1e-12):
         raise ValueError(
             f"budget {budget} is below the smallest reachable cost "
-            f"{floor / dense_total:.4f} of dense (every layer at rank {config.rank_multiple})"
+            f"{floor / dense_total:.4f} of dense (every layer at rank {config.ranks.rank_multiple})"
         )
 
     # Cut where the least variance is lost per unit of cost saved.
@@ -204,9 +165,9 @@ def allocate_ranks(
 
     ranks: Dict[str, int] = {}
     decisions: List[LayerDecision] = []
-    reason = f"budget={budget} ({'latency' if latency_table is not None else cost})"
+    reason = f"budget={budget} (flops)"
     for layer in state:
-        theta = config.theta_attention if layer.role == "attention" else config.theta_feed_forward
+        theta = config.ranks.theta_attention if layer.role == "attention" else config.ranks.theta_feed_forward
         from_theta = layer.spec.rank_for(theta)
         rank = layer.rank
         explained = 1.0 - layer.lost
@@ -220,55 +181,18 @@ def allocate_ranks(
         )
     logger.info(
         "budget %.3f: kept %.4f of the dense %s, %d of %d layers factored",
-        budget, total / dense_total, "latency" if latency_table is not None else cost,
-        len(ranks), len(state),
+        budget, total / dense_total, "flops", len(ranks), len(state),
     )
     return RankPlan(ranks, decisions)
 
 
-def plan_cost(plan: RankPlan, cost: str = "flops", latency_table: Optional[LatencyTable] = None) -> Tuple[float, float]:
-    """(kept, dense) cost of a plan's layers, in the allocator's units."""
-    cost_fn = _cost_fn(cost, latency_table)
-    kept = sum(cost_fn(d.d_in, d.d_out, d.rank) for d in plan.decisions)
-    dense = sum(cost_fn(d.d_in, d.d_out, None) for d in plan.decisions)
+def plan_cost(plan: RankPlan) -> Tuple[float, float]:
+    """(kept, dense) FLOPs per frame of a plan's layers."""
+    kept = sum(flops(d.d_in, d.d_out, d.rank) for d in plan.decisions)
+    dense = sum(flops(d.d_in, d.d_out, None) for d in plan.decisions)
     return kept, dense
 
 
 def discarded_variance(plan: RankPlan) -> float:
     """Sum over layers of the discarded share of output variance."""
     return sum(1.0 - d.explained_variance for d in plan.decisions if d.rank is not None)
-
-
-@torch.no_grad()
-def measure_latency_table(
-    shapes: Iterable[Tuple[int, int]],
-    multiple: int,
-    frames: int = 1500,
-    repeats: int = 5,
-    dtype: torch.dtype = torch.float32,
-    device: str = "cpu",
-) -> Dict[Tuple[int, int, Optional[int]], float]:
-    """Median seconds of one ``(frames, d_in)`` input through a dense
-    ``nn.Linear`` and through two factors of every candidate rank, per shape."""
-    from espnet_lowrank.modules.lowrank_linear import LowRankLinear
-
-    table = {}
-    for d_in, d_out in sorted(set(shapes)):
-        x = torch.randn(frames, d_in, dtype=dtype, device=device)
-        layers = {None: torch.nn.Linear(d_in, d_out)}
-        for k in candidate_ranks(d_in, d_out, multiple):
-            layers[k] = LowRankLinear(d_in, d_out, k)
-        for rank, layer in layers.items():
-            layer = layer.to(device=device, dtype=dtype)
-            layer(x)
-            times = []
-            for _ in range(repeats):
-                if device.startswith("cuda"):
-                    torch.cuda.synchronize()
-                start = time.perf_counter()
-                layer(x)
-                if device.startswith("cuda"):
-                    torch.cuda.synchronize()
-                times.append(time.perf_counter() - start)
-            table[(d_in, d_out, rank)] = sorted(times)[len(times) // 2]
-    return table

@@ -1,5 +1,7 @@
-"""Calibration: stream audio through the dense encoder and keep, per target
-layer, the running output statistics (Σ y yᵀ, Σ y, frame count) in float64.
+"""Calibration: stream audio through the encoder (dense, or partly factored in
+sequential mode) and keep, per target layer, the running output statistics
+(Σ y yᵀ, Σ y, frame count) in float64 on the CPU, whatever device the model
+runs on.
 
 Activations are never stored: memory is O(d²) per layer. Statistics add up
 (``a + b`` equals one pass over both halves), so calibration can be split
@@ -136,20 +138,30 @@ def frames_of(layer: nn.Module, tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+class StopForward(Exception):
+    """Raised by a hook once every layer of interest has run, so that a
+    forward pass stops there; ``calibrate`` catches it."""
+
+
 @contextlib.contextmanager
 def collect_output_stats(
     encoder: nn.Module,
     layer_names: Iterable[str],
     frame_mask: Optional["FrameMaskHook"] = None,
     device: Optional[torch.device] = None,
+    stop_after: bool = False,
 ) -> Iterator[StatsSet]:
     """Hook the named layers of ``encoder``; on every forward, add their
     output frames (only the valid ones when ``frame_mask`` is given) to the
-    yielded StatsSet. The hooks are removed on exit, whatever happens.
+    yielded StatsSet, on ``device`` (default CPU) in float64. With
+    ``stop_after``, raise StopForward once all of them ran in a forward. The
+    hooks are removed on exit, whatever happens.
     """
     modules = dict(encoder.named_modules())
+    layer_names = list(layer_names)
     stats = StatsSet()
     handles = []
+    pending = set()
 
     def make_hook(name: str, layer: nn.Module):
         def hook(_module, _inputs, output):
@@ -163,10 +175,17 @@ def collect_output_stats(
                     )
                 frames = frames[mask]
             stats[name].update(frames)
+            pending.discard(name)
+            if stop_after and not pending:
+                raise StopForward
 
         return hook
 
+    def reset(_module, _inputs):
+        pending.update(layer_names)
+
     try:
+        handles.append(encoder.register_forward_pre_hook(reset))
         for name in layer_names:
             if name not in modules:
                 raise KeyError(f"no module named {name!r} in the encoder")
@@ -215,9 +234,11 @@ def calibrate(
     frame_mask: Optional[FrameMaskHook] = None,
     device: Optional[torch.device] = None,
     total: Optional[int] = None,
+    stop_after: bool = False,
 ) -> StatsSet:
     """Run ``encode(speech, lengths)`` over every batch and return the output
-    statistics of ``layer_names`` (names relative to ``encoder``).
+    statistics of ``layer_names`` (names relative to ``encoder``); with
+    ``stop_after``, each forward stops once those layers ran.
 
     Raises:
         ValueError: if ``batches`` is empty.
@@ -225,10 +246,13 @@ def calibrate(
     from espnet_lowrank.progress import progress
 
     num_batches = 0
-    with collect_output_stats(encoder, layer_names, frame_mask, device=device) as stats:
+    with collect_output_stats(encoder, layer_names, frame_mask, device, stop_after) as stats:
         with torch.no_grad():
             for speech, lengths in progress(batches, total=total, desc="calibration", unit="batch"):
-                encode(speech, lengths)
+                try:
+                    encode(speech, lengths)
+                except StopForward:
+                    pass
                 num_batches += 1
     if num_batches == 0:
         raise ValueError("the calibration set is empty: no utterances to calibrate on")

@@ -1,149 +1,336 @@
-"""Method options for low-rank compression, as a small YAML-friendly dataclass."""
+"""Method options, grouped by concern, checked when they are made.
+
+A ``--lowrank_config`` YAML may give the sections::
+
+    targets:     {target_modules, exclude_modules, rank_pattern}   # which layers
+    ranks:       {theta_attention, theta_feed_forward, rank_multiple, budget}
+    calibration: {num_calib, batch_size, sequential, seed}
+    recovery:    {steps, lr}
+    deployment:  {attention, int8, elastic}
+
+or the same options as flat keys (``theta_attention: 0.98``,
+``recovery_lr: 1.0e-4``), as older files do, and ``version: 1``. Every check lives here: types
+(YAML reads ``1e-4`` as a string, so a string is never taken for a number,
+nor ``"no"`` for a boolean), bounds, unknown keys and combinations, each
+refused in one line that names the key.
+"""
 
 import dataclasses
+import math
+import re
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 import yaml
 
 ATTENTION_MODES = ("auto", "reduced", "dense")
-REFIT_MODES = ("none", "all", "no_qk")
+MAX_LR = 1.0
+# The YAML schema's version (optional key ``version``); a later schema that
+# renames options bumps it, and this module maps the older ones.
+VERSION = 1
 
 
 @dataclass
-class LowRankConfig:
-    """How to pick ranks and which layers to touch.
+class Targets:
+    """Which encoder layers are factored."""
 
-    Every field is a key of the ``--lowrank_config`` YAML.
-    """
+    target_modules: Optional[str] = field(
+        default=None, metadata={"help": "regex (fullmatch) over encoder module names; default: the family's"})
+    exclude_modules: List[str] = field(
+        default_factory=list, metadata={"help": "regexes of module names to leave dense"})
+    rank_pattern: Dict[str, int] = field(
+        default_factory=dict,
+        metadata={"help": "regex -> fixed rank, overriding θ (kept even where dense is smaller)"})
+
+
+@dataclass
+class Ranks:
+    """How ranks are chosen: θ per role, or one global FLOPs budget."""
 
     theta_attention: float = field(
-        default=0.99, metadata={"help": "explained variance kept by attention projections"}
-    )
+        default=0.99, metadata={"help": "explained variance kept by attention projections"})
     theta_feed_forward: float = field(
-        default=0.999, metadata={"help": "explained variance kept by feed-forward layers"}
-    )
-    rank_multiple: int = field(
-        default=16, metadata={"help": "ranks are rounded up to a multiple of this"}
-    )
-    keep_dense_if_no_savings: bool = field(
-        default=True,
-        metadata={"help": "leave a layer dense when k (d_in + d_out) >= d_in d_out"},
-    )
-    target_modules: Optional[str] = field(
-        default=None,
-        metadata={"help": "regex (fullmatch) over encoder module names; default: the family's"},
-    )
-    exclude_modules: List[str] = field(
-        default_factory=list, metadata={"help": "regexes of module names to leave dense"}
-    )
-    rank_pattern: Dict[str, int] = field(
-        default_factory=dict, metadata={"help": "regex -> fixed rank, overriding θ"}
-    )
-    attention: str = field(
-        default="auto",
-        metadata={"help": "auto | reduced | dense: how self-attention is computed"},
-    )
-    num_calib: Optional[int] = field(
-        default=None, metadata={"help": "use at most this many calibration utterances"}
-    )
-    batch_size: int = field(default=4, metadata={"help": "calibration batch size"})
+        default=0.999, metadata={"help": "explained variance kept by feed-forward layers"})
+    rank_multiple: int = field(default=16, metadata={"help": "ranks are rounded up to a multiple of this"})
     budget: Optional[float] = field(
         default=None,
-        metadata={
-            "help": "keep this fraction of the target layers' dense FLOPs, ranks allocated "
-            "globally (espnet_lowrank.budget); replaces the θ thresholds"
-        },
-    )
+        metadata={"help": "keep this fraction of the target layers' dense FLOPs, ranks allocated "
+                          "globally (espnet_lowrank.budget); replaces θ"})
 
-    int8: bool = field(
-        default=False,
-        metadata={
-            "help": "dynamic int8 (qint8) on the encoder's linears (factors and dense ones), "
-            "applied when the exp dir is loaded; CPU only (espnet_lowrank.quantize)"
-        },
-    )
-    elastic: bool = field(
-        default=False,
-        metadata={
-            "help": "store each planned layer's full PCA basis; the rank is chosen at load "
-            "from config.yaml's plan (espnet_lowrank.elastic)"
-        },
-    )
 
+@dataclass
+class Calibration:
+    num_calib: Optional[int] = field(default=None, metadata={"help": "use at most this many utterances"})
+    batch_size: int = field(default=4, metadata={"help": "calibration (and recovery) batch size"})
     sequential: bool = field(
         default=False,
-        metadata={
-            "help": "calibrate block by block on the already-compressed earlier blocks "
-            "(one pass per layer group, in forward order; θ mode only; espnet_lowrank.sequential)"
-        },
-    )
-    refit: str = field(
-        default="none",
-        metadata={
-            "help": "with sequential: none | all | no_qk. Fit each layer's factors by least "
-            "squares to the dense model's outputs from the compressed model's inputs "
-            "(espnet_lowrank.refit); no_qk keeps PCA for query/key projections"
-        },
-    )
-    refit_ridge: float = field(
-        default=1e-2, metadata={"help": "ridge term of the refit, relative to the mean input variance"}
-    )
-    recovery_steps: int = field(
-        default=0,
-        metadata={
-            "help": "after factoring, this many steps of distillation (MSE to the dense "
-            "encoder's outputs on the calibration audio), training only the factors "
-            "(espnet_lowrank.recovery); 0: off"
-        },
-    )
-    recovery_lr: float = field(default=3e-5, metadata={"help": "Adam learning rate of the recovery (3e-4 diverged on the recipe Conformer)"})
+        metadata={"help": "calibrate layer group by layer group, in forward order, each on the "
+                          "already-compressed earlier layers (one pass per group; θ only)"})
+    seed: int = field(default=0, metadata={"help": "torch seed of calibration and recovery"})
 
-    def __post_init__(self):
-        for name in ("theta_attention", "theta_feed_forward"):
-            value = getattr(self, name)
-            if not 0.0 < value <= 1.0:
-                raise ValueError(f"{name} must be in (0, 1], got {value}")
-        if self.rank_multiple < 1:
-            raise ValueError(f"rank_multiple must be >= 1, got {self.rank_multiple}")
-        if self.attention not in ATTENTION_MODES:
-            raise ValueError(f"attention must be one of {ATTENTION_MODES}, got {self.attention!r}")
-        for pattern, rank in self.rank_pattern.items():
-            if int(rank) < 1:
-                raise ValueError(f"rank_pattern[{pattern!r}] must be >= 1, got {rank}")
-        if self.num_calib is not None and self.num_calib < 1:
-            raise ValueError(f"num_calib must be >= 1, got {self.num_calib}")
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
-        if self.budget is not None and not 0.0 < float(self.budget) <= 1.0:
-            raise ValueError(f"budget must be in (0, 1], got {self.budget}")
-        if self.refit not in REFIT_MODES:
-            raise ValueError(f"refit must be one of {REFIT_MODES}, got {self.refit!r}")
-        if self.refit != "none" and not self.sequential:
-            raise ValueError("refit works inside sequential calibration: set sequential: true")
-        if self.recovery_steps < 0:
-            raise ValueError(f"recovery_steps must be >= 0, got {self.recovery_steps}")
-        if self.recovery_steps and self.elastic:
+
+@dataclass
+class Recovery:
+    steps: int = field(
+        default=0,
+        metadata={"help": "distillation steps after factoring (MSE to the dense encoder's "
+                          "outputs, only the factors train); 0: off"})
+    lr: float = field(
+        default=3e-5, metadata={"help": "Adam learning rate (3e-4 diverged on the recipe Conformer)"})
+
+
+@dataclass
+class Deployment:
+    attention: str = field(
+        default="auto",
+        metadata={"help": "auto (fewer FLOPs, deterministic) | reduced | dense: how "
+                          "self-attention is computed"})
+    int8: bool = field(default=False, metadata={"help": "dynamic int8 on the encoder's linears at load; CPU only"})
+    elastic: bool = field(
+        default=False, metadata={"help": "store the full PCA basis; the rank is chosen at load"})
+
+
+SECTIONS = {"targets": Targets, "ranks": Ranks, "calibration": Calibration,
+            "recovery": Recovery, "deployment": Deployment}
+# flat YAML key -> (section, field); the flat names are also the attribute names
+FLAT_KEYS: Dict[str, Tuple[str, str]] = {
+    f.name: (section, f.name) for section, cls in SECTIONS.items() for f in dataclasses.fields(cls)
+    if section != "recovery"
+}
+FLAT_KEYS.update(recovery_steps=("recovery", "steps"), recovery_lr=("recovery", "lr"))
+_FLAT_OF = {where: flat for flat, where in FLAT_KEYS.items()}
+_REMOVED = {
+    "keep_dense_if_no_savings": "a layer is always kept dense where factoring would not save",
+    "refit": "the least-squares refit lost to PCA and was removed (bench/RESULTS.md)",
+    "refit_ridge": "the least-squares refit lost to PCA and was removed (bench/RESULTS.md)",
+}
+
+
+# Checkers: (key, value) -> value, or a ValueError naming the key.
+def _got(value) -> str:
+    return f"the string {value!r}" if isinstance(value, str) else f"{value!r}"
+
+
+def _number(lo: float, hi: float, lo_open: bool = True) -> Callable:
+    def check(key, value):
+        if isinstance(value, str):
+            hint = "without quotes"
+            if re.fullmatch(r"[+-]?\d+[eE][+-]?\d+", value.strip()):
+                mantissa, exponent = re.split("[eE]", value.strip())
+                hint = f"{mantissa}.0e{exponent}"
+            try:
+                float(value)
+            except ValueError:
+                raise ValueError(f"{key}: expected a number, got {_got(value)}") from None
+            raise ValueError(f"{key}: expected a number, got {_got(value)} (write {hint})")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ValueError(f"{key}: expected a number, got {_got(value)}")
+        if value < lo or (lo_open and value == lo) or value > hi:
+            low = "(" if lo_open else "["
+            raise ValueError(f"{key}: must be in {low}{lo:g}, {hi:g}], got {value!r}")
+        return float(value)
+
+    return check
+
+
+def _integer(minimum: int) -> Callable:
+    def check(key, value):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"{key}: expected an integer, got {_got(value)}")
+        if value < minimum:
+            raise ValueError(f"{key}: must be >= {minimum}, got {value}")
+        return value
+
+    return check
+
+
+def _boolean(key, value):
+    if not isinstance(value, bool):
+        raise ValueError(f"{key}: expected true or false, got {_got(value)}")
+    return value
+
+
+def _optional(check: Callable) -> Callable:
+    return lambda key, value: None if value is None else check(key, value)
+
+
+def _regex(key, value):
+    if not isinstance(value, str):
+        raise ValueError(f"{key}: expected a regular expression (a string), got {_got(value)}")
+    try:
+        re.compile(value)
+    except re.error as e:
+        raise ValueError(f"{key}: {value!r} is not a valid regular expression ({e})") from None
+    return value
+
+
+def _regex_list(key, value):
+    if not isinstance(value, list):
+        raise ValueError(f"{key}: expected a list of regular expressions, got {_got(value)}")
+    return [_regex(f"{key}[{i}]", v) for i, v in enumerate(value)]
+
+
+def _rank_pattern(key, value):
+    if not isinstance(value, dict):
+        raise ValueError(f"{key}: expected a mapping regex -> rank, got {_got(value)}")
+    return {_regex(key, p): _integer(1)(f"{key}[{p!r}]", r) for p, r in value.items()}
+
+
+def _choice(options) -> Callable:
+    def check(key, value):
+        if value not in options:
+            raise ValueError(f"{key}: must be one of {', '.join(options)}, got {_got(value)}")
+        return value
+
+    return check
+
+
+_CHECKS: Dict[Tuple[str, str], Callable] = {
+    ("targets", "target_modules"): _optional(_regex),
+    ("targets", "exclude_modules"): _regex_list,
+    ("targets", "rank_pattern"): _rank_pattern,
+    ("ranks", "theta_attention"): _number(0.0, 1.0),
+    ("ranks", "theta_feed_forward"): _number(0.0, 1.0),
+    ("ranks", "rank_multiple"): _integer(1),
+    ("ranks", "budget"): _optional(_number(0.0, 1.0)),
+    ("calibration", "num_calib"): _optional(_integer(1)),
+    ("calibration", "batch_size"): _integer(1),
+    ("calibration", "sequential"): _boolean,
+    ("calibration", "seed"): _integer(0),
+    ("recovery", "steps"): _integer(0),
+    ("recovery", "lr"): _number(0.0, MAX_LR),
+    ("deployment", "attention"): _choice(ATTENTION_MODES),
+    ("deployment", "int8"): _boolean,
+    ("deployment", "elastic"): _boolean,
+}
+
+
+class LowRankConfig:
+    """Options grouped in five sections (``config.ranks.theta_attention``);
+    every option also reads and writes under its flat YAML name
+    (``config.theta_attention``, ``config.recovery_lr``).
+
+    ``LowRankConfig(theta_attention=0.98, recovery=Recovery(steps=100))``
+    takes sections (dataclasses or dicts) and flat keys alike.
+    """
+
+    targets: Targets
+    ranks: Ranks
+    calibration: Calibration
+    recovery: Recovery
+    deployment: Deployment
+
+    def __init__(self, **values):
+        sections, labels = _split(values)
+        for name, cls in SECTIONS.items():
+            object.__setattr__(self, name, cls(**sections[name]))
+        object.__setattr__(self, "_labels", labels)
+        self.validate()
+
+    def validate(self) -> None:
+        """Check every option and the combinations; raises ValueError in one line."""
+        for (section, name), check in _CHECKS.items():
+            key = self._labels.get((section, name), _FLAT_OF[(section, name)])
+            part = getattr(self, section)
+            setattr(part, name, check(key, getattr(part, name)))
+        if self.calibration.sequential and self.ranks.budget is not None:
+            raise ValueError("sequential calibration works with the θ thresholds, not with budget: "
+                             "drop one of them")
+        if self.recovery.steps and self.deployment.elastic:
             raise ValueError("recovery trains the rank-k factors, which elastic artifacts do not "
                              "store; use recovery_steps: 0 with elastic")
-        if self.refit_ridge < 0:
-            raise ValueError(f"refit_ridge must be >= 0, got {self.refit_ridge}")
+
+    __post_init__ = validate  # older callers re-check after setting a field
+
+    def __getattr__(self, name):
+        if name in FLAT_KEYS:
+            section, field_name = FLAT_KEYS[name]
+            return getattr(getattr(self, section), field_name)
+        raise AttributeError(f"LowRankConfig has no option {name!r}")
+
+    def __setattr__(self, name, value):
+        if name in FLAT_KEYS:
+            section, field_name = FLAT_KEYS[name]
+            setattr(getattr(self, section), field_name, value)
+            self.validate()
+        elif name in SECTIONS:
+            object.__setattr__(self, name, value)
+            self.validate()
+        else:
+            raise AttributeError(f"LowRankConfig has no option {name!r}; known: {sorted(FLAT_KEYS)}")
+
+    def __eq__(self, other):
+        return isinstance(other, LowRankConfig) and self.sections() == other.sections()
+
+    def __repr__(self):
+        return f"LowRankConfig({self.sections()})"
 
     @classmethod
-    def from_dict(cls, values: dict) -> "LowRankConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown low-rank config keys {unknown}; known: {sorted(known)}")
+    def from_dict(cls, values) -> "LowRankConfig":
+        if not isinstance(values, dict):
+            raise ValueError(f"expected a mapping of options, got a {type(values).__name__}")
         return cls(**values)
 
     @classmethod
     def from_yaml(cls, path: str) -> "LowRankConfig":
-        with open(path, encoding="utf-8") as f:
-            values = yaml.safe_load(f) or {}
-        if not isinstance(values, dict):
-            raise ValueError(f"{path}: expected a mapping of options")
-        return cls.from_dict(values)
+        """Load and check a YAML file; every problem is one line naming ``path``."""
+        try:
+            with open(path, "rb") as f:
+                text = f.read().decode("utf-8")
+            values = yaml.safe_load(text)
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{path}: not UTF-8 text (byte {e.start})") from None
+        except yaml.YAMLError as e:
+            where = getattr(e, "problem_mark", None)
+            line = f" at line {where.line + 1}" if where is not None else ""
+            raise ValueError(f"{path}: not valid YAML{line}: {getattr(e, 'problem', e)}") from None
+        values = {} if values is None else values
+        try:
+            return cls.from_dict(values)
+        except ValueError as e:
+            raise ValueError(f"{path}: {e}") from None
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """Flat ``{key: value}``, the names of the flat YAML form."""
+        return {"version": VERSION,
+                **{flat: getattr(getattr(self, s), f) for flat, (s, f) in FLAT_KEYS.items()}}
+
+    def sections(self) -> dict:
+        """``{section: {field: value}}``, the sectioned YAML form."""
+        return {"version": VERSION, **{name: dataclasses.asdict(getattr(self, name)) for name in SECTIONS}}
+
+
+def _split(values: dict):
+    """Sort flat keys and section mappings into per-section kwargs; remember
+    the key each option was given under, for the error messages."""
+    sections: Dict[str, dict] = {name: {} for name in SECTIONS}
+    labels: Dict[Tuple[str, str], str] = {}
+
+    def put(where, key, value):
+        if where in labels:
+            raise ValueError(f"{key}: given twice (also as {labels[where]})")
+        labels[where] = key
+        sections[where[0]][where[1]] = value
+
+    for key, value in values.items():
+        if key == "version":
+            if _integer(1)(key, value) != VERSION:
+                raise ValueError(f"version: this plugin reads low-rank config version {VERSION}, got {value}")
+        elif key in SECTIONS:
+            if dataclasses.is_dataclass(value) and isinstance(value, SECTIONS[key]):
+                value = dataclasses.asdict(value)
+            if not isinstance(value, dict):
+                raise ValueError(f"{key}: expected a mapping of options, got {_got(value)}")
+            known = [f.name for f in dataclasses.fields(SECTIONS[key])]
+            for name, v in value.items():
+                if name not in known:
+                    raise ValueError(f"unknown option {key}.{name}; known in {key}: {', '.join(known)}")
+                put((key, name), f"{key}.{name}", v)
+        elif key in FLAT_KEYS:
+            put(FLAT_KEYS[key], key, value)
+        elif key in _REMOVED:
+            raise ValueError(f"{key}: this option was removed ({_REMOVED[key]}); delete the key")
+        else:
+            raise ValueError(f"unknown low-rank config key {key!r}; known: "
+                             f"{', '.join(['version'] + list(SECTIONS) + sorted(FLAT_KEYS))}")
+    return sections, labels

@@ -10,7 +10,7 @@ import logging
 import math
 import os
 from dataclasses import dataclass
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -356,3 +356,14 @@ def select(utts: Sequence[Utterance], n: Optional[int]) -> List[Utterance]:
     """First ``n`` utterances after sorting by id (all of them if ``n`` is None)."""
     ordered = sorted(utts, key=lambda u: u.utt_id)
     return ordered if n is None else ordered[:n]
+
+
+def calibration_utterances(calib_data: Union[str, Sequence[Utterance]], num_calib: Optional[int]) -> List[Utterance]:
+    """The calibration set: a data dir or a list of utterances, ``num_calib``
+    of them, its audio checked (``check_calibration_audio``)."""
+    utts = read_data_dir(calib_data) if isinstance(calib_data, str) else list(calib_data)
+    utts = select(utts, num_calib)
+    if not utts:
+        raise ValueError("the calibration set is empty: no utterances to calibrate on")
+    check_calibration_audio(utts)
+    return utts

@@ -1,6 +1,7 @@
 """Size, FLOPs and latency of an encoder, measured the same way for the dense
 and the compressed model."""
 
+import resource
 import statistics
 import time
 from typing import Tuple
@@ -29,6 +30,11 @@ def linear_params(module: torch.nn.Module) -> int:
         for m in module.modules() if is_dense_projection(m)
         for p in m.parameters(recurse=False)
     )
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def encoder_linear_params(model) -> int:

@@ -81,9 +81,9 @@ def make_plan(
         if name not in spectra:
             raise ValueError(f"no calibration statistics for layer {name}")
         spec = spectra[name]
-        theta = config.theta_attention if role == "attention" else config.theta_feed_forward
+        theta = config.ranks.theta_attention if role == "attention" else config.ranks.theta_feed_forward
         from_theta = spec.rank_for(theta)
-        fixed = _fixed_rank(name, config.rank_pattern)
+        fixed = _fixed_rank(name, config.targets.rank_pattern)
         full = min(d_in, d_out)
         if fixed is not None:
             if fixed > full:
@@ -93,9 +93,11 @@ def make_plan(
                 )
             rank, reason = fixed, "rank_pattern"
         else:
-            rank, reason = min(round_up(from_theta, config.rank_multiple), full), f"theta={theta}"
+            rank, reason = min(round_up(from_theta, config.ranks.rank_multiple), full), f"theta={theta}"
         kept: Optional[int] = rank
-        if config.keep_dense_if_no_savings and not is_worth_factoring(rank, d_in, d_out):
+        # A fixed rank is an explicit request (e.g. full rank, to test the swap):
+        # kept even where the dense layer is smaller.
+        if fixed is None and not is_worth_factoring(rank, d_in, d_out):
             kept, reason = None, f"{reason}; dense is smaller"
         explained = float(spec.explained_variance()[rank - 1])
         decisions.append(

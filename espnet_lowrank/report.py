@@ -117,6 +117,31 @@ def markdown_kv_table(d: Mapping[str, object]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def build_report(source, compressed, family, config, plan, attention, calibration: dict,
+                 recovery: dict) -> dict:
+    """report.json of a compression: the plan, per-layer decisions, size and
+    FLOPs of both encoders, and what calibration (and recovery) cost."""
+    from espnet_lowrank.measure import encoder_flops, encoder_linear_params
+
+    return {
+        "family": family.name,
+        "config": config.to_dict(),
+        "plan": dict(plan.ranks),
+        "layers": [
+            {"name": d.name, "role": d.role, "d_in": d.d_in, "d_out": d.d_out, "rank": d.rank,
+             "rank_from_theta": d.rank_from_theta, "explained_variance": round(d.explained_variance, 6),
+             "params_dense": d.params_dense, "params_kept": d.params_kept, "reason": d.reason}
+            for d in plan.decisions
+        ],
+        "attention": attention,
+        "flops_window_seconds": family.window_seconds,
+        "encoder_linear_params_dense": encoder_linear_params(source),
+        "encoder_linear_params_compressed": encoder_linear_params(compressed),
+        "encoder_flops_dense": encoder_flops(source, family.window_seconds),
+        "encoder_flops_compressed": encoder_flops(compressed, family.window_seconds),
+        **calibration,
+        **recovery,
+    }
 
 
 def compression_report_md(report: dict) -> str:
@@ -138,11 +163,7 @@ def compression_report_md(report: dict) -> str:
         "reduced-dim attention modules": sum(v == "reduced" for v in report["attention"].values()),
     }
     if "calibration_passes" in report:
-        summary["calibration passes (sequential)"] = report["calibration_passes"]
-    fit = report.get("refit_relative_error") or {}
-    if fit:
-        mean = {k: sum(e[k] for e in fit.values()) / len(fit) for k in ("pca", "refit")}
-        summary["mean relative layer error, PCA -> refit"] = f"{mean['pca']:.4f} -> {mean['refit']:.4f}"
+        summary["calibration passes"] = report["calibration_passes"]
     if report.get("recovery_steps"):
         summary[f"recovery ({report['recovery_steps']} steps) encoder MSE"] = (
             f"{report['recovery_mse_before']:.4g} -> {report['recovery_mse_after']:.4g}")

@@ -11,7 +11,7 @@ import yaml
 from espnet_lowrank.api import save_compressed
 from espnet_lowrank.artifact import build_asr_model, load_asr_model
 from espnet_lowrank.whisper.export import export_whisper
-from espnet_lowrank.compress import calibrate_model, compress
+from espnet_lowrank.pipeline import calibrate_model, compress
 from espnet_lowrank.config import LowRankConfig
 from espnet_lowrank.data import load_audio, read_data_dir
 from espnet_lowrank.quantize import quantize_linears_, quantized_linears

@@ -38,7 +38,7 @@ TINY_CONFORMER = {
     "normalize": "utterance_mvn",
 }
 LOWRANK = {"theta_attention": 0.9, "theta_feed_forward": 0.95, "rank_multiple": 8,
-           "keep_dense_if_no_savings": True, "attention": "auto", "batch_size": 2}
+           "attention": "auto", "batch_size": 2}
 
 
 def _env():
@@ -173,26 +173,23 @@ def test_stock_asr_inference_decodes_every_utterance(compressed_exp, an4, tmp_pa
     assert sorted(line.split(maxsplit=1)[0] for line in lines) == sorted(u.utt_id for u in test)
 
 
-def test_sequential_refit_on_a_masked_conformer(trained_exp, an4, tmp_path):
-    """Sequential calibration with the least-squares refit on ESPnet's Conformer:
+def test_sequential_on_a_masked_conformer(trained_exp, an4, tmp_path):
+    """Sequential calibration on ESPnet's Conformer:
     padding-masked frames, rel-pos attention (linear_pos reads the position
     rows), 1x1 pointwise convs; saved and reloaded with exact keys."""
     from espnet_lowrank.api import load_compressed, save_compressed
     from espnet_lowrank.artifact import load_asr_model
-    from espnet_lowrank.compress import compress
+    from espnet_lowrank.pipeline import compress
     from espnet_lowrank.config import LowRankConfig
     from espnet_lowrank.data import iter_batches
 
     _, train, test = an4
     dense, train_config = load_asr_model(str(trained_exp / "config.yaml"), str(trained_exp / "model.pth"))
-    config = LowRankConfig(sequential=True, refit="all", **LOWRANK)
+    config = LowRankConfig(sequential=True, **LOWRANK)
     result = compress(dense, train, config)
     # Per block: macaron w_1, w_2, q/k/v, linear_pos, linear_out, pointwise 1, 2, w_1, w_2.
     assert result.report["calibration_passes"] == 2 * 9
-    fit = result.report["refit_relative_error"]
-    assert fit and set(fit) == set(result.plan.ranks)
-    assert sum(e["refit"] for e in fit.values()) < sum(e["pca"] for e in fit.values()), fit
-    assert any(".conv_module.pointwise_conv" in n for n in fit)
+    assert any(".conv_module.pointwise_conv" in n for n in result.plan.ranks)
 
     save_compressed(result, train_config, str(tmp_path / "seq"), source_config_file=str(trained_exp / "config.yaml"))
     model, _ = load_compressed(str(tmp_path / "seq"))

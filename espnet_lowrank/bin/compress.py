@@ -23,11 +23,11 @@ from typing import List, Optional
 from espnet_lowrank.api import save_compressed
 from espnet_lowrank.artifact import KeyMismatchError, load_asr_model
 from espnet_lowrank.calibration import StatsSet
-from espnet_lowrank.compress import calibrate_model, compress
 from espnet_lowrank.conf import default_config_path
+from espnet_lowrank.pipeline import calibrate_model, compress
 from espnet_lowrank.config import LowRankConfig
 from espnet_lowrank.families import family_for
-from espnet_lowrank.data import check_calibration_audio, read_data_dir, select
+from espnet_lowrank.data import read_data_dir
 from espnet_lowrank.report import compression_report_md
 from espnet_lowrank.utils import check_output_dir, sigterm_as_interrupt
 
@@ -87,9 +87,8 @@ def main(cmd: Optional[List[str]] = None) -> None:
     if args.output_dir:
         check_output_dir(args.output_dir, sources, args.overwrite)
     config = _load_config(args.lowrank_config, args.num_calib) if args.lowrank_config else None
-    calib = None
     if args.calib_data:
-        calib = read_data_dir(args.calib_data)
+        read_data_dir(args.calib_data)
 
     # 2. Load the dense model, with the strict key check.
     model, train_config = load_asr_model(args.asr_train_config, args.asr_model_file, args.device)
@@ -98,9 +97,7 @@ def main(cmd: Optional[List[str]] = None) -> None:
     # 3. The method config: explicit, or the family's default; then the checks that need the model.
     config_path = args.lowrank_config or str(default_config_path(family.name))
     config = config or _load_config(config_path, args.num_calib)
-    check_plan_inputs(model.encoder, family, config)
-    if calib is not None:
-        check_calibration_audio(select(calib, config.num_calib))
+    check_plan_inputs(model.encoder, family, config)  # the audio is checked by compress
 
     # 4. Calibration only: save statistics for a later merge.
     if args.stats_out:

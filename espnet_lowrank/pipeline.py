@@ -1,0 +1,204 @@
+"""The one driver: ``compress(model, calib_data, config)``.
+
+targets → statistics → plan → factor and swap → recovery → attention → report,
+on a copy of the model; the source model is never modified.
+
+Statistics come in layer groups. One-pass LiteASR is one group: every target
+layer calibrated in one pass over the dense model. ``sequential: true`` makes
+a group per run of layers that read the same input (``sequential.input_groups``),
+in forward order, each calibrated on the copy whose earlier groups are already
+factored, with the forward stopped after the group.
+"""
+
+import copy
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence, Union
+
+import torch
+
+from espnet_lowrank.apply import choose_attention_, factorize_layers_
+from espnet_lowrank.calibration import StatsSet, calibrate
+from espnet_lowrank.config import LowRankConfig
+from espnet_lowrank.data import Utterance, calibration_utterances, iter_batches, num_batches
+from espnet_lowrank.factorize import spectrum
+from espnet_lowrank.families import family_for
+from espnet_lowrank.measure import peak_rss_mb
+from espnet_lowrank.modes import kept_modes
+from espnet_lowrank.plan import RankPlan, make_plan
+from espnet_lowrank.report import build_report
+
+logger = logging.getLogger(__name__)
+
+CalibData = Union[str, Sequence[Utterance]]
+
+
+@dataclass
+class CompressionResult:
+    """The compressed copy, its plan, the config that made it, and the numbers
+    for report.json."""
+
+    model: torch.nn.Module
+    plan: RankPlan
+    attention: Dict[str, str]
+    config: LowRankConfig = field(default_factory=LowRankConfig)
+    report: dict = field(default_factory=dict)
+    # layer name -> cumulative explained variance, for the spectra plot
+    spectra: Dict[str, List[float]] = field(default_factory=dict)
+
+
+def asr_model_of(model_or_speech2text) -> torch.nn.Module:
+    """Accept an ESPnetASRModel or a ``Speech2Text``."""
+    return getattr(model_or_speech2text, "asr_model", model_or_speech2text)
+
+
+def _batches(utts: List[Utterance], config: LowRankConfig, device):
+    for speech, lengths in iter_batches(utts, config.calibration.batch_size):
+        yield speech.to(device), lengths.to(device)
+
+
+def _calibrate(model, family, layers: List[str], utts, config, stop_after: bool) -> StatsSet:
+    """Output statistics of ``layers`` over ``utts`` (CPU, float64), with the
+    model in eval mode; its train/eval modes are restored afterwards."""
+    started = time.perf_counter()
+    with kept_modes(model):
+        model.eval()
+        stats = calibrate(
+            model.encode, model.encoder, _batches(utts, config, next(model.parameters()).device),
+            layers, frame_mask=family.frame_mask() if family.frame_mask else None,
+            total=num_batches(len(utts), config.calibration.batch_size), stop_after=stop_after,
+        )
+    stats.seconds = time.perf_counter() - started
+    stats.peak_rss_mb = peak_rss_mb()
+    return stats
+
+
+def calibrate_model(model, calib_data: CalibData, config: Optional[LowRankConfig] = None) -> StatsSet:
+    """Output statistics of every target layer of ``model``'s encoder; the
+    results of several jobs add up with ``+``."""
+    config = config or LowRankConfig()
+    model = asr_model_of(model)
+    family = family_for(model.encoder)
+    targets = family.target_layers(model.encoder, config)
+    utts = calibration_utterances(calib_data, config.calibration.num_calib)
+    torch.manual_seed(config.calibration.seed)
+    return _calibrate(model, family, list(targets), utts, config, stop_after=False)
+
+
+def _check_inputs(calib_data, config: LowRankConfig, stats: Optional[StatsSet], targets) -> None:
+    """Refuse what cannot work before any calibration pass."""
+    if stats is not None and config.calibration.sequential:
+        raise ValueError("sequential calibration computes its own statistics; drop stats")
+    if stats is None and calib_data is None:
+        raise ValueError("compress needs calib_data or precomputed stats")
+    if config.recovery.steps and calib_data is None:
+        raise ValueError("recovery_steps needs calibration audio (calib_data), not only statistics")
+    if stats is not None:
+        missing = sorted(set(targets) - set(stats))
+        if missing:
+            raise ValueError(f"the statistics lack {len(missing)} target layers, e.g. {missing[:3]}")
+
+
+def _plan(spectra, layers, config: LowRankConfig) -> RankPlan:
+    if config.ranks.budget is None:
+        return make_plan(spectra, layers, config)
+    from espnet_lowrank.budget import allocate_ranks
+
+    return allocate_ranks(spectra, layers, config.ranks.budget, config)
+
+
+def _factor_and_swap(encoder, ranks, spectra, config: LowRankConfig) -> None:
+    if config.deployment.elastic:
+        from espnet_lowrank.experimental.elastic import factorize_elastic_
+
+        factorize_elastic_(encoder, ranks, spectra)
+    else:
+        factorize_layers_(encoder, ranks, spectra)
+
+
+def compress(
+    model,
+    calib_data: Optional[CalibData] = None,
+    config: Optional[LowRankConfig] = None,
+    stats: Optional[StatsSet] = None,
+) -> CompressionResult:
+    """Compress the encoder of an ESPnet ASR model (or ``Speech2Text``).
+
+    Args:
+        model: ESPnetASRModel or Speech2Text; left untouched.
+        calib_data: a Kaldi-style data dir or a list of Utterances.
+        config: the method options; the defaults are LiteASR's θ pair.
+        stats: precomputed (e.g. merged) statistics; skips calibration
+            (one pass only).
+
+    Returns:
+        CompressionResult with a compressed deep copy of the model.
+    """
+    from espnet_lowrank.progress import progress
+    from espnet_lowrank.sequential import input_groups
+
+    config = config or LowRankConfig()
+    source = asr_model_of(model)
+    family = family_for(source.encoder)
+    targets = family.target_layers(source.encoder, config)
+    _check_inputs(calib_data, config, stats, targets)
+    utts = calibration_utterances(calib_data, config.calibration.num_calib) if calib_data is not None else None
+    torch.manual_seed(config.calibration.seed)
+
+    current = copy.deepcopy(source).eval()
+    sequential = config.calibration.sequential
+    started = time.perf_counter()
+    groups = [list(targets)]
+    if sequential:
+        first = next(_batches(utts, config, next(current.parameters()).device))
+        groups = input_groups(current, list(targets), first)
+    spectra, decisions, ranks, frames, stats_mb = {}, [], {}, 0, 0.0
+    for group in progress(groups, desc="layer groups", unit="group") if sequential else groups:
+        group_stats = stats if stats is not None else _calibrate(
+            current, family, group, utts, config, stop_after=sequential)
+        frames = max(frames, group_stats.num_frames)
+        stats_mb = max(stats_mb, sum(group_stats[n].gram.numel() * 8 for n in group) / 2 ** 20)
+        group_spectra = {n: spectrum(group_stats[n]) for n in group}
+        plan = _plan(group_spectra, {n: targets[n] for n in group}, config)
+        _factor_and_swap(current.encoder, plan.ranks, group_spectra, config)
+        spectra.update(group_spectra)
+        decisions.extend(plan.decisions)
+        ranks.update(plan.ranks)
+    plan = RankPlan(ranks, decisions)
+    # merged statistics carry their jobs' cost (seconds summed, RSS maxed)
+    seconds = stats.seconds if stats is not None else time.perf_counter() - started
+    rss = stats.peak_rss_mb if stats is not None else peak_rss_mb()
+
+    recovery = recover_if_asked(current, source, utts, config)
+    attention = choose_attention_(current.encoder, family, config.deployment.attention,
+                                  family.window_frames(current.encoder))
+    report = build_report(source, current, family, config, plan, attention, {
+        "calibration_frames": frames,
+        "calibration_seconds": round(seconds, 2),
+        "calibration_peak_rss_mb": round(rss, 1),
+        "statistics_mb": round(stats_mb, 2),
+        "calibration_passes": len(groups),
+        "calibration_utterances": len(utts) if utts is not None else None,
+    }, recovery)
+    logger.info(
+        "encoder linear params %d -> %d (%.1f%%)",
+        report["encoder_linear_params_dense"],
+        report["encoder_linear_params_compressed"],
+        100.0 * report["encoder_linear_params_compressed"] / report["encoder_linear_params_dense"],
+    )
+    curves = {name: spectra[name].explained_variance().float().tolist() for name in targets}
+    return CompressionResult(current, plan, attention, config, report, curves)
+
+
+def recover_if_asked(compressed, source, utts: Optional[List[Utterance]], config: LowRankConfig) -> dict:
+    """Run the optional distillation (``config.recovery.steps``) on the factors."""
+    if not config.recovery.steps:
+        return {}
+    if not utts:
+        raise ValueError("recovery_steps needs calibration audio (calib_data), not only statistics")
+    from espnet_lowrank.recovery import recover_
+
+    with kept_modes(source):
+        return recover_(compressed, source.eval(), utts, config.recovery.steps, config.recovery.lr,
+                        config.calibration.batch_size)

@@ -1,0 +1,117 @@
+"""LowRankConfig: sections and flat keys, and one row per bad value, each
+refused in one line that names the key."""
+
+import glob
+from pathlib import Path
+
+import pytest
+
+from espnet_lowrank.config import LowRankConfig, Recovery
+
+REPO = Path(__file__).resolve().parents[1]
+
+# (YAML text, the key the one-line message must name, more text it must hold)
+BAD_YAML = [
+    ("recovery_lr: 1e-4", "recovery_lr", "expected a number, got the string '1e-4' (write 1.0e-4)"),
+    ("recovery:\n  lr: 1e-4", "recovery.lr", "expected a number, got the string '1e-4' (write 1.0e-4)"),
+    ('int8: "no"', "int8", "expected true or false, got the string 'no'"),
+    ("int8: 1", "int8", "expected true or false"),
+    ('theta_attention: "0.9"', "theta_attention", "expected a number, got the string '0.9'"),
+    ("theta_attention: 0", "theta_attention", "must be in (0, 1]"),
+    ("theta_feed_forward: 1.5", "theta_feed_forward", "must be in (0, 1]"),
+    ("theta_feed_forward: true", "theta_feed_forward", "expected a number, got True"),
+    ("ranks:\n  theta_attention: -0.1", "ranks.theta_attention", "must be in (0, 1]"),
+    ("rank_multiple: 0", "rank_multiple", "must be >= 1"),
+    ("rank_multiple: 2.5", "rank_multiple", "expected an integer"),
+    ("rank_pattern: {'.*fc1': 0}", "rank_pattern['.*fc1']", "must be >= 1"),
+    ("rank_pattern: {'(': 8}", "rank_pattern", "not a valid regular expression"),
+    ("rank_pattern: [8]", "rank_pattern", "expected a mapping"),
+    ("exclude_modules: fc1", "exclude_modules", "expected a list"),
+    ("target_modules: 3", "target_modules", "expected a regular expression"),
+    ("recovery_lr: -0.001", "recovery_lr", "must be in (0, 1]"),
+    ("recovery_lr: 10.0", "recovery_lr", "must be in (0, 1]"),
+    ("recovery_steps: -1", "recovery_steps", "must be >= 0"),
+    ('recovery_steps: "100"', "recovery_steps", "expected an integer"),
+    ("budget: 1.2", "budget", "must be in (0, 1]"),
+    ("num_calib: 0", "num_calib", "must be >= 1"),
+    ("batch_size: 0", "batch_size", "must be >= 1"),
+    ('sequential: "yes"', "sequential", "expected true or false"),
+    ("seed: -1", "seed", "must be >= 0"),
+    ("attention: fast", "attention", "must be one of auto, reduced, dense"),
+    ("thetaattention: 0.9", "thetaattention", "known: version, targets, ranks"),
+    ("version: 2", "version", "reads low-rank config version 1, got 2"),
+    ('version: "1"', "version", "expected an integer"),
+    ("ranks:\n  theta: 0.9", "ranks.theta", "known in ranks: theta_attention"),
+    ("recovery: 100", "recovery", "expected a mapping"),
+    ("refit: all", "refit", "removed"),
+    ("keep_dense_if_no_savings: true", "keep_dense_if_no_savings", "removed"),
+    ("theta_attention: 0.9\nranks:\n  theta_attention: 0.8", "theta_attention", "given twice"),
+    ("sequential: true\nbudget: 0.75", "budget", "sequential"),
+    ("elastic: true\nrecovery_steps: 10", "recovery_steps", "elastic"),
+]
+
+
+@pytest.mark.parametrize("text,key,message", BAD_YAML, ids=[r[0] for r in BAD_YAML])
+def test_bad_value_is_refused_in_one_line_naming_the_key(tmp_path, text, key, message):
+    path = tmp_path / "lowrank.yaml"
+    path.write_text(text + "\n")
+    with pytest.raises(ValueError) as err:
+        LowRankConfig.from_yaml(str(path))
+    line = str(err.value)
+    assert "\n" not in line, line
+    assert line.startswith(f"{path}: "), line
+    assert key in line and message in line, line
+
+
+@pytest.mark.parametrize("content,message", [
+    (b"- theta_attention: 0.9\n", "expected a mapping of options, got a list"),
+    (b"theta_attention: 0.9\xff\xfe\n", "not UTF-8"),
+    (b"theta_attention: [0.9\n", "not valid YAML"),
+])
+def test_bad_files_are_refused_in_one_line(tmp_path, content, message):
+    path = tmp_path / "lowrank.yaml"
+    path.write_bytes(content)
+    with pytest.raises(ValueError) as err:
+        LowRankConfig.from_yaml(str(path))
+    assert "\n" not in str(err.value) and message in str(err.value), str(err.value)
+
+
+def test_bad_values_in_code_and_on_assignment():
+    with pytest.raises(ValueError, match="^recovery_lr: expected a number, got the string '1e-4'"):
+        LowRankConfig(recovery_lr="1e-4")
+    config = LowRankConfig()
+    with pytest.raises(ValueError, match="^num_calib: must be >= 1, got 0$"):
+        config.num_calib = 0
+    with pytest.raises(AttributeError, match="no option 'num_calibs'"):
+        config.num_calibs = 3
+
+
+def test_every_yaml_in_the_repo_loads():
+    paths = sorted(glob.glob(str(REPO / "conf" / "lowrank" / "*.yaml"))
+                   + glob.glob(str(REPO / "bench" / "configs" / "*.yaml"))
+                   + glob.glob(str(REPO / "recipes" / "*" / "asr1" / "conf" / "lowrank*.yaml"))
+                   + glob.glob(str(REPO / "recipes" / "*" / "asr1" / "conf" / "lowrank" / "*.yaml")))
+    assert len(paths) >= 15, paths
+    for path in paths:
+        LowRankConfig.from_yaml(path)
+
+
+def test_sections_and_flat_keys_are_the_same_config(tmp_path):
+    flat = tmp_path / "flat.yaml"
+    flat.write_text("theta_attention: 0.98\nrecovery_steps: 100\nrecovery_lr: 1.0e-4\nint8: true\n")
+    nested = tmp_path / "nested.yaml"
+    nested.write_text("version: 1\nranks: {theta_attention: 0.98}\nrecovery: {steps: 100, lr: 1.0e-4}\n"
+                      "deployment: {int8: true}\n")
+    a, b = LowRankConfig.from_yaml(str(flat)), LowRankConfig.from_yaml(str(nested))
+    assert a == b
+    assert a == LowRankConfig(theta_attention=0.98, recovery=Recovery(steps=100, lr=1e-4), int8=True)
+    assert (a.ranks.theta_attention, a.theta_attention) == (0.98, 0.98)
+    assert (a.recovery.lr, a.recovery_lr, a.deployment.int8) == (1e-4, 1e-4, True)
+    assert LowRankConfig.from_dict(a.to_dict()) == a
+    assert LowRankConfig.from_dict(a.sections()) == a
+    assert set(a.to_dict()) == {
+        "version", "target_modules", "exclude_modules", "rank_pattern", "theta_attention", "theta_feed_forward",
+        "rank_multiple", "budget", "num_calib", "batch_size", "sequential", "seed", "recovery_steps",
+        "recovery_lr", "attention", "int8", "elastic"}
+    defaults = LowRankConfig()
+    assert (defaults.deployment.attention, defaults.calibration.seed) == ("auto", 0)
