@@ -4,7 +4,8 @@ and the compressed model."""
 import resource
 import statistics
 import time
-from typing import Tuple
+from contextlib import contextmanager
+from typing import Dict, Iterator, Tuple
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -35,6 +36,24 @@ def linear_params(module: torch.nn.Module) -> int:
 def peak_rss_mb() -> float:
     """Peak resident memory of this process so far (Linux reports KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+class StepCosts:
+    """Wall time (summed over calls) and the process's peak RSS after each
+    named step of a compression, for report.json."""
+
+    def __init__(self):
+        self.steps: Dict[str, Dict[str, float]] = {}
+
+    @contextmanager
+    def step(self, name: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            entry = self.steps.setdefault(name, {"seconds": 0.0, "peak_rss_mb": 0.0})
+            entry["seconds"] = round(entry["seconds"] + time.perf_counter() - started, 2)
+            entry["peak_rss_mb"] = round(peak_rss_mb(), 1)
 
 
 def encoder_linear_params(model) -> int:

@@ -24,7 +24,7 @@ from espnet_lowrank.config import LowRankConfig
 from espnet_lowrank.data import Utterance, calibration_utterances, iter_batches, num_batches
 from espnet_lowrank.factorize import spectrum
 from espnet_lowrank.families import family_for
-from espnet_lowrank.measure import peak_rss_mb
+from espnet_lowrank.measure import StepCosts, peak_rss_mb
 from espnet_lowrank.modes import kept_modes
 from espnet_lowrank.plan import RankPlan, make_plan
 from espnet_lowrank.report import build_report
@@ -146,6 +146,7 @@ def compress(
     utts = calibration_utterances(calib_data, config.calibration.num_calib) if calib_data is not None else None
     torch.manual_seed(config.calibration.seed)
 
+    costs = StepCosts()
     current = copy.deepcopy(source).eval()
     sequential = config.calibration.sequential
     started = time.perf_counter()
@@ -155,13 +156,15 @@ def compress(
         groups = input_groups(current, list(targets), first)
     spectra, decisions, ranks, frames, stats_mb = {}, [], {}, 0, 0.0
     for group in progress(groups, desc="layer groups", unit="group") if sequential else groups:
-        group_stats = stats if stats is not None else _calibrate(
-            current, family, group, utts, config, stop_after=sequential)
+        with costs.step("calibration"):
+            group_stats = stats if stats is not None else _calibrate(
+                current, family, group, utts, config, stop_after=sequential)
         frames = max(frames, group_stats.num_frames)
         stats_mb = max(stats_mb, sum(group_stats[n].gram.numel() * 8 for n in group) / 2 ** 20)
-        group_spectra = {n: spectrum(group_stats[n]) for n in group}
-        plan = _plan(group_spectra, {n: targets[n] for n in group}, config)
-        _factor_and_swap(current.encoder, plan.ranks, group_spectra, config)
+        with costs.step("plan_and_factorization"):
+            group_spectra = {n: spectrum(group_stats[n]) for n in group}
+            plan = _plan(group_spectra, {n: targets[n] for n in group}, config)
+            _factor_and_swap(current.encoder, plan.ranks, group_spectra, config)
         spectra.update(group_spectra)
         decisions.extend(plan.decisions)
         ranks.update(plan.ranks)
@@ -170,9 +173,11 @@ def compress(
     seconds = stats.seconds if stats is not None else time.perf_counter() - started
     rss = stats.peak_rss_mb if stats is not None else peak_rss_mb()
 
-    recovery = recover_if_asked(current, source, utts, config)
-    attention = choose_attention_(current.encoder, family, config.deployment.attention,
-                                  family.window_frames(current.encoder))
+    with costs.step("recovery"):
+        recovery = recover_if_asked(current, source, utts, config)
+    with costs.step("attention"):
+        attention = choose_attention_(current.encoder, family, config.deployment.attention,
+                                      family.window_frames(current.encoder))
     report = build_report(source, current, family, config, plan, attention, {
         "calibration_frames": frames,
         "calibration_seconds": round(seconds, 2),
@@ -181,6 +186,7 @@ def compress(
         "calibration_passes": len(groups),
         "calibration_utterances": len(utts) if utts is not None else None,
     }, recovery)
+    report["steps"] = costs.steps  # wall time and peak RSS of each step
     logger.info(
         "encoder linear params %d -> %d (%.1f%%)",
         report["encoder_linear_params_dense"],

@@ -77,6 +77,11 @@ def test_compressed_exp_dir_contract(lowrank_exp):
     # Whisper: every one of the 1500 frames of each window counts.
     assert report["calibration_frames"] == NUM_CALIB * 1500
     assert {layer["name"] for layer in report["layers"] if layer["rank"]} == set(report["plan"])
+    # each step's wall time and the peak RSS after it
+    assert set(report["steps"]) == {"calibration", "plan_and_factorization", "recovery", "attention"}
+    assert report["steps"]["calibration"]["seconds"] > 0
+    assert 0 < report["steps"]["calibration"]["peak_rss_mb"] <= report["steps"]["attention"]["peak_rss_mb"]
+    assert config["encoder_conf"]["version"] == 1
 
 
 def test_reload_through_espnet_has_no_missing_or_unexpected_keys(lowrank_exp):
