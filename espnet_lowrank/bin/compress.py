@@ -9,13 +9,16 @@ Writes config.yaml (``encoder: lowrank`` + the plan), model.pth, decode.yaml,
 report.json, report.md, and PNGs of the variance spectra and ranks. The
 output is written atomically and reloaded with a strict key check.
 
-For split calibration: run with ``--stats_out part.N.pt`` per job (each on its
-own ``--calib_data``), then once with ``--stats part.*.pt``.
+Split calibration: ``--nj 4 [--backend slurm]`` runs 4 calibration jobs on
+batch-aligned parts (in OUTPUT_DIR.calib/, removed on success; a rerun reuses
+the parts that finished) and merges their statistics. By hand: ``--stats_out
+part.N.pt`` per job (each on its own ``--calib_data``), then ``--stats part.*.pt``.
 """
 
 import argparse
 import logging
 import os
+import shutil
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -26,6 +29,7 @@ from espnet_lowrank.calibration import StatsSet
 from espnet_lowrank.compress import calibrate_model, compress
 from espnet_lowrank.config import LowRankConfig
 from espnet_lowrank.families import family_for
+from espnet_lowrank.jobs import BACKENDS, split_calibration
 from espnet_lowrank.report import compression_report_md
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf" / "lowrank"
@@ -53,6 +57,9 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--stats_out", help="only calibrate, and save the statistics here")
     parser.add_argument("--stats", nargs="+", help="statistics files to merge instead of calibrating")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output dir")
+    parser.add_argument("--nj", type=int, default=1, help="split calibration over N jobs, then merge")
+    parser.add_argument("--backend", choices=BACKENDS, default="local", help="where the --nj jobs run")
+    parser.add_argument("--slurm_options", default="", help='extra sbatch options, e.g. "-p cpu --mem 8G"')
     return parser
 
 
@@ -63,6 +70,8 @@ def main(cmd: Optional[List[str]] = None) -> None:
         sys.exit("error: --output_dir is required (or --stats_out for a calibration-only job)")
     if not args.stats and not args.calib_data:
         sys.exit("error: --calib_data is required unless --stats is given")
+    if args.nj < 1:
+        sys.exit(f"error: --nj must be >= 1, got {args.nj}")
 
     out = args.output_dir
     if out and os.path.isdir(out) and os.listdir(out) and not args.overwrite:
@@ -86,6 +95,13 @@ def main(cmd: Optional[List[str]] = None) -> None:
         return
 
     # 4. Compress (calibrating, or from merged statistics).
+    split_dir = None
+    if (args.nj > 1 or args.backend != "local") and not args.stats:
+        split_dir = os.path.abspath(out).rstrip("/") + ".calib"
+        job_args = ["--asr_train_config", args.asr_train_config, "--asr_model_file", args.asr_model_file,
+                    "--lowrank_config", config_path, "--device", args.device]
+        args.stats = split_calibration(job_args, args.calib_data, config, args.nj, split_dir,
+                                       args.backend, args.slurm_options)
     stats = StatsSet.merge_files(args.stats) if args.stats else None
     result = compress(model, args.calib_data, config, stats=stats)
 
@@ -99,6 +115,8 @@ def main(cmd: Optional[List[str]] = None) -> None:
         source_files=(args.asr_train_config, args.asr_model_file),
         overwrite=args.overwrite,
     )
+    if split_dir:
+        shutil.rmtree(split_dir)  # part statistics are large; the exp dir now holds the result
     print(compression_report_md(result.report).split("## Layers")[0])
     print(f"wrote {os.path.abspath(args.output_dir)}")
 
