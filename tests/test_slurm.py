@@ -184,3 +184,24 @@ def test_cancelled_job_is_reported_as_cancelled(slurm, work):
     assert time.monotonic() - started < 120  # not the job's 300 s
     assert f"cancel_me: 1 of 2 jobs failed (job 2: slurm job {job_id} CANCELLED" in outcome["error"]
     assert "CANCELLED" in outcome["error"].split("\n", 1)[1]  # slurmstepd's line in the log tail
+
+
+def test_local_rerun_reuses_finished_parts_and_reruns_changed_ones(tmp_path):
+    """The reuse rule without Slurm: a part reruns when it failed or its inputs changed."""
+    inputs = [tmp_path / f"in.{j}" for j in (1, 2)]
+    outputs = [str(tmp_path / f"out.{j}") for j in (1, 2)]
+    logs = [str(tmp_path / "log" / f"job.{j}.log") for j in (1, 2)]
+    copy = "import shutil, sys; shutil.copyfile(sys.argv[1], sys.argv[2])"
+    commands = [[sys.executable, "-c", copy, str(i), o] for i, o in zip(inputs, outputs)]
+    inputs[0].write_text("one")  # in.2 is missing: job 2 fails
+    with pytest.raises(JobFailed, match=r"jobs: 1 of 2 jobs failed \(job 2: exit code 1\)"):
+        run_jobs(commands, logs, outputs=outputs)
+    assert Path(outputs[0]).read_text() == "one" and not Path(outputs[1]).exists()
+    first = Path(outputs[0]).stat().st_mtime_ns
+    inputs[1].write_text("two")
+    run_jobs(commands, logs, outputs=outputs)
+    assert Path(outputs[0]).stat().st_mtime_ns == first  # reused
+    assert Path(outputs[1]).read_text() == "two"
+    inputs[0].write_text("ONE")  # changed input: part 1 runs again
+    run_jobs(commands, logs, outputs=outputs)
+    assert Path(outputs[0]).read_text() == "ONE"
