@@ -170,6 +170,8 @@ def run_jobs(
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown job backend {backend!r}; known: {BACKENDS}")
+    if backend == "slurm" and shutil.which("sbatch") is None:
+        raise RuntimeError("--backend slurm needs sbatch on PATH (a Slurm client); none found")
     if len(commands) != len(log_paths) or (outputs is not None and len(outputs) != len(commands)):
         raise ValueError("one log path (and one output, if given) per command is needed")
     for path in log_paths:
