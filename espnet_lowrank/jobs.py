@@ -26,6 +26,8 @@ from espnet_lowrank.utils import atomic_write_text
 logger = logging.getLogger(__name__)
 
 BACKENDS = ("local", "slurm")
+_SLURM_FAILED = ("BOOT_FAIL", "CANCELLED", "DEADLINE", "FAILED", "NODE_FAIL", "OUT_OF_MEMORY",
+                 "PREEMPTED", "TIMEOUT")
 # Input files up to this size are hashed by content, larger ones (model
 # weights, audio) by size and mtime: cheap, and a rewrite still counts.
 _HASH_CONTENT_BYTES = 1 << 20
@@ -132,8 +134,8 @@ def _outcome(job: _Running) -> Optional[str]:
         return f"sbatch refused the job: {_tail(job.submit_log, 5).strip()}"
     # sbatch --wait's exit code alone cannot tell a cancelled job from a failed one.
     state = slurm_state(job_id)
-    if job.proc.returncode == 0 and state in ("COMPLETED", "UNKNOWN"):
-        return None
+    if job.proc.returncode == 0 and state not in _SLURM_FAILED:
+        return None  # COMPLETED, or COMPLETING while an epilog runs
     return f"slurm job {job_id} {state}, exit code {job.proc.returncode}"
 
 
