@@ -1,8 +1,16 @@
 #!/usr/bin/env bash
 # Create the virtualenv (.venv, or $ESPNET_LOWRANK_VENV) and install the plugin
 # with everything the main job and the tests need. Safe to run again.
+#   --with-slurm   also install slurm-wlm and munge (Debian, root) for the
+#                  one-node test cluster of tests/slurm/; quick when installed.
 set -euo pipefail
 cd "$(dirname "$0")"
+for arg in "$@"; do
+    case "$arg" in
+        --with-slurm) bash tests/slurm/install.sh ;;
+        *) echo "$0: unknown option $arg (known: --with-slurm)" >&2; exit 1 ;;
+    esac
+done
 VENV=${ESPNET_LOWRANK_VENV:-.venv}
 PYTHON=${PYTHON:-python3}
 

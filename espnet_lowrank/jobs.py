@@ -1,18 +1,36 @@
 """Run N independent jobs: locally in a process pool, or on Slurm.
 
-Each job is a command line and a log file; a failed job raises with the tail
-of its log. This is the one place that knows about backends.
+Each job is a command line and a log file; a failed or cancelled job raises
+with the tail of its log. This is the one place that knows about backends.
+
+A job may name its output file. It is then reused on a rerun when a done
+marker beside it holds the hash of the job's command and input files, so
+resubmitting after a failure only runs the parts that did not finish.
 """
 
+import hashlib
+import logging
 import os
 import shlex
+import shutil
 import subprocess
+import sys
 import time
-from typing import List, Optional, Sequence
+from dataclasses import dataclass
+from typing import IO, List, Optional, Sequence
 
+from espnet_lowrank.data import read_data_dir, select, write_data_dir
 from espnet_lowrank.progress import progress
+from espnet_lowrank.utils import atomic_write_text
+
+logger = logging.getLogger(__name__)
 
 BACKENDS = ("local", "slurm")
+_SLURM_FAILED = ("BOOT_FAIL", "CANCELLED", "DEADLINE", "FAILED", "NODE_FAIL", "OUT_OF_MEMORY",
+                 "PREEMPTED", "TIMEOUT")
+# Input files up to this size are hashed by content, larger ones (model
+# weights, audio) by size and mtime: cheap, and a rewrite still counts.
+_HASH_CONTENT_BYTES = 1 << 20
 
 
 class JobFailed(RuntimeError):
@@ -27,15 +45,109 @@ def _tail(path: str, lines: int = 20) -> str:
         return "(no log)"
 
 
-def _launch(command: Sequence[str], log_path: str, backend: str, slurm_options: str, name: str):
-    log = open(log_path, "w", encoding="utf-8")
+def _file_digest(h, path: str) -> None:
+    st = os.stat(path)
+    h.update(f"{path}\0{st.st_size}\0".encode())
+    if st.st_size <= _HASH_CONTENT_BYTES:
+        with open(path, "rb") as f:
+            h.update(f.read())
+    else:
+        h.update(str(st.st_mtime_ns).encode())
+
+
+def inputs_hash(command: Sequence[str], output: Optional[str] = None) -> str:
+    """Hash of a command line and of every file (or directory's files) it names."""
+    h = hashlib.sha256()
+    for arg in command:
+        h.update(arg.encode() + b"\0")
+        if output and os.path.abspath(arg) == os.path.abspath(output):
+            continue
+        if os.path.isfile(arg):
+            _file_digest(h, arg)
+        elif os.path.isdir(arg):
+            for name in sorted(os.listdir(arg)):
+                if os.path.isfile(os.path.join(arg, name)):
+                    _file_digest(h, os.path.join(arg, name))
+    return h.hexdigest()
+
+
+def _done_marker(output: str) -> str:
+    return output + ".done"
+
+
+def is_done(command: Sequence[str], output: str) -> bool:
+    """True when ``output`` exists and was written by this very command on these inputs."""
+    try:
+        with open(_done_marker(output), encoding="utf-8") as f:
+            return os.path.isfile(output) and f.read().strip() == inputs_hash(command, output)
+    except OSError:
+        return False
+
+
+@dataclass
+class _Running:
+    proc: subprocess.Popen
+    log: IO
+    submit_log: Optional[str] = None  # slurm: sbatch's own output (job id first)
+
+    def slurm_id(self) -> Optional[str]:
+        if not self.submit_log:
+            return None
+        first = _tail(self.submit_log, 1000).split("\n", 1)[0].strip()
+        job_id = first.split(";")[0]
+        return job_id if job_id.isdigit() else None
+
+
+def _launch(command: Sequence[str], log_path: str, backend: str, slurm_options: str, name: str) -> _Running:
     if backend == "local":
-        return subprocess.Popen(list(command), stdout=log, stderr=subprocess.STDOUT), log
-    # sbatch --wait blocks until the job ends and returns its exit code.
+        log = open(log_path, "w", encoding="utf-8")
+        return _Running(subprocess.Popen(list(command), stdout=log, stderr=subprocess.STDOUT), log)
+    # sbatch --wait blocks until the job ends; its own output (the job id, or
+    # why it was refused) goes beside the job's log, which Slurm writes.
+    submit_log = log_path + ".sbatch"
+    log = open(submit_log, "w", encoding="utf-8")
     sbatch = ["sbatch", "--wait", "--parsable", f"--job-name={name}", f"--output={log_path}"]
     sbatch += shlex.split(slurm_options)
     sbatch += ["--wrap", shlex.join(["srun"] + list(command))]
-    return subprocess.Popen(sbatch, stdout=log, stderr=subprocess.STDOUT), log
+    return _Running(subprocess.Popen(sbatch, stdout=log, stderr=subprocess.STDOUT), log, submit_log)
+
+
+def slurm_state(job_id: str) -> str:
+    """JobState from ``scontrol show job`` (e.g. COMPLETED, FAILED, CANCELLED)."""
+    try:
+        out = subprocess.run(["scontrol", "show", "job", "-o", job_id], capture_output=True,
+                             text=True, timeout=30).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return "UNKNOWN"
+    for field_ in out.split():
+        if field_.startswith("JobState="):
+            return field_.split("=", 1)[1]
+    return "UNKNOWN"
+
+
+def _outcome(job: _Running) -> Optional[str]:
+    """None for success, else what went wrong ("exit code 1", "CANCELLED", ...)."""
+    if job.submit_log is None:
+        return None if job.proc.returncode == 0 else f"exit code {job.proc.returncode}"
+    job_id = job.slurm_id()
+    if job_id is None:
+        return f"sbatch refused the job: {_tail(job.submit_log, 5).strip()}"
+    # sbatch --wait's exit code alone cannot tell a cancelled job from a failed one.
+    state = slurm_state(job_id)
+    if job.proc.returncode == 0 and state not in _SLURM_FAILED:
+        return None  # COMPLETED, or COMPLETING while an epilog runs
+    return f"slurm job {job_id} {state}, exit code {job.proc.returncode}"
+
+
+def _stop(running: dict) -> None:
+    """Cancel what is still running (on an interrupt or an error in this process)."""
+    for job in running.values():
+        job_id = job.slurm_id()
+        if job_id:
+            subprocess.run(["scancel", job_id], capture_output=True, timeout=30)
+        if job.proc.poll() is None:
+            job.proc.terminate()
+        job.log.close()
 
 
 def run_jobs(
@@ -45,8 +157,9 @@ def run_jobs(
     max_parallel: Optional[int] = None,
     slurm_options: str = "",
     desc: str = "jobs",
+    outputs: Optional[List[str]] = None,
 ) -> None:
-    """Run every command; raise JobFailed naming the first failure.
+    """Run every command; raise JobFailed naming the failures and the first one's log tail.
 
     Args:
         commands: one argv list per job.
@@ -54,35 +167,108 @@ def run_jobs(
         backend: "local" (process pool) or "slurm" (sbatch --wait per job).
         max_parallel: local concurrency (default: all at once).
         slurm_options: extra sbatch options, e.g. "-p cpu --mem 8G --time 1:00:00".
+        outputs: optional output file per job (written atomically by the job);
+            a job whose output is marked done for the same inputs is reused.
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown job backend {backend!r}; known: {BACKENDS}")
-    if len(commands) != len(log_paths):
-        raise ValueError("one log path per command is needed")
+    if backend == "slurm" and shutil.which("sbatch") is None:
+        raise RuntimeError("--backend slurm needs sbatch on PATH (a Slurm client); none found")
+    if len(commands) != len(log_paths) or (outputs is not None and len(outputs) != len(commands)):
+        raise ValueError("one log path (and one output, if given) per command is needed")
     for path in log_paths:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     pending = list(range(len(commands)))
+    if outputs is not None:
+        reused = [j for j in pending if is_done(commands[j], outputs[j])]
+        if reused:
+            logger.info("%s: reusing %d of %d finished parts (%s)", desc, len(reused), len(commands),
+                        ", ".join(str(j + 1) for j in reused))
+        pending = [j for j in pending if j not in reused]
+        for j in pending:  # a stale marker must not outlive a rerun that fails
+            if os.path.exists(_done_marker(outputs[j])):
+                os.remove(_done_marker(outputs[j]))
     running = {}
     limit = max_parallel or len(commands)
-    failures = []
-    with progress(total=len(commands), desc=desc, unit="job") as bar:
-        while pending or running:
-            while pending and len(running) < limit:
-                job = pending.pop(0)
-                running[job] = _launch(commands[job], log_paths[job], backend, slurm_options,
-                                       f"{desc}.{job + 1}")
-            for job, (proc, log) in list(running.items()):
-                if proc.poll() is None:
-                    continue
-                log.close()
-                del running[job]
-                bar.update(1)
-                if proc.returncode != 0:
-                    failures.append(job)
-            time.sleep(0.2)
+    failures = {}
+    try:
+        with progress(total=len(pending), desc=desc, unit="job") as bar:
+            while pending or running:
+                while pending and len(running) < limit:
+                    j = pending.pop(0)
+                    running[j] = _launch(commands[j], log_paths[j], backend, slurm_options, f"{desc}.{j + 1}")
+                for j, job in list(running.items()):
+                    if job.proc.poll() is None:
+                        continue
+                    job.log.close()
+                    del running[j]
+                    bar.update(1)
+                    problem = _outcome(job)
+                    if problem:
+                        failures[j] = problem
+                    elif outputs is not None:
+                        atomic_write_text(_done_marker(outputs[j]), inputs_hash(commands[j], outputs[j]) + "\n")
+                time.sleep(0.2)
+    except BaseException:
+        _stop(running)
+        raise
     if failures:
-        job = failures[0]
+        first = min(failures)
+        summary = "; ".join(f"job {j + 1}: {p}" for j, p in sorted(failures.items()))
         raise JobFailed(
-            f"{len(failures)} of {len(commands)} jobs failed; job {job + 1} "
-            f"({log_paths[job]}):\n{_tail(log_paths[job])}"
+            f"{desc}: {len(failures)} of {len(commands)} jobs failed ({summary}); "
+            f"job {first + 1} log {log_paths[first]}:\n{_tail(log_paths[first])}"
         )
+
+
+def split_calibration(
+    compress_args: Sequence[str],
+    calib_data: str,
+    config,
+    nj: int,
+    work_dir: str,
+    backend: str = "local",
+    slurm_options: str = "",
+) -> List[str]:
+    """Calibrate over ``nj`` jobs; returns their statistics files, to merge with ``+``.
+
+    The calibration set (``config.num_calib`` utterances, sorted as one job
+    sorts them) is cut at multiples of ``config.batch_size``, so every job
+    sees exactly the batches one job would (same padding, same statistics).
+    Parts finished by an earlier run on the same inputs are reused.
+
+    Args:
+        compress_args: the model and method arguments of ``bin.compress``
+            (``--asr_train_config``, ``--asr_model_file``, ``--lowrank_config``, ...).
+        calib_data: Kaldi-style data dir.
+        config: the LowRankConfig (its num_calib and batch_size).
+        nj: number of jobs (at most one per batch).
+        work_dir: parts, logs and statistics go here.
+    """
+    if config.sequential:
+        raise ValueError("sequential calibration runs in one job (it re-reads the audio per "
+                         "block); drop --nj or use a one-pass config")
+    utts = select(read_data_dir(calib_data), config.num_calib)
+    if not utts:
+        raise ValueError(f"the calibration set {calib_data} is empty")
+    batches = [utts[i:i + config.batch_size] for i in range(0, len(utts), config.batch_size)]
+    nj = max(1, min(nj, len(batches)))
+    size, extra = divmod(len(batches), nj)
+    split_dir = os.path.join(work_dir, f"split{nj}")
+    shutil.rmtree(split_dir, ignore_errors=True)  # parts are content-hashed: rewriting is free
+    commands, logs, outputs, start = [], [], [], 0
+    for j in range(1, nj + 1):
+        end = start + size + (1 if j <= extra else 0)
+        part = [u for batch in batches[start:end] for u in batch]
+        start = end
+        part_dir = os.path.join(split_dir, str(j))
+        write_data_dir(part_dir, part)
+        outputs.append(os.path.join(work_dir, f"stats.{j}.pt"))
+        logs.append(os.path.join(work_dir, "log", f"calib.{j}.log"))
+        commands.append([sys.executable, "-m", "espnet_lowrank.bin.compress", *compress_args,
+                         "--calib_data", part_dir, "--num_calib", str(len(part)),
+                         "--stats_out", outputs[-1]])
+    logger.info("calibration on %d utterances in %d jobs (%s backend)", len(utts), nj, backend)
+    run_jobs(commands, logs, backend=backend, slurm_options=slurm_options, desc="calibration",
+             outputs=outputs)
+    return outputs

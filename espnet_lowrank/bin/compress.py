@@ -9,14 +9,17 @@ Writes config.yaml (``encoder: lowrank`` + the plan), model.pth, decode.yaml,
 report.json, report.md, and PNGs of the variance spectra and ranks. The
 output is written atomically and reloaded with a strict key check.
 
-For split calibration: run with ``--stats_out part.N.pt`` per job (each on its
-own ``--calib_data``), then once with ``--stats part.*.pt``.
+Split calibration: ``--nj 4 [--backend slurm]`` runs 4 calibration jobs on
+batch-aligned parts (in OUTPUT_DIR.calib/, removed on success; a rerun reuses
+the parts that finished) and merges their statistics. By hand: ``--stats_out
+part.N.pt`` per job (each on its own ``--calib_data``), then ``--stats part.*.pt``.
 """
 
 import argparse
 import logging
 import os
 import re
+import shutil
 import sys
 from typing import List, Optional
 
@@ -26,8 +29,9 @@ from espnet_lowrank.calibration import StatsSet
 from espnet_lowrank.conf import default_config_path
 from espnet_lowrank.pipeline import calibrate_model, compress
 from espnet_lowrank.config import LowRankConfig
-from espnet_lowrank.families import family_for
 from espnet_lowrank.data import read_data_dir
+from espnet_lowrank.families import family_for
+from espnet_lowrank.jobs import BACKENDS, split_calibration
 from espnet_lowrank.report import compression_report_md
 from espnet_lowrank.utils import check_output_dir, sigterm_as_interrupt
 
@@ -44,6 +48,9 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--stats_out", help="only calibrate, and save the statistics here")
     parser.add_argument("--stats", nargs="+", help="statistics files to merge instead of calibrating")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output dir")
+    parser.add_argument("--nj", type=int, default=1, help="split calibration over N jobs, then merge")
+    parser.add_argument("--backend", choices=BACKENDS, default="local", help="where the --nj jobs run")
+    parser.add_argument("--slurm_options", default="", help='extra sbatch options, e.g. "-p cpu --mem 8G"')
     parser.add_argument("--verbose", action="store_true", help="show tracebacks of input errors")
     return parser
 
@@ -80,6 +87,8 @@ def main(cmd: Optional[List[str]] = None) -> None:
         raise ValueError("--output_dir is required (or --stats_out for a calibration-only job)")
     if not args.stats and not args.calib_data:
         raise ValueError("--calib_data is required unless --stats is given")
+    if args.nj < 1:
+        raise ValueError(f"--nj must be >= 1, got {args.nj}")
     sources = (args.asr_train_config, args.asr_model_file)
     for path in sources + tuple(args.stats or ()):
         if not os.path.isfile(path):
@@ -106,6 +115,13 @@ def main(cmd: Optional[List[str]] = None) -> None:
         return
 
     # 5. Compress (calibrating, or from merged statistics).
+    split_dir = None
+    if (args.nj > 1 or args.backend != "local") and not args.stats:
+        split_dir = os.path.abspath(args.output_dir).rstrip("/") + ".calib"
+        job_args = ["--asr_train_config", args.asr_train_config, "--asr_model_file", args.asr_model_file,
+                    "--lowrank_config", config_path, "--device", args.device]
+        args.stats = split_calibration(job_args, args.calib_data, config, args.nj, split_dir,
+                                       args.backend, args.slurm_options)
     stats = StatsSet.merge_files(args.stats) if args.stats else None
     result = compress(model, args.calib_data, config, stats=stats)
 
@@ -119,6 +135,8 @@ def main(cmd: Optional[List[str]] = None) -> None:
         source_files=sources,
         overwrite=args.overwrite,
     )
+    if split_dir:
+        shutil.rmtree(split_dir)  # part statistics are large; the exp dir now holds the result
     print(compression_report_md(result.report).split("## Layers")[0])
     print(f"wrote {os.path.abspath(args.output_dir)}")
 

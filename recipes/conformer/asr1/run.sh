@@ -213,7 +213,8 @@ if [ ${stage} -le 12 ] && [ ${stop_stage} -ge 12 ]; then
         batch_size=$(tools check_lowrank "${conf}")
         n=${num_calib:-$(${python} -c "import sys; from espnet_lowrank.config import LowRankConfig as C; print(C.from_yaml(sys.argv[1]).num_calib or 64)" "${conf}")}
         # Calibration: n training utterances (never dev/test), split at batch boundaries.
-        rm -rf "${calib_dir}"
+        # Part statistics stay: a rerun reuses those whose inputs are unchanged (jobs.py).
+        rm -rf "${calib_dir}"/split*
         jobs=$(tools calib_split --train dump/raw/train --num "${n}" --batch_size "${batch_size}" --nj "${nj}" --out "${calib_dir}")
         if [ "$(tools needs_audio "${conf}")" = yes ]; then
             # Sequential calibration / recovery pass over the audio many times: one job.
@@ -236,7 +237,8 @@ for j in range(1, int(nj) + 1):
                  "--asr_model_file", model, "--lowrank_config", conf,
                  "--calib_data", f"{calib}/split{nj}/{j}", "--stats_out", f"{calib}/stats.{j}.pt"])
     logs.append(f"{calib}/log/calib.{j}.log")
-run_jobs(cmds, logs, backend=backend, desc="calibration")
+run_jobs(cmds, logs, backend=backend, desc="calibration",
+         outputs=[f"{calib}/stats.{j}.pt" for j in range(1, int(nj) + 1)])
 PY
         log 12 "merge statistics and compress -> ${lowrank_exp}"
         ${python} -m espnet_lowrank.bin.compress --asr_train_config "${asr_exp}/config.yaml" \

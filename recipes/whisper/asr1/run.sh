@@ -65,13 +65,13 @@ if [ ${stage} -le 12 ] && [ ${stop_stage} -ge 12 ]; then
         log 12 "export dense Whisper ${model} -> ${asr_exp}"
         ${python} -m espnet_lowrank.bin.export_whisper --model "${model}" --output_dir "${asr_exp}"
     fi
-    log 12 "compress ${asr_exp} -> ${lowrank_exp} (calibration on data/calib only)"
+    log 12 "compress ${asr_exp} -> ${lowrank_exp} (calibration on data/calib only, ${nj} jobs, ${backend})"
     ${python} -m espnet_lowrank.bin.compress \
         --asr_train_config "${asr_exp}/config.yaml" \
         --asr_model_file "${inference_asr_model:-${asr_exp}/model.pth}" \
         --calib_data data/calib --num_calib "${num_calib}" \
         --lowrank_config "${lowrank_config}" \
-        --output_dir "${lowrank_exp}" --overwrite
+        --output_dir "${lowrank_exp}" --overwrite --nj "${nj}" --backend "${backend}"
     for exp in "${asr_exp}" "${lowrank_exp}"; do
         for t in ${all_test_sets}; do
             log 12 "decode $(basename "$t") with ${exp}"
