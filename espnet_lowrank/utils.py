@@ -78,19 +78,21 @@ def is_within(path: str, directory: str) -> bool:
     return path == directory or path.startswith(directory.rstrip(os.sep) + os.sep)
 
 
-def check_output_dir(output_dir: str, source_files: Iterable[str] = (), overwrite: bool = False) -> None:
-    """Refuse, before any work, an output dir that would hold, replace or sit
-    inside the source model, that is a file, that exists non-empty without
-    ``overwrite``, or whose parent cannot be written."""
+def check_output_dir(output_dir: str, source_files: Iterable[str] = (), overwrite: bool = False,
+                     source_dirs: Iterable[str] = ()) -> None:
+    """Refuse, before any work, an output dir that would hold or replace one
+    of ``source_files`` or sit inside one of ``source_dirs`` (the source exp
+    dir), that is a file, that exists non-empty without ``overwrite``, or
+    whose parent cannot be written. Symlinks are resolved."""
     out = real_path(output_dir)
     for src in source_files:
-        src_dir = os.path.dirname(real_path(src))
         if is_within(src, out):
             raise ValueError(f"output dir {output_dir} holds the source file {src} (real path "
                              f"{real_path(src)}); choose another output dir")
+    for src_dir in source_dirs:
         if is_within(out, src_dir):
-            raise ValueError(f"output dir {output_dir} is inside the source model's dir {src_dir}; "
-                             "choose a dir beside it")
+            raise ValueError(f"output dir {output_dir} is inside the source model's dir "
+                             f"{real_path(src_dir)}; choose a dir beside it")
     if os.path.lexists(output_dir) and not os.path.isdir(output_dir):
         raise ValueError(f"output dir {output_dir} exists and is not a directory")
     if os.path.isdir(out) and os.listdir(out) and not overwrite:

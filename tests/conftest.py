@@ -25,3 +25,50 @@ def shared_data_dir() -> Path:
             pytest.fail(msg)
         pytest.skip(msg)
     return path
+
+
+# Whisper tiny.en exp dirs shared by every test module that needs them
+# (exporting and compressing once saves minutes of CI).
+LIBRISPEECH = "librispeech_train-clean-100"
+NUM_CALIB = 8
+
+
+@pytest.fixture(scope="session")
+def librispeech(shared_data_dir):
+    from espnet_lowrank.data import read_data_dir
+
+    return read_data_dir(str(shared_data_dir / LIBRISPEECH), require_text=True)
+
+
+@pytest.fixture(scope="session")
+def calib_dir(tmp_path_factory, librispeech):
+    from espnet_lowrank.data import write_data_dir
+
+    path = tmp_path_factory.mktemp("data") / "calib"
+    write_data_dir(str(path), librispeech[:NUM_CALIB])
+    return path
+
+
+@pytest.fixture(scope="session")
+def dense_exp(tmp_path_factory):
+    """Dense Whisper tiny.en exp dir; tests read it and never write into it."""
+    from espnet_lowrank.whisper.export import export_whisper
+
+    out = tmp_path_factory.mktemp("exp") / "whisper_tiny.en"
+    export_whisper("tiny.en", str(out))
+    return out
+
+
+@pytest.fixture(scope="session")
+def lowrank_exp(dense_exp, calib_dir, tmp_path_factory):
+    """tiny.en compressed by the CLI with the default config on 8 LibriSpeech utterances."""
+    from espnet_lowrank.bin import compress as compress_cli
+
+    out = tmp_path_factory.mktemp("exp") / "whisper_tiny.en_lowrank"
+    compress_cli.main([
+        "--asr_train_config", str(dense_exp / "config.yaml"),
+        "--asr_model_file", str(dense_exp / "model.pth"),
+        "--calib_data", str(calib_dir), "--num_calib", str(NUM_CALIB),
+        "--output_dir", str(out),
+    ])
+    return out

@@ -19,7 +19,6 @@ import torch
 import yaml
 
 from espnet_lowrank.bin import compress as compress_cli
-from espnet_lowrank.whisper.export import export_whisper
 from espnet_lowrank.data import check_calibration_audio, load_audio, read_data_dir
 
 SR = 16000
@@ -48,13 +47,6 @@ def _data_dir(path: Path, audio: dict) -> Path:
         lines.append(f"{name} {wav}\n")
     (path / "wav.scp").write_text("".join(lines))
     return path
-
-
-@pytest.fixture(scope="module")
-def dense_exp(tmp_path_factory):
-    out = tmp_path_factory.mktemp("exp") / "whisper_tiny.en"
-    export_whisper("tiny.en", str(out))
-    return out
 
 
 @pytest.fixture(scope="module")

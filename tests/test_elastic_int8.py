@@ -10,7 +10,6 @@ import yaml
 
 from espnet_lowrank.api import save_compressed
 from espnet_lowrank.artifact import build_asr_model, load_asr_model
-from espnet_lowrank.whisper.export import export_whisper
 from espnet_lowrank.pipeline import calibrate_model, compress
 from espnet_lowrank.config import LowRankConfig
 from espnet_lowrank.data import load_audio, read_data_dir
@@ -23,13 +22,6 @@ NUM_CALIB = 4
 @pytest.fixture(scope="module")
 def librispeech(shared_data_dir):
     return read_data_dir(str(shared_data_dir / LIBRISPEECH), require_text=True)
-
-
-@pytest.fixture(scope="module")
-def dense_exp(tmp_path_factory):
-    out = tmp_path_factory.mktemp("exp") / "whisper_tiny.en"
-    export_whisper("tiny.en", str(out))
-    return out
 
 
 @pytest.fixture(scope="module")

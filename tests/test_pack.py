@@ -11,34 +11,13 @@ import pytest
 import yaml
 
 import espnet_lowrank
-from espnet_lowrank.bin import compress as compress_cli
-from espnet_lowrank.data import load_audio, read_data_dir, write_data_dir
+from espnet_lowrank.data import load_audio
 from espnet_lowrank.scoring import score_texts
-from espnet_lowrank.whisper.export import export_whisper
 
 pytestmark = pytest.mark.slow
 
-# as in test_whisper_compress.py: with fewer, the default config's model stops early
-NUM_CALIB = 8
+NUM_CALIB = 8  # conftest's lowrank_exp calibrates on the first 8 LibriSpeech utterances
 
-
-@pytest.fixture(scope="module")
-def librispeech(shared_data_dir):
-    return read_data_dir(str(shared_data_dir / "librispeech_train-clean-100"), require_text=True)
-
-
-@pytest.fixture(scope="module")
-def lowrank_exp(tmp_path_factory, librispeech) -> Path:
-    root = tmp_path_factory.mktemp("pack")
-    write_data_dir(str(root / "calib"), librispeech[:NUM_CALIB])
-    export_whisper("tiny.en", str(root / "dense"))
-    compress_cli.main([
-        "--asr_train_config", str(root / "dense" / "config.yaml"),
-        "--asr_model_file", str(root / "dense" / "model.pth"),
-        "--calib_data", str(root / "calib"), "--num_calib", str(NUM_CALIB),
-        "--output_dir", str(root / "lowrank"),
-    ])
-    return root / "lowrank"
 
 
 def _pack(exp: Path, outpath: Path) -> None:

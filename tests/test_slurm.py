@@ -27,7 +27,7 @@ import yaml
 
 from espnet_lowrank.bin import compress as compress_cli
 from espnet_lowrank.bin.decode import decode
-from espnet_lowrank.bin.export_whisper import export_whisper
+from espnet_lowrank.config import LowRankConfig
 from espnet_lowrank.data import read_data_dir, write_data_dir
 from espnet_lowrank.jobs import JobFailed, run_jobs
 
@@ -67,16 +67,15 @@ def utts(shared_data_dir):
 
 
 @pytest.fixture(scope="module")
-def setup(slurm, work, utts):
+def setup(slurm, work, utts, dense_exp):
     """Dense exp dir, calibration set, a method config of 4 batches, one local job's result."""
-    dense = work / "whisper_tiny.en"
-    export_whisper("tiny.en", str(dense))
+    dense = dense_exp
     calib = work / "calib"
     write_data_dir(str(calib), utts[:NUM_CALIB])
-    config = yaml.safe_load((ROOT / "conf" / "lowrank" / "whisper.yaml").read_text())
-    config.update(batch_size=1, num_calib=NUM_CALIB)
+    config = LowRankConfig.from_yaml(str(ROOT / "conf" / "lowrank" / "whisper.yaml"))
+    config.batch_size, config.num_calib = 1, NUM_CALIB
     config_path = work / "whisper_batch_1.yaml"
-    config_path.write_text(yaml.safe_dump(config))
+    config_path.write_text(yaml.safe_dump(config.sections()))
     local = work / "local"
     compress_cli.main(_compress_args(dense, calib, config_path, local))
     return dense, calib, config_path, local

@@ -14,7 +14,6 @@ import yaml
 
 from espnet_lowrank.artifact import KeyMismatchError, load_asr_model
 from espnet_lowrank.bin import compress as compress_cli
-from espnet_lowrank.whisper.export import export_whisper
 from espnet_lowrank.pipeline import compress
 from espnet_lowrank.config import LowRankConfig
 from espnet_lowrank.data import read_data_dir, write_data_dir
@@ -30,37 +29,6 @@ WER_BOUND_COMPRESSED = 8.0
 
 def _digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-@pytest.fixture(scope="session")
-def librispeech(shared_data_dir):
-    return read_data_dir(str(shared_data_dir / LIBRISPEECH), require_text=True)
-
-
-@pytest.fixture(scope="session")
-def calib_dir(tmp_path_factory, librispeech):
-    path = tmp_path_factory.mktemp("data") / "calib"
-    write_data_dir(str(path), librispeech[:NUM_CALIB])
-    return path
-
-
-@pytest.fixture(scope="session")
-def dense_exp(tmp_path_factory):
-    out = tmp_path_factory.mktemp("exp") / "whisper_tiny.en"
-    export_whisper("tiny.en", str(out))
-    return out
-
-
-@pytest.fixture(scope="session")
-def lowrank_exp(dense_exp, calib_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("exp") / "whisper_tiny.en_lowrank"
-    compress_cli.main([
-        "--asr_train_config", str(dense_exp / "config.yaml"),
-        "--asr_model_file", str(dense_exp / "model.pth"),
-        "--calib_data", str(calib_dir), "--num_calib", str(NUM_CALIB),
-        "--output_dir", str(out),
-    ])
-    return out
 
 
 def test_compressed_exp_dir_contract(lowrank_exp):

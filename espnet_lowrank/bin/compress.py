@@ -94,7 +94,8 @@ def main(cmd: Optional[List[str]] = None) -> None:
         if not os.path.isfile(path):
             raise FileNotFoundError(f"input file not found: {path}")
     if args.output_dir:
-        check_output_dir(args.output_dir, sources, args.overwrite)
+        check_output_dir(args.output_dir, sources, args.overwrite,
+                         source_dirs=[os.path.dirname(os.path.abspath(args.asr_model_file))])
     config = _load_config(args.lowrank_config, args.num_calib) if args.lowrank_config else None
     if args.calib_data:
         read_data_dir(args.calib_data)
