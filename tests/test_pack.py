@@ -53,7 +53,8 @@ def test_packed_compressed_model_decodes_like_the_exp_dir(lowrank_exp, librispee
     _pack(lowrank_exp, archive)
     with zipfile.ZipFile(archive) as z:
         names = set(z.namelist())
-    assert names == {"meta.yaml", "lowrank/config.yaml", "lowrank/model.pth", "lowrank/decode.yaml"}
+    exp = lowrank_exp.name
+    assert names == {"meta.yaml", f"{exp}/config.yaml", f"{exp}/model.pth", f"{exp}/decode.yaml"}
 
     packed, files = _from_pretrained(archive, tmp_path / "unpacked")
     assert set(files) == {"asr_train_config", "asr_model_file"}
