@@ -250,8 +250,11 @@ def test_signal_leaves_nothing_behind(stage, sig, dense_exp, noise_calib, tmp_pa
     argv = ["--asr_train_config", str(dense_exp / "config.yaml"), "--asr_model_file",
             str(dense_exp / "model.pth"), "--calib_data", str(noise_calib), "--output_dir", str(out)]
     env = dict(os.environ, ESPNET_LOWRANK_NO_TQDM="1")
+    # A job started in the background by a non-interactive shell (as CI may
+    # be) inherits SIGINT ignored; give the child a terminal's default.
     proc = subprocess.Popen([sys.executable, "-c", _PATCHED_RUN, stage, *argv], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env)
+                            stderr=subprocess.PIPE, text=True, env=env,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         for line in proc.stdout:
             if line.startswith("STAGE"):
