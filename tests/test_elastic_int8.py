@@ -12,16 +12,10 @@ from espnet_lowrank.api import save_compressed
 from espnet_lowrank.artifact import build_asr_model, load_asr_model
 from espnet_lowrank.pipeline import calibrate_model, compress
 from espnet_lowrank.config import LowRankConfig
-from espnet_lowrank.data import load_audio, read_data_dir
+from espnet_lowrank.data import load_audio
 from espnet_lowrank.quantize import quantize_linears_, quantized_linears
 
-LIBRISPEECH = "librispeech_train-clean-100"
 NUM_CALIB = 4
-
-
-@pytest.fixture(scope="module")
-def librispeech(shared_data_dir):
-    return read_data_dir(str(shared_data_dir / LIBRISPEECH), require_text=True)
 
 
 @pytest.fixture(scope="module")
