@@ -37,11 +37,12 @@ lowrank_configs=           # several configs (a θ sweep): "a.yaml b.yaml"
 thetas=                    # or a θ sweep on --lowrank_config: "0.9 0.95 0.99" (both θs set to each value)
 num_calib=                 # default: the low-rank config's num_calib (else 64)
 decode_dense=true           # stage 12: also decode with the dense model
-test_sets="test_synth test_real"  # names under data/ or absolute Kaldi dirs; never used for training/calibration
+test_sets=                 # names under data/ or absolute Kaldi dirs; never used for training/calibration
+                           # (default: test_synth test_real test_real_seen; tiny: test_synth test_real)
 train_data=                # stage 1: real training speech, Kaldi dirs or LibriSpeech trees ("a b"; default: shared sets)
 test_real_data=            # stage 1: real held-out speech dirs for test_real (default: shared arctic_misc)
 data_opts=                 # extra options for local/data.sh, e.g. "--real_train /path/to/LibriSpeech/train-clean-100"
-nbpe=300
+nbpe=150
 min_wav_duration=0.1
 max_wav_duration=20
 ngpu=0
@@ -58,7 +59,9 @@ if [ "${tiny}" = true ]; then
     results=${results:-exp/RESULTS.md}
     nbpe=40
     data_opts="--tiny true ${data_opts}"
+    test_sets=${test_sets:-test_synth test_real}
 fi
+test_sets=${test_sets:-test_synth test_real test_real_seen}
 asr_config=${asr_config:-conf/train_asr_conformer.yaml}
 inference_config=${inference_config:-conf/decode_asr.yaml}
 results=${results:-RESULTS.md}
@@ -89,7 +92,7 @@ fi
 if [ ${stage} -le 1 ] && [ ${stop_stage} -ge 1 ]; then
     # Test sets that stage 1 does not make must exist already.
     for d in ${test_dirs}; do
-        case "$d" in data/test_synth|data/test_real) ;; *) tools check_data --require_text "$d" || fail "bad test set $d" ;; esac
+        case "$d" in data/test_synth|data/test_real|data/test_real_seen) ;; *) tools check_data --require_text "$d" || fail "bad test set $d" ;; esac
     done
 else
     if [ ${stage} -le 11 ] && [ ${stop_stage} -ge 2 ]; then
@@ -198,9 +201,9 @@ if [ ${stage} -le 11 ] && [ ${stop_stage} -ge 11 ]; then
         --fold_length 80000 --fold_length 150 --resume true --use_tensorboard false \
         --output_dir "${asr_exp}" > "${asr_exp}/train.log" 2>&1 \
         || { tail -20 "${asr_exp}/train.log" >&2; fail "training failed (${asr_exp}/train.log)"; }
-    best=valid.acc.ave.pth
-    [ -e "${asr_exp}/${best}" ] || best=valid.acc.best.pth
-    [ -e "${asr_exp}/${best}" ] || fail "training wrote neither valid.acc.ave.pth nor valid.acc.best.pth"
+    # The model the config's best_model_criterion picked: its n-best average, else its best epoch.
+    best=$(cd "${asr_exp}" && ls valid.*.ave.pth valid.*.best.pth 2>/dev/null | head -1)
+    [ -n "${best}" ] || fail "training wrote no valid.*.ave.pth or valid.*.best.pth in ${asr_exp}"
     ln -sfn "${best}" "${asr_exp}/model.pth"
     cp "${inference_config}" "${asr_exp}/decode.yaml"
 fi

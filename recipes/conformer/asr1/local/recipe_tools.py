@@ -159,11 +159,14 @@ def cmd_select_sentences(args) -> None:
 
 
 def cmd_combine(args) -> None:
-    """data/train, data/dev (from the training pool) and data/test_real (held out)."""
+    """data/train, data/dev (from the training pool), data/test_real (speakers never
+    trained on) and data/test_real_seen (held-out utterances of trained speakers)."""
     from espnet_lowrank.data import Utterance, write_data_dir
 
     heldout = re.compile(args.heldout_speakers) if args.heldout_speakers else None
+    heldout_utt = re.compile(args.heldout_utts) if args.heldout_utts else None
     test: List[Utterance] = []
+    seen: List[Utterance] = []
     for path in args.real_test:
         test += read_any(path)
     train: List[Utterance] = []
@@ -173,10 +176,15 @@ def cmd_combine(args) -> None:
             utts = utts[: args.max_per_dir]
         for u in utts:
             spk = u.speaker or u.utt_id
-            (test if heldout is not None and heldout.search(spk) else train).append(u)
+            if heldout is not None and heldout.search(spk):
+                test.append(u)
+            elif heldout_utt is not None and heldout_utt.search(u.utt_id):
+                seen.append(u)
+            else:
+                train.append(u)
     if args.max_test and len(test) > args.max_test:
-        test = test[: args.max_test]
-    test_texts = {_norm(u.text) for u in test if u.text}
+        test, seen = test[: args.max_test], seen[: args.max_test]
+    test_texts = {_norm(u.text) for u in test + seen if u.text}
     synth_test_texts = set()
     if args.synth_test:
         synth_test_texts = {_norm(u.text) for u in read_any(args.synth_test)}
@@ -187,7 +195,7 @@ def cmd_combine(args) -> None:
     dropped = before - len(train)
     if not train or not test:
         die(f"empty set: {len(train)} training and {len(test)} held-out utterances")
-    ids = [u.utt_id for u in train + test]
+    ids = [u.utt_id for u in train + test + seen]
     if len(ids) != len(set(ids)):
         die("duplicate utterance ids across the source data dirs")
     order = list(range(len(train)))
@@ -195,9 +203,10 @@ def cmd_combine(args) -> None:
     dev_idx = set(order[: args.num_dev])
     dev = [u for i, u in enumerate(train) if i in dev_idx]
     train = [u for i, u in enumerate(train) if i not in dev_idx]
-    for name, utts in (("train", train), ("dev", dev), ("test_real", test)):
+    sets = [("train", train), ("dev", dev), ("test_real", test)] + ([("test_real_seen", seen)] if seen else [])
+    for name, utts in sets:
         write_data_dir(os.path.join(args.out, name), utts)
-    print(f"train {len(train)}, dev {len(dev)}, test_real {len(test)} utterances "
+    print(f"train {len(train)}, dev {len(dev)}, test_real {len(test)}, test_real_seen {len(seen)} utterances "
           f"({dropped} training utterances dropped: same text as a test utterance)", file=sys.stderr)
 
 
@@ -282,6 +291,7 @@ def main(argv=None) -> None:
     s.add_argument("--real_train", nargs="*", default=[])
     s.add_argument("--real_test", nargs="*", default=[])
     s.add_argument("--heldout_speakers", default="")
+    s.add_argument("--heldout_utts", default="")
     s.add_argument("--synth_train", nargs="*", default=[])
     s.add_argument("--synth_test", default="")
     s.add_argument("--max_per_dir", type=int, default=0)
