@@ -5,7 +5,7 @@ A ``--lowrank_config`` YAML may give the sections::
     targets:     {target_modules, exclude_modules, rank_pattern}   # which layers
     ranks:       {theta_attention, theta_feed_forward, rank_multiple, budget}
     calibration: {num_calib, batch_size, sequential, seed}
-    recovery:    {steps, lr}
+    recovery:    {steps, lr, objective}
     deployment:  {attention, int8, elastic}
 
 or the same options as flat keys (``theta_attention: 0.98``,
@@ -24,6 +24,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 import yaml
 
 ATTENTION_MODES = ("auto", "reduced", "dense")
+RECOVERY_OBJECTIVES = ("encoder", "decoder")
 MAX_LR = 1.0
 # The YAML schema's version (optional key ``version``); a later schema that
 # renames options bumps it, and this module maps the older ones.
@@ -77,6 +78,11 @@ class Recovery:
                           "outputs, only the factors train); 0: off"})
     lr: float = field(
         default=3e-5, metadata={"help": "Adam learning rate (3e-4 diverged on the recipe Conformer)"})
+    objective: str = field(
+        default="encoder",
+        metadata={"help": "what recovery matches: 'encoder' (MSE on the encoder output) or "
+                          "'decoder' (what the decoder reads: the CTC posteriors, KL; Whisper's "
+                          "cross-attention keys and values, MSE)"})
 
 
 @dataclass
@@ -97,7 +103,8 @@ FLAT_KEYS: Dict[str, Tuple[str, str]] = {
     f.name: (section, f.name) for section, cls in SECTIONS.items() for f in dataclasses.fields(cls)
     if section != "recovery"
 }
-FLAT_KEYS.update(recovery_steps=("recovery", "steps"), recovery_lr=("recovery", "lr"))
+FLAT_KEYS.update(recovery_steps=("recovery", "steps"), recovery_lr=("recovery", "lr"),
+                 recovery_objective=("recovery", "objective"))
 _FLAT_OF = {where: flat for flat, where in FLAT_KEYS.items()}
 _REMOVED = {
     "keep_dense_if_no_savings": "a layer is always kept dense where factoring would not save",
@@ -199,6 +206,7 @@ _CHECKS: Dict[Tuple[str, str], Callable] = {
     ("calibration", "seed"): _integer(0),
     ("recovery", "steps"): _integer(0),
     ("recovery", "lr"): _number(0.0, MAX_LR),
+    ("recovery", "objective"): _choice(RECOVERY_OBJECTIVES),
     ("deployment", "attention"): _choice(ATTENTION_MODES),
     ("deployment", "int8"): _boolean,
     ("deployment", "elastic"): _boolean,

@@ -143,6 +143,10 @@ def compress(
     family = family_for(source.encoder)
     targets = family.target_layers(source.encoder, config)
     _check_inputs(calib_data, config, stats, targets)
+    if config.recovery.steps:
+        from espnet_lowrank.recovery import check_objective
+
+        check_objective(source, config.recovery.objective)
     utts = calibration_utterances(calib_data, config.calibration.num_calib) if calib_data is not None else None
     torch.manual_seed(config.calibration.seed)
 
@@ -207,4 +211,4 @@ def recover_if_asked(compressed, source, utts: Optional[List[Utterance]], config
 
     with kept_modes(source):
         return recover_(compressed, source.eval(), utts, config.recovery.steps, config.recovery.lr,
-                        config.calibration.batch_size)
+                        config.calibration.batch_size, config.recovery.objective)

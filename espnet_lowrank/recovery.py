@@ -1,7 +1,14 @@
 """Short recovery (``recovery_steps: N``): a few hundred steps of distillation
-after factoring. The loss is the MSE between the compressed and the dense
-encoder outputs on the calibration audio (valid frames only), and only the
-low-rank factors train; every other weight stays as it was.
+after factoring, on the calibration audio (valid frames only). Only the
+low-rank factors train; every other weight stays as it was. The objective:
+
+- ``encoder``: MSE between the compressed and the dense encoder outputs;
+- ``decoder``: what the decoder reads from the encoder output. Whisper's
+  decoder reads it only through each layer's cross-attention key and value
+  projections (MSE, each tensor scaled by the dense one's mean square); an
+  ESPnet CTC model reads the CTC posteriors (KL to the dense model's). Plain
+  MSE weighs every direction of the encoder output alike, these weigh them
+  as the decoder does. No labels are needed.
 
 Runs in eval mode (no dropout or SpecAugment) with gradients on, so the
 student sees exactly the forward it will run at inference.
@@ -34,19 +41,50 @@ def _valid_mse(student: torch.Tensor, teacher: torch.Tensor, lengths: torch.Tens
     return (diff * diff).mean()
 
 
+def check_objective(model, objective: str) -> None:
+    """Refuse an objective the model cannot give, before any work."""
+    if objective == "decoder" and not (hasattr(getattr(model, "decoder", None), "cross_kv")
+                                       or getattr(model, "ctc", None) is not None):
+        raise ValueError("recovery.objective: decoder needs a CTC head or a Whisper decoder; "
+                         "this model has neither (use objective: encoder)")
+
+
+def decoder_view(model, encoder_out: torch.Tensor, objective: str) -> List[torch.Tensor]:
+    """The tensors the objective compares (the encoder output itself for 'encoder')."""
+    if objective == "encoder":
+        return [encoder_out]
+    decoder = getattr(model, "decoder", None)
+    if hasattr(decoder, "cross_kv"):
+        return [t for kv in decoder.cross_kv(encoder_out) for t in kv]
+    return [model.ctc.log_softmax(encoder_out)]
+
+
+def objective_loss(model, student: List[torch.Tensor], teacher: List[torch.Tensor],
+                   lengths: torch.Tensor, objective: str) -> torch.Tensor:
+    if objective == "encoder":
+        return _valid_mse(student[0], teacher[0], lengths)
+    if hasattr(getattr(model, "decoder", None), "cross_kv"):
+        return sum(_valid_mse(s, t, lengths) / t.pow(2).mean().clamp_min(1e-12)
+                   for s, t in zip(student, teacher)) / len(teacher)
+    mask = torch.arange(teacher[0].shape[1], device=lengths.device)[None, :] < lengths[:, None]
+    log_t, log_s = teacher[0][mask], student[0][mask]
+    return (log_t.exp() * (log_t - log_s)).sum(-1).mean()
+
+
 def recover_(compressed, dense, utts: List[Utterance], steps: int, lr: float = 3e-5,
-             batch_size: int = 4) -> dict:
+             batch_size: int = 4, objective: str = "encoder") -> dict:
     """Train ``compressed``'s low-rank factors for ``steps`` steps to match
-    ``dense``'s encoder outputs on ``utts`` (in place). After every pass over
-    the batches the MSE over all of them is measured, and the factors with the
+    ``dense`` on ``utts`` under ``objective`` (in place). After every pass over
+    the batches the loss over all of them is measured, and the factors with the
     lowest one are kept (the calibration factors when nothing improved).
-    Returns the MSE before and after and the step the kept factors are from."""
+    Returns the loss before and after and the step the kept factors are from."""
     from espnet_lowrank.progress import progress
 
     if steps < 1:
         raise ValueError(f"recovery needs at least one step, got {steps}")
     if not utts:
         raise ValueError("recovery needs calibration utterances")
+    check_objective(compressed, objective)
     params = factor_parameters(compressed.encoder)
     if not params:
         raise ValueError("no low-rank layers to train: the plan factored nothing")
@@ -60,7 +98,7 @@ def recover_(compressed, dense, utts: List[Utterance], steps: int, lr: float = 3
     with torch.no_grad():
         for speech, lengths in batches:
             out, out_lens = dense.encode(speech, lengths)
-            targets.append((out, out_lens))
+            targets.append((decoder_view(dense, out, objective), out_lens))
     optimizer = torch.optim.Adam(params, lr=lr)
     compressed.eval()
     started = time.perf_counter()
@@ -69,7 +107,8 @@ def recover_(compressed, dense, utts: List[Utterance], steps: int, lr: float = 3
         speech, lengths = batches[i]
         out, _ = compressed.encode(speech, lengths)
         teacher, teacher_lens = targets[i]
-        return _valid_mse(out, teacher, teacher_lens)
+        student = decoder_view(compressed, out, objective)
+        return objective_loss(compressed, student, teacher, teacher_lens, objective)
 
     def full_loss():
         with torch.no_grad():
@@ -105,9 +144,9 @@ def recover_(compressed, dense, utts: List[Utterance], steps: int, lr: float = 3
             p.copy_(saved)
     after = best_loss
     if best_step == 0:
-        logger.warning("recovery did not lower the encoder MSE (%.4g); kept the factors from "
-                       "calibration. Try a lower recovery_lr.", before)
-    logger.info("recovery: %d steps, encoder MSE %.4g -> %.4g", steps, before, after)
-    return {"recovery_steps": steps, "recovery_lr": lr, "recovery_mse_before": before,
-            "recovery_mse_after": after, "recovery_best_step": best_step,
+        logger.warning("recovery did not lower the %s loss (%.4g); kept the factors from "
+                       "calibration. Try a lower recovery_lr.", objective, before)
+    logger.info("recovery: %d steps, %s loss %.4g -> %.4g", steps, objective, before, after)
+    return {"recovery_steps": steps, "recovery_lr": lr, "recovery_objective": objective,
+            "recovery_loss_before": before, "recovery_loss_after": after, "recovery_best_step": best_step,
             "recovery_seconds": round(time.perf_counter() - started, 2)}

@@ -165,8 +165,8 @@ def compression_report_md(report: dict) -> str:
     if "calibration_passes" in report:
         summary["calibration passes"] = report["calibration_passes"]
     if report.get("recovery_steps"):
-        summary[f"recovery ({report['recovery_steps']} steps) encoder MSE"] = (
-            f"{report['recovery_mse_before']:.4g} -> {report['recovery_mse_after']:.4g}")
+        summary[f"recovery ({report['recovery_steps']} steps) {report.get('recovery_objective', 'encoder')} loss"] = (
+            f"{report['recovery_loss_before']:.4g} -> {report['recovery_loss_after']:.4g}")
     for name, cost in report.get("steps", {}).items():
         summary[f"step {name}: seconds / peak RSS so far (MB)"] = f"{cost['seconds']} / {cost['peak_rss_mb']}"
     lines = ["# Low-rank compression report", "", markdown_kv_table(summary), "",
