@@ -204,7 +204,11 @@ if [ ${stage} -le 11 ] && [ ${stop_stage} -ge 11 ]; then
     # The model the config's best_model_criterion picked: its n-best average, else its best epoch.
     best=$(cd "${asr_exp}" && ls valid.*.ave.pth valid.*.best.pth 2>/dev/null | head -1)
     [ -n "${best}" ] || fail "training wrote no valid.*.ave.pth or valid.*.best.pth in ${asr_exp}"
-    ln -sfn "${best}" "${asr_exp}/model.pth"
+    # Self-contained exp dir (model.pth, bpe.model, feats_stats.npz, relative paths),
+    # per-epoch summary and learning curves: what the repository ships.
+    ${python} local/ship_exp.py "${asr_exp}" --model "${best}"
+    ${python} local/summarize_training.py "${asr_exp}/train.log" --out_md "${asr_exp}/train_summary.md" \
+        --out_png "$(dirname "${results}")/learning_curves.png"
     cp "${inference_config}" "${asr_exp}/decode.yaml"
 fi
 

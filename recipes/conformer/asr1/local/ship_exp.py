@@ -1,0 +1,73 @@
+#!/usr/bin/env python3
+"""Make a trained exp dir self-contained and small enough to commit.
+
+    python local/ship_exp.py exp/asr_train_asr_conformer --model valid.cer_ctc.ave.pth
+
+- model.pth becomes a real copy of the chosen checkpoint (not a symlink);
+- the BPE model and the feature-normalization stats are copied into the exp
+  dir, and config.yaml points at them by paths relative to the recipe dir
+  (ESPnet's convention: run from recipes/conformer/asr1);
+- written atomically (temp file + rename); the source files are only read.
+"""
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+
+import yaml
+
+
+def _atomic_copy(src: str, dst: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(dst), prefix=".tmp-")
+    os.close(fd)
+    try:
+        shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def ship(exp: str, model: str) -> None:
+    config_path = os.path.join(exp, "config.yaml")
+    with open(config_path, encoding="utf-8") as f:
+        config = yaml.safe_load(f)
+    bpemodel = config.get("bpemodel")
+    stats = (config.get("normalize_conf") or {}).get("stats_file")
+    chosen = os.path.realpath(os.path.join(exp, model))
+    for what, path in (("checkpoint", chosen), ("bpemodel", bpemodel), ("stats_file", stats)):
+        if not path or not os.path.isfile(path):
+            sys.exit(f"ship_exp: {what} not found: {path}")
+    rel = os.path.relpath(exp)  # relative to the recipe dir (cwd)
+    targets = {"bpemodel": os.path.join(rel, "bpe.model"), "stats_file": os.path.join(rel, "feats_stats.npz")}
+    if os.path.realpath(bpemodel) != os.path.realpath(targets["bpemodel"]):
+        _atomic_copy(bpemodel, targets["bpemodel"])
+    if os.path.realpath(stats) != os.path.realpath(targets["stats_file"]):
+        _atomic_copy(stats, targets["stats_file"])
+    config["bpemodel"] = targets["bpemodel"]
+    config["normalize_conf"]["stats_file"] = targets["stats_file"]
+    model_path = os.path.join(exp, "model.pth")
+    _atomic_copy(chosen, model_path + ".new")
+    if os.path.lexists(model_path):
+        os.remove(model_path)
+    os.replace(model_path + ".new", model_path)
+    fd, tmp = tempfile.mkstemp(dir=exp, prefix=".tmp-", suffix=".yaml")
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        yaml.safe_dump(config, f, sort_keys=False, allow_unicode=True)
+    os.replace(tmp, config_path)
+    print(f"{exp}: model.pth ({os.path.getsize(model_path) / 1e6:.1f} MB, from {model}), "
+          f"bpe.model, feats_stats.npz, config.yaml with paths relative to {os.getcwd()}", file=sys.stderr)
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("exp")
+    p.add_argument("--model", required=True, help="checkpoint file name inside exp, e.g. valid.cer_ctc.ave.pth")
+    args = p.parse_args(argv)
+    ship(args.exp, args.model)
+
+
+if __name__ == "__main__":
+    main()
