@@ -21,13 +21,36 @@ VENV_BIN = Path(sys.executable).parent
 pytestmark = pytest.mark.slow
 
 
-def _copy_recipe(dst: Path) -> Path:
-    """recipes/common, recipes/conformer/asr1 (no data/exp/dump) and conf/lowrank."""
+SHIPPED_EXP = Path("exp") / "asr_train_asr_conformer"
+SHIPPED_FILES = ("config.yaml", "model.pth", "bpe.model", "feats_stats.npz", "decode.yaml", "train_summary.md")
+
+
+def _copy_recipe(dst: Path, shipped: bool = False) -> Path:
+    """recipes/common, recipes/conformer/asr1 (no data/exp/dump) and conf/lowrank, as a
+    fresh clone has them; ``shipped``: plus the committed files of the trained Conformer."""
     ignore = shutil.ignore_patterns("data", "exp", "dump", "RESULTS.md", "__pycache__")
     shutil.copytree(ROOT / "recipes" / "common", dst / "recipes" / "common")
-    shutil.copytree(ROOT / "recipes" / "conformer" / "asr1", dst / "recipes" / "conformer" / "asr1", ignore=ignore)
+    recipe = dst / "recipes" / "conformer" / "asr1"
+    shutil.copytree(ROOT / "recipes" / "conformer" / "asr1", recipe, ignore=ignore)
     shutil.copytree(ROOT / "conf" / "lowrank", dst / "conf" / "lowrank")
-    return dst / "recipes" / "conformer" / "asr1"
+    if shipped:
+        (recipe / SHIPPED_EXP).mkdir(parents=True)
+        for name in SHIPPED_FILES:
+            shutil.copyfile(ROOT / "recipes" / "conformer" / "asr1" / SHIPPED_EXP / name, recipe / SHIPPED_EXP / name)
+    return recipe
+
+
+def shipped_stage12_inputs(shared: Path, root: Path):
+    """(calibration dir: 16 AN4 training utterances, test dir: 3 held-out ARCTIC cathy
+    prompts), absolute Kaldi dirs outside the recipe."""
+    from espnet_lowrank.data import read_data_dir, write_data_dir
+
+    calib = read_data_dir(str(shared / "an4"), require_text=True)[:16]
+    test = [u for u in read_data_dir(str(shared / "arctic_cathy_a"), require_text=True)
+            if u.utt_id.startswith("cathy_arctic_a059")][:3]
+    write_data_dir(str(root / "calib"), calib)
+    write_data_dir(str(root / "heldout"), test)
+    return root / "calib", root / "heldout"
 
 
 def _run(recipe: Path, *args: str, shared: Path, timeout: int = 600) -> subprocess.CompletedProcess:
@@ -144,3 +167,24 @@ def test_unknown_encoder_family_fails_fast(tmp_path, shared_data_dir):
     bad.write_text(yaml.safe_dump(config))
     proc = _run(recipe, "--tiny", "true", "--asr_config", str(bad), shared=shared_data_dir, timeout=120)
     _assert_fails_fast(proc, recipe, "no low-rank adapter", "unknown encoder family", "'rnn'")
+
+
+def test_fresh_clone_runs_stages_12_13_from_the_shipped_model(tmp_path, shared_data_dir):
+    """No stage 1-11: the committed Conformer, an absolute test dir, --calib_data."""
+    recipe = _copy_recipe(tmp_path / "clone", shipped=True)
+    calib, heldout = shipped_stage12_inputs(shared_data_dir, tmp_path)
+    before = (recipe / SHIPPED_EXP / "model.pth").read_bytes()
+    proc = _run(recipe, "--stage", "12", "--stop_stage", "13", "--calib_data", str(calib),
+                "--num_calib", "16", "--test_sets", str(heldout), shared=shared_data_dir)
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    results = (recipe / "RESULTS.md").read_text()
+    for row in ("| asr_train_asr_conformer |", "| asr_train_asr_conformer_lowrank |",
+                "asr_train_asr_conformer/decode_heldout", "asr_train_asr_conformer_lowrank/decode_heldout"):
+        assert row in results, results
+    calib_ids = {line.split()[0] for line in (recipe / "exp/asr_train_asr_conformer_calib/wav.scp").read_text().splitlines()}
+    assert len(calib_ids) == 16 and not calib_ids & {line.split()[0] for line in (heldout / "text").read_text().splitlines()}
+    assert (recipe / SHIPPED_EXP / "model.pth").read_bytes() == before
+    # Without --calib_data and without stages 1-2 there is nothing to calibrate on: one line, early.
+    proc = _run(recipe, "--stage", "12", "--stop_stage", "12", "--test_sets", str(heldout),
+                shared=shared_data_dir, timeout=120)
+    assert proc.returncode != 0 and "no calibration speech at dump/raw/train" in proc.stderr, proc.stderr[-2000:]

@@ -5,8 +5,8 @@ up to 4 calibration jobs. Each claim is checked against one local job: the same 
 the same model.pth tensors (max abs diff <= 1e-6), the same decoded text. A
 corrupt wav fails the run with its job's log tail and leaves no exp dir; the
 rerun reuses the part that finished. A cancelled job is reported as one. The
-Conformer recipe (--tiny true) gives the same stage-12 result with
-``--nj 4 --backend slurm`` as with one local job.
+Conformer recipe's stage 12 on the shipped, trained Conformer gives the same result
+with ``--nj 4 --backend slurm`` as with one local job.
 
 Outside CI these tests skip when ``sinfo`` is absent or no node is idle.
 """
@@ -209,26 +209,32 @@ def test_local_rerun_reuses_finished_parts_and_reruns_changed_ones(tmp_path):
 
 
 def test_conformer_recipe_stage12_on_slurm_equals_one_local_job(slurm, tmp_path, shared_data_dir):
-    """recipes/conformer/asr1/run.sh --tiny true: stage 12 with --nj 4 --backend slurm
+    """recipes/conformer/asr1/run.sh stage 12 on the shipped Conformer: --nj 4 --backend slurm
     gives the plan, weights and hypotheses of the --nj 1 local run."""
-    from test_conformer_recipe import _copy_recipe, _lowrank_state, _run  # pytest puts tests/ on sys.path
+    from test_conformer_recipe import _copy_recipe, _run, shipped_stage12_inputs  # tests/ is on sys.path
 
-    recipe = _copy_recipe(tmp_path)
-    proc = _run(recipe, "--tiny", "true", "--nj", "1", "--decode_dense", "false", "--test_sets", "test_real",
-                "--stop_stage", "12", shared=shared_data_dir)
+    recipe = _copy_recipe(tmp_path / "clone", shipped=True)
+    calib, heldout = shipped_stage12_inputs(shared_data_dir, tmp_path)
+    args = ["--stage", "12", "--stop_stage", "12", "--calib_data", str(calib), "--num_calib", "16",
+            "--decode_dense", "false", "--test_sets", str(heldout)]
+    exp = recipe / "exp" / "asr_train_asr_conformer_lowrank"
+
+    def state():
+        plan = yaml.safe_load((exp / "config.yaml").read_text())["encoder_conf"]["plan"]
+        weights = torch.load(exp / "model.pth", map_location="cpu", weights_only=True)
+        return plan, weights, (exp / "decode_heldout/1best_recog/text").read_text()
+
+    proc = _run(recipe, *args, "--nj", "1", shared=shared_data_dir)
     assert proc.returncode == 0, proc.stderr[-5000:]
-    plan1, state1, hyps1 = _lowrank_state(recipe)
-    proc = _run(recipe, "--tiny", "true", "--stage", "12", "--stop_stage", "12", "--nj", "4",
-                "--backend", "slurm", "--decode_dense", "false", "--test_sets", "test_real",
-                shared=shared_data_dir)
+    plan1, state1, hyps1 = state()
+    proc = _run(recipe, *args, "--nj", "4", "--backend", "slurm", shared=shared_data_dir)
     assert proc.returncode == 0, proc.stderr[-5000:]
     assert "in 4 jobs" in proc.stderr
-    logs = sorted((recipe / "exp/asr_train_tiny_calib/log").glob("calib.*.log.sbatch"))
+    logs = sorted((recipe / "exp/asr_train_asr_conformer_calib/log").glob("calib.*.log.sbatch"))
     assert len(logs) == 4 and all(p.read_text().strip().isdigit() for p in logs)  # 4 Slurm job ids
-    plan4, state4, hyps4 = _lowrank_state(recipe)
+    plan4, state4, hyps4 = state()
     assert plan1 == plan4 and any(plan1.values())
     assert state1.keys() == state4.keys()
     worst = max((state1[k].double() - state4[k].double()).abs().max().item() for k in state1)
     assert worst <= 1e-6, worst
-    assert set(hyps1) == set(hyps4) == {"decode_test_real"}
-    assert hyps1 == hyps4
+    assert hyps1 == hyps4 and len(hyps1.splitlines()) == 3

@@ -36,6 +36,8 @@ lowrank_config=            # default: conf/lowrank/<family>.yaml (tiny: conf/low
 lowrank_configs=           # several configs (a θ sweep): "a.yaml b.yaml"
 thetas=                    # or a θ sweep on --lowrank_config: "0.9 0.95 0.99" (both θs set to each value)
 num_calib=                 # default: the low-rank config's num_calib (else 64)
+calib_data=                # stage 12: training speech to calibrate on (Kaldi dir; default dump/raw/train,
+                           # made by stages 1-2; a fresh clone passes one, e.g. ../../../../shared/data/an4)
 decode_dense=true           # stage 12: also decode with the dense model
 test_sets=                 # names under data/ or absolute Kaldi dirs; never used for training/calibration
                            # (default: test_synth test_real test_real_seen; tiny: test_synth test_real)
@@ -48,7 +50,7 @@ max_wav_duration=20
 ngpu=0
 results=                   # default: RESULTS.md (tiny: exp/RESULTS.md)
 python=python
-__recipe_options="stage stop_stage nj backend tiny asr_config asr_exp inference_config inference_asr_model decode_dense lowrank_config lowrank_configs thetas num_calib test_sets train_data test_real_data data_opts nbpe min_wav_duration max_wav_duration ngpu results python"
+__recipe_options="stage stop_stage nj backend tiny asr_config asr_exp inference_config inference_asr_model decode_dense lowrank_config lowrank_configs thetas num_calib calib_data test_sets train_data test_real_data data_opts nbpe min_wav_duration max_wav_duration ngpu results python"
 . ../../common/parse_options.sh
 
 root=$(cd ../../.. && pwd)
@@ -101,6 +103,11 @@ else
     if [ ${stop_stage} -ge 12 ] && [ ${stage} -le 13 ]; then
         tools check_data --require_text ${test_dirs} || fail "bad test set (run stage 1 first?)"
     fi
+fi
+calib_data=${calib_data:-dump/raw/train}
+if [ ${stage} -le 12 ] && [ ${stop_stage} -ge 12 ] && [ ${stage} -gt 2 ]; then
+    tools check_data "${calib_data}" >/dev/null \
+        || fail "no calibration speech at ${calib_data}: run stages 1-2, or pass --calib_data DIR (training speech, never a test set)"
 fi
 
 # Low-rank configs: --lowrank_configs, or a --thetas sweep on --lowrank_config, or one config.
@@ -222,7 +229,7 @@ if [ ${stage} -le 12 ] && [ ${stop_stage} -ge 12 ]; then
         # Calibration: n training utterances (never dev/test), split at batch boundaries.
         # Part statistics stay: a rerun reuses those whose inputs are unchanged (jobs.py).
         rm -rf "${calib_dir}"/split*
-        jobs=$(tools calib_split --train dump/raw/train --num "${n}" --batch_size "${batch_size}" --nj "${nj}" --out "${calib_dir}")
+        jobs=$(tools calib_split --train "${calib_data}" --num "${n}" --batch_size "${batch_size}" --nj "${nj}" --out "${calib_dir}")
         if [ "$(tools needs_audio "${conf}")" = yes ]; then
             # Sequential calibration / recovery pass over the audio many times: one job.
             log 12 "compress ${asr_exp} on ${n} training utterances ($(basename "${conf}"), one job) -> ${lowrank_exp}"
