@@ -33,7 +33,7 @@ class Utterance:
     speaker: Optional[str] = None
 
 
-def _read_kv_file(path: str, allow_empty_value: bool) -> Dict[str, str]:
+def read_kv_file(path: str, allow_empty_value: bool) -> Dict[str, str]:
     """Read a Kaldi ``<key> <value>`` file, rejecting duplicates and bad lines."""
     out: Dict[str, str] = {}
     with open(path, "r", encoding="utf-8") as f:
@@ -67,7 +67,7 @@ def read_data_dir(path: str, require_text: bool = False) -> List[Utterance]:
     scp = os.path.join(path, "wav.scp")
     if not os.path.isfile(scp):
         raise FileNotFoundError(f"no wav.scp in data directory {path}")
-    wavs = _read_kv_file(scp, allow_empty_value=False)
+    wavs = read_kv_file(scp, allow_empty_value=False)
     if not wavs:
         raise ValueError(f"{scp} is empty: the data directory {path} has no utterances")
     for utt_id, wav in wavs.items():
@@ -84,7 +84,7 @@ def read_data_dir(path: str, require_text: bool = False) -> List[Utterance]:
     texts: Optional[Dict[str, str]] = None
     text_path = os.path.join(path, "text")
     if os.path.isfile(text_path):
-        texts = _read_kv_file(text_path, allow_empty_value=True)
+        texts = read_kv_file(text_path, allow_empty_value=True)
         extra = sorted(set(texts) - set(resolved))
         if extra:
             raise ValueError(f"{text_path}: ids not in wav.scp: {_listed(extra)}")
@@ -101,7 +101,7 @@ def read_data_dir(path: str, require_text: bool = False) -> List[Utterance]:
     speakers: Dict[str, str] = {}
     u2s = os.path.join(path, "utt2spk")
     if os.path.isfile(u2s):
-        speakers = _read_kv_file(u2s, allow_empty_value=False)
+        speakers = read_kv_file(u2s, allow_empty_value=False)
 
     return [Utterance(u, resolved[u], None if texts is None else texts.get(u), speakers.get(u))
             for u in sorted(resolved)]
@@ -167,7 +167,7 @@ def import_librispeech(root: str) -> List[Utterance]:
                 continue
             n_trans += 1
             trans = os.path.join(dirpath, name)
-            for utt_id, text in _read_kv_file(trans, allow_empty_value=True).items():
+            for utt_id, text in read_kv_file(trans, allow_empty_value=True).items():
                 flac = os.path.join(dirpath, utt_id + ".flac")
                 if not os.path.isfile(flac):
                     raise FileNotFoundError(f"{trans}: audio for {utt_id!r} not found: {flac}")
