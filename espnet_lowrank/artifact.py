@@ -43,10 +43,8 @@ def check_state_dict(model: torch.nn.Module, state_dict: Dict[str, torch.Tensor]
         def head(items):
             return f"{len(items)} {items[:5]}{' ...' if len(items) > 5 else ''}"
 
-        raise KeyMismatchError(
-            f"{what}: the config does not match the checkpoint — missing {head(missing)}, "
-            f"unexpected {head(unexpected)}, shape mismatches {head(shapes)}"
-        )
+        raise KeyMismatchError(f"{what}: the config does not match the checkpoint — missing {head(missing)}, "
+                               f"unexpected {head(unexpected)}, shape mismatches {head(shapes)}")
 
 
 def read_yaml(path: str) -> dict:

@@ -93,10 +93,8 @@ def read_data_dir(path: str, require_text: bool = False) -> List[Utterance]:
     if require_text and texts is not None:
         lacking = sorted(set(resolved) - set(texts))
         if lacking:
-            raise ValueError(
-                f"{text_path}: no transcript for {len(lacking)} utterances: "
-                + ", ".join(lacking[:_MAX_LISTED])
-            )
+            raise ValueError(f"{text_path}: no transcript for {len(lacking)} utterances: "
+                             + ", ".join(lacking[:_MAX_LISTED]))
 
     speakers: Dict[str, str] = {}
     u2s = os.path.join(path, "utt2spk")
@@ -214,10 +212,8 @@ def load_audio(path: str, sample_rate: int = 16000) -> np.ndarray:
 
             audio = AF.resample(torch.from_numpy(audio), sr, sample_rate).numpy()
         except ImportError as e:  # pragma: no cover - torchaudio ships with espnet
-            raise ValueError(
-                f"{path} has sample rate {sr} Hz, expected {sample_rate} Hz, "
-                "and torchaudio is not available to resample"
-            ) from e
+            raise ValueError(f"{path} has sample rate {sr} Hz, expected {sample_rate} Hz, "
+                             "and torchaudio is not available to resample") from e
         logger.debug("resampled %s from %d to %d Hz", path, sr, sample_rate)
     return np.ascontiguousarray(audio, dtype=np.float32)
 

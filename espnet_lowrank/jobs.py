@@ -215,10 +215,8 @@ def run_jobs(
     if failures:
         first = min(failures)
         summary = "; ".join(f"job {j + 1}: {p}" for j, p in sorted(failures.items()))
-        raise JobFailed(
-            f"{desc}: {len(failures)} of {len(commands)} jobs failed ({summary}); "
-            f"job {first + 1} log {log_paths[first]}:\n{_tail(log_paths[first])}"
-        )
+        raise JobFailed(f"{desc}: {len(failures)} of {len(commands)} jobs failed ({summary}); "
+                        f"job {first + 1} log {log_paths[first]}:\n{_tail(log_paths[first])}")
 
 
 def split_calibration(

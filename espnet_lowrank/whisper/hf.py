@@ -97,10 +97,8 @@ def load_hf_dir(path: str):
     try:
         from safetensors.torch import load_file
     except ImportError:
-        raise CheckpointError(
-            f"{path} is a Hugging Face Whisper directory (model.safetensors); "
-            "reading it needs the 'safetensors' package: pip install safetensors"
-        ) from None
+        raise CheckpointError(f"{path} is a Hugging Face Whisper directory (model.safetensors); "
+                              "reading it needs the 'safetensors' package: pip install safetensors") from None
     with open(os.path.join(path, "config.json"), encoding="utf-8") as f:
         config = json.load(f)
     sd = hf_to_openai_state_dict(load_file(os.path.join(path, "model.safetensors")))
