@@ -15,7 +15,7 @@ from typing import Callable, Iterable, Iterator, List, Optional, Tuple
 import torch
 from torch import nn
 
-from espnet_lowrank.modules.lowrank_linear import layer_dims
+from espnet_lowrank.handlers import layer_dims
 from espnet_lowrank.utils import atomic_write
 
 logger = logging.getLogger(__name__)
