@@ -30,16 +30,12 @@ def _planned_layer(encoder: nn.Module, name: str, rank: int) -> nn.Module:
     try:
         layer = encoder.get_submodule(name)
     except AttributeError:
-        raise ValueError(
-            f"the plan names layer {name!r}, which the encoder does not have; "
-            "the low-rank config does not match this model"
-        ) from None
+        raise ValueError(f"the plan names layer {name!r}, which the encoder does not have; "
+                         "the low-rank config does not match this model") from None
     d_in, d_out = layer_dims(layer)
     if not 0 < rank <= min(d_in, d_out):
-        raise ValueError(
-            f"rank {rank} for {name} is out of range for a {d_out}x{d_in} layer "
-            f"(max {min(d_in, d_out)})"
-        )
+        raise ValueError(f"rank {rank} for {name} is out of range for a {d_out}x{d_in} layer "
+                         f"(max {min(d_in, d_out)})")
     return layer
 
 

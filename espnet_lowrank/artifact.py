@@ -43,10 +43,8 @@ def check_state_dict(model: torch.nn.Module, state_dict: Dict[str, torch.Tensor]
         def head(items):
             return f"{len(items)} {items[:5]}{' ...' if len(items) > 5 else ''}"
 
-        raise KeyMismatchError(
-            f"{what}: the config does not match the checkpoint — missing {head(missing)}, "
-            f"unexpected {head(unexpected)}, shape mismatches {head(shapes)}"
-        )
+        raise KeyMismatchError(f"{what}: the config does not match the checkpoint — missing {head(missing)}, "
+                               f"unexpected {head(unexpected)}, shape mismatches {head(shapes)}")
 
 
 def read_yaml(path: str) -> dict:
@@ -106,10 +104,8 @@ def load_asr_model(config_file: str, model_file: str, device: str = "cpu") -> Tu
     return model.to(device).eval(), config
 
 
-def lowrank_train_config(
-    train_config: dict, ranks: Dict[str, int], attention: str,
-    int8: bool = False, elastic: bool = False,
-) -> dict:
+def lowrank_train_config(train_config: dict, ranks: Dict[str, int], attention: str,
+                         int8: bool = False) -> dict:
     """The train config with ``encoder: lowrank`` wrapping the dense encoder."""
     if str(train_config.get("encoder", "")).lower() == "lowrank":
         raise ValueError("the source model is already low-rank; compress its dense original")
@@ -124,8 +120,6 @@ def lowrank_train_config(
     # Written only when on, so existing exp dirs keep their exact config.
     if int8:
         config["encoder_conf"]["int8"] = True
-    if elastic:
-        config["encoder_conf"]["elastic"] = True
     config["encoder"] = "lowrank"
     return config
 

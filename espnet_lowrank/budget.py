@@ -94,18 +94,12 @@ def allocate_ranks(
     budget: float,
     config: Optional[LowRankConfig] = None,
 ) -> RankPlan:
-    """Ranks that keep ``budget`` of the dense FLOPs of ``layers``.
+    """Ranks that keep ``budget`` (in (0, 1]) of the dense FLOPs of ``layers``
+    (name -> (role, d_in, d_out)), given their calibration ``spectra``.
 
-    Args:
-        spectra: layer name -> output spectrum from calibration.
-        layers: layer name -> (role, d_in, d_out), as ``family.target_layers``.
-        budget: kept fraction of the dense cost, in (0, 1].
-        config: ``rank_multiple`` (step) and ``rank_pattern`` (fixed ranks,
-            counted but never changed); θ is not used.
-
-    Raises:
-        ValueError: bad budget, a layer without statistics, or a budget below
-            what the smallest ranks cost.
+    ``config`` gives the step (``rank_multiple``) and fixed ranks
+    (``rank_pattern``: counted, never changed); θ is only reported. A budget
+    below what the smallest ranks cost raises ValueError.
     """
     config = config or LowRankConfig()
     if not 0.0 < budget <= 1.0:
@@ -116,19 +110,15 @@ def allocate_ranks(
             raise ValueError(f"no calibration statistics for layer {name}")
         fixed = _fixed_rank(name, config.targets.rank_pattern)
         if fixed is not None and fixed > min(d_in, d_out):
-            raise ValueError(
-                f"rank_pattern gives {name} rank {fixed}, but the layer is "
-                f"{d_out}x{d_in} (max rank {min(d_in, d_out)})"
-            )
+            raise ValueError(f"rank_pattern gives {name} rank {fixed}, but the layer is "
+                             f"{d_out}x{d_in} (max rank {min(d_in, d_out)})")
         state.append(_Layer(name, role, d_in, d_out, spectra[name], config.ranks.rank_multiple, fixed))
     dense_total = sum(flops(l.d_in, l.d_out, None) for l in state)
     target = budget * dense_total
     floor = sum(l.options[0][1] for l in state)
     if floor > target * (1 + 1e-12):
-        raise ValueError(
-            f"budget {budget} is below the smallest reachable cost "
-            f"{floor / dense_total:.4f} of dense (every layer at rank {config.ranks.rank_multiple})"
-        )
+        raise ValueError(f"budget {budget} is below the smallest reachable cost {floor / dense_total:.4f} "
+                         f"of dense (every layer at rank {config.ranks.rank_multiple})")
 
     # Cut where the least variance is lost per unit of cost saved.
     total = sum(l.cost for l in state)
@@ -165,24 +155,17 @@ def allocate_ranks(
 
     ranks: Dict[str, int] = {}
     decisions: List[LayerDecision] = []
-    reason = f"budget={budget} (flops)"
     for layer in state:
         theta = config.ranks.theta_attention if layer.role == "attention" else config.ranks.theta_feed_forward
-        from_theta = layer.spec.rank_for(theta)
-        rank = layer.rank
-        explained = 1.0 - layer.lost
-        why = "rank_pattern" if layer.fixed else reason
-        if rank is None:
+        why = "rank_pattern" if layer.fixed else f"budget={budget} (flops)"
+        if layer.rank is None:
             why += "; dense"
         else:
-            ranks[layer.name] = rank
-        decisions.append(
-            LayerDecision(layer.name, layer.role, layer.d_in, layer.d_out, rank, from_theta, explained, why)
-        )
-    logger.info(
-        "budget %.3f: kept %.4f of the dense %s, %d of %d layers factored",
-        budget, total / dense_total, "flops", len(ranks), len(state),
-    )
+            ranks[layer.name] = layer.rank
+        decisions.append(LayerDecision(layer.name, layer.role, layer.d_in, layer.d_out, layer.rank,
+                                       layer.spec.rank_for(theta), 1.0 - layer.lost, why))
+    logger.info("budget %.3f: kept %.4f of the dense flops, %d of %d layers factored",
+                budget, total / dense_total, len(ranks), len(state))
     return RankPlan(ranks, decisions)
 
 

@@ -15,20 +15,15 @@ from typing import Callable, Iterable, Iterator, List, Optional, Tuple
 import torch
 from torch import nn
 
-from espnet_lowrank.modules.lowrank_linear import layer_dims
+from espnet_lowrank.handlers import layer_dims
 from espnet_lowrank.utils import atomic_write
 
 logger = logging.getLogger(__name__)
 
 
 class OutputStats:
-    """Running statistics of one layer's outputs y ∈ R^d.
-
-    Attributes:
-        gram: Σ y yᵀ, (d, d) float64.
-        total: Σ y, (d,) float64.
-        count: number of frames seen.
-    """
+    """Running statistics of one layer's outputs y ∈ R^d: ``gram`` Σ y yᵀ
+    (d, d) and ``total`` Σ y (d,) in float64, ``count`` frames."""
 
     def __init__(self, dim: int, device: Optional[torch.device] = None):
         self.dim = dim
@@ -42,10 +37,8 @@ class OutputStats:
             raise ValueError(f"expected outputs of width {self.dim}, got {tuple(y.shape)}")
         y = y.detach().reshape(-1, self.dim).to(device=self.gram.device, dtype=torch.float64)
         if not torch.isfinite(y).all():
-            raise FloatingPointError(
-                "non-finite activations during calibration; check the input audio "
-                "and the model weights"
-            )
+            raise FloatingPointError("non-finite activations during calibration; check the input audio "
+                                     "and the model weights")
         self.gram += y.T @ y
         self.total += y.sum(0)
         self.count += y.shape[0]
@@ -98,10 +91,8 @@ class StatsSet(dict):
 
     def __add__(self, other: "StatsSet") -> "StatsSet":
         if set(self) != set(other):
-            raise ValueError(
-                "cannot merge statistics over different layers: "
-                f"{sorted(set(self) ^ set(other))[:5]} ..."
-            )
+            raise ValueError(f"cannot merge statistics over different layers: "
+                             f"{sorted(set(self) ^ set(other))[:5]} ...")
         return StatsSet({name: self[name] + other[name] for name in self},
                         seconds=self.seconds + other.seconds,
                         peak_rss_mb=max(self.peak_rss_mb, other.peak_rss_mb))
@@ -169,10 +160,8 @@ def collect_output_stats(
             mask = frame_mask.current if frame_mask is not None else None
             if mask is not None:
                 if mask.shape != frames.shape[:2]:
-                    raise RuntimeError(
-                        f"frame mask {tuple(mask.shape)} does not match the output "
-                        f"{tuple(frames.shape[:2])} of {name}"
-                    )
+                    raise RuntimeError(f"frame mask {tuple(mask.shape)} does not match the output "
+                                       f"{tuple(frames.shape[:2])} of {name}")
                 frames = frames[mask]
             stats[name].update(frames)
             pending.discard(name)
@@ -201,13 +190,9 @@ def collect_output_stats(
 
 
 class FrameMaskHook:
-    """Captures the (B, T) valid-frame mask from the output of one encoder
-    submodule (e.g. ESPnet's ``embed``, which returns ``(xs, masks)``).
-
-    Args:
-        module_name: the submodule whose output carries the mask.
-        extract: maps that output to a (B, T) bool mask.
-    """
+    """Captures the (B, T) valid-frame mask, ``extract(output)``, from the
+    output of the encoder submodule ``module_name`` (e.g. ESPnet's ``embed``,
+    which returns ``(xs, masks)``)."""
 
     def __init__(self, module_name: str, extract: Callable[[object], torch.Tensor]):
         self.module_name = module_name
@@ -236,13 +221,9 @@ def calibrate(
     total: Optional[int] = None,
     stop_after: bool = False,
 ) -> StatsSet:
-    """Run ``encode(speech, lengths)`` over every batch and return the output
-    statistics of ``layer_names`` (names relative to ``encoder``); with
-    ``stop_after``, each forward stops once those layers ran.
-
-    Raises:
-        ValueError: if ``batches`` is empty.
-    """
+    """Run ``encode(speech, lengths)`` over every batch (at least one) and
+    return the output statistics of ``layer_names`` (names relative to
+    ``encoder``); with ``stop_after``, each forward stops once those ran."""
     from espnet_lowrank.progress import progress
 
     num_batches = 0

@@ -6,7 +6,7 @@ A ``--lowrank_config`` YAML may give the sections::
     ranks:       {theta_attention, theta_feed_forward, rank_multiple, budget}
     calibration: {num_calib, batch_size, sequential, seed}
     recovery:    {steps, lr, objective}
-    deployment:  {attention, int8, elastic}
+    deployment:  {attention, int8}
 
 or the same options as flat keys (``theta_attention: 0.98``,
 ``recovery_lr: 1.0e-4``), as older files do, and ``version: 1``. Every check lives here: types
@@ -92,8 +92,6 @@ class Deployment:
         metadata={"help": "auto (fewer FLOPs, deterministic) | reduced | dense: how "
                           "self-attention is computed"})
     int8: bool = field(default=False, metadata={"help": "dynamic int8 on the encoder's linears at load; CPU only"})
-    elastic: bool = field(
-        default=False, metadata={"help": "store the full PCA basis; the rank is chosen at load"})
 
 
 SECTIONS = {"targets": Targets, "ranks": Ranks, "calibration": Calibration,
@@ -209,7 +207,6 @@ _CHECKS: Dict[Tuple[str, str], Callable] = {
     ("recovery", "objective"): _choice(RECOVERY_OBJECTIVES),
     ("deployment", "attention"): _choice(ATTENTION_MODES),
     ("deployment", "int8"): _boolean,
-    ("deployment", "elastic"): _boolean,
 }
 
 
@@ -244,9 +241,6 @@ class LowRankConfig:
         if self.calibration.sequential and self.ranks.budget is not None:
             raise ValueError("sequential calibration works with the θ thresholds, not with budget: "
                              "drop one of them")
-        if self.recovery.steps and self.deployment.elastic:
-            raise ValueError("recovery trains the rank-k factors, which elastic artifacts do not "
-                             "store; use recovery_steps: 0 with elastic")
 
     __post_init__ = validate  # older callers re-check after setting a field
 

@@ -24,14 +24,8 @@ _MAX_LISTED = 5
 
 @dataclass
 class Utterance:
-    """One utterance of a data directory.
-
-    Attributes:
-        utt_id: Utterance id (no whitespace).
-        wav_path: Absolute path of the audio file.
-        text: Transcript, or None when the directory has no ``text``.
-        speaker: Speaker id; None means "same as utt_id" when written.
-    """
+    """One utterance: id (no whitespace), absolute audio path, transcript
+    (None without ``text``), speaker (None: the utt_id, when written)."""
 
     utt_id: str
     wav_path: str
@@ -39,7 +33,7 @@ class Utterance:
     speaker: Optional[str] = None
 
 
-def _read_kv_file(path: str, allow_empty_value: bool) -> Dict[str, str]:
+def read_kv_file(path: str, allow_empty_value: bool) -> Dict[str, str]:
     """Read a Kaldi ``<key> <value>`` file, rejecting duplicates and bad lines."""
     out: Dict[str, str] = {}
     with open(path, "r", encoding="utf-8") as f:
@@ -61,20 +55,11 @@ def _read_kv_file(path: str, allow_empty_value: bool) -> Dict[str, str]:
 
 
 def read_data_dir(path: str, require_text: bool = False) -> List[Utterance]:
-    """Read a Kaldi-style data directory.
+    """Utterances of a Kaldi-style data dir, sorted by id, with absolute paths.
 
-    Args:
-        path: Directory containing ``wav.scp`` and optionally ``text``.
-        require_text: Raise if ``text`` is missing or lacks an utterance.
-
-    Returns:
-        Utterances sorted by id, with absolute ``wav_path``.
-
-    Raises:
-        FileNotFoundError: Missing directory, ``wav.scp``, ``text`` (when
-            required) or audio files listed in ``wav.scp``.
-        ValueError: Empty ``wav.scp``, malformed lines, duplicate ids, piped
-            commands, or ids of ``text`` that do not match ``wav.scp``.
+    Raises FileNotFoundError for a missing dir, ``wav.scp``, audio file or
+    (with ``require_text``) ``text``; ValueError for an empty or malformed
+    file, duplicate ids, piped commands, or ``text`` ids not in ``wav.scp``.
     """
     path = os.path.abspath(path)
     if not os.path.isdir(path):
@@ -82,76 +67,53 @@ def read_data_dir(path: str, require_text: bool = False) -> List[Utterance]:
     scp = os.path.join(path, "wav.scp")
     if not os.path.isfile(scp):
         raise FileNotFoundError(f"no wav.scp in data directory {path}")
-    wavs = _read_kv_file(scp, allow_empty_value=False)
+    wavs = read_kv_file(scp, allow_empty_value=False)
     if not wavs:
         raise ValueError(f"{scp} is empty: the data directory {path} has no utterances")
     for utt_id, wav in wavs.items():
         if wav.endswith("|"):
-            raise ValueError(
-                f"{scp}: utterance {utt_id!r} uses a piped command ({wav!r}); "
-                "only plain audio file paths are supported, convert the audio to files first"
-            )
-    resolved = {
-        u: (w if os.path.isabs(w) else os.path.normpath(os.path.join(path, w)))
-        for u, w in wavs.items()
-    }
+            raise ValueError(f"{scp}: utterance {utt_id!r} uses a piped command ({wav!r}); only plain "
+                             "audio file paths are supported, convert the audio to files first")
+    resolved = {u: w if os.path.isabs(w) else os.path.normpath(os.path.join(path, w))
+                for u, w in wavs.items()}
     missing = [f"{u} -> {w}" for u, w in resolved.items() if not os.path.isfile(w)]
     if missing:
-        listed = "; ".join(missing[:_MAX_LISTED])
-        more = f" (and {len(missing) - _MAX_LISTED} more)" if len(missing) > _MAX_LISTED else ""
-        raise FileNotFoundError(
-            f"{scp}: {len(missing)} of {len(resolved)} audio files are missing: {listed}{more}"
-        )
+        raise FileNotFoundError(f"{scp}: {len(missing)} of {len(resolved)} audio files are missing: "
+                                f"{_listed(missing, '; ')}")
 
     texts: Optional[Dict[str, str]] = None
     text_path = os.path.join(path, "text")
     if os.path.isfile(text_path):
-        texts = _read_kv_file(text_path, allow_empty_value=True)
+        texts = read_kv_file(text_path, allow_empty_value=True)
         extra = sorted(set(texts) - set(resolved))
         if extra:
-            raise ValueError(
-                f"{text_path}: ids not in wav.scp: {', '.join(extra[:_MAX_LISTED])}"
-                + (f" (and {len(extra) - _MAX_LISTED} more)" if len(extra) > _MAX_LISTED else "")
-            )
+            raise ValueError(f"{text_path}: ids not in wav.scp: {_listed(extra)}")
     elif require_text:
         raise FileNotFoundError(f"no text file in data directory {path} (transcripts are required)")
     if require_text and texts is not None:
         lacking = sorted(set(resolved) - set(texts))
         if lacking:
-            raise ValueError(
-                f"{text_path}: no transcript for {len(lacking)} utterances: "
-                + ", ".join(lacking[:_MAX_LISTED])
-            )
+            raise ValueError(f"{text_path}: no transcript for {len(lacking)} utterances: "
+                             + ", ".join(lacking[:_MAX_LISTED]))
 
     speakers: Dict[str, str] = {}
     u2s = os.path.join(path, "utt2spk")
     if os.path.isfile(u2s):
-        speakers = _read_kv_file(u2s, allow_empty_value=False)
+        speakers = read_kv_file(u2s, allow_empty_value=False)
 
-    return [
-        Utterance(
-            utt_id=u,
-            wav_path=resolved[u],
-            text=None if texts is None else texts.get(u),
-            speaker=speakers.get(u),
-        )
-        for u in sorted(resolved)
-    ]
+    return [Utterance(u, resolved[u], None if texts is None else texts.get(u), speakers.get(u))
+            for u in sorted(resolved)]
+
+
+def _listed(items: List[str], sep: str = ", ") -> str:
+    more = f" (and {len(items) - _MAX_LISTED} more)" if len(items) > _MAX_LISTED else ""
+    return sep.join(items[:_MAX_LISTED]) + more
 
 
 def write_data_dir(path: str, utts: Sequence[Utterance]) -> None:
-    """Write a Kaldi-style data directory (sorted by id, files written atomically).
-
-    Writes ``wav.scp`` (absolute paths), ``utt2spk`` and ``spk2utt``, and
-    ``text`` when every utterance has a transcript.
-
-    Args:
-        path: Output directory (created if needed).
-        utts: Utterances; ids must be unique and contain no whitespace.
-
-    Raises:
-        ValueError: Duplicate or empty ids, ids with whitespace, or a mix of
-            utterances with and without transcripts.
+    """Write ``wav.scp`` (absolute paths), ``utt2spk``, ``spk2utt`` and, when
+    every utterance has a transcript, ``text``: sorted by id, atomically.
+    Refuses empty, duplicate or whitespace ids and a mix of with/without text.
     """
     seen = set()
     for u in utts:
@@ -190,20 +152,8 @@ def write_data_dir(path: str, utts: Sequence[Utterance]) -> None:
 
 
 def import_librispeech(root: str) -> List[Utterance]:
-    """Collect utterances from a LibriSpeech-format tree.
-
-    The tree holds ``<spk>/<chapter>/<spk>-<chapter>.trans.txt`` files whose
-    lines are ``<utt_id> <TRANSCRIPT>``, next to ``<utt_id>.flac`` files.
-
-    Args:
-        root: Root of the tree (e.g. ``LibriSpeech/dev-clean``).
-
-    Returns:
-        Utterances sorted by id, speaker set to the LibriSpeech speaker.
-
-    Raises:
-        FileNotFoundError: Missing root, no transcript files, or a missing flac.
-    """
+    """Utterances of a LibriSpeech tree (``root`` e.g. ``LibriSpeech/dev-clean``:
+    ``*.trans.txt`` beside ``<utt_id>.flac``), sorted by id, with speakers."""
     root = os.path.abspath(root)
     if not os.path.isdir(root):
         raise FileNotFoundError(f"LibriSpeech root not found: {root}")
@@ -215,7 +165,7 @@ def import_librispeech(root: str) -> List[Utterance]:
                 continue
             n_trans += 1
             trans = os.path.join(dirpath, name)
-            for utt_id, text in _read_kv_file(trans, allow_empty_value=True).items():
+            for utt_id, text in read_kv_file(trans, allow_empty_value=True).items():
                 flac = os.path.join(dirpath, utt_id + ".flac")
                 if not os.path.isfile(flac):
                     raise FileNotFoundError(f"{trans}: audio for {utt_id!r} not found: {flac}")
@@ -228,15 +178,8 @@ def import_librispeech(root: str) -> List[Utterance]:
 
 
 def prepare_data_dir(src: str, dst: str) -> List[Utterance]:
-    """Make a Kaldi data dir with absolute paths from a Kaldi dir or LibriSpeech tree.
-
-    Args:
-        src: A Kaldi data directory (has ``wav.scp``) or a LibriSpeech tree.
-        dst: Output data directory.
-
-    Returns:
-        The utterances written.
-    """
+    """Write ``dst`` (absolute paths) from a Kaldi data dir or a LibriSpeech
+    tree ``src``; returns the utterances written."""
     if os.path.isfile(os.path.join(src, "wav.scp")):
         utts = read_data_dir(src)
     else:
@@ -247,22 +190,9 @@ def prepare_data_dir(src: str, dst: str) -> List[Utterance]:
 
 
 def load_audio(path: str, sample_rate: int = 16000) -> np.ndarray:
-    """Load an audio file as float32 mono at ``sample_rate``.
-
-    Stereo is averaged to mono; other sample rates are resampled with
-    ``torchaudio.functional.resample``.
-
-    Args:
-        path: Audio file readable by soundfile (wav, flac, ...).
-        sample_rate: Target sample rate in Hz.
-
-    Returns:
-        Array of shape (num_samples,), float32 in [-1, 1].
-
-    Raises:
-        FileNotFoundError: Missing file.
-        ValueError: Corrupt/unreadable file, zero samples, non-finite samples.
-    """
+    """A soundfile-readable file as float32 mono (channels averaged) at
+    ``sample_rate`` (resampled by torchaudio). Raises FileNotFoundError, or
+    ValueError for a corrupt, empty or non-finite file."""
     import soundfile as sf
 
     if not os.path.isfile(path):
@@ -282,10 +212,8 @@ def load_audio(path: str, sample_rate: int = 16000) -> np.ndarray:
 
             audio = AF.resample(torch.from_numpy(audio), sr, sample_rate).numpy()
         except ImportError as e:  # pragma: no cover - torchaudio ships with espnet
-            raise ValueError(
-                f"{path} has sample rate {sr} Hz, expected {sample_rate} Hz, "
-                "and torchaudio is not available to resample"
-            ) from e
+            raise ValueError(f"{path} has sample rate {sr} Hz, expected {sample_rate} Hz, "
+                             "and torchaudio is not available to resample") from e
         logger.debug("resampled %s from %d to %d Hz", path, sr, sample_rate)
     return np.ascontiguousarray(audio, dtype=np.float32)
 
@@ -330,17 +258,8 @@ def num_batches(n: int, batch_size: int) -> int:
 def iter_batches(
     utts: Sequence[Utterance], batch_size: int, sample_rate: int = 16000
 ) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
-    """Yield zero-padded audio batches in the given order.
-
-    Args:
-        utts: Utterances to load.
-        batch_size: Maximum batch size B (the last batch may be smaller).
-        sample_rate: Sample rate to load at.
-
-    Yields:
-        ``(speech, lengths)``: speech of shape (B, max_samples) float32,
-        zero-padded; lengths of shape (B,) int64.
-    """
+    """``(speech (B, max_samples) float32 zero-padded, lengths (B,) int64)``
+    batches of at most ``batch_size``, in the given order."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     for start in range(0, len(utts), batch_size):

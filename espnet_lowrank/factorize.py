@@ -70,10 +70,8 @@ def factor_weights(
     if not 0 < rank <= min(d_in, d_out):
         raise ValueError(f"rank {rank} is larger than the layer ({d_out}x{d_in}) allows")
     if spec.eigenvectors.shape[0] != d_out:
-        raise ValueError(
-            f"statistics of width {spec.eigenvectors.shape[0]} do not match a layer with "
-            f"{d_out} outputs"
-        )
+        raise ValueError(f"statistics of width {spec.eigenvectors.shape[0]} do not match a layer with "
+                         f"{d_out} outputs")
     w = weight.detach().to(device=spec.eigenvectors.device, dtype=torch.float64)
     v = spec.eigenvectors[:, :rank]
     mean = spec.mean

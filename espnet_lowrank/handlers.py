@@ -2,8 +2,8 @@
 each kind of module it touches.
 
 Lookup walks the module's MRO, so subclasses find their base's handler
-(``whisper.model.Linear`` -> ``nn.Linear``, elastic layers -> the low-rank
-ones, ESPnet's relative-position attention before plain multi-head). Classes
+(``whisper.model.Linear`` -> ``nn.Linear``, ESPnet's relative-position
+attention before plain multi-head). Classes
 of optional packages (ESPnet, openai-whisper) and of this package are keyed by
 their ``"module.QualName"`` path, so importing this file imports none of them.
 An unsupported type raises an error that lists the supported ones.

@@ -159,16 +159,13 @@ def run_jobs(
     desc: str = "jobs",
     outputs: Optional[List[str]] = None,
 ) -> None:
-    """Run every command; raise JobFailed naming the failures and the first one's log tail.
+    """Run every command (argv list), each logging to its log path; raise
+    JobFailed naming the failures and the first one's log tail.
 
-    Args:
-        commands: one argv list per job.
-        log_paths: one log file per job.
-        backend: "local" (process pool) or "slurm" (sbatch --wait per job).
-        max_parallel: local concurrency (default: all at once).
-        slurm_options: extra sbatch options, e.g. "-p cpu --mem 8G --time 1:00:00".
-        outputs: optional output file per job (written atomically by the job);
-            a job whose output is marked done for the same inputs is reused.
+    ``backend`` "local" runs ``max_parallel`` processes at once (default:
+    all); "slurm" runs ``sbatch --wait`` per job with ``slurm_options`` (e.g.
+    "-p cpu --mem 8G"). With ``outputs`` (one file per job, written atomically
+    by the job), a job whose output is marked done for the same inputs is reused.
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown job backend {backend!r}; known: {BACKENDS}")
@@ -215,10 +212,8 @@ def run_jobs(
     if failures:
         first = min(failures)
         summary = "; ".join(f"job {j + 1}: {p}" for j, p in sorted(failures.items()))
-        raise JobFailed(
-            f"{desc}: {len(failures)} of {len(commands)} jobs failed ({summary}); "
-            f"job {first + 1} log {log_paths[first]}:\n{_tail(log_paths[first])}"
-        )
+        raise JobFailed(f"{desc}: {len(failures)} of {len(commands)} jobs failed ({summary}); "
+                        f"job {first + 1} log {log_paths[first]}:\n{_tail(log_paths[first])}")
 
 
 def split_calibration(
@@ -230,20 +225,14 @@ def split_calibration(
     backend: str = "local",
     slurm_options: str = "",
 ) -> List[str]:
-    """Calibrate over ``nj`` jobs; returns their statistics files, to merge with ``+``.
+    """Calibrate over ``nj`` jobs (at most one per batch) running ``bin.compress``
+    with ``compress_args``; returns their statistics files, to merge with ``+``.
 
     The calibration set (``config.num_calib`` utterances, sorted as one job
     sorts them) is cut at multiples of ``config.batch_size``, so every job
     sees exactly the batches one job would (same padding, same statistics).
-    Parts finished by an earlier run on the same inputs are reused.
-
-    Args:
-        compress_args: the model and method arguments of ``bin.compress``
-            (``--asr_train_config``, ``--asr_model_file``, ``--lowrank_config``, ...).
-        calib_data: Kaldi-style data dir.
-        config: the LowRankConfig (its num_calib and batch_size).
-        nj: number of jobs (at most one per batch).
-        work_dir: parts, logs and statistics go here.
+    Parts, logs and statistics go to ``work_dir``; parts finished by an
+    earlier run on the same inputs are reused.
     """
     if config.sequential:
         raise ValueError("sequential calibration runs in one job (it re-reads the audio per "

@@ -108,15 +108,6 @@ def _plan(spectra, layers, config: LowRankConfig) -> RankPlan:
     return allocate_ranks(spectra, layers, config.ranks.budget, config)
 
 
-def _factor_and_swap(encoder, ranks, spectra, config: LowRankConfig) -> None:
-    if config.deployment.elastic:
-        from espnet_lowrank.experimental.elastic import factorize_elastic_
-
-        factorize_elastic_(encoder, ranks, spectra)
-    else:
-        factorize_layers_(encoder, ranks, spectra)
-
-
 def compress(
     model,
     calib_data: Optional[CalibData] = None,
@@ -168,7 +159,7 @@ def compress(
         with costs.step("plan_and_factorization"):
             group_spectra = {n: spectrum(group_stats[n]) for n in group}
             plan = _plan(group_spectra, {n: targets[n] for n in group}, config)
-            _factor_and_swap(current.encoder, plan.ranks, group_spectra, config)
+            factorize_layers_(current.encoder, plan.ranks, group_spectra)
         spectra.update(group_spectra)
         decisions.extend(plan.decisions)
         ranks.update(plan.ranks)

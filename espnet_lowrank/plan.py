@@ -87,10 +87,8 @@ def make_plan(
         full = min(d_in, d_out)
         if fixed is not None:
             if fixed > full:
-                raise ValueError(
-                    f"rank_pattern gives {name} rank {fixed}, but the layer is "
-                    f"{d_out}x{d_in} (max rank {full})"
-                )
+                raise ValueError(f"rank_pattern gives {name} rank {fixed}, but the layer is "
+                                 f"{d_out}x{d_in} (max rank {full})")
             rank, reason = fixed, "rank_pattern"
         else:
             rank, reason = min(round_up(from_theta, config.ranks.rank_multiple), full), f"theta={theta}"

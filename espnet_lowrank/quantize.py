@@ -112,10 +112,8 @@ def quantize_linears_(module: nn.Module) -> int:
 def _cpu_only(module, args):
     for a in args:
         if isinstance(a, torch.Tensor) and a.is_cuda:
-            raise RuntimeError(
-                "this encoder is dynamically int8-quantized, which runs on CPU only; "
-                "decode on cpu or reload with encoder_conf.int8: false"
-            )
+            raise RuntimeError("this encoder is dynamically int8-quantized, which runs on CPU only; "
+                               "decode on cpu or reload with encoder_conf.int8: false")
 
 
 def is_quantized_linear(m: nn.Module) -> bool:

@@ -24,26 +24,16 @@ def _pyplot():
 
 
 def _save(fig, path: str) -> None:
-    plt = _pyplot()
-
-    def write(tmp: str) -> None:
-        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
-
     try:
-        atomic_write(path, write)
+        atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight"))
     finally:
-        plt.close(fig)
+        _pyplot().close(fig)
     logger.info("wrote %s", path)
 
 
 def plot_variance_spectra(spectra: Mapping[str, np.ndarray], path: str) -> None:
-    """Plot cumulative explained-variance curves, one line per layer.
-
-    Args:
-        spectra: Layer name -> array of shape (D,), cumulative explained
-            variance in [0, 1] by number of kept components (1..D).
-        path: Output PNG path.
-    """
+    """PNG of the cumulative explained-variance curves (layer name -> (D,)
+    values in [0, 1] for 1..D kept components), one line per layer."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for name, curve in spectra.items():
@@ -59,13 +49,8 @@ def plot_variance_spectra(spectra: Mapping[str, np.ndarray], path: str) -> None:
 
 
 def plot_ranks(ranks: Mapping[str, int], full: Mapping[str, int], path: str) -> None:
-    """Bar chart of kept rank vs full rank per layer.
-
-    Args:
-        ranks: Layer name -> kept rank.
-        full: Layer name -> full rank (must cover every layer of ``ranks``).
-        path: Output PNG path.
-    """
+    """PNG bar chart of the kept rank against the full rank of each layer
+    (``full`` must cover every layer of ``ranks``)."""
     missing = [k for k in ranks if k not in full]
     if missing:
         raise ValueError(f"no full rank for layers: {', '.join(missing[:5])}")
@@ -83,14 +68,8 @@ def plot_ranks(ranks: Mapping[str, int], full: Mapping[str, int], path: str) -> 
 
 
 def plot_wer_vs_size(points: List[dict], path: str, xlabel: str = "parameters") -> None:
-    """Scatter/line plot of WER against model size.
-
-    Args:
-        points: Dicts with keys ``label`` (str), ``size`` (number) and
-            ``wer`` (percent); plotted in order of size.
-        path: Output PNG path.
-        xlabel: Label of the size axis.
-    """
+    """PNG of WER (percent) against model size, ``points`` being dicts with
+    ``label``, ``size`` and ``wer``, plotted in order of size."""
     for i, p in enumerate(points):
         for key in ("label", "size", "wer"):
             if key not in p:

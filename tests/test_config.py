@@ -47,7 +47,8 @@ BAD_YAML = [
     ("keep_dense_if_no_savings: true", "keep_dense_if_no_savings", "removed"),
     ("theta_attention: 0.9\nranks:\n  theta_attention: 0.8", "theta_attention", "given twice"),
     ("sequential: true\nbudget: 0.75", "budget", "sequential"),
-    ("elastic: true\nrecovery_steps: 10", "recovery_steps", "elastic"),
+    ("elastic: true", "elastic", "unknown low-rank config key"),
+    ("deployment:\n  elastic: true", "deployment.elastic", "unknown option"),
 ]
 
 
@@ -112,6 +113,6 @@ def test_sections_and_flat_keys_are_the_same_config(tmp_path):
     assert set(a.to_dict()) == {
         "version", "target_modules", "exclude_modules", "rank_pattern", "theta_attention", "theta_feed_forward",
         "rank_multiple", "budget", "num_calib", "batch_size", "sequential", "seed", "recovery_steps",
-        "recovery_lr", "attention", "int8", "elastic"}
+        "recovery_lr", "attention", "int8"}
     defaults = LowRankConfig()
     assert (defaults.deployment.attention, defaults.calibration.seed) == ("auto", 0)

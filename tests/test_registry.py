@@ -1,7 +1,7 @@
 """The handler registry (module type -> read, factor, fold, quantize), and the
 regressions that it and the explicit switches fix: int8 on ESPnet reduced
-attention (bug 4), Triton under autograd (bug 10), dense attention for any
-attention type and exact train/eval modes (bug 12)."""
+attention (bug 4), dense attention for any attention type and exact
+train/eval modes (bug 12)."""
 
 import copy
 
@@ -111,58 +111,17 @@ def _attention(d=32, h=4, seed=0):
     layers = [LowRankLinear(d, d, 8) for _ in range(4)]
     for layer in layers:
         nn.init.normal_(layer.up.bias, std=0.1)
-    return layers, ReducedSelfAttention(*layers, h, dispatch="reduced", use_triton=True)
-
-
-def test_triton_switch_keeps_gradients(monkeypatch):
-    """Bug 10: with the Triton kernel on, training lost the gradients of
-    q/k/v (the kernel writes into ``torch.empty``). Under autograd the torch
-    path runs; without autograd the kernel does."""
-    from espnet_lowrank.experimental import triton_attention
-
-    calls = []
-
-    def fake_kernel(queries, keys, values, mask):
-        calls.append(torch.is_grad_enabled())
-        z = torch.softmax(queries @ keys.unsqueeze(1).transpose(-1, -2), -1) @ values.unsqueeze(1)
-        return torch.empty_like(z).copy_(z.detach())  # like the kernel: no graph
-
-    monkeypatch.setattr(triton_attention, "usable", lambda x: True)
-    monkeypatch.setattr(triton_attention, "rank_space_attention", fake_kernel)
-    layers, attn = _attention()
-    x = torch.randn(2, 7, 32)
-    y = attn(x)
-    y.square().sum().backward()
-    assert calls == []
-    for layer in layers[:3]:  # q, k, v
-        assert layer.down.weight.grad is not None and layer.down.weight.grad.abs().sum() > 0
-        assert layer.up.weight.grad is not None and layer.up.weight.grad.abs().sum() > 0
-    # inputs that need no gradient: the kernel runs, even with grad mode on
-    attn.use_triton = False
-    with torch.no_grad():
-        want = attn(x)
-    attn.use_triton = True
-    attn.eval()
-    for p in attn.parameters():
-        p.requires_grad_(False)
-    got = attn(x)
-    assert calls == [True]
-    with torch.inference_mode():
-        attn(x)
-    assert calls == [True, False]
-    assert (got - want).abs().max().item() < 1e-5
+    return layers, ReducedSelfAttention(*layers, h, dispatch="reduced")
 
 
 def test_attention_switches_are_explicit():
     layers, attn = _attention()
     assert ReducedSelfAttention(*layers, 4).dispatch == "flops"  # deterministic default
-    assert ReducedSelfAttention(*layers, 4).use_triton is False
     with pytest.raises(ValueError, match="dispatch"):
         ReducedSelfAttention(*layers, 4, dispatch="fastest")
     holder = nn.Sequential(attn, ReducedSelfAttention(*layers, 4))
-    assert set_attention_options_(holder, dispatch="measure", use_triton=False) == 2
+    assert set_attention_options_(holder, dispatch="measure") == 2
     assert [m.dispatch for m in holder] == ["measure", "measure"]
-    assert [m.use_triton for m in holder] == [False, False]
 
 
 class _OddAttention(nn.Module):

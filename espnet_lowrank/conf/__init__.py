@@ -20,8 +20,6 @@ def default_config_path(family_name: str) -> Path:
     """The default method YAML of an encoder family (``lowrank/<family>.yaml``)."""
     path = _lowrank_dir() / f"{family_name}.yaml"
     if not path.is_file():
-        raise FileNotFoundError(
-            f"no default low-rank config for family {family_name!r} (shipped: "
-            f"{', '.join(shipped_configs())}); pass --lowrank_config"
-        )
+        raise FileNotFoundError(f"no default low-rank config for family {family_name!r} (shipped: "
+                                f"{', '.join(shipped_configs())}); pass --lowrank_config")
     return path

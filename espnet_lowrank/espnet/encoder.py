@@ -38,9 +38,7 @@ def resolve_encoder_class(base: str) -> type:
     if base is None or base.lower() == "lowrank":
         raise ValueError("encoder_conf.base must name a dense encoder, e.g. conformer")
     if base.lower() not in asr.encoder_choices.classes:
-        raise ValueError(
-            f"unknown base encoder {base!r}; known: {sorted(asr.encoder_choices.classes)}"
-        )
+        raise ValueError(f"unknown base encoder {base!r}; known: {sorted(asr.encoder_choices.classes)}")
     return asr.encoder_choices.get_class(base)
 
 
@@ -82,7 +80,6 @@ class LowRankEncoder(AbsEncoder):
         plan: Optional[Dict[str, int]] = None,
         attention: str = "auto",
         int8: bool = False,
-        elastic: bool = False,
         version: int = 1,
     ):
         if attention not in ATTENTION_MODES:
@@ -92,12 +89,7 @@ class LowRankEncoder(AbsEncoder):
                              f"(plan version {PLAN_VERSION}); upgrade the plugin")
         self._base_class.__init__(self, input_size=input_size, **(base_conf or {}))
         family = family_for(self)
-        if elastic:
-            from espnet_lowrank.experimental.elastic import build_elastic_layers_
-
-            build_elastic_layers_(self, dict(plan or {}))
-        else:
-            build_lowrank_layers_(self, dict(plan or {}))
+        build_lowrank_layers_(self, dict(plan or {}))
         frames = family.window_frames(self)
         self.attention_choice = choose_attention_(self, family, attention, frames)
         self.lowrank_plan = dict(plan or {})

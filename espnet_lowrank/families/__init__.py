@@ -34,8 +34,6 @@ def family_for(encoder: nn.Module) -> EncoderFamily:
         key = f"{cls.__module__}.{cls.__qualname__}"
         if key in families:
             return families[key]
-    raise TypeError(
-        f"no low-rank adapter for encoder {type(encoder).__name__}; supported: "
-        + ", ".join(sorted(families))
-    )
+    raise TypeError(f"no low-rank adapter for encoder {type(encoder).__name__}; supported: "
+                    + ", ".join(sorted(families)))
 

@@ -29,10 +29,8 @@ DEFAULT_WINDOW_SECONDS = 10.0
 def _embed_mask(output) -> torch.Tensor:
     """(B, T) valid-frame mask from ``embed``'s ``(xs, masks)``, masks (B, 1, T)."""
     if not (isinstance(output, tuple) and len(output) == 2 and torch.is_tensor(output[1])):
-        raise TypeError(
-            "the encoder's embed returned no mask; frame-masked calibration needs a "
-            "subsampling input layer (conv2d, conv2d2, conv2d6, conv2d8, ...)"
-        )
+        raise TypeError("the encoder's embed returned no mask; frame-masked calibration needs a "
+                        "subsampling input layer (conv2d, conv2d2, conv2d6, conv2d8, ...)")
     masks = output[1]
     return masks[:, 0, :] if masks.dim() == 3 else masks
 

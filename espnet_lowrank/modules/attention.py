@@ -63,12 +63,10 @@ class ReducedSelfAttention(nn.Module):
         n_head: number of heads; d must be divisible by it.
         dispatch: one of ``DISPATCH_MODES`` (a plain attribute; callers may
             change it, e.g. through ``set_attention_options_``).
-        use_triton: use the experimental Triton kernel where no gradient is
-            needed (CUDA, or CPU under ``TRITON_INTERPRET=1``).
     """
 
     def __init__(self, query: nn.Module, key: nn.Module, value: nn.Module, out: nn.Module, n_head: int,
-                 dispatch: str = "flops", use_triton: bool = False):
+                 dispatch: str = "flops"):
         super().__init__()
         check_heads(query.out_features, n_head)
         if dispatch not in DISPATCH_MODES:
@@ -76,7 +74,6 @@ class ReducedSelfAttention(nn.Module):
         self.query, self.key, self.value, self.out = query, key, value, out
         self.n_head = n_head
         self.dispatch = dispatch
-        self.use_triton = use_triton
         self._cache_key = None
         self._cache = None
 
@@ -110,14 +107,6 @@ class ReducedSelfAttention(nn.Module):
     def _attend(self, queries, k1, v1, key_padding_mask):
         """(b, h, t, kk) folded queries over shared keys (b, t, kk) and values (b, t, kv)."""
         b, h, t, kk = queries.shape
-        needs_grad = torch.is_grad_enabled() and any(z.requires_grad for z in (queries, k1, v1))
-        # The kernel has no backward: autograd takes the torch path (bug 10).
-        if self.use_triton and not needs_grad:
-            from espnet_lowrank.experimental import triton_attention
-
-            if triton_attention.usable(queries):
-                mask = None if key_padding_mask is None else key_padding_mask.bool()
-                return triton_attention.rank_space_attention(queries, k1, v1, mask)
         # Keys and values are shared by the heads: stack the heads' queries
         # as rows of one single-head attention, (b, 1, h t, kk).
         attn_mask = None if key_padding_mask is None else key_padding_mask[:, None, None, :].bool()
@@ -170,7 +159,7 @@ class ReducedSelfAttention(nn.Module):
         key = (
             tuple(x.shape), key_padding_mask is not None, self.n_head,
             tuple(rank_of(p) for p in (self.query, self.key, self.value)), out_rank(self.out),
-            x.device.type, x.dtype, torch.get_num_threads(), self.use_triton,
+            x.device.type, x.dtype, torch.get_num_threads(),
         )
         path = _DISPATCH_CACHE.get(key)
         if path is None:
@@ -215,16 +204,14 @@ class WhisperReducedAttention(ReducedSelfAttention):
         return super().forward(x), None
 
 
-def set_attention_options_(module: nn.Module, dispatch: Optional[str] = None,
-                           use_triton: Optional[bool] = None) -> int:
-    """Set ``dispatch`` / ``use_triton`` on every ``ReducedSelfAttention``
-    under ``module``; returns how many were set."""
-    if dispatch is not None and dispatch not in DISPATCH_MODES:
+def set_attention_options_(module: nn.Module, dispatch: str) -> int:
+    """Set ``dispatch`` on every ``ReducedSelfAttention`` under ``module``;
+    returns how many were set."""
+    if dispatch not in DISPATCH_MODES:
         raise ValueError(f"unknown attention dispatch {dispatch!r}; expected one of {DISPATCH_MODES}")
     count = 0
     for m in module.modules():
         if isinstance(m, ReducedSelfAttention):
-            m.dispatch = m.dispatch if dispatch is None else dispatch
-            m.use_triton = m.use_triton if use_triton is None else use_triton
+            m.dispatch = dispatch
             count += 1
     return count

@@ -12,14 +12,22 @@ from typing import Optional
 import torch
 from torch import nn
 
-# The type dispatch lives in the handler registry; these names stay for callers.
-from espnet_lowrank.handlers import layer_dims, lowrank_class_for  # noqa: F401
-from espnet_lowrank.handlers import weight_and_bias as linear_weight_and_bias  # noqa: F401
-
 
 def _check_rank(rank: int, d_in: int, d_out: int) -> None:
     if not 0 < rank <= min(d_in, d_out):
         raise ValueError(f"rank {rank} must be in [1, min(d_in={d_in}, d_out={d_out})]")
+
+
+def _from_factors(cls, w1: torch.Tensor, w2: torch.Tensor, bias: Optional[torch.Tensor]):
+    """Build a ``cls`` from W1 (k, d_in), W2 (d_out, k) and b (d_out,) or None."""
+    rank, d_in = w1.shape
+    layer = cls(d_in, w2.shape[0], rank, bias=bias is not None)
+    with torch.no_grad():
+        layer.down.weight.copy_(w1.reshape_as(layer.down.weight))
+        layer.up.weight.copy_(w2.reshape_as(layer.up.weight))
+        if bias is not None:
+            layer.up.bias.copy_(bias)
+    return layer
 
 
 class LowRankLinear(nn.Module):
@@ -41,20 +49,7 @@ class LowRankLinear(nn.Module):
         self.down = nn.Linear(in_features, rank, bias=False)
         self.up = nn.Linear(rank, out_features, bias=bias)
 
-    @classmethod
-    def from_factors(
-        cls, w1: torch.Tensor, w2: torch.Tensor, bias: Optional[torch.Tensor]
-    ) -> "LowRankLinear":
-        """Build from W1 (k, d_in), W2 (d_out, k) and b (d_out,)."""
-        rank, d_in = w1.shape
-        d_out = w2.shape[0]
-        layer = cls(d_in, d_out, rank, bias=bias is not None)
-        with torch.no_grad():
-            layer.down.weight.copy_(w1)
-            layer.up.weight.copy_(w2)
-            if bias is not None:
-                layer.up.bias.copy_(bias)
-        return layer
+    from_factors = classmethod(_from_factors)
 
     @property
     def bias(self) -> Optional[torch.Tensor]:
@@ -92,19 +87,7 @@ class LowRankConv1d(nn.Module):
         self.down = nn.Conv1d(in_channels, rank, kernel_size=1, bias=False)
         self.up = nn.Conv1d(rank, out_channels, kernel_size=1, bias=bias)
 
-    @classmethod
-    def from_factors(
-        cls, w1: torch.Tensor, w2: torch.Tensor, bias: Optional[torch.Tensor]
-    ) -> "LowRankConv1d":
-        rank, d_in = w1.shape
-        d_out = w2.shape[0]
-        layer = cls(d_in, d_out, rank, bias=bias is not None)
-        with torch.no_grad():
-            layer.down.weight.copy_(w1.unsqueeze(-1))
-            layer.up.weight.copy_(w2.unsqueeze(-1))
-            if bias is not None:
-                layer.up.bias.copy_(bias)
-        return layer
+    from_factors = classmethod(_from_factors)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.up(self.down(x))

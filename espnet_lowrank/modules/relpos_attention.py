@@ -38,63 +38,29 @@ from espnet_lowrank.modules.folding import rank_input as _down
 
 def _check_self_attention(query, key, value) -> None:
     if not (query is key and key is value):
-        raise ValueError(
-            "reduced attention serves self-attention only: query, key and value "
-            "must be the same tensor (got different tensors; cross-attention or "
-            "cached decoding is not supported)"
-        )
+        raise ValueError("reduced attention serves self-attention only: query, key and value must be "
+                         "the same tensor (cross-attention or cached decoding is not supported)")
 
 
-def rel_shift_latest(x: torch.Tensor, zero_triu: bool) -> torch.Tensor:
-    """ESPnet's RelPositionMultiHeadedAttention.rel_shift.
-
-    Args:
-        x: (B, H, T1, 2*T1-1) position scores.
-        zero_triu: zero the upper triangular part.
-
-    Returns:
-        (B, H, T1, T1).
-    """
-    zero_pad = torch.zeros((*x.size()[:3], 1), device=x.device, dtype=x.dtype)
-    x_padded = torch.cat([zero_pad, x], dim=-1)
-    x_padded = x_padded.view(*x.size()[:2], x.size(3) + 1, x.size(2))
-    x = x_padded[:, :, 1:].view_as(x)[:, :, :, : x.size(-1) // 2 + 1]
-    if zero_triu:
-        ones = torch.ones((x.size(2), x.size(3)), device=x.device, dtype=x.dtype)
-        x = x * torch.tril(ones, x.size(3) - x.size(2))[None, None, :, :]
-    return x
-
-
-def rel_shift_legacy(x: torch.Tensor, zero_triu: bool) -> torch.Tensor:
-    """ESPnet's LegacyRelPositionMultiHeadedAttention.rel_shift.
-
-    Args:
-        x: (B, H, T1, T2) position scores.
-        zero_triu: zero the upper triangular part.
-
-    Returns:
-        (B, H, T1, T2).
-    """
+def _rel_shift(x: torch.Tensor, zero_triu: bool, legacy: bool) -> torch.Tensor:
+    """ESPnet's rel_shift of (B, H, T1, T2) position scores: the latest
+    (T2 = 2*T1-1 -> T1) or the legacy one (T2 = T1)."""
     zero_pad = torch.zeros((*x.size()[:3], 1), device=x.device, dtype=x.dtype)
     x_padded = torch.cat([zero_pad, x], dim=-1)
     x_padded = x_padded.view(*x.size()[:2], x.size(3) + 1, x.size(2))
     x = x_padded[:, :, 1:].view_as(x)
+    if not legacy:
+        x = x[:, :, :, : x.size(-1) // 2 + 1]
     if zero_triu:
-        # The dense code builds this on the CPU; same values, any device here.
+        # The legacy dense code builds this on the CPU; same values, any device here.
         ones = torch.ones((x.size(2), x.size(3)), device=x.device, dtype=x.dtype)
         x = x * torch.tril(ones, x.size(3) - x.size(2))[None, None, :, :]
     return x
 
 
 class ReducedMultiHeadedAttention(nn.Module):
-    """Drop-in for ESPnet's ``MultiHeadedAttention`` in encoder self-attention.
-
-    Args:
-        linear_q, linear_k, linear_v, linear_out: ``nn.Linear`` or
-            ``LowRankLinear`` (d -> d).
-        n_head: number of heads; d must be divisible by it.
-        dropout_rate: dropout on the attention weights (training only).
-    """
+    """Drop-in for ESPnet's ``MultiHeadedAttention`` in encoder self-attention;
+    the projections are ``nn.Linear`` or ``LowRankLinear`` (d -> d)."""
 
     def __init__(self, linear_q, linear_k, linear_v, linear_out, n_head: int, dropout_rate: float = 0.0):
         super().__init__()
@@ -127,16 +93,9 @@ class ReducedMultiHeadedAttention(nn.Module):
         return queries if c is None else queries + c.to(q1.dtype)[None, :, None, :]
 
     def _attend(self, scores: torch.Tensor, v1: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
-        """ESPnet's forward_attention with the values left in rank space.
-
-        Args:
-            scores: (B, H, T1, T2).
-            v1: (B, T2, kv) rank-space values.
-            mask: (B, 1, T2) or (B, T1, T2), non-zero where valid; or None.
-
-        Returns:
-            (B, T1, d).
-        """
+        """ESPnet's forward_attention with the values left in rank space:
+        scores (B, H, T1, T2), v1 (B, T2, kv), mask (B, 1 or T1, T2) non-zero
+        where valid, or None -> (B, T1, d)."""
         if mask is not None:
             mask = mask.unsqueeze(1).eq(0)
             scores = scores.masked_fill(mask, torch.finfo(scores.dtype).min)
@@ -152,15 +111,8 @@ class ReducedMultiHeadedAttention(nn.Module):
         return project_out(self.linear_out, y)
 
     def forward(self, query, key, value, mask, expand_kv: bool = False):
-        """Self-attention over ``query`` (which must also be key and value).
-
-        Args:
-            query, key, value: the same tensor, (B, T, d).
-            mask: (B, 1, T) or (B, T, T), non-zero where valid; or None.
-
-        Returns:
-            (B, T, d).
-        """
+        """Self-attention over ``query`` (B, T, d), which must also be key and
+        value; mask (B, 1 or T, T) non-zero where valid, or None."""
         _check_self_attention(query, key, value)
         if expand_kv:
             raise ValueError("reduced attention does not support expand_kv (decoder-only option)")
@@ -173,15 +125,9 @@ class ReducedRelPositionAttention(ReducedMultiHeadedAttention):
     """Drop-in for ESPnet's ``RelPositionMultiHeadedAttention`` (``legacy=False``)
     or ``LegacyRelPositionMultiHeadedAttention`` (``legacy=True``).
 
-    Args:
-        linear_q, linear_k, linear_v, linear_out, linear_pos: ``nn.Linear`` or
-            ``LowRankLinear``; ``linear_pos`` is bias-free when dense, but has
-            a bias once factored (b′ of the PCA swap), which is kept exactly.
-        pos_bias_u, pos_bias_v: (H, d_k) parameters of the dense module.
-        n_head: number of heads.
-        dropout_rate: dropout on the attention weights (training only).
-        zero_triu: as in the dense module.
-        legacy: which rel_shift (and pos_emb layout) to use.
+    ``linear_pos`` is bias-free when dense but has a bias once factored (b′ of
+    the PCA swap), which is kept exactly; ``pos_bias_u``/``pos_bias_v`` are
+    the dense module's (H, d_k) parameters.
     """
 
     def __init__(self, linear_q, linear_k, linear_v, linear_out, linear_pos,
@@ -202,15 +148,11 @@ class ReducedRelPositionAttention(ReducedMultiHeadedAttention):
                    attn.zero_triu, legacy=legacy)
 
     def rel_shift(self, x: torch.Tensor) -> torch.Tensor:
-        return rel_shift_legacy(x, self.zero_triu) if self.legacy else rel_shift_latest(x, self.zero_triu)
+        return _rel_shift(x, self.zero_triu, self.legacy)
 
     def _position_scores(self, q1: torch.Tensor, pos_emb: torch.Tensor) -> torch.Tensor:
-        """(B, H, T1, Tp) scaled position scores before rel_shift.
-
-        Args:
-            q1: (B, T1, kq) rank-space queries.
-            pos_emb: (Bp, Tp, d) with Bp 1 or B; Tp = 2*T1-1 (latest) or T1 (legacy).
-        """
+        """(B, H, T1, Tp) scaled position scores before rel_shift, from q1
+        (B, T1, kq) and pos_emb (1 or B, Tp, d), Tp = 2*T1-1 (latest) or T1 (legacy)."""
         dtype = q1.dtype
         m, c = fold_scores(self.linear_q, self.linear_pos, self.h, self.pos_bias_v)
         p1 = _down(self.linear_pos, pos_emb)  # (Bp, Tp, kp)
@@ -229,17 +171,8 @@ class ReducedRelPositionAttention(ReducedMultiHeadedAttention):
         return scores
 
     def forward(self, query, key, value, pos_emb, mask):
-        """Self-attention with relative positions.
-
-        Args:
-            query, key, value: the same tensor, (B, T, d).
-            pos_emb: (1 or B, 2*T-1, d) for rel_selfattn, (1 or B, T, d) for
-                legacy_rel_selfattn.
-            mask: (B, 1, T) or (B, T, T), non-zero where valid; or None.
-
-        Returns:
-            (B, T, d).
-        """
+        """Self-attention with relative positions: query = key = value (B, T, d),
+        pos_emb (1 or B, 2*T-1 or T (legacy), d), mask as in the plain module."""
         _check_self_attention(query, key, value)
         x = query
         q1 = _down(self.linear_q, x)
@@ -252,10 +185,8 @@ def _check_plain(attn: nn.Module) -> None:
     """Reject dense options the rank-space form does not reproduce."""
     for norm in ("q_norm", "k_norm"):
         if not isinstance(getattr(attn, norm, nn.Identity()), nn.Identity):
-            raise ValueError(
-                "reduced attention cannot fold qk_norm (a LayerNorm between the "
-                "projection and the scores); keep this attention dense"
-            )
+            raise ValueError("reduced attention cannot fold qk_norm (a LayerNorm between the "
+                             "projection and the scores); keep this attention dense")
 
 
 def reduced_espnet_attention(attn: nn.Module) -> nn.Module:

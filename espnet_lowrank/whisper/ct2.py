@@ -51,10 +51,8 @@ def read_ct2_model_bin(
 
     version = unpack("I")
     if version not in _CT2_BINARY_VERSIONS:
-        raise CheckpointError(
-            f"unsupported CTranslate2 binary version {version} "
-            f"(supported: {_CT2_BINARY_VERSIONS})"
-        )
+        raise CheckpointError(f"unsupported CTranslate2 binary version {version} "
+                              f"(supported: {_CT2_BINARY_VERSIONS})")
     spec = string()
     revision = unpack("I")
     n_vars = unpack("I")
@@ -79,9 +77,7 @@ def read_ct2_model_bin(
             arr = np.frombuffer(raw, dtype=dtype)
         expected = int(np.prod(shape)) if shape else 1
         if arr.size != expected:
-            raise CheckpointError(
-                f"variable {name}: {arr.size} values for shape {shape}"
-            )
+            raise CheckpointError(f"variable {name}: {arr.size} values for shape {shape}")
         variables[name] = arr.reshape(shape)
     aliases: Dict[str, str] = {}
     n_aliases = unpack("I")
@@ -89,9 +85,7 @@ def read_ct2_model_bin(
         alias = string()
         aliases[alias] = string()
     if pos != len(buf):
-        raise CheckpointError(
-            f"{len(buf) - pos} trailing bytes after the CTranslate2 model data"
-        )
+        raise CheckpointError(f"{len(buf) - pos} trailing bytes after the CTranslate2 model data")
     return spec, revision, variables, aliases
 
 
@@ -113,10 +107,8 @@ def ct2_whisper_to_openai(
         if name.endswith("weight_scale") or (
             name.endswith("/weight") and arr.dtype == np.int8
         ):
-            raise CheckpointError(
-                "quantized (int8) CTranslate2 models are not supported; "
-                "convert with --quantization float16 or float32"
-            )
+            raise CheckpointError("quantized (int8) CTranslate2 models are not supported; "
+                                  "convert with --quantization float16 or float32")
     used = set()
 
     def take(name: str) -> np.ndarray:
@@ -240,10 +232,8 @@ def load_ct2_model_bin(data: Union[bytes, memoryview]):
     if spec != "WhisperSpec":
         raise CheckpointError(f"not a Whisper CTranslate2 model (spec {spec!r})")
     if revision not in _CT2_WHISPER_REVISIONS:
-        raise CheckpointError(
-            f"unsupported WhisperSpec revision {revision} "
-            f"(supported: {_CT2_WHISPER_REVISIONS})"
-        )
+        raise CheckpointError(f"unsupported WhisperSpec revision {revision} "
+                              f"(supported: {_CT2_WHISPER_REVISIONS})")
     return ct2_whisper_to_openai(variables, aliases)
 
 

@@ -46,10 +46,8 @@ def _load_part(module: torch.nn.Module, init_from: str, prefix: str) -> None:
     mine = module.state_dict()
     bad = [k for k in mine if k in part and tuple(part[k].shape) != tuple(mine[k].shape)]
     if bad:
-        raise ValueError(
-            f"{init_from}: shapes of {bad[:3]} do not match the configured "
-            "dimensions; take the dimensions from the checkpoint"
-        )
+        raise ValueError(f"{init_from}: shapes of {bad[:3]} do not match the configured "
+                         "dimensions; take the dimensions from the checkpoint")
     module.load_state_dict(part, strict=True)
     logger.info("loaded %s weights from %s", prefix.rstrip("."), init_from)
 
@@ -176,13 +174,9 @@ class LocalWhisperDecoder(AbsDecoder, BatchScorerInterface):
 
         n_vocab = vocab_size if n_vocab is None else n_vocab
         if n_vocab != vocab_size:
-            raise ValueError(
-                f"token_list has {vocab_size} entries but the decoder has {n_vocab}"
-            )
+            raise ValueError(f"token_list has {vocab_size} entries but the decoder has {n_vocab}")
         if encoder_output_size != n_state:
-            raise ValueError(
-                f"encoder output size {encoder_output_size} != decoder n_state {n_state}"
-            )
+            raise ValueError(f"encoder output size {encoder_output_size} != decoder n_state {n_state}")
         self.n_ctx = n_ctx
         self.decoders = TextDecoder(n_vocab, n_ctx, n_state, n_head, n_layer)
         self.suppress_tokens = [int(t) for t in suppress_tokens]

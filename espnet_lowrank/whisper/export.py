@@ -158,7 +158,5 @@ def check_exp_dir(exp_dir: str) -> None:
     state = torch.load(os.path.join(exp_dir, "model.pth"), map_location="cpu", weights_only=True)
     result = model.load_state_dict(state, strict=False)
     if result.missing_keys or result.unexpected_keys:
-        raise RuntimeError(
-            f"model.pth does not match config.yaml: missing {result.missing_keys[:5]}, "
-            f"unexpected {result.unexpected_keys[:5]}"
-        )
+        raise RuntimeError(f"model.pth does not match config.yaml: missing {result.missing_keys[:5]}, "
+                           f"unexpected {result.unexpected_keys[:5]}")

@@ -33,48 +33,32 @@ _HF_TOP = {
     "decoder.ln.weight": "model.decoder.layer_norm.weight",
     "decoder.ln.bias": "model.decoder.layer_norm.bias",
 }
+_HF_TOP.update({f"encoder.{c}.{p}": f"model.encoder.{c}.{p}" for c in ("conv1", "conv2")
+                for p in ("weight", "bias")})
 _HF_TOP_INV = {v: k for k, v in _HF_TOP.items()}
+_OPENAI_BLOCK = r"(encoder|decoder)\.blocks\.(\d+)(\..*)$"
+_HF_BLOCK = r"model\.(encoder|decoder)\.layers\.(\d+)(\..*)$"
 
 
-def openai_key_to_hf(key: str) -> str:
-    if key in _HF_TOP:
-        return _HF_TOP[key]
-    m = re.match(r"(encoder|decoder)\.blocks\.(\d+)(\..*)$", key)
+def _map_key(key: str, to_hf: bool) -> str:
+    """One tensor name from openai-whisper to Hugging Face (``to_hf``) or back."""
+    top = _HF_TOP if to_hf else _HF_TOP_INV
+    if key in top:
+        return top[key]
+    m = re.match(_OPENAI_BLOCK if to_hf else _HF_BLOCK, key)
     if m:
-        rest = m.group(3)
+        part, index, rest = m.groups()
+        block = f"model.{part}.layers.{index}" if to_hf else f"{part}.blocks.{index}"
         for a, b in _HF_BLOCK_RULES:
+            a, b = (a, b) if to_hf else (b, a)
             if rest.startswith(a):
-                rest = b + rest[len(a) :]
-                break
-        else:
-            raise KeyError(key)
-        return f"model.{m.group(1)}.layers.{m.group(2)}{rest}"
-    if re.match(r"encoder\.conv[12]\.(weight|bias)$", key):
-        return "model." + key
-    raise KeyError(key)
-
-
-def hf_key_to_openai(key: str) -> str:
-    if key in _HF_TOP_INV:
-        return _HF_TOP_INV[key]
-    m = re.match(r"model\.(encoder|decoder)\.layers\.(\d+)(\..*)$", key)
-    if m:
-        rest = m.group(3)
-        for a, b in _HF_BLOCK_RULES:
-            if rest.startswith(b):
-                rest = a + rest[len(b) :]
-                break
-        else:
-            raise KeyError(key)
-        return f"{m.group(1)}.blocks.{m.group(2)}{rest}"
-    if re.match(r"model\.encoder\.conv[12]\.(weight|bias)$", key):
-        return key[len("model.") :]
+                return block + b + rest[len(a):]
     raise KeyError(key)
 
 
 def openai_to_hf_state_dict(sd: StateDict) -> StateDict:
     """openai-whisper state dict -> ``WhisperForConditionalGeneration`` names."""
-    out = {openai_key_to_hf(k): v for k, v in sd.items()}
+    out = {_map_key(k, to_hf=True): v for k, v in sd.items()}
     out["proj_out.weight"] = sd["decoder.token_embedding.weight"]
     return out
 
@@ -86,7 +70,7 @@ def hf_to_openai_state_dict(sd: StateDict) -> StateDict:
         if k == "proj_out.weight":
             continue  # tied to the token embedding
         try:
-            out[hf_key_to_openai(k)] = v
+            out[_map_key(k, to_hf=False)] = v
         except KeyError:
             raise CheckpointError(f"unexpected Hugging Face Whisper tensor {k}") from None
     return out
@@ -113,10 +97,8 @@ def load_hf_dir(path: str):
     try:
         from safetensors.torch import load_file
     except ImportError:
-        raise CheckpointError(
-            f"{path} is a Hugging Face Whisper directory (model.safetensors); "
-            "reading it needs the 'safetensors' package: pip install safetensors"
-        ) from None
+        raise CheckpointError(f"{path} is a Hugging Face Whisper directory (model.safetensors); "
+                              "reading it needs the 'safetensors' package: pip install safetensors") from None
     with open(os.path.join(path, "config.json"), encoding="utf-8") as f:
         config = json.load(f)
     sd = hf_to_openai_state_dict(load_file(os.path.join(path, "model.safetensors")))

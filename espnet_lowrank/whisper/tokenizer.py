@@ -189,7 +189,5 @@ def whisper_token_list(tokenizer, n_vocab: int) -> List[str]:
     ``espnet2.bin.whisper_export_vocabulary`` writes it: ``Ġ`` -> space)."""
     view = HFStyleWhisperTokenizer(tokenizer.encoding)
     if tokenizer.encoding.n_vocab != n_vocab:
-        raise ValueError(
-            f"tokenizer has {tokenizer.encoding.n_vocab} tokens, model {n_vocab}"
-        )
+        raise ValueError(f"tokenizer has {tokenizer.encoding.n_vocab} tokens, model {n_vocab}")
     return [view.convert_ids_to_tokens(i).replace("Ġ", " ") for i in range(n_vocab)]
