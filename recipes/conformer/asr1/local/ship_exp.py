@@ -24,6 +24,7 @@ def _atomic_copy(src: str, dst: str) -> None:
     os.close(fd)
     try:
         shutil.copyfile(src, tmp)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; shipped files are for everyone to read
         os.replace(tmp, dst)
     finally:
         if os.path.exists(tmp):
@@ -56,6 +57,7 @@ def ship(exp: str, model: str) -> None:
     fd, tmp = tempfile.mkstemp(dir=exp, prefix=".tmp-", suffix=".yaml")
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         yaml.safe_dump(config, f, sort_keys=False, allow_unicode=True)
+    os.chmod(tmp, 0o644)
     os.replace(tmp, config_path)
     print(f"{exp}: model.pth ({os.path.getsize(model_path) / 1e6:.1f} MB, from {model}), "
           f"bpe.model, feats_stats.npz, config.yaml with paths relative to {os.getcwd()}", file=sys.stderr)
