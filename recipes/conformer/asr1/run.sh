@@ -197,6 +197,8 @@ fi
 if [ ${stage} -le 11 ] && [ ${stop_stage} -ge 11 ]; then
     log 11 "train ${asr_config} -> ${asr_exp} (log: ${asr_exp}/train.log)"
     mkdir -p "${asr_exp}"
+    # Appended, not overwritten: with --resume true a rerun continues the same log, and the
+    # per-epoch summary below reads every epoch from it.
     ${python} -m espnet_lowrank.launch -m espnet2.bin.asr_train "${train_opts[@]}" \
         --normalize global_mvn --normalize_conf "stats_file=${PWD}/${stats_dir}/train/feats_stats.npz" \
         --train_data_path_and_name_and_type dump/raw/train/wav.scp,speech,sound \
@@ -206,7 +208,7 @@ if [ ${stage} -le 11 ] && [ ${stop_stage} -ge 11 ]; then
         --train_shape_file "${stats_dir}/train/speech_shape" --train_shape_file "${stats_dir}/train/text_shape.bpe" \
         --valid_shape_file "${stats_dir}/valid/speech_shape" --valid_shape_file "${stats_dir}/valid/text_shape.bpe" \
         --fold_length 80000 --fold_length 150 --resume true --use_tensorboard false \
-        --output_dir "${asr_exp}" > "${asr_exp}/train.log" 2>&1 \
+        --output_dir "${asr_exp}" >> "${asr_exp}/train.log" 2>&1 \
         || { tail -20 "${asr_exp}/train.log" >&2; fail "training failed (${asr_exp}/train.log)"; }
     # The model the config's best_model_criterion picked: its n-best average, else its best epoch.
     best=$(cd "${asr_exp}" && ls valid.*.ave.pth valid.*.best.pth 2>/dev/null | head -1)
