@@ -16,6 +16,7 @@ Subcommands:
 """
 
 import argparse
+import contextlib
 import os
 import random
 import re
@@ -66,13 +67,16 @@ def cmd_check_family(args) -> None:
         family = (config.get("encoder_conf") or {}).get("family")
         print(family or "lowrank")
         return
-    from espnet2.tasks.asr import encoder_choices
+    # stdout carries only the family name (run.sh reads it); ESPnet's imports print
+    # notices ("Failed to import Flash Attention ...") there.
+    with contextlib.redirect_stdout(sys.stderr):
+        from espnet2.tasks.asr import encoder_choices
 
-    try:
-        cls = encoder_choices.get_class(name)
-    except ValueError:
-        die(f"{args.config}: unknown ESPnet encoder {name!r}; known: {sorted(encoder_choices.classes)}")
-    families = all_families()
+        try:
+            cls = encoder_choices.get_class(name)
+        except ValueError:
+            die(f"{args.config}: unknown ESPnet encoder {name!r}; known: {sorted(encoder_choices.classes)}")
+        families = all_families()
     for c in cls.__mro__:
         family = families.get(f"{c.__module__}.{c.__qualname__}")
         if family is not None:
