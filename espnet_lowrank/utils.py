@@ -44,6 +44,12 @@ def _remove(path: str) -> None:
         os.remove(path)
 
 
+def _plain_file_mode() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def atomic_write(path: str, write: Callable[[str], None]) -> None:
     """Call ``write(tmp_path)`` and rename the result onto ``path``, so that a
     crash or a signal never leaves a half-written file behind."""
@@ -54,6 +60,7 @@ def atomic_write(path: str, write: Callable[[str], None]) -> None:
     try:
         with sigterm_as_interrupt():
             write(tmp)
+            os.chmod(tmp, _plain_file_mode())  # mkstemp's 0600, not what open() would give
             os.replace(tmp, path)
     finally:
         _remove(tmp)

@@ -7,28 +7,21 @@
 - the BPE model and the feature-normalization stats are copied into the exp
   dir, and config.yaml points at them by paths relative to the recipe dir
   (ESPnet's convention: run from recipes/conformer/asr1);
-- written atomically (temp file + rename); the source files are only read.
+- written atomically (``espnet_lowrank.utils.atomic_write``); the source files are only read.
 """
 
 import argparse
 import os
 import shutil
 import sys
-import tempfile
 
 import yaml
 
+from espnet_lowrank.utils import atomic_write, atomic_write_text
 
-def _atomic_copy(src: str, dst: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(dst), prefix=".tmp-")
-    os.close(fd)
-    try:
-        shutil.copyfile(src, tmp)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; shipped files are for everyone to read
-        os.replace(tmp, dst)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+
+def _copy(src: str, dst: str) -> None:
+    atomic_write(dst, lambda tmp: shutil.copyfile(src, tmp))
 
 
 def ship(exp: str, model: str) -> None:
@@ -44,21 +37,14 @@ def ship(exp: str, model: str) -> None:
     rel = os.path.relpath(exp)  # relative to the recipe dir (cwd)
     targets = {"bpemodel": os.path.join(rel, "bpe.model"), "stats_file": os.path.join(rel, "feats_stats.npz")}
     if os.path.realpath(bpemodel) != os.path.realpath(targets["bpemodel"]):
-        _atomic_copy(bpemodel, targets["bpemodel"])
+        _copy(bpemodel, targets["bpemodel"])
     if os.path.realpath(stats) != os.path.realpath(targets["stats_file"]):
-        _atomic_copy(stats, targets["stats_file"])
+        _copy(stats, targets["stats_file"])
     config["bpemodel"] = targets["bpemodel"]
     config["normalize_conf"]["stats_file"] = targets["stats_file"]
     model_path = os.path.join(exp, "model.pth")
-    _atomic_copy(chosen, model_path + ".new")
-    if os.path.lexists(model_path):
-        os.remove(model_path)
-    os.replace(model_path + ".new", model_path)
-    fd, tmp = tempfile.mkstemp(dir=exp, prefix=".tmp-", suffix=".yaml")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        yaml.safe_dump(config, f, sort_keys=False, allow_unicode=True)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, config_path)
+    _copy(chosen, model_path)  # the rename replaces a model.pth symlink, never its target
+    atomic_write_text(config_path, yaml.safe_dump(config, sort_keys=False, allow_unicode=True))
     print(f"{exp}: model.pth ({os.path.getsize(model_path) / 1e6:.1f} MB, from {model}), "
           f"bpe.model, feats_stats.npz, config.yaml with paths relative to {os.getcwd()}", file=sys.stderr)
 
