@@ -35,40 +35,48 @@ def factor_parameters(encoder: torch.nn.Module) -> List[torch.nn.Parameter]:
     return params
 
 
+def _valid_mask(lengths: torch.Tensor, frames: int) -> torch.Tensor:
+    return torch.arange(frames, device=lengths.device)[None, :] < lengths[:, None]
+
+
 def _valid_mse(student: torch.Tensor, teacher: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-    mask = torch.arange(teacher.shape[1], device=teacher.device)[None, :] < lengths[:, None]
-    diff = (student - teacher)[mask]
+    diff = (student - teacher)[_valid_mask(lengths, teacher.shape[1])]
     return (diff * diff).mean()
 
 
-def check_objective(model, objective: str) -> None:
-    """Refuse an objective the model cannot give, before any work."""
-    if objective == "decoder" and not (hasattr(getattr(model, "decoder", None), "cross_kv")
-                                       or getattr(model, "ctc", None) is not None):
-        raise ValueError("recovery.objective: decoder needs a CTC head or a Whisper decoder; "
-                         "this model has neither (use objective: encoder)")
-
-
-def decoder_view(model, encoder_out: torch.Tensor, objective: str) -> List[torch.Tensor]:
-    """The tensors the objective compares (the encoder output itself for 'encoder')."""
+def compared_output(model, objective: str) -> str:
+    """What ``objective`` compares on ``model``: 'encoder', 'cross_kv' (Whisper's
+    decoder) or 'ctc'. An objective the model cannot give is refused here,
+    before any work."""
     if objective == "encoder":
-        return [encoder_out]
-    decoder = getattr(model, "decoder", None)
-    if hasattr(decoder, "cross_kv"):
-        return [t for kv in decoder.cross_kv(encoder_out) for t in kv]
-    return [model.ctc.log_softmax(encoder_out)]
-
-
-def objective_loss(model, student: List[torch.Tensor], teacher: List[torch.Tensor],
-                   lengths: torch.Tensor, objective: str) -> torch.Tensor:
-    if objective == "encoder":
-        return _valid_mse(student[0], teacher[0], lengths)
+        return "encoder"
     if hasattr(getattr(model, "decoder", None), "cross_kv"):
+        return "cross_kv"
+    if getattr(model, "ctc", None) is not None:
+        return "ctc"
+    raise ValueError("recovery.objective: decoder needs a CTC head or a Whisper decoder; "
+                     "this model has neither (use objective: encoder)")
+
+
+def _view(model, encoder_out: torch.Tensor, output: str) -> List[torch.Tensor]:
+    """The tensors compared for ``output`` (see :func:`compared_output`)."""
+    if output == "cross_kv":
+        return [t for kv in model.decoder.cross_kv(encoder_out) for t in kv]
+    if output == "ctc":
+        return [model.ctc.log_softmax(encoder_out)]
+    return [encoder_out]
+
+
+def _loss(student: List[torch.Tensor], teacher: List[torch.Tensor], lengths: torch.Tensor,
+          output: str) -> torch.Tensor:
+    if output == "cross_kv":
         return sum(_valid_mse(s, t, lengths) / t.pow(2).mean().clamp_min(1e-12)
                    for s, t in zip(student, teacher)) / len(teacher)
-    mask = torch.arange(teacher[0].shape[1], device=lengths.device)[None, :] < lengths[:, None]
-    log_t, log_s = teacher[0][mask], student[0][mask]
-    return (log_t.exp() * (log_t - log_s)).sum(-1).mean()
+    if output == "ctc":  # KL(dense || compressed) over the valid frames
+        mask = _valid_mask(lengths, teacher[0].shape[1])
+        log_t, log_s = teacher[0][mask], student[0][mask]
+        return (log_t.exp() * (log_t - log_s)).sum(-1).mean()
+    return _valid_mse(student[0], teacher[0], lengths)
 
 
 def recover_(compressed, dense, utts: List[Utterance], steps: int, lr: float = 3e-5,
@@ -84,7 +92,7 @@ def recover_(compressed, dense, utts: List[Utterance], steps: int, lr: float = 3
         raise ValueError(f"recovery needs at least one step, got {steps}")
     if not utts:
         raise ValueError("recovery needs calibration utterances")
-    check_objective(compressed, objective)
+    output = compared_output(compressed, objective)
     params = factor_parameters(compressed.encoder)
     if not params:
         raise ValueError("no low-rank layers to train: the plan factored nothing")
@@ -98,7 +106,7 @@ def recover_(compressed, dense, utts: List[Utterance], steps: int, lr: float = 3
     with torch.no_grad():
         for speech, lengths in batches:
             out, out_lens = dense.encode(speech, lengths)
-            targets.append((decoder_view(dense, out, objective), out_lens))
+            targets.append((_view(dense, out, output), out_lens))
     optimizer = torch.optim.Adam(params, lr=lr)
     compressed.eval()
     started = time.perf_counter()
@@ -107,8 +115,7 @@ def recover_(compressed, dense, utts: List[Utterance], steps: int, lr: float = 3
         speech, lengths = batches[i]
         out, _ = compressed.encode(speech, lengths)
         teacher, teacher_lens = targets[i]
-        student = decoder_view(compressed, out, objective)
-        return objective_loss(compressed, student, teacher, teacher_lens, objective)
+        return _loss(_view(compressed, out, output), teacher, teacher_lens, output)
 
     def full_loss():
         with torch.no_grad():

@@ -9,6 +9,7 @@ and training prompts for calibration, from ../shared/data.
 """
 
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -20,11 +21,11 @@ import yaml
 
 from espnet_lowrank.data import read_data_dir, write_data_dir
 from espnet_lowrank.scoring import read_text_file, score_texts
+from test_conformer_recipe import SHIPPED_EXP, SHIPPED_FILES  # tests/ is on sys.path
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "conformer" / "asr1"
-EXP = Path("exp") / "asr_train_asr_conformer"  # relative to RECIPE
+EXP = SHIPPED_EXP  # relative to RECIPE
 BEST = RECIPE / "conf" / "lowrank" / "best.yaml"
-SHIPPED = ("config.yaml", "model.pth", "bpe.model", "feats_stats.npz", "decode.yaml", "train_summary.md")
 NUM_TEST = 12
 
 pytestmark = pytest.mark.slow
@@ -79,7 +80,7 @@ def dense_wer(cathy, tmp_path_factory):
 
 
 def test_shipped_exp_dir_is_complete_and_small():
-    for name in SHIPPED:
+    for name in SHIPPED_FILES:
         path = RECIPE / EXP / name
         assert path.is_file() and not path.is_symlink(), path
     assert (RECIPE / EXP / "model.pth").stat().st_size <= 30 * 2**20
@@ -118,7 +119,7 @@ def test_compressed_reloads_with_exact_keys(compressed):
     from espnet_lowrank.espnet.registry import register
 
     register()
-    report = yaml.safe_load((compressed / "report.json").read_text())
+    report = json.loads((compressed / "report.json").read_text())
     assert report["recovery_objective"] == "decoder"
     assert report["recovery_loss_after"] < report["recovery_loss_before"], report
     assert report["encoder_linear_params_compressed"] <= 0.62 * report["encoder_linear_params_dense"]
@@ -172,7 +173,7 @@ def test_int8_and_reduced_attention_decode(deployment, cathy, dense_wer, tmp_pat
     _run([sys.executable, "-m", "espnet_lowrank.bin.compress", "--asr_train_config", EXP / "config.yaml",
           "--asr_model_file", EXP / "model.pth", "--lowrank_config", tmp_path / "c.yaml",
           "--calib_data", calib, "--output_dir", tmp_path / "exp"])
-    report = yaml.safe_load((tmp_path / "exp" / "report.json").read_text())
+    report = json.loads((tmp_path / "exp" / "report.json").read_text())
     if deployment.get("attention") == "reduced":
         assert set(report["attention"].values()) == {"reduced"}, report["attention"]
     _decode(tmp_path / "exp", test, tmp_path / "out")

@@ -233,15 +233,20 @@ def cmd_filter(args) -> None:
 
 
 # ---------------------------------------------------------------- stage 12
+def spread(utts: List, num: int) -> List:
+    """``num`` utterances evenly spread over ``utts`` (sorted by id, as compress sorts)."""
+    n = min(num, len(utts))
+    return [utts[(i * len(utts)) // n] for i in range(n)]
+
+
 def cmd_calib_split(args) -> None:
     """Spread num_calib utterances over the sorted training set; split into at
     most nj parts at multiples of batch_size, so that every job sees exactly
     the batches a single job would (padding, and so the statistics, are the same)."""
     from espnet_lowrank.data import read_data_dir, write_data_dir
 
-    utts = read_data_dir(args.train)
-    n = min(args.num, len(utts))
-    chosen = [utts[(i * len(utts)) // n] for i in range(n)]  # sorted by id, as compress sorts
+    chosen = spread(read_data_dir(args.train), args.num)
+    n = len(chosen)
     write_data_dir(args.out, chosen)
     batches = [chosen[i: i + args.batch_size] for i in range(0, n, args.batch_size)]
     nj = max(1, min(args.nj, len(batches)))

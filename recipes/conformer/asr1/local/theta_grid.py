@@ -15,6 +15,7 @@ from espnet_lowrank.artifact import load_asr_model
 from espnet_lowrank.config import LowRankConfig
 from espnet_lowrank.data import read_data_dir
 from espnet_lowrank.pipeline import calibrate_model, compress
+from recipe_tools import spread  # local/, next to this script
 
 THETAS_ATTENTION = (0.9, 0.95, 0.97, 0.98, 0.99)
 THETAS_FEED_FORWARD = (0.97, 0.98, 0.99, 0.995, 0.999)
@@ -28,8 +29,7 @@ def main(argv=None) -> None:
     p.add_argument("--rank_multiple", type=int, default=16)
     args = p.parse_args(argv)
     dense, _ = load_asr_model(f"{args.exp}/config.yaml", f"{args.exp}/model.pth")
-    utts = read_data_dir(args.calib_data)
-    utts = [utts[(i * len(utts)) // args.num] for i in range(min(args.num, len(utts)))]
+    utts = spread(read_data_dir(args.calib_data), args.num)
     stats = calibrate_model(dense, utts, LowRankConfig(batch_size=4))
     print("theta_attention theta_feed_forward params_kept")
     for ta, tf in itertools.product(THETAS_ATTENTION, THETAS_FEED_FORWARD):
