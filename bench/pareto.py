@@ -155,17 +155,24 @@ def plot(rows, sets, path):
     plt.close(fig)
 
 
+def _wer_cell(r, s) -> str:
+    if "wer_detail" not in r:
+        return f"{r['wer'][s]:.1f}"
+    d = r["wer_detail"][s]
+    return f"{r['wer'][s]:.1f} ({d['sub']:.1f} / {d['del']:.1f} / {d['ins']:.1f})"
+
+
 def markdown(rows, sets, meta) -> str:
-    head = ["name", "int8"] + [f"WER {s} (ins)" for s in sets] + [
-        "enc lin params", "params %", "GFLOPs", "latency ms", "lat_ratio", "enc MB"]
+    head = ["name", "int8"] + [f"WER {s} (S / D / I)" for s in sets] + [
+        "enc lin params", "params %", "GFLOPs", "latency ms", "lat_ratio", "enc MB", "compress s"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     dense = rows[0]
     for r in rows:
-        cells = [r["name"], "yes" if r["int8"] else ""] + [
-            f"{r['wer'][s]:.1f} ({r['wer_detail'][s]['ins']:.1f})" if "wer_detail" in r else f"{r['wer'][s]:.1f}"
-            for s in sets] + [
+        cs = r.get("compress_s")
+        cells = [r["name"], "yes" if r["int8"] else ""] + [_wer_cell(r, s) for s in sets] + [
             f"{r['params']:,}", f"{100 * r['params'] / dense['params']:.1f}", f"{r['gflops']:.2f}",
-            f"{r['latency_ms']:.0f}", f"{r['lat_ratio']:.2f}", f"{r['enc_mb']:.1f}"]
+            f"{r['latency_ms']:.0f}", f"{r['lat_ratio']:.2f}", f"{r['enc_mb']:.1f}",
+            "" if cs is None else f"{cs:.0f}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n\n" + meta + "\n"
 
@@ -192,16 +199,22 @@ def main(argv=None):
 
     calib_all = read_data_dir(os.path.join(args.data, CALIB_SET), require_text=True)
     calib = calib_all[: args.num_calib]
+    # a config YAML that sets calibration.num_calib keeps it (more calibration /
+    # recovery audio); evaluation then starts after the largest calibration set
+    yaml_cfgs = [(path, LowRankConfig.from_yaml(path)) for path in args.configs]
+    n_calib_max = max([args.num_calib] + [c.calibration.num_calib or 0 for _, c in yaml_cfgs])
     eval_sets = {}
     for s in args.sets:
         utts = calib_all if s == CALIB_SET else read_data_dir(os.path.join(args.data, s), require_text=True)
-        start = args.num_calib if s == CALIB_SET else 0
+        start = n_calib_max if s == CALIB_SET else 0
         eval_sets[s] = utts[start: start + args.num_eval]
-    calib_ids = {u.utt_id for u in calib}
+    calib_ids = {u.utt_id for u in calib_all[:n_calib_max]}
     assert not any(u.utt_id in calib_ids for us in eval_sets.values() for u in us)
 
     started = time.time()
+    t0 = time.perf_counter()
     stats = calibrate_model(dense, calib, LowRankConfig())
+    stats_s = time.perf_counter() - t0
     configs = [("dense", "dense", None)]
     for pair in args.thetas:
         ta, tf = (float(x) for x in pair.split(","))
@@ -214,14 +227,14 @@ def main(argv=None):
                         LowRankConfig(theta_attention=ta, theta_feed_forward=tf, sequential=True,
                                       num_calib=args.num_calib)))
 
-    for path in args.configs:
-        cfg = LowRankConfig.from_yaml(path)
-        cfg.calibration.num_calib = args.num_calib
+    for path, cfg in yaml_cfgs:
+        if cfg.calibration.num_calib is None:
+            cfg.calibration.num_calib = args.num_calib
         configs.append((Path(path).stem, "config", cfg))
 
     rows = []
 
-    def measure(name, kind, model, int8, float_model):
+    def measure(name, kind, model, int8, float_model, compress_s=None):
         s2t.asr_model = model
         wer, detail = decode_wer(s2t, eval_sets, os.path.join(args.out_dir, "hyps", name + ("_int8" if int8 else "")))
         d_ms, c_ms = paired_latency(dense, model, WINDOW, repeats=args.repeats)
@@ -230,6 +243,7 @@ def main(argv=None):
             "params": encoder_linear_params(float_model),
             "gflops": encoder_flops(float_model, WINDOW) / 1e9,
             "latency_ms": 1000 * c_ms, "lat_ratio": c_ms / d_ms, "enc_mb": encoder_mb(model),
+            "compress_s": compress_s,
         }
         row["params_M"] = row["params"] / 1e6
         rows.append(row)
@@ -238,22 +252,29 @@ def main(argv=None):
               f"{row['enc_mb']:.1f} MB  [{time.time() - started:.0f}s]", flush=True)
 
     for name, kind, cfg in configs:
+        compress_s = None
         if cfg is None:
             model = dense
         else:
+            t0 = time.perf_counter()
             if cfg.calibration.sequential or cfg.recovery.steps:  # need the audio, not just statistics
-                model = compress(dense, calib, cfg).model
+                model = compress(dense, calib_all[: cfg.calibration.num_calib or args.num_calib], cfg).model
+                compress_s = time.perf_counter() - t0
             else:
                 model = compress(dense, config=cfg, stats=stats).model
-        measure(name, kind, model, False, model)
+                compress_s = time.perf_counter() - t0 + stats_s  # the shared calibration pass counts
+        measure(name, kind, model, False, model, compress_s)
         if name == "dense" or name in args.int8:
             q = copy.deepcopy(model)
+            t0 = time.perf_counter()
             quantize_linears_(q.encoder)
-            measure(name, kind, q.eval(), True, model)
+            q_s = None if compress_s is None else compress_s + time.perf_counter() - t0
+            measure(name, kind, q.eval(), True, model, q_s)
     s2t.asr_model = dense
 
     meta = (
-        f"Model `{args.model}`; calibration: first {args.num_calib} utterances of `{CALIB_SET}`; "
+        f"Model `{args.model}`; calibration: first {args.num_calib} utterances of `{CALIB_SET}` "
+        f"(configs that set num_calib: their own count; evaluation starts after {n_calib_max}); "
         f"evaluation: " + ", ".join(f"`{s}` ({len(u)} utts)" for s, u in eval_sets.items())
         + f"; greedy decode (decode.yaml); latency: one {WINDOW:.0f} s window, median of "
         f"{args.repeats}, {torch.get_num_threads()} threads; run took {time.time() - started:.0f} s."
