@@ -5,7 +5,7 @@ A ``--lowrank_config`` YAML may give the sections::
     targets:     {target_modules, exclude_modules, rank_pattern}   # which layers
     ranks:       {theta_attention, theta_feed_forward, rank_multiple, budget}
     calibration: {num_calib, batch_size, sequential, seed}
-    recovery:    {steps, lr, objective}
+    recovery:    {steps, lr, objective, scope}
     deployment:  {attention, int8}
 
 or the same options as flat keys (``theta_attention: 0.98``,
@@ -25,6 +25,7 @@ import yaml
 
 ATTENTION_MODES = ("auto", "reduced", "dense")
 RECOVERY_OBJECTIVES = ("encoder", "decoder")
+RECOVERY_SCOPES = ("end_to_end", "block")
 MAX_LR = 1.0
 # The YAML schema's version (optional key ``version``); a later schema that
 # renames options bumps it, and this module maps the older ones.
@@ -83,6 +84,11 @@ class Recovery:
         metadata={"help": "what recovery matches: 'encoder' (MSE on the encoder output) or "
                           "'decoder' (what the decoder reads: the CTC posteriors, KL; Whisper's "
                           "cross-attention keys and values, MSE)"})
+    scope: str = field(
+        default="end_to_end",
+        metadata={"help": "'end_to_end' (the whole encoder per step) or 'block' (each encoder "
+                          "block in turn, from cached inputs, to the dense block's output; "
+                          "steps per block; objective encoder only)"})
 
 
 @dataclass
@@ -102,7 +108,7 @@ FLAT_KEYS: Dict[str, Tuple[str, str]] = {
     if section != "recovery"
 }
 FLAT_KEYS.update(recovery_steps=("recovery", "steps"), recovery_lr=("recovery", "lr"),
-                 recovery_objective=("recovery", "objective"))
+                 recovery_objective=("recovery", "objective"), recovery_scope=("recovery", "scope"))
 _FLAT_OF = {where: flat for flat, where in FLAT_KEYS.items()}
 _REMOVED = {
     "keep_dense_if_no_savings": "a layer is always kept dense where factoring would not save",
@@ -205,6 +211,7 @@ _CHECKS: Dict[Tuple[str, str], Callable] = {
     ("recovery", "steps"): _integer(0),
     ("recovery", "lr"): _number(0.0, MAX_LR),
     ("recovery", "objective"): _choice(RECOVERY_OBJECTIVES),
+    ("recovery", "scope"): _choice(RECOVERY_SCOPES),
     ("deployment", "attention"): _choice(ATTENTION_MODES),
     ("deployment", "int8"): _boolean,
 }
@@ -241,6 +248,9 @@ class LowRankConfig:
         if self.calibration.sequential and self.ranks.budget is not None:
             raise ValueError("sequential calibration works with the θ thresholds, not with budget: "
                              "drop one of them")
+        if self.recovery.scope == "block" and self.recovery.objective != "encoder":
+            raise ValueError("recovery.scope: block matches each block's output; it works with "
+                             "objective: encoder only")
 
     __post_init__ = validate  # older callers re-check after setting a field
 

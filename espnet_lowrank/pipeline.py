@@ -169,7 +169,7 @@ def compress(
     rss = stats.peak_rss_mb if stats is not None else peak_rss_mb()
 
     with costs.step("recovery"):
-        recovery = recover_if_asked(current, source, utts, config)
+        recovery = recover_if_asked(current, source, utts, config, family)
     with costs.step("attention"):
         attention = choose_attention_(current.encoder, family, config.deployment.attention,
                                       family.window_frames(current.encoder))
@@ -192,14 +192,20 @@ def compress(
     return CompressionResult(current, plan, attention, config, report, curves)
 
 
-def recover_if_asked(compressed, source, utts: Optional[List[Utterance]], config: LowRankConfig) -> dict:
-    """Run the optional distillation (``config.recovery.steps``) on the factors."""
+def recover_if_asked(compressed, source, utts: Optional[List[Utterance]], config: LowRankConfig,
+                     family) -> dict:
+    """Run the optional distillation (``config.recovery.steps``) on the factors,
+    end to end or block by block (``config.recovery.scope``)."""
     if not config.recovery.steps:
         return {}
     if not utts:
         raise ValueError("recovery_steps needs calibration audio (calib_data), not only statistics")
-    from espnet_lowrank.recovery import recover_
+    from espnet_lowrank.recovery import recover_, recover_blocks_
 
+    r = config.recovery
     with kept_modes(source):
+        if r.scope == "block":
+            return recover_blocks_(compressed, source.eval(), utts, family.blocks, r.steps, r.lr,
+                                   config.calibration.batch_size)
         return recover_(compressed, source.eval(), utts, config.recovery.steps, config.recovery.lr,
                         config.calibration.batch_size, config.recovery.objective)

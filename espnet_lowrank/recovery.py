@@ -15,11 +15,13 @@ student sees exactly the forward it will run at inference.
 """
 
 import logging
+import re
 import time
 from typing import List
 
 import torch
 
+from espnet_lowrank.calibration import StopForward
 from espnet_lowrank.data import Utterance, iter_batches
 
 logger = logging.getLogger(__name__)
@@ -79,67 +81,42 @@ def _loss(student: List[torch.Tensor], teacher: List[torch.Tensor], lengths: tor
     return _valid_mse(student[0], teacher[0], lengths)
 
 
-def recover_(compressed, dense, utts: List[Utterance], steps: int, lr: float = 3e-5,
-             batch_size: int = 4, objective: str = "encoder") -> dict:
-    """Train ``compressed``'s low-rank factors for ``steps`` steps to match
-    ``dense`` on ``utts`` under ``objective`` (in place). After every pass over
-    the batches the loss over all of them is measured, and the factors with the
-    lowest one are kept (the calibration factors when nothing improved).
-    Returns the loss before and after and the step the kept factors are from."""
+def _train_keep_best(model, params, loss_of, n_batches: int, steps: int, lr: float, desc: str):
+    """Adam on ``params`` only (every other parameter of ``model`` frozen
+    meanwhile), batch ``step % n_batches`` per step. After every pass over
+    the batches the loss over all of them is measured and the best factors
+    are kept: a too-large LR can raise the loss, and the start (plain PCA)
+    must never be replaced by something worse. Returns (loss before, loss
+    after, step the kept factors are from)."""
     from espnet_lowrank.progress import progress
 
-    if steps < 1:
-        raise ValueError(f"recovery needs at least one step, got {steps}")
-    if not utts:
-        raise ValueError("recovery needs calibration utterances")
-    output = compared_output(compressed, objective)
-    params = factor_parameters(compressed.encoder)
-    if not params:
-        raise ValueError("no low-rank layers to train: the plan factored nothing")
-    device = params[0].device
     trainable = {id(p) for p in params}
-    frozen = [p for p in compressed.parameters() if id(p) not in trainable and p.requires_grad]
-    for p in frozen:
-        p.requires_grad_(False)
-    batches = [(s.to(device), n.to(device)) for s, n in iter_batches(utts, batch_size)]
-    targets = []
-    with torch.no_grad():
-        for speech, lengths in batches:
-            out, out_lens = dense.encode(speech, lengths)
-            targets.append((_view(dense, out, output), out_lens))
+    frozen = [p for p in model.parameters() if id(p) not in trainable and p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=lr)
-    compressed.eval()
-    started = time.perf_counter()
-
-    def loss_of(i):
-        speech, lengths = batches[i]
-        out, _ = compressed.encode(speech, lengths)
-        teacher, teacher_lens = targets[i]
-        return _loss(_view(compressed, out, output), teacher, teacher_lens, output)
 
     def full_loss():
         with torch.no_grad():
-            return sum(float(loss_of(i)) for i in range(len(batches))) / len(batches)
+            return sum(float(loss_of(i)) for i in range(n_batches)) / n_batches
 
     def snapshot():
         return [p.detach().clone() for p in params]
 
-    # Keep the best factors seen: a too-large LR can raise the loss, and the
-    # start (plain PCA) must never be replaced by something worse.
-    before = full_loss()
-    best, best_loss, best_step = snapshot(), before, 0
+    for p in frozen:
+        p.requires_grad_(False)
     try:
+        before = full_loss()
+        best, best_loss, best_step = snapshot(), before, 0
         with torch.enable_grad():
-            for step in progress(range(steps), desc="recovery", unit="step"):
-                loss = loss_of(step % len(batches))
+            for step in progress(range(steps), desc=desc, unit="step"):
+                loss = loss_of(step % n_batches)
                 if not torch.isfinite(loss):
-                    logger.warning("recovery loss became non-finite at step %d; stopping and "
-                                   "keeping the best factors. Lower recovery_lr.", step)
+                    logger.warning("%s loss became non-finite at step %d; stopping and keeping "
+                                   "the best factors. Lower recovery_lr.", desc, step)
                     break
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
-                if (step + 1) % len(batches) == 0 or step + 1 == steps:
+                if (step + 1) % n_batches == 0 or step + 1 == steps:
                     current = full_loss()
                     if current < best_loss:
                         best, best_loss, best_step = snapshot(), current, step + 1
@@ -149,11 +126,138 @@ def recover_(compressed, dense, utts: List[Utterance], steps: int, lr: float = 3
     with torch.no_grad():
         for p, saved in zip(params, best):
             p.copy_(saved)
-    after = best_loss
+    return before, best_loss, best_step
+
+
+def recover_(compressed, dense, utts: List[Utterance], steps: int, lr: float = 3e-5,
+             batch_size: int = 4, objective: str = "encoder") -> dict:
+    """Train ``compressed``'s low-rank factors for ``steps`` steps to match
+    ``dense`` on ``utts`` under ``objective`` (in place). After every pass over
+    the batches the loss over all of them is measured, and the factors with the
+    lowest one are kept (the calibration factors when nothing improved).
+    Returns the loss before and after and the step the kept factors are from."""
+    if steps < 1:
+        raise ValueError(f"recovery needs at least one step, got {steps}")
+    if not utts:
+        raise ValueError("recovery needs calibration utterances")
+    output = compared_output(compressed, objective)
+    params = factor_parameters(compressed.encoder)
+    if not params:
+        raise ValueError("no low-rank layers to train: the plan factored nothing")
+    device = params[0].device
+    batches = [(s.to(device), n.to(device)) for s, n in iter_batches(utts, batch_size)]
+    targets = []
+    with torch.no_grad():
+        for speech, lengths in batches:
+            out, out_lens = dense.encode(speech, lengths)
+            targets.append((_view(dense, out, output), out_lens))
+    compressed.eval()
+
+    def loss_of(i):
+        speech, lengths = batches[i]
+        out, _ = compressed.encode(speech, lengths)
+        teacher, teacher_lens = targets[i]
+        return _loss(_view(compressed, out, output), teacher, teacher_lens, output)
+
+    started = time.perf_counter()
+    before, after, best_step = _train_keep_best(compressed, params, loss_of, len(batches), steps, lr, "recovery")
     if best_step == 0:
         logger.warning("recovery did not lower the %s loss (%.4g); kept the factors from "
                        "calibration. Try a lower recovery_lr.", objective, before)
     logger.info("recovery: %d steps, %s loss %.4g -> %.4g", steps, objective, before, after)
     return {"recovery_steps": steps, "recovery_lr": lr, "recovery_objective": objective,
             "recovery_loss_before": before, "recovery_loss_after": after, "recovery_best_step": best_step,
+            "recovery_seconds": round(time.perf_counter() - started, 2)}
+
+
+def _hidden(block_output) -> torch.Tensor:
+    """The hidden states in a block's output: ESPnet blocks return
+    ``((x, pos_emb), mask)`` or ``(x, mask)``, Whisper's return ``x``."""
+    while isinstance(block_output, tuple):
+        block_output = block_output[0]
+    return block_output
+
+
+def _at_block(model, block, batches, output: bool = False) -> List[tuple]:
+    """Per batch, what ``block`` is called with, as (args, kwargs), or the
+    hidden states it returns (``output``); the forward stops after it."""
+    seen = []
+
+    def before(_module, args, kwargs):
+        seen.append((args, kwargs))
+        raise StopForward
+
+    def after(_module, _args, out):
+        seen.append(_hidden(out))
+        raise StopForward
+
+    handle = (block.register_forward_hook(after) if output
+              else block.register_forward_pre_hook(before, with_kwargs=True))
+    try:
+        with torch.no_grad():
+            for speech, lengths in batches:
+                try:
+                    model.encode(speech, lengths)
+                except StopForward:
+                    pass
+    finally:
+        handle.remove()
+    return seen
+
+
+def recover_blocks_(compressed, dense, utts: List[Utterance], blocks: str, steps: int,
+                    lr: float = 3e-5, batch_size: int = 4) -> dict:
+    """Block-wise recovery (``recovery.scope: block``): each encoder block
+    (module names matching ``blocks``) in forward order, ``steps`` steps each,
+    trains its factors so that, from the compressed model's input to it, it
+    gives the dense model's output of that block (MSE, valid frames). Block
+    inputs are cached, so a step costs one block, not the whole encoder; each
+    block keeps its best factors."""
+    if steps < 1:
+        raise ValueError(f"recovery needs at least one step, got {steps}")
+    if not utts:
+        raise ValueError("recovery needs calibration utterances")
+    student_blocks = [m for n, m in compressed.encoder.named_modules() if re.fullmatch(blocks, n)]
+    teacher_blocks = [m for n, m in dense.encoder.named_modules() if re.fullmatch(blocks, n)]
+    if not factor_parameters(compressed.encoder):
+        raise ValueError("no low-rank layers to train: the plan factored nothing")
+    device = next(compressed.parameters()).device
+    batches = [(s.to(device), n.to(device)) for s, n in iter_batches(utts, batch_size)]
+    compressed.eval()
+    with torch.no_grad():
+        lens = [dense.encode(speech, lengths)[1] for speech, lengths in batches]
+    last_before = _at_block(compressed, student_blocks[-1], batches, output=True)
+    student_in = _at_block(compressed, student_blocks[0], batches)
+    teacher_in = _at_block(dense, teacher_blocks[0], batches)
+    started, per_block = time.perf_counter(), []
+
+    def advance(block, inputs):
+        with torch.no_grad():
+            outs = [block(*args, **kwargs) for args, kwargs in inputs]
+        return [(out if isinstance(out, tuple) else (out,), kwargs)
+                for out, (_, kwargs) in zip(outs, inputs)]
+
+    for i, (student, teacher) in enumerate(zip(student_blocks, teacher_blocks)):
+        teacher_in = advance(teacher, teacher_in)
+        params = factor_parameters(student)
+        if params:
+            def loss_of(j, student=student):
+                args, kwargs = student_in[j]
+                return _valid_mse(_hidden(student(*args, **kwargs)), _hidden(teacher_in[j][0]), lens[j])
+
+            before, after, best_step = _train_keep_best(
+                compressed, params, loss_of, len(batches), steps, lr, f"recovery block {i}")
+            per_block.append({"block": i, "loss_before": before, "loss_after": after,
+                              "best_step": best_step})
+        student_in = advance(student, student_in)
+    # The last block's output (what the encoder's final norm reads), before and after.
+    before = sum(_valid_mse(b, _hidden(t[0]), n).item()
+                 for b, t, n in zip(last_before, teacher_in, lens)) / len(batches)
+    after = sum(_valid_mse(_hidden(s[0]), _hidden(t[0]), n).item()
+                for s, t, n in zip(student_in, teacher_in, lens)) / len(batches)
+    logger.info("block-wise recovery: %d blocks x %d steps, last block output MSE %.4g -> %.4g",
+                len(per_block), steps, before, after)
+    return {"recovery_steps": steps, "recovery_lr": lr, "recovery_objective": "encoder",
+            "recovery_scope": "block", "recovery_blocks": per_block,
+            "recovery_loss_before": before, "recovery_loss_after": after,
             "recovery_seconds": round(time.perf_counter() - started, 2)}

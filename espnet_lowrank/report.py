@@ -144,7 +144,8 @@ def compression_report_md(report: dict) -> str:
     if "calibration_passes" in report:
         summary["calibration passes"] = report["calibration_passes"]
     if report.get("recovery_steps"):
-        summary[f"recovery ({report['recovery_steps']} steps) {report.get('recovery_objective', 'encoder')} loss"] = (
+        scope = " per block" if report.get("recovery_scope") == "block" else ""
+        summary[f"recovery ({report['recovery_steps']} steps{scope}) {report.get('recovery_objective', 'encoder')} loss"] = (
             f"{report['recovery_loss_before']:.4g} -> {report['recovery_loss_after']:.4g}")
     for name, cost in report.get("steps", {}).items():
         summary[f"step {name}: seconds / peak RSS so far (MB)"] = f"{cost['seconds']} / {cost['peak_rss_mb']}"

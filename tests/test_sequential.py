@@ -109,3 +109,27 @@ def test_decoder_objective_on_tiny_en(dense_exp, librispeech, tmp_path):
     dense.decoder, dense.ctc = None, None
     with pytest.raises(ValueError, match="objective: decoder needs"):
         compress(dense, librispeech[:1], config)
+
+
+def test_blockwise_recovery_on_tiny_en(dense_exp, librispeech, tmp_path):
+    """Block-wise recovery: every block's loss falls from its cached inputs,
+    the last block's output moves toward the dense one, the source stays as
+    it was and the result reloads with exactly its keys."""
+    dense, train_config = load_asr_model(str(dense_exp / "config.yaml"), str(dense_exp / "model.pth"))
+    before = {k: v.clone() for k, v in dense.state_dict().items()}
+    config = LowRankConfig(theta_attention=0.95, theta_feed_forward=0.98, batch_size=2,
+                           recovery={"steps": 4, "lr": 3e-4, "scope": "block"})
+    result = compress(dense, librispeech[:2], config)
+    report = result.report
+    assert report["recovery_scope"] == "block"
+    assert [b["block"] for b in report["recovery_blocks"]] == [0, 1, 2, 3]
+    for b in report["recovery_blocks"]:
+        assert b["loss_after"] < 0.95 * b["loss_before"], b
+    assert report["recovery_loss_after"] < 0.9 * report["recovery_loss_before"], report
+    assert all(torch.equal(before[k], v) for k, v in dense.state_dict().items())
+    save_compressed(result, train_config, str(tmp_path / "out"),
+                    source_config_file=str(dense_exp / "config.yaml"))
+    model, _ = load_compressed(str(tmp_path / "out"))
+    assert set(model.state_dict()) == set(result.model.state_dict())
+    with pytest.raises(ValueError, match="scope: block .* objective: encoder only"):
+        LowRankConfig(recovery={"steps": 4, "scope": "block", "objective": "decoder"})

@@ -25,6 +25,7 @@ class EncoderFamily:
         layers: regex (fullmatch over module names inside the encoder) -> role,
             "attention" or "feed_forward"; the role picks θ.
         attention: regex of the self-attention modules.
+        blocks: regex of the encoder blocks, in forward order (block-wise recovery).
         frame_mask: builds the hook that yields the valid frames, or None when
             every frame counts (Whisper: the decoder sees all 1500).
         window_seconds: input length used to report FLOPs.
@@ -36,6 +37,7 @@ class EncoderFamily:
     encoder_class: str
     layers: Dict[str, str]
     attention: str
+    blocks: str
     frame_mask: Optional[Callable[[], FrameMaskHook]]
     window_seconds: float
     window_frames: Callable[[nn.Module], int]

@@ -114,6 +114,7 @@ def espnet_family(name: str, encoder_class: str, layers: Dict[str, str], attenti
         encoder_class=encoder_class,
         layers=layers,
         attention=attention,
+        blocks=r"encoders\.\d+",
         frame_mask=embed_frame_mask,
         window_seconds=window_seconds,
         window_frames=window_frames_fn(window_seconds),

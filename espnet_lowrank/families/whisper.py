@@ -14,6 +14,7 @@ FAMILY = EncoderFamily(
         r"encoders\.blocks\.\d+\.mlp\.(0|2)": "feed_forward",
     },
     attention=r"encoders\.blocks\.\d+\.attn",
+    blocks=r"encoders\.blocks\.\d+",
     frame_mask=None,
     window_seconds=30.0,
     window_frames=lambda encoder: encoder.encoders.positional_embedding.shape[0],
