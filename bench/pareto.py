@@ -46,7 +46,7 @@ sys.path.insert(0, str(REPO))
 from espnet_lowrank.pipeline import calibrate_model, compress  # noqa: E402
 from espnet_lowrank.config import LowRankConfig  # noqa: E402
 from espnet_lowrank.data import load_audio, read_data_dir  # noqa: E402
-from espnet_lowrank.measure import encoder_flops, encoder_linear_params, paired_latency  # noqa: E402
+from espnet_lowrank.measure import encoder_flops, encoder_linear_params, encoder_mb, paired_latency  # noqa: E402
 from espnet_lowrank.quantize import quantize_linears_  # noqa: E402
 from espnet_lowrank.scoring import score_texts  # noqa: E402
 
@@ -89,12 +89,6 @@ def dense_exp_dir(model: str, work_dir: str) -> Path:
     if not (out / "model.pth").is_file():
         export_whisper(model, str(out))
     return out
-
-
-def encoder_mb(model) -> float:
-    with tempfile.NamedTemporaryFile(suffix=".pth") as f:
-        torch.save(model.encoder.state_dict(), f.name)
-        return os.path.getsize(f.name) / 2 ** 20
 
 
 def decode_wer(s2t, eval_sets, hyp_dir=None):

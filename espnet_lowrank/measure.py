@@ -1,6 +1,7 @@
 """Size, FLOPs and latency of an encoder, measured the same way for the dense
 and the compressed model."""
 
+import io
 import resource
 import statistics
 import time
@@ -24,13 +25,25 @@ def _dummy_input(seconds: float, batch: int = 1) -> Tuple[torch.Tensor, torch.Te
 
 def linear_params(module: torch.nn.Module) -> int:
     """Parameters of all projections in ``module``: dense ones (``nn.Linear``,
-    1x1 ``Conv1d``) and the factors of low-rank ones (their ``down``/``up``
-    children are such projections). int8 linears are not counted."""
-    return sum(
-        p.numel()
-        for m in module.modules() if is_dense_projection(m)
-        for p in m.parameters(recurse=False)
-    )
+    1x1 ``Conv1d``), the factors of low-rank ones (their ``down``/``up``
+    children are such projections) and int8 linears (as many weights, 1 byte
+    each: see :func:`encoder_mb` for bytes)."""
+    from torch.ao.nn.quantized.dynamic import Linear as DynamicInt8Linear
+
+    total = 0
+    for m in module.modules():
+        if is_dense_projection(m):
+            total += sum(p.numel() for p in m.parameters(recurse=False))
+        elif isinstance(m, DynamicInt8Linear):
+            total += m.weight().numel() + (m.bias().numel() if m.bias() is not None else 0)
+    return total
+
+
+def encoder_mb(model) -> float:
+    """Size of the encoder's state dict as ``torch.save`` writes it (float or packed int8), MiB."""
+    buffer = io.BytesIO()
+    torch.save(model.encoder.state_dict(), buffer)
+    return buffer.tell() / 2 ** 20
 
 
 def peak_rss_mb() -> float:

@@ -17,7 +17,7 @@ import torch
 from espnet_lowrank.artifact import load_asr_model
 from espnet_lowrank.data import read_data_dir
 from espnet_lowrank.families import family_for
-from espnet_lowrank.measure import encoder_flops, encoder_linear_params, paired_latency
+from espnet_lowrank.measure import encoder_flops, encoder_linear_params, encoder_mb, paired_latency
 from espnet_lowrank.report import plot_wer_vs_size
 from espnet_lowrank.scoring import markdown_table, read_text_file, score_texts
 from espnet_lowrank.utils import atomic_write_text
@@ -71,9 +71,9 @@ def write_results(
     dense_params = encoder_linear_params(dense)
     dense_flops = encoder_flops(dense, family.window_seconds)
     summary = ["| model | " + " | ".join(f"WER {os.path.basename(os.path.normpath(t))}" for t in test_sets)
-               + " | enc. linear params | params ratio | enc. GFLOPs | FLOPs ratio | enc. latency (s) | latency ratio"
-               " | calib. time (s) | calib. peak RSS (MB) |",
-               "|---|" + "---:|" * (len(test_sets) + 8)]
+               + " | enc. linear params | params ratio | enc. MB | enc. GFLOPs | FLOPs ratio | enc. latency (s)"
+               " | latency ratio | compress time (s) | compress peak RSS (MB) |",
+               "|---|" + "---:|" * (len(test_sets) + 9)]
     points = []
     for exp in exps:
         model = models[exp]
@@ -87,13 +87,18 @@ def write_results(
             latency_ratio = latency / latency_dense
         report_path = os.path.join(exp, "report.json")
         report = json.load(open(report_path)) if os.path.isfile(report_path) else {}
-        calib_time = report.get("calibration_seconds", "-")
-        calib_rss = report.get("calibration_peak_rss_mb", "-")
+        # calibration (summed over jobs) plus the later steps (plan, recovery, attention)
+        steps = report.get("steps", {})
+        compress_s = report.get("calibration_seconds")
+        if compress_s is not None:
+            compress_s = f"{compress_s + sum(v['seconds'] for k, v in steps.items() if k != 'calibration'):.1f}"
+        rss = max([report.get("calibration_peak_rss_mb") or 0] + [v["peak_rss_mb"] for v in steps.values()])
         summary.append(
             f"| {os.path.basename(exp)} | "
             + " | ".join(f"{wers[exp][os.path.basename(os.path.normpath(t))]:.1f}" for t in test_sets)
-            + f" | {params:,} | {params / dense_params:.3f} | {flops / 1e9:.2f} | {flops / dense_flops:.3f}"
-            f" | {latency:.3f} | {latency_ratio:.3f} | {calib_time} | {calib_rss} |"
+            + f" | {params:,} | {params / dense_params:.3f} | {encoder_mb(model):.1f} | {flops / 1e9:.2f}"
+            f" | {flops / dense_flops:.3f}"
+            f" | {latency:.3f} | {latency_ratio:.3f} | {compress_s or '-'} | {rss or '-'} |"
         )
         first_set = os.path.basename(os.path.normpath(test_sets[0]))
         points.append({"label": os.path.basename(exp), "size": params, "wer": wers[exp][first_set]})

@@ -12,6 +12,7 @@ from espnet_lowrank.artifact import build_asr_model, load_asr_model
 from espnet_lowrank.pipeline import calibrate_model, compress
 from espnet_lowrank.config import LowRankConfig
 from espnet_lowrank.data import load_audio
+from espnet_lowrank.measure import encoder_linear_params, encoder_mb
 from espnet_lowrank.quantize import quantize_linears_, quantized_linears
 
 NUM_CALIB = 4
@@ -69,6 +70,9 @@ def test_int8_close_to_float_compressed(dense, stats, speech):
     # is out of reach for torch dynamic int8 here; WER is in bench/RESULTS.md.
     assert err < 0.2
     assert err_dense < 0.1
+    # int8 keeps every weight (1 byte each): same parameter count, about 1/4 the bytes
+    assert encoder_linear_params(q) == encoder_linear_params(result.model)
+    assert encoder_mb(q) < 0.4 * encoder_mb(result.model)
 
 
 def test_int8_exp_dir_reloads_and_is_quantized(dense, dense_exp, stats, speech, tmp_path):
