@@ -28,7 +28,7 @@ def test_pareto_toy_run(dense_exp, shared_data_dir, tmp_path):
     subprocess.run(
         [sys.executable, str(REPO / "bench" / "pareto.py"), "--model", str(dense_exp),
          "--data", str(shared_data_dir), "--num_calib", "4", "--num_eval", "1",
-         "--thetas", "0.98,0.995", "--budgets", "0.75", "--int8", "budget_0.75",
+         "--thetas", "0.98,0.995", "--budgets", "0.75", "--int8", "dense", "budget_0.75",
          "--repeats", "1", "--out_dir", str(out)],
         check=True, capture_output=True, cwd=str(tmp_path),
     )
