@@ -39,7 +39,7 @@ from espnet_lowrank.measure import encoder_flops  # noqa: E402
 
 WHISPER_NAMES = ("tiny.en", "tiny", "base.en", "base", "small.en", "small")
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-DEFAULT_CALIB = "/work/shared/data/librispeech_train-clean-100"
+DEFAULT_CALIB = os.path.join(os.path.dirname(REPO), "shared", "data", "librispeech_train-clean-100")
 
 
 def load_dense(model: str, work_dir: str):
