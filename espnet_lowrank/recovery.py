@@ -10,6 +10,10 @@ low-rank factors train; every other weight stays as it was. The objective:
   MSE weighs every direction of the encoder output alike, these weigh them
   as the decoder does. No labels are needed.
 
+The scope: ``end_to_end`` runs the whole encoder per step; ``block``
+(:func:`recover_blocks_`) trains one encoder block at a time from cached
+inputs, so a step costs one block.
+
 Runs in eval mode (no dropout or SpecAugment) with gradients on, so the
 student sees exactly the forward it will run at inference.
 """
