@@ -25,7 +25,6 @@ from typing import List
 
 import torch
 
-from espnet_lowrank.calibration import StopForward
 from espnet_lowrank.data import Utterance, iter_batches
 
 logger = logging.getLogger(__name__)
@@ -133,6 +132,19 @@ def _train_keep_best(model, params, loss_of, n_batches: int, steps: int, lr: flo
     return before, best_loss, best_step
 
 
+def _batches(compressed, utts: List[Utterance], steps: int, batch_size: int) -> list:
+    """The calibration batches on the model's device, after the checks both scopes share."""
+    if steps < 1:
+        raise ValueError(f"recovery needs at least one step, got {steps}")
+    if not utts:
+        raise ValueError("recovery needs calibration utterances")
+    params = factor_parameters(compressed.encoder)
+    if not params:
+        raise ValueError("no low-rank layers to train: the plan factored nothing")
+    device = params[0].device
+    return [(s.to(device), n.to(device)) for s, n in iter_batches(utts, batch_size)]
+
+
 def recover_(compressed, dense, utts: List[Utterance], steps: int, lr: float = 3e-5,
              batch_size: int = 4, objective: str = "encoder") -> dict:
     """Train ``compressed``'s low-rank factors for ``steps`` steps to match
@@ -140,16 +152,9 @@ def recover_(compressed, dense, utts: List[Utterance], steps: int, lr: float = 3
     the batches the loss over all of them is measured, and the factors with the
     lowest one are kept (the calibration factors when nothing improved).
     Returns the loss before and after and the step the kept factors are from."""
-    if steps < 1:
-        raise ValueError(f"recovery needs at least one step, got {steps}")
-    if not utts:
-        raise ValueError("recovery needs calibration utterances")
     output = compared_output(compressed, objective)
+    batches = _batches(compressed, utts, steps, batch_size)
     params = factor_parameters(compressed.encoder)
-    if not params:
-        raise ValueError("no low-rank layers to train: the plan factored nothing")
-    device = params[0].device
-    batches = [(s.to(device), n.to(device)) for s, n in iter_batches(utts, batch_size)]
     targets = []
     with torch.no_grad():
         for speech, lengths in batches:
@@ -182,31 +187,21 @@ def _hidden(block_output) -> torch.Tensor:
     return block_output
 
 
-def _at_block(model, block, batches, output: bool = False) -> List[tuple]:
-    """Per batch, what ``block`` is called with, as (args, kwargs), or the
-    hidden states it returns (``output``); the forward stops after it."""
-    seen = []
-
-    def before(_module, args, kwargs):
-        seen.append((args, kwargs))
-        raise StopForward
-
-    def after(_module, _args, out):
-        seen.append(_hidden(out))
-        raise StopForward
-
-    handle = (block.register_forward_hook(after) if output
-              else block.register_forward_pre_hook(before, with_kwargs=True))
+def _block_io(model, first, last, batches):
+    """One forward per batch: what ``first`` is called with, as (args, kwargs),
+    the hidden states ``last`` returns, and the encoder's output lengths."""
+    inputs, outputs, lens = [], [], []
+    handles = [first.register_forward_pre_hook(lambda _m, args, kwargs: inputs.append((args, kwargs)),
+                                               with_kwargs=True),
+               last.register_forward_hook(lambda _m, _args, out: outputs.append(_hidden(out)))]
     try:
         with torch.no_grad():
             for speech, lengths in batches:
-                try:
-                    model.encode(speech, lengths)
-                except StopForward:
-                    pass
+                lens.append(model.encode(speech, lengths)[1])
     finally:
-        handle.remove()
-    return seen
+        for h in handles:
+            h.remove()
+    return inputs, outputs, lens
 
 
 def recover_blocks_(compressed, dense, utts: List[Utterance], blocks: str, steps: int,
@@ -217,22 +212,12 @@ def recover_blocks_(compressed, dense, utts: List[Utterance], blocks: str, steps
     gives the dense model's output of that block (MSE, valid frames). Block
     inputs are cached, so a step costs one block, not the whole encoder; each
     block keeps its best factors."""
-    if steps < 1:
-        raise ValueError(f"recovery needs at least one step, got {steps}")
-    if not utts:
-        raise ValueError("recovery needs calibration utterances")
+    batches = _batches(compressed, utts, steps, batch_size)
     student_blocks = [m for n, m in compressed.encoder.named_modules() if re.fullmatch(blocks, n)]
     teacher_blocks = [m for n, m in dense.encoder.named_modules() if re.fullmatch(blocks, n)]
-    if not factor_parameters(compressed.encoder):
-        raise ValueError("no low-rank layers to train: the plan factored nothing")
-    device = next(compressed.parameters()).device
-    batches = [(s.to(device), n.to(device)) for s, n in iter_batches(utts, batch_size)]
     compressed.eval()
-    with torch.no_grad():
-        lens = [dense.encode(speech, lengths)[1] for speech, lengths in batches]
-    last_before = _at_block(compressed, student_blocks[-1], batches, output=True)
-    student_in = _at_block(compressed, student_blocks[0], batches)
-    teacher_in = _at_block(dense, teacher_blocks[0], batches)
+    student_in, last_before, lens = _block_io(compressed, student_blocks[0], student_blocks[-1], batches)
+    teacher_in, _, _ = _block_io(dense, teacher_blocks[0], teacher_blocks[-1], batches)
     started, per_block = time.perf_counter(), []
 
     def advance(block, inputs):

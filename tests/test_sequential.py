@@ -89,22 +89,28 @@ def test_group_statistics_stop_the_forward_and_stay_on_cpu_float64():
     assert torch.equal(full["1"].gram, stats["1"].gram)
 
 
-def test_decoder_objective_on_tiny_en(dense_exp, librispeech, tmp_path):
-    """Recovery on what Whisper's decoder reads (its cross-attention K/V): the
-    loss falls, the source stays as it was and the result reloads exactly."""
+def _compress_tiny_en(dense_exp, utts, tmp_path, recovery):
+    """Compress tiny.en with ``recovery``; check that the source stays as it was
+    and that the result reloads with exactly its keys. Returns (dense, config, report)."""
     dense, train_config = load_asr_model(str(dense_exp / "config.yaml"), str(dense_exp / "model.pth"))
     before = {k: v.clone() for k, v in dense.state_dict().items()}
-    config = LowRankConfig(theta_attention=0.95, theta_feed_forward=0.98, batch_size=2,
-                           recovery={"steps": 4, "lr": 3e-4, "objective": "decoder"})
-    result = compress(dense, librispeech[:2], config)
-    report = result.report
-    assert report["recovery_objective"] == "decoder"
-    assert report["recovery_loss_after"] < 0.95 * report["recovery_loss_before"], report
+    config = LowRankConfig(theta_attention=0.95, theta_feed_forward=0.98, batch_size=2, recovery=recovery)
+    result = compress(dense, utts, config)
     assert all(torch.equal(before[k], v) for k, v in dense.state_dict().items())
     save_compressed(result, train_config, str(tmp_path / "out"),
                     source_config_file=str(dense_exp / "config.yaml"))
     model, _ = load_compressed(str(tmp_path / "out"))
     assert set(model.state_dict()) == set(result.model.state_dict())
+    return dense, config, result.report
+
+
+def test_decoder_objective_on_tiny_en(dense_exp, librispeech, tmp_path):
+    """Recovery on what Whisper's decoder reads (its cross-attention K/V): the
+    loss falls, the source stays as it was and the result reloads exactly."""
+    dense, config, report = _compress_tiny_en(dense_exp, librispeech[:2], tmp_path,
+                                              {"steps": 4, "lr": 3e-4, "objective": "decoder"})
+    assert report["recovery_objective"] == "decoder"
+    assert report["recovery_loss_after"] < 0.95 * report["recovery_loss_before"], report
     # A model whose decoder reads nothing the objective knows is refused before any work.
     dense.decoder, dense.ctc = None, None
     with pytest.raises(ValueError, match="objective: decoder needs"):
@@ -115,21 +121,12 @@ def test_blockwise_recovery_on_tiny_en(dense_exp, librispeech, tmp_path):
     """Block-wise recovery: every block's loss falls from its cached inputs,
     the last block's output moves toward the dense one, the source stays as
     it was and the result reloads with exactly its keys."""
-    dense, train_config = load_asr_model(str(dense_exp / "config.yaml"), str(dense_exp / "model.pth"))
-    before = {k: v.clone() for k, v in dense.state_dict().items()}
-    config = LowRankConfig(theta_attention=0.95, theta_feed_forward=0.98, batch_size=2,
-                           recovery={"steps": 4, "lr": 3e-4, "scope": "block"})
-    result = compress(dense, librispeech[:2], config)
-    report = result.report
+    _, _, report = _compress_tiny_en(dense_exp, librispeech[:2], tmp_path,
+                                     {"steps": 4, "lr": 3e-4, "scope": "block"})
     assert report["recovery_scope"] == "block"
     assert [b["block"] for b in report["recovery_blocks"]] == [0, 1, 2, 3]
     for b in report["recovery_blocks"]:
         assert b["loss_after"] < 0.95 * b["loss_before"], b
     assert report["recovery_loss_after"] < 0.9 * report["recovery_loss_before"], report
-    assert all(torch.equal(before[k], v) for k, v in dense.state_dict().items())
-    save_compressed(result, train_config, str(tmp_path / "out"),
-                    source_config_file=str(dense_exp / "config.yaml"))
-    model, _ = load_compressed(str(tmp_path / "out"))
-    assert set(model.state_dict()) == set(result.model.state_dict())
     with pytest.raises(ValueError, match="scope: block .* objective: encoder only"):
         LowRankConfig(recovery={"steps": 4, "scope": "block", "objective": "decoder"})
