@@ -5,7 +5,7 @@ A ``--lowrank_config`` YAML may give the sections::
     targets:     {target_modules, exclude_modules, rank_pattern}   # which layers
     ranks:       {theta_attention, theta_feed_forward, rank_multiple, budget}
     calibration: {num_calib, batch_size, sequential, seed}
-    recovery:    {steps, lr, objective, scope}
+    recovery:    {steps, lr, objective, scope, final_steps}
     deployment:  {attention, int8}
 
 or the same options as flat keys (``theta_attention: 0.98``,
@@ -88,7 +88,11 @@ class Recovery:
         default="end_to_end",
         metadata={"help": "'end_to_end' (the whole encoder per step) or 'block' (each encoder "
                           "block in turn, from cached inputs, to the dense block's output; "
-                          "steps per block; objective encoder only)"})
+                          "steps per block, each matched by MSE)"})
+    final_steps: int = field(
+        default=0,
+        metadata={"help": "with scope block: then this many end-to-end steps under objective "
+                          "(a short pass that fixes what the blocks could not see); 0: none"})
 
 
 @dataclass
@@ -108,7 +112,8 @@ FLAT_KEYS: Dict[str, Tuple[str, str]] = {
     if section != "recovery"
 }
 FLAT_KEYS.update(recovery_steps=("recovery", "steps"), recovery_lr=("recovery", "lr"),
-                 recovery_objective=("recovery", "objective"), recovery_scope=("recovery", "scope"))
+                 recovery_objective=("recovery", "objective"), recovery_scope=("recovery", "scope"),
+                 recovery_final_steps=("recovery", "final_steps"))
 _FLAT_OF = {where: flat for flat, where in FLAT_KEYS.items()}
 _REMOVED = {
     "keep_dense_if_no_savings": "a layer is always kept dense where factoring would not save",
@@ -212,6 +217,7 @@ _CHECKS: Dict[Tuple[str, str], Callable] = {
     ("recovery", "lr"): _number(0.0, MAX_LR),
     ("recovery", "objective"): _choice(RECOVERY_OBJECTIVES),
     ("recovery", "scope"): _choice(RECOVERY_SCOPES),
+    ("recovery", "final_steps"): _integer(0),
     ("deployment", "attention"): _choice(ATTENTION_MODES),
     ("deployment", "int8"): _boolean,
 }
@@ -248,9 +254,14 @@ class LowRankConfig:
         if self.calibration.sequential and self.ranks.budget is not None:
             raise ValueError("sequential calibration works with the θ thresholds, not with budget: "
                              "drop one of them")
-        if self.recovery.scope == "block" and self.recovery.objective != "encoder":
-            raise ValueError("recovery.scope: block matches each block's output; it works with "
-                             "objective: encoder only")
+        r = self.recovery
+        if r.final_steps and r.scope != "block":
+            raise ValueError("recovery.final_steps follows block-wise recovery: set recovery.scope: "
+                             "block, or put the steps in recovery.steps")
+        if r.scope == "block" and r.objective != "encoder" and not r.final_steps:
+            raise ValueError("recovery.scope: block matches each block's output; objective: "
+                             f"{r.objective} applies only to an end-to-end pass after it "
+                             "(set recovery.final_steps)")
 
     __post_init__ = validate  # older callers re-check after setting a field
 

@@ -195,17 +195,20 @@ def compress(
 def recover_if_asked(compressed, source, utts: Optional[List[Utterance]], config: LowRankConfig,
                      family) -> dict:
     """Run the optional distillation (``config.recovery.steps``) on the factors,
-    end to end or block by block (``config.recovery.scope``)."""
+    end to end or block by block (``config.recovery.scope``), then the optional
+    end-to-end pass after the blocks (``config.recovery.final_steps``)."""
     if not config.recovery.steps:
         return {}
     if not utts:
         raise ValueError("recovery_steps needs calibration audio (calib_data), not only statistics")
     from espnet_lowrank.recovery import recover_, recover_blocks_
 
-    r = config.recovery
+    r, batch_size = config.recovery, config.calibration.batch_size
     with kept_modes(source):
-        if r.scope == "block":
-            return recover_blocks_(compressed, source.eval(), utts, family.blocks, r.steps, r.lr,
-                                   config.calibration.batch_size)
-        return recover_(compressed, source.eval(), utts, config.recovery.steps, config.recovery.lr,
-                        config.calibration.batch_size, config.recovery.objective)
+        if r.scope == "end_to_end":
+            return recover_(compressed, source.eval(), utts, r.steps, r.lr, batch_size, r.objective)
+        report = recover_blocks_(compressed, source.eval(), utts, family.blocks, r.steps, r.lr, batch_size)
+        if r.final_steps:
+            report["recovery_final"] = recover_(compressed, source.eval(), utts, r.final_steps, r.lr,
+                                                batch_size, r.objective)
+        return report

@@ -12,7 +12,8 @@ low-rank factors train; every other weight stays as it was. The objective:
 
 The scope: ``end_to_end`` runs the whole encoder per step; ``block``
 (:func:`recover_blocks_`) trains one encoder block at a time from cached
-inputs, so a step costs one block.
+inputs, so a step costs one block; ``final_steps`` then runs a short end-to-end
+pass under the objective (the pipeline calls :func:`recover_` after it).
 
 Runs in eval mode (no dropout or SpecAugment) with gradients on, so the
 student sees exactly the forward it will run at inference.

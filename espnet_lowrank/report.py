@@ -147,6 +147,10 @@ def compression_report_md(report: dict) -> str:
         scope = " per block" if report.get("recovery_scope") == "block" else ""
         summary[f"recovery ({report['recovery_steps']} steps{scope}) {report.get('recovery_objective', 'encoder')} loss"] = (
             f"{report['recovery_loss_before']:.4g} -> {report['recovery_loss_after']:.4g}")
+        final = report.get("recovery_final")
+        if final:
+            summary[f"then end to end ({final['recovery_steps']} steps) {final['recovery_objective']} loss"] = (
+                f"{final['recovery_loss_before']:.4g} -> {final['recovery_loss_after']:.4g}")
     for name, cost in report.get("steps", {}).items():
         summary[f"step {name}: seconds / peak RSS so far (MB)"] = f"{cost['seconds']} / {cost['peak_rss_mb']}"
     lines = ["# Low-rank compression report", "", markdown_kv_table(summary), "",

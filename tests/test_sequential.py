@@ -118,15 +118,22 @@ def test_decoder_objective_on_tiny_en(dense_exp, librispeech, tmp_path):
 
 
 def test_blockwise_recovery_on_tiny_en(dense_exp, librispeech, tmp_path):
-    """Block-wise recovery: every block's loss falls from its cached inputs,
-    the last block's output moves toward the dense one, the source stays as
-    it was and the result reloads with exactly its keys."""
+    """Block-wise recovery then a short end-to-end pass on the decoder's view:
+    every block's loss falls from its cached inputs, the last block's output
+    moves toward the dense one, the final pass lowers the cross-attention K/V
+    loss, the source stays as it was and the result reloads with exactly its keys."""
     _, _, report = _compress_tiny_en(dense_exp, librispeech[:2], tmp_path,
-                                     {"steps": 4, "lr": 3e-4, "scope": "block"})
+                                     {"steps": 4, "lr": 3e-4, "scope": "block",
+                                      "final_steps": 4, "objective": "decoder"})
     assert report["recovery_scope"] == "block"
     assert [b["block"] for b in report["recovery_blocks"]] == [0, 1, 2, 3]
     for b in report["recovery_blocks"]:
         assert b["loss_after"] < 0.95 * b["loss_before"], b
     assert report["recovery_loss_after"] < 0.9 * report["recovery_loss_before"], report
-    with pytest.raises(ValueError, match="scope: block .* objective: encoder only"):
+    final = report["recovery_final"]
+    assert (final["recovery_steps"], final["recovery_objective"]) == (4, "decoder")
+    assert final["recovery_loss_after"] < final["recovery_loss_before"], final
+    with pytest.raises(ValueError, match="objective: decoder applies only to an end-to-end pass"):
         LowRankConfig(recovery={"steps": 4, "scope": "block", "objective": "decoder"})
+    with pytest.raises(ValueError, match="final_steps follows block-wise recovery"):
+        LowRankConfig(recovery={"steps": 4, "final_steps": 2})
