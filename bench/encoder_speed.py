@@ -14,9 +14,15 @@ the same input, alternating, after warm-up; the table shows medians.
 
 efficiency = (dense_ms / compressed_ms) / (dense_flops / compressed_flops):
 1.0 means the FLOPs saved turn fully into time saved.
+
+``--latency_aware``: before the encoders are timed, each factored layer is
+timed alone against its dense original on the input it gets (first
+``--threads`` and ``--seconds`` value), and put back dense where its factor
+pair is not faster. Layers inside reduced-dimension attention stay factored.
 """
 
 import argparse
+import copy
 import json
 import os
 import platform
@@ -30,12 +36,13 @@ import torch
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
+from espnet_lowrank.apply import set_submodule  # noqa: E402
 from espnet_lowrank.artifact import load_asr_model  # noqa: E402
 from espnet_lowrank.pipeline import compress  # noqa: E402
 from espnet_lowrank.config import LowRankConfig  # noqa: E402
 from espnet_lowrank.data import read_data_dir, select  # noqa: E402
 from espnet_lowrank.families import family_for  # noqa: E402
-from espnet_lowrank.measure import encoder_flops  # noqa: E402
+from espnet_lowrank.measure import encoder_flops, encoder_linear_params  # noqa: E402
 
 WHISPER_NAMES = ("tiny.en", "tiny", "base.en", "base", "small.en", "small")
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -105,6 +112,40 @@ def paired_times(encoders, speech, lengths, device, repeats, warmup):
     return [statistics.median(t) for t in times]
 
 
+@torch.inference_mode()
+def keep_dense_where_slower_(compressed, dense, result, speech, lengths, device, repeats, warmup):
+    """The latency-aware plan: time every factored layer against its dense
+    original on the input it gets in ``compressed``; put the dense layer back
+    where the factor pair is not faster. Returns the names put back."""
+    reduced = [n for n, mode in result.attention.items() if mode == "reduced"]
+    names = [n for n in result.plan.ranks if not any(n.startswith(r + ".") for r in reduced)]
+    shapes = {}
+
+    def record(name):
+        def hook(_module, args):
+            shapes.setdefault(name, args[0].shape)  # returns None: the input is left as it is
+        return hook
+
+    hooks = [compressed.encoder.get_submodule(n).register_forward_pre_hook(record(n)) for n in names]
+    compressed.encode(speech, lengths)
+    for h in hooks:
+        h.remove()
+    put_back, dense_total, factored_total = [], 0.0, 0.0
+    for n in names:
+        x = torch.randn(shapes[n], device=speech.device, dtype=speech.dtype)
+        dense_layer, factored = dense.encoder.get_submodule(n), compressed.encoder.get_submodule(n)
+        d_ms, c_ms = paired_times([lambda x, _: dense_layer(x), lambda x, _: factored(x)], x, None,
+                                  device, repeats, warmup)
+        dense_total, factored_total = dense_total + d_ms, factored_total + min(c_ms, d_ms)
+        if c_ms >= d_ms:
+            set_submodule(compressed.encoder, n, copy.deepcopy(dense_layer))
+            put_back.append(n)
+    print(f"# latency-aware: {len(put_back)} of {len(names)} factored layers put back dense: {put_back}")
+    print(f"# those {len(names)} layers alone: dense {dense_total:.1f} ms, after {factored_total:.1f} ms "
+          "(sum of per-layer medians)")
+    return put_back
+
+
 def machine() -> str:
     cpu = platform.processor() or platform.machine()
     try:
@@ -135,6 +176,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--num_calib", type=int, default=16)
     p.add_argument("--rank_multiple", type=int, default=None)
     p.add_argument("--attention", default=None, choices=["auto", "reduced", "dense"])
+    p.add_argument("--latency_aware", action="store_true",
+                   help="put a factored layer back dense where its factor pair times slower")
     p.add_argument("--compile", action="store_true", help="also time torch.compile'd encoders")
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--warmup", type=int, default=2)
@@ -145,6 +188,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device here")
     dtype = DTYPES[args.dtype or ("fp32" if args.device == "cpu" else "fp16")]
+    if args.latency_aware and dtype != torch.float32:
+        raise SystemExit("--latency_aware: fp32 only (the FLOP count runs the fp32 model)")
     batches = args.batch or ([1] if args.device == "cpu" else [1, 16])
 
     torch.manual_seed(0)
@@ -164,11 +209,17 @@ def main(argv: Optional[List[str]] = None) -> int:
           f"{result.report['encoder_linear_params_dense']}")
     print(f"# ranks: {json.dumps(result.plan.ranks)}")
 
-    flops = {s: (encoder_flops(dense, s), encoder_flops(compressed, s)) for s in seconds}
-
     device = args.device
     dense.to(device=device, dtype=dtype)
     compressed.to(device=device, dtype=dtype)
+    if args.latency_aware:
+        torch.set_num_threads(args.threads[0] if device == "cpu" else torch.get_num_threads())
+        speech, lengths = dummy_input(seconds[0], batches[0], device, dtype)
+        keep_dense_where_slower_(compressed, dense, result, speech, lengths, device, 3 * args.repeats,
+                                 args.warmup)
+        print(f"# linear params after: {encoder_linear_params(compressed)}/"
+              f"{result.report['encoder_linear_params_dense']}")
+    flops = {s: (encoder_flops(dense, s), encoder_flops(compressed, s)) for s in seconds}
     variants = [("eager", dense.encode, compressed.encode)]
     if args.compile:  # compile the bound encode (torch.compile(module) would only wrap forward)
         variants.append(("compile", torch.compile(dense.encode), torch.compile(compressed.encode)))

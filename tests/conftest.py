@@ -8,6 +8,9 @@ import pytest
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: slow test (seconds to minutes); deselect with -m 'not slow'")
+    # The suite should stay under ~30 min on 2 cores: every run names its slowest tests.
+    if config.option.durations is None:
+        config.option.durations = 15
 
 
 @pytest.fixture(scope="session")

@@ -6,17 +6,14 @@ import torch
 
 from espnet_lowrank.api import load_compressed, save_compressed
 from espnet_lowrank.artifact import load_asr_model
-from espnet_lowrank.whisper.export import export_whisper
 from espnet_lowrank.pipeline import calibrate_model, compress
 from espnet_lowrank.config import LowRankConfig
-from espnet_lowrank.data import read_data_dir
 
 
-def test_sequential_on_tiny_en(shared_data_dir, tmp_path):
-    exp = tmp_path / "dense"
-    export_whisper("tiny.en", str(exp))
+def test_sequential_on_tiny_en(dense_exp, librispeech, tmp_path):
+    exp = dense_exp
     dense, train_config = load_asr_model(str(exp / "config.yaml"), str(exp / "model.pth"))
-    utts = read_data_dir(str(shared_data_dir / "librispeech_train-clean-100"))[:2]
+    utts = librispeech[:2]
     kw = dict(theta_attention=0.98, theta_feed_forward=0.995)
     one = compress(dense, utts, LowRankConfig(**kw))
     seq = compress(dense, utts, LowRankConfig(sequential=True, **kw))
@@ -37,11 +34,9 @@ def test_sequential_on_tiny_en(shared_data_dir, tmp_path):
     assert (got - want).abs().max().item() < 1e-3 * want.abs().max().item()
 
 
-def test_recovery_lowers_the_distillation_loss(shared_data_dir, tmp_path):
-    exp = tmp_path / "dense"
-    export_whisper("tiny.en", str(exp))
-    dense, _ = load_asr_model(str(exp / "config.yaml"), str(exp / "model.pth"))
-    utts = read_data_dir(str(shared_data_dir / "librispeech_train-clean-100"))[:2]
+def test_recovery_lowers_the_distillation_loss(dense_exp, librispeech):
+    dense, _ = load_asr_model(str(dense_exp / "config.yaml"), str(dense_exp / "model.pth"))
+    utts = librispeech[:2]
     before = {k: v.clone() for k, v in dense.state_dict().items()}
     result = compress(dense, utts, LowRankConfig(theta_attention=0.95, theta_feed_forward=0.98,
                                                  recovery_steps=4, recovery_lr=3e-4, batch_size=2))
