@@ -11,7 +11,10 @@ top — all measured in one run on the same held-out real speech.
 
 Calibration: the first ``--num_calib`` utterances of
 ``librispeech_train-clean-100``; evaluation: the next ``--num_eval`` of it
-(never overlapping) plus the first ``--num_eval`` of each other set. Decoding
+(never overlapping) plus the first ``--num_eval`` of each other set. A config
+that sets a larger ``num_calib`` takes more LibriSpeech utterances (evaluation
+then starts after them), or with ``--calib_extra SET ...`` the extra ones from
+those sets, in turn, so that the evaluation utterances stay the same. Decoding
 is in-process with ``espnet2.bin.asr_inference.Speech2Text`` and the exp dir's
 decode.yaml (Whisper: greedy, beam 1); ``s2t.asr_model`` is swapped for each
 compressed model. WER: corpus WER with Whisper's English normalizer
@@ -29,6 +32,7 @@ float, or packed int8). Writes ``pareto.md``, ``pareto.json`` and
 
 import argparse
 import copy
+import itertools
 import json
 import logging
 import os
@@ -61,6 +65,9 @@ def get_parser():
     p.add_argument("--sets", nargs="+", default=[CALIB_SET, "vctk"])
     p.add_argument("--num_calib", type=int, default=32)
     p.add_argument("--num_eval", type=int, default=16)
+    p.add_argument("--calib_extra", nargs="*", default=[],
+                   help="sets (never an evaluation set) that supply calibration utterances "
+                        "beyond --num_calib, taken from each in turn")
     p.add_argument("--thetas", nargs="*", default=["0.99,0.999", "0.98,0.995", "0.97,0.99"],
                    help="LiteASR θ pairs attention,feed_forward")
     p.add_argument("--budgets", nargs="*", type=float, default=[0.85, 0.75, 0.65])
@@ -194,13 +201,25 @@ def main(argv=None):
     calib_all = read_data_dir(os.path.join(args.data, CALIB_SET), require_text=True)
     calib = calib_all[: args.num_calib]
     # a config YAML that sets calibration.num_calib keeps it (more calibration /
-    # recovery audio); evaluation then starts after the largest calibration set
+    # recovery audio); evaluation then starts after the largest calibration set,
+    # or the extra utterances come from --calib_extra
     yaml_cfgs = [(path, LowRankConfig.from_yaml(path)) for path in args.configs]
     n_calib_max = max([args.num_calib] + [c.calibration.num_calib or 0 for _, c in yaml_cfgs])
+    eval_start = n_calib_max
+    if args.calib_extra:
+        if set(args.calib_extra) & set(args.sets):
+            raise SystemExit(f"--calib_extra {args.calib_extra} overlaps the evaluation sets {args.sets}")
+        extra = [read_data_dir(os.path.join(args.data, s)) for s in args.calib_extra]
+        turns = [u for row in itertools.zip_longest(*extra) for u in row if u is not None]
+        calib_all = calib + turns
+        if n_calib_max > len(calib_all):
+            raise SystemExit(f"a config asks for {n_calib_max} calibration utterances; "
+                             f"--num_calib {args.num_calib} + --calib_extra give {len(calib_all)}")
+        eval_start = args.num_calib
     eval_sets = {}
     for s in args.sets:
-        utts = calib_all if s == CALIB_SET else read_data_dir(os.path.join(args.data, s), require_text=True)
-        start = n_calib_max if s == CALIB_SET else 0
+        utts = read_data_dir(os.path.join(args.data, s), require_text=True)
+        start = eval_start if s == CALIB_SET else 0
         eval_sets[s] = utts[start: start + args.num_eval]
     calib_ids = {u.utt_id for u in calib_all[:n_calib_max]}
     assert not any(u.utt_id in calib_ids for us in eval_sets.values() for u in us)
@@ -268,7 +287,9 @@ def main(argv=None):
 
     meta = (
         f"Model `{args.model}`; calibration: first {args.num_calib} utterances of `{CALIB_SET}` "
-        f"(configs that set num_calib: their own count; evaluation starts after {n_calib_max}); "
+        f"(configs that set num_calib: their own count"
+        + (f", the rest from {', '.join(args.calib_extra)} in turn" if args.calib_extra else "")
+        + f"; evaluation starts after {eval_start}); "
         f"evaluation: " + ", ".join(f"`{s}` ({len(u)} utts)" for s, u in eval_sets.items())
         + f"; greedy decode (decode.yaml); latency: one {WINDOW:.0f} s window, median of "
         f"{args.repeats}, {torch.get_num_threads()} threads; run took {time.time() - started:.0f} s."

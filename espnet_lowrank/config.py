@@ -4,7 +4,7 @@ A ``--lowrank_config`` YAML may give the sections::
 
     targets:     {target_modules, exclude_modules, rank_pattern}   # which layers
     ranks:       {theta_attention, theta_feed_forward, rank_multiple, budget}
-    calibration: {num_calib, batch_size, sequential, seed}
+    calibration: {num_calib, batch_size, sequential, seed, pack_seconds}
     recovery:    {steps, lr, objective, scope, final_steps}
     deployment:  {attention, int8}
 
@@ -69,6 +69,11 @@ class Calibration:
         metadata={"help": "calibrate layer group by layer group, in forward order, each on the "
                           "already-compressed earlier layers (one pass per group; θ only)"})
     seed: int = field(default=0, metadata={"help": "torch seed of calibration and recovery"})
+    pack_seconds: Optional[float] = field(
+        default=None,
+        metadata={"help": "fill each row with consecutive utterances up to this many seconds "
+                          "(calibration and recovery; Whisper: 30, as long-form transcription "
+                          "feeds its encoder); none: one utterance per row, padded"})
 
 
 @dataclass
@@ -213,6 +218,7 @@ _CHECKS: Dict[Tuple[str, str], Callable] = {
     ("calibration", "batch_size"): _integer(1),
     ("calibration", "sequential"): _boolean,
     ("calibration", "seed"): _integer(0),
+    ("calibration", "pack_seconds"): _optional(_number(0.0, 3600.0)),
     ("recovery", "steps"): _integer(0),
     ("recovery", "lr"): _number(0.0, MAX_LR),
     ("recovery", "objective"): _choice(RECOVERY_OBJECTIVES),

@@ -248,22 +248,55 @@ def check_calibration_audio(utts: Sequence[Utterance], sample_rate: int = 16000)
     return speech_seconds
 
 
+# Silence between the utterances of a packed window (``pack_seconds``).
+PACK_GAP_SECONDS = 0.2
+
+
+def pack(utts: Sequence[Utterance], pack_seconds: Optional[float],
+         sample_rate: int = 16000) -> List[List[Utterance]]:
+    """Consecutive utterances grouped into windows of at most ``pack_seconds``
+    (gaps included; a longer utterance is a window alone). None: one each."""
+    if pack_seconds is None:
+        return [[u] for u in utts]
+    import soundfile as sf
+
+    windows: List[List[Utterance]] = []
+    filled = math.inf
+    for u in utts:
+        info = sf.info(u.wav_path)
+        seconds = info.frames / info.samplerate
+        if filled + PACK_GAP_SECONDS + seconds > pack_seconds:
+            windows.append([u])
+            filled = seconds
+        else:
+            windows[-1].append(u)
+            filled += PACK_GAP_SECONDS + seconds
+    return windows
+
+
 def num_batches(n: int, batch_size: int) -> int:
-    """Number of batches ``iter_batches`` yields for ``n`` utterances."""
+    """Number of batches ``iter_batches`` yields for ``n`` windows."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     return math.ceil(n / batch_size)
 
 
 def iter_batches(
-    utts: Sequence[Utterance], batch_size: int, sample_rate: int = 16000
+    utts: Sequence[Utterance], batch_size: int, sample_rate: int = 16000,
+    pack_seconds: Optional[float] = None,
 ) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
     """``(speech (B, max_samples) float32 zero-padded, lengths (B,) int64)``
-    batches of at most ``batch_size``, in the given order."""
+    batches of at most ``batch_size`` rows, in the given order. A row is one
+    utterance, or with ``pack_seconds`` a window of consecutive ones (:func:`pack`)."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    for start in range(0, len(utts), batch_size):
-        chunk = [load_audio(u.wav_path, sample_rate) for u in utts[start : start + batch_size]]
+    windows = pack(utts, pack_seconds, sample_rate)
+    gap = np.zeros(int(PACK_GAP_SECONDS * sample_rate), dtype=np.float32)
+    for start in range(0, len(windows), batch_size):
+        chunk = []
+        for window in windows[start: start + batch_size]:
+            parts = [load_audio(u.wav_path, sample_rate) for u in window]
+            chunk.append(np.concatenate([x for a in parts for x in (gap, a)][1:]))
         lengths = torch.tensor([len(a) for a in chunk], dtype=torch.int64)
         speech = torch.zeros(len(chunk), int(lengths.max()), dtype=torch.float32)
         for i, a in enumerate(chunk):

@@ -21,7 +21,7 @@ import torch
 from espnet_lowrank.apply import choose_attention_, factorize_layers_
 from espnet_lowrank.calibration import StatsSet, calibrate
 from espnet_lowrank.config import LowRankConfig
-from espnet_lowrank.data import Utterance, calibration_utterances, iter_batches, num_batches
+from espnet_lowrank.data import Utterance, calibration_utterances, iter_batches, num_batches, pack
 from espnet_lowrank.factorize import spectrum
 from espnet_lowrank.families import family_for
 from espnet_lowrank.measure import StepCosts, peak_rss_mb
@@ -54,7 +54,8 @@ def asr_model_of(model_or_speech2text) -> torch.nn.Module:
 
 
 def _batches(utts: List[Utterance], config: LowRankConfig, device):
-    for speech, lengths in iter_batches(utts, config.calibration.batch_size):
+    c = config.calibration
+    for speech, lengths in iter_batches(utts, c.batch_size, pack_seconds=c.pack_seconds):
         yield speech.to(device), lengths.to(device)
 
 
@@ -67,7 +68,8 @@ def _calibrate(model, family, layers: List[str], utts, config, stop_after: bool)
         stats = calibrate(
             model.encode, model.encoder, _batches(utts, config, next(model.parameters()).device),
             layers, frame_mask=family.frame_mask() if family.frame_mask else None,
-            total=num_batches(len(utts), config.calibration.batch_size), stop_after=stop_after,
+            total=num_batches(len(pack(utts, config.calibration.pack_seconds)), config.calibration.batch_size),
+            stop_after=stop_after,
         )
     stats.seconds = time.perf_counter() - started
     stats.peak_rss_mb = peak_rss_mb()
@@ -203,12 +205,14 @@ def recover_if_asked(compressed, source, utts: Optional[List[Utterance]], config
         raise ValueError("recovery_steps needs calibration audio (calib_data), not only statistics")
     from espnet_lowrank.recovery import recover_, recover_blocks_
 
-    r, batch_size = config.recovery, config.calibration.batch_size
+    r, c = config.recovery, config.calibration
     with kept_modes(source):
         if r.scope == "end_to_end":
-            return recover_(compressed, source.eval(), utts, r.steps, r.lr, batch_size, r.objective)
-        report = recover_blocks_(compressed, source.eval(), utts, family.blocks, r.steps, r.lr, batch_size)
+            return recover_(compressed, source.eval(), utts, r.steps, r.lr, c.batch_size, r.objective,
+                            c.pack_seconds)
+        report = recover_blocks_(compressed, source.eval(), utts, family.blocks, r.steps, r.lr, c.batch_size,
+                                 c.pack_seconds)
         if r.final_steps:
             report["recovery_final"] = recover_(compressed, source.eval(), utts, r.final_steps, r.lr,
-                                                batch_size, r.objective)
+                                                c.batch_size, r.objective, c.pack_seconds)
         return report

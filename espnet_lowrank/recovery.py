@@ -22,7 +22,7 @@ student sees exactly the forward it will run at inference.
 import logging
 import re
 import time
-from typing import List
+from typing import List, Optional
 
 import torch
 
@@ -133,7 +133,8 @@ def _train_keep_best(model, params, loss_of, n_batches: int, steps: int, lr: flo
     return before, best_loss, best_step
 
 
-def _batches(compressed, utts: List[Utterance], steps: int, batch_size: int) -> list:
+def _batches(compressed, utts: List[Utterance], steps: int, batch_size: int,
+             pack_seconds: Optional[float]) -> list:
     """The calibration batches on the model's device, after the checks both scopes share."""
     if steps < 1:
         raise ValueError(f"recovery needs at least one step, got {steps}")
@@ -143,18 +144,18 @@ def _batches(compressed, utts: List[Utterance], steps: int, batch_size: int) -> 
     if not params:
         raise ValueError("no low-rank layers to train: the plan factored nothing")
     device = params[0].device
-    return [(s.to(device), n.to(device)) for s, n in iter_batches(utts, batch_size)]
+    return [(s.to(device), n.to(device)) for s, n in iter_batches(utts, batch_size, pack_seconds=pack_seconds)]
 
 
 def recover_(compressed, dense, utts: List[Utterance], steps: int, lr: float = 3e-5,
-             batch_size: int = 4, objective: str = "encoder") -> dict:
+             batch_size: int = 4, objective: str = "encoder", pack_seconds: Optional[float] = None) -> dict:
     """Train ``compressed``'s low-rank factors for ``steps`` steps to match
     ``dense`` on ``utts`` under ``objective`` (in place). After every pass over
     the batches the loss over all of them is measured, and the factors with the
     lowest one are kept (the calibration factors when nothing improved).
     Returns the loss before and after and the step the kept factors are from."""
     output = compared_output(compressed, objective)
-    batches = _batches(compressed, utts, steps, batch_size)
+    batches = _batches(compressed, utts, steps, batch_size, pack_seconds)
     params = factor_parameters(compressed.encoder)
     targets = []
     with torch.no_grad():
@@ -206,14 +207,14 @@ def _block_io(model, first, last, batches):
 
 
 def recover_blocks_(compressed, dense, utts: List[Utterance], blocks: str, steps: int,
-                    lr: float = 3e-5, batch_size: int = 4) -> dict:
+                    lr: float = 3e-5, batch_size: int = 4, pack_seconds: Optional[float] = None) -> dict:
     """Block-wise recovery (``recovery.scope: block``): each encoder block
     (module names matching ``blocks``) in forward order, ``steps`` steps each,
     trains its factors so that, from the compressed model's input to it, it
     gives the dense model's output of that block (MSE, valid frames). Block
     inputs are cached, so a step costs one block, not the whole encoder; each
     block keeps its best factors."""
-    batches = _batches(compressed, utts, steps, batch_size)
+    batches = _batches(compressed, utts, steps, batch_size, pack_seconds)
     student_blocks = [m for n, m in compressed.encoder.named_modules() if re.fullmatch(blocks, n)]
     teacher_blocks = [m for n, m in dense.encoder.named_modules() if re.fullmatch(blocks, n)]
     compressed.eval()

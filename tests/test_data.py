@@ -11,6 +11,7 @@ from espnet_lowrank.data import (
     iter_batches,
     load_audio,
     num_batches,
+    pack,
     prepare_data_dir,
     read_data_dir,
     select,
@@ -186,3 +187,19 @@ def test_batches_and_select(tmp_path):
     chosen = select(list(reversed(utts)), 3)
     assert [u.utt_id for u in chosen] == ["u0", "u1", "u2"]
     assert len(select(utts, None)) == 5
+
+
+def test_packed_windows(tmp_path):
+    """``pack_seconds``: consecutive utterances share a row, 0.2 s of silence
+    between them, never more than the window; a longer one is a row alone."""
+    seconds = [1.0, 1.5, 0.5, 3.5, 0.8]
+    utts = [Utterance(f"u{i}", _wav(str(tmp_path / f"u{i}.wav"), int(16000 * s), value=0.5), None)
+            for i, s in enumerate(seconds)]
+    windows = pack(utts, 3.0)
+    assert [[u.utt_id for u in w] for w in windows] == [["u0", "u1"], ["u2"], ["u3"], ["u4"]]
+    assert [[u.utt_id for u in w] for w in pack(utts, None)] == [[u.utt_id] for u in utts]
+    speech, lengths = next(iter_batches(utts, 4, pack_seconds=3.0))
+    assert lengths.tolist() == [16000 + 3200 + 24000, 8000, 56000, 12800]
+    row = speech[0]
+    assert torch.all(row[:16000].abs() > 0.4) and torch.all(row[16000:19200] == 0)
+    assert torch.all(row[19200:43200].abs() > 0.4) and torch.all(row[43200:] == 0)
