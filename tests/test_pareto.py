@@ -71,10 +71,12 @@ def test_contract_configs_through_cli(name, dense_exp, shared_data_dir, tmp_path
     config = yaml.safe_load(config_file.read_text())
     steps = LowRankConfig.from_yaml(str(config_file)).recovery.steps
     if steps:
-        # The shipped file as it is, but 3 recovery steps: the path is what is
+        # The shipped file as it is, but 3 recovery steps (and 2 final ones): the path is what is
         # tested here (the recovery itself: tests/test_sequential.py).
         steps = 3
         config.setdefault("recovery", {})["steps"] = steps
+        if config["recovery"].get("final_steps"):
+            config["recovery"]["final_steps"] = 2
         config_file = tmp_path / name
         config_file.write_text(yaml.safe_dump(config))
     subprocess.run(
