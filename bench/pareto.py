@@ -198,7 +198,8 @@ def main(argv=None):
     s2t = Speech2Text(str(exp / "config.yaml"), str(exp / "model.pth"), device="cpu", **decode)
     dense = s2t.asr_model.eval()
 
-    calib_all = read_data_dir(os.path.join(args.data, CALIB_SET), require_text=True)
+    librispeech = read_data_dir(os.path.join(args.data, CALIB_SET), require_text=True)
+    calib_all = librispeech
     calib = calib_all[: args.num_calib]
     # a config YAML that sets calibration.num_calib keeps it (more calibration /
     # recovery audio); evaluation then starts after the largest calibration set,
@@ -218,7 +219,7 @@ def main(argv=None):
         eval_start = args.num_calib
     eval_sets = {}
     for s in args.sets:
-        utts = read_data_dir(os.path.join(args.data, s), require_text=True)
+        utts = librispeech if s == CALIB_SET else read_data_dir(os.path.join(args.data, s), require_text=True)
         start = eval_start if s == CALIB_SET else 0
         eval_sets[s] = utts[start: start + args.num_eval]
     calib_ids = {u.utt_id for u in calib_all[:n_calib_max]}

@@ -252,8 +252,7 @@ def check_calibration_audio(utts: Sequence[Utterance], sample_rate: int = 16000)
 PACK_GAP_SECONDS = 0.2
 
 
-def pack(utts: Sequence[Utterance], pack_seconds: Optional[float],
-         sample_rate: int = 16000) -> List[List[Utterance]]:
+def pack(utts: Sequence[Utterance], pack_seconds: Optional[float]) -> List[List[Utterance]]:
     """Consecutive utterances grouped into windows of at most ``pack_seconds``
     (gaps included; a longer utterance is a window alone). None: one each."""
     if pack_seconds is None:
@@ -288,9 +287,16 @@ def iter_batches(
     """``(speech (B, max_samples) float32 zero-padded, lengths (B,) int64)``
     batches of at most ``batch_size`` rows, in the given order. A row is one
     utterance, or with ``pack_seconds`` a window of consecutive ones (:func:`pack`)."""
+    return batch_windows(pack(utts, pack_seconds), batch_size, sample_rate)
+
+
+def batch_windows(
+    windows: Sequence[List[Utterance]], batch_size: int, sample_rate: int = 16000
+) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+    """:func:`iter_batches` on windows already made by :func:`pack`: each
+    window's audio, 0.2 s of silence between its utterances, is one row."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    windows = pack(utts, pack_seconds, sample_rate)
     gap = np.zeros(int(PACK_GAP_SECONDS * sample_rate), dtype=np.float32)
     for start in range(0, len(windows), batch_size):
         chunk = []

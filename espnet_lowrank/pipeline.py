@@ -21,7 +21,7 @@ import torch
 from espnet_lowrank.apply import choose_attention_, factorize_layers_
 from espnet_lowrank.calibration import StatsSet, calibrate
 from espnet_lowrank.config import LowRankConfig
-from espnet_lowrank.data import Utterance, calibration_utterances, iter_batches, num_batches, pack
+from espnet_lowrank.data import Utterance, batch_windows, calibration_utterances, num_batches, pack
 from espnet_lowrank.factorize import spectrum
 from espnet_lowrank.families import family_for
 from espnet_lowrank.measure import StepCosts, peak_rss_mb
@@ -53,23 +53,22 @@ def asr_model_of(model_or_speech2text) -> torch.nn.Module:
     return getattr(model_or_speech2text, "asr_model", model_or_speech2text)
 
 
-def _batches(utts: List[Utterance], config: LowRankConfig, device):
-    c = config.calibration
-    for speech, lengths in iter_batches(utts, c.batch_size, pack_seconds=c.pack_seconds):
+def _batches(windows: List[List[Utterance]], config: LowRankConfig, device):
+    for speech, lengths in batch_windows(windows, config.calibration.batch_size):
         yield speech.to(device), lengths.to(device)
 
 
-def _calibrate(model, family, layers: List[str], utts, config, stop_after: bool) -> StatsSet:
-    """Output statistics of ``layers`` over ``utts`` (CPU, float64), with the
-    model in eval mode; its train/eval modes are restored afterwards."""
+def _calibrate(model, family, layers: List[str], windows, config, stop_after: bool) -> StatsSet:
+    """Output statistics of ``layers`` over ``windows`` (rows made by
+    :func:`pack`; CPU, float64), with the model in eval mode; its train/eval
+    modes are restored afterwards."""
     started = time.perf_counter()
     with kept_modes(model):
         model.eval()
         stats = calibrate(
-            model.encode, model.encoder, _batches(utts, config, next(model.parameters()).device),
+            model.encode, model.encoder, _batches(windows, config, next(model.parameters()).device),
             layers, frame_mask=family.frame_mask() if family.frame_mask else None,
-            total=num_batches(len(pack(utts, config.calibration.pack_seconds)), config.calibration.batch_size),
-            stop_after=stop_after,
+            total=num_batches(len(windows), config.calibration.batch_size), stop_after=stop_after,
         )
     stats.seconds = time.perf_counter() - started
     stats.peak_rss_mb = peak_rss_mb()
@@ -85,7 +84,8 @@ def calibrate_model(model, calib_data: CalibData, config: Optional[LowRankConfig
     targets = family.target_layers(model.encoder, config)
     utts = calibration_utterances(calib_data, config.calibration.num_calib)
     torch.manual_seed(config.calibration.seed)
-    return _calibrate(model, family, list(targets), utts, config, stop_after=False)
+    windows = pack(utts, config.calibration.pack_seconds)
+    return _calibrate(model, family, list(targets), windows, config, stop_after=False)
 
 
 def _check_inputs(calib_data, config: LowRankConfig, stats: Optional[StatsSet], targets) -> None:
@@ -141,6 +141,7 @@ def compress(
 
         compared_output(source, config.recovery.objective)  # refuses an impossible objective
     utts = calibration_utterances(calib_data, config.calibration.num_calib) if calib_data is not None else None
+    windows = pack(utts, config.calibration.pack_seconds) if utts is not None else None
     torch.manual_seed(config.calibration.seed)
 
     costs = StepCosts()
@@ -149,13 +150,13 @@ def compress(
     started = time.perf_counter()
     groups = [list(targets)]
     if sequential:
-        first = next(_batches(utts, config, next(current.parameters()).device))
+        first = next(_batches(windows, config, next(current.parameters()).device))
         groups = input_groups(current, list(targets), first)
     spectra, decisions, ranks, frames, stats_mb = {}, [], {}, 0, 0.0
     for group in progress(groups, desc="layer groups", unit="group") if sequential else groups:
         with costs.step("calibration"):
             group_stats = stats if stats is not None else _calibrate(
-                current, family, group, utts, config, stop_after=sequential)
+                current, family, group, windows, config, stop_after=sequential)
         frames = max(frames, group_stats.num_frames)
         stats_mb = max(stats_mb, sum(group_stats[n].gram.numel() * 8 for n in group) / 2 ** 20)
         with costs.step("plan_and_factorization"):
