@@ -75,3 +75,30 @@ def lowrank_exp(dense_exp, calib_dir, tmp_path_factory):
         "--output_dir", str(out),
     ])
     return out
+
+
+@pytest.fixture(scope="session")
+def shipped_conformer_run(tmp_path_factory, shared_data_dir):
+    """Stages 12-13 of recipes/conformer/asr1 on the shipped Conformer in a fresh copy
+    (16 AN4 calibration utterances, 3 held-out ARCTIC prompts), run once for the
+    fresh-clone test and as the --nj 1 reference of the Slurm test. ``state`` is
+    the low-rank exp's (plan, weights, held-out hypotheses) right after the run."""
+    import types
+
+    import torch
+    import yaml
+    from test_conformer_recipe import SHIPPED_EXP, _copy_recipe, _run, shipped_stage12_inputs
+
+    root = tmp_path_factory.mktemp("conformer_clone")
+    recipe = _copy_recipe(root / "clone", shipped=True)
+    calib, heldout = shipped_stage12_inputs(shared_data_dir, root)
+    source_bytes = (recipe / SHIPPED_EXP / "model.pth").read_bytes()
+    stage12_args = ["--calib_data", str(calib), "--num_calib", "16", "--test_sets", str(heldout)]
+    proc = _run(recipe, "--stage", "12", "--stop_stage", "13", *stage12_args, shared=shared_data_dir)
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    exp = recipe / "exp" / "asr_train_asr_conformer_lowrank"
+    state = (yaml.safe_load((exp / "config.yaml").read_text())["encoder_conf"]["plan"],
+             torch.load(exp / "model.pth", map_location="cpu", weights_only=True),
+             (exp / "decode_heldout/1best_recog/text").read_text())
+    return types.SimpleNamespace(recipe=recipe, calib=calib, heldout=heldout, source_bytes=source_bytes,
+                                 stage12_args=stage12_args, state=state)

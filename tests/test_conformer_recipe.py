@@ -169,21 +169,18 @@ def test_unknown_encoder_family_fails_fast(tmp_path, shared_data_dir):
     _assert_fails_fast(proc, recipe, "no low-rank adapter", "unknown encoder family", "'rnn'")
 
 
-def test_fresh_clone_runs_stages_12_13_from_the_shipped_model(tmp_path, shared_data_dir):
-    """No stage 1-11: the committed Conformer, an absolute test dir, --calib_data."""
-    recipe = _copy_recipe(tmp_path / "clone", shipped=True)
-    calib, heldout = shipped_stage12_inputs(shared_data_dir, tmp_path)
-    before = (recipe / SHIPPED_EXP / "model.pth").read_bytes()
-    proc = _run(recipe, "--stage", "12", "--stop_stage", "13", "--calib_data", str(calib),
-                "--num_calib", "16", "--test_sets", str(heldout), shared=shared_data_dir)
-    assert proc.returncode == 0, proc.stderr[-5000:]
+def test_fresh_clone_runs_stages_12_13_from_the_shipped_model(shipped_conformer_run, shared_data_dir):
+    """No stage 1-11: the committed Conformer, an absolute test dir, --calib_data
+    (the run itself is the session fixture ``shipped_conformer_run``)."""
+    run = shipped_conformer_run
+    recipe, heldout = run.recipe, run.heldout
     results = (recipe / "RESULTS.md").read_text()
     for row in ("| asr_train_asr_conformer |", "| asr_train_asr_conformer_lowrank |",
                 "asr_train_asr_conformer/decode_heldout", "asr_train_asr_conformer_lowrank/decode_heldout"):
         assert row in results, results
     calib_ids = {line.split()[0] for line in (recipe / "exp/asr_train_asr_conformer_calib/wav.scp").read_text().splitlines()}
     assert len(calib_ids) == 16 and not calib_ids & {line.split()[0] for line in (heldout / "text").read_text().splitlines()}
-    assert (recipe / SHIPPED_EXP / "model.pth").read_bytes() == before
+    assert (recipe / SHIPPED_EXP / "model.pth").read_bytes() == run.source_bytes
     # Without --calib_data and without stages 1-2 there is nothing to calibrate on: one line, early.
     proc = _run(recipe, "--stage", "12", "--stop_stage", "12", "--test_sets", str(heldout),
                 shared=shared_data_dir, timeout=120)

@@ -208,31 +208,24 @@ def test_local_rerun_reuses_finished_parts_and_reruns_changed_ones(tmp_path):
     assert Path(outputs[0]).read_text() == "ONE"
 
 
-def test_conformer_recipe_stage12_on_slurm_equals_one_local_job(slurm, tmp_path, shared_data_dir):
+def test_conformer_recipe_stage12_on_slurm_equals_one_local_job(slurm, shipped_conformer_run, shared_data_dir):
     """recipes/conformer/asr1/run.sh stage 12 on the shipped Conformer: --nj 4 --backend slurm
-    gives the plan, weights and hypotheses of the --nj 1 local run."""
-    from test_conformer_recipe import _copy_recipe, _run, shipped_stage12_inputs  # tests/ is on sys.path
+    gives the plan, weights and hypotheses of the --nj 1 local run (the session fixture
+    ``shipped_conformer_run``, stages 12-13 of a fresh copy of the recipe)."""
+    from test_conformer_recipe import _run  # tests/ is on sys.path
 
-    recipe = _copy_recipe(tmp_path / "clone", shipped=True)
-    calib, heldout = shipped_stage12_inputs(shared_data_dir, tmp_path)
-    args = ["--stage", "12", "--stop_stage", "12", "--calib_data", str(calib), "--num_calib", "16",
-            "--decode_dense", "false", "--test_sets", str(heldout)]
+    recipe = shipped_conformer_run.recipe
     exp = recipe / "exp" / "asr_train_asr_conformer_lowrank"
-
-    def state():
-        plan = yaml.safe_load((exp / "config.yaml").read_text())["encoder_conf"]["plan"]
-        weights = torch.load(exp / "model.pth", map_location="cpu", weights_only=True)
-        return plan, weights, (exp / "decode_heldout/1best_recog/text").read_text()
-
-    proc = _run(recipe, *args, "--nj", "1", shared=shared_data_dir)
-    assert proc.returncode == 0, proc.stderr[-5000:]
-    plan1, state1, hyps1 = state()
-    proc = _run(recipe, *args, "--nj", "4", "--backend", "slurm", shared=shared_data_dir)
+    proc = _run(recipe, "--stage", "12", "--stop_stage", "12", *shipped_conformer_run.stage12_args,
+                "--decode_dense", "false", "--nj", "4", "--backend", "slurm", shared=shared_data_dir)
     assert proc.returncode == 0, proc.stderr[-5000:]
     assert "in 4 jobs" in proc.stderr
     logs = sorted((recipe / "exp/asr_train_asr_conformer_calib/log").glob("calib.*.log.sbatch"))
     assert len(logs) == 4 and all(p.read_text().strip().isdigit() for p in logs)  # 4 Slurm job ids
-    plan4, state4, hyps4 = state()
+    plan1, state1, hyps1 = shipped_conformer_run.state
+    plan4 = yaml.safe_load((exp / "config.yaml").read_text())["encoder_conf"]["plan"]
+    state4 = torch.load(exp / "model.pth", map_location="cpu", weights_only=True)
+    hyps4 = (exp / "decode_heldout/1best_recog/text").read_text()
     assert plan1 == plan4 and any(plan1.values())
     assert state1.keys() == state4.keys()
     worst = max((state1[k].double() - state4[k].double()).abs().max().item() for k in state1)
