@@ -1,0 +1,124 @@
+#!/usr/bin/env python3
+"""How much dynamic int8 moves the encoder output of a factored Whisper, with
+and without rank-space balancing (``espnet_lowrank.balance``), at several α.
+
+    python bench/int8_balance.py [--model tiny.en] [--alphas 0.5 0.7 0.85] \\
+        [--recovery_steps 30] [--threads 1]
+
+Factors: θ (0.98, 0.995), one pass over the first 32 LibriSpeech utterances
+packed into 30 s windows; then the same factors after ``--recovery_steps``
+end-to-end steps (objective decoder, lr 3e-4). Error: ‖int8 − float‖ / ‖float‖
+of the encoder output on 4 held-out LibriSpeech + 4 VCTK utterances; the
+dense encoder's own int8 error is printed beside it. Balancing with the
+calibration statistics (what ``compress`` does) and with the RMS measured by a
+forward pass over 8 calibration utterances are both shown.
+"""
+
+import argparse
+import copy
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from espnet_lowrank.balance import balance_factors_  # noqa: E402
+from espnet_lowrank.config import LowRankConfig  # noqa: E402
+from espnet_lowrank.data import batch_windows, pack, read_data_dir  # noqa: E402
+from espnet_lowrank.factorize import spectrum  # noqa: E402
+from espnet_lowrank.pipeline import calibrate_model, compress  # noqa: E402
+from espnet_lowrank.quantize import quantize_linears_  # noqa: E402
+from espnet_lowrank.recovery import recover_  # noqa: E402
+
+
+def encode(model, utts):
+    with torch.no_grad():
+        return torch.cat([model.encode(s, n)[0] for s, n in batch_windows(pack(utts, None), 4)])
+
+
+def int8_error(model, utts, reference):
+    q = copy.deepcopy(model)
+    quantize_linears_(q.encoder)
+    out = encode(q, utts)
+    return ((out - reference).norm() / reference.norm()).item()
+
+
+class MeasuredSpectrum:
+    """Stands in for a Spectrum in ``rank_space_rms``: eigenvalues = the
+    bottleneck's measured mean square, offset 0."""
+
+    def __init__(self, mean_square, width):
+        self.eigenvalues = mean_square
+        self.eigenvectors = torch.zeros(width, mean_square.numel(), dtype=torch.float64)
+        self.mean = torch.zeros(width, dtype=torch.float64)
+
+
+def measured_spectra(model, ranks, utts):
+    sums, hooks = {}, []
+    for name in ranks:
+        layer = model.encoder.get_submodule(name)
+
+        def hook(mod, inp, out, name=name):
+            z = out.detach().flatten(0, -2).double()
+            s, n = sums.get(name, (0.0, 0))
+            sums[name] = (s + (z * z).sum(0), n + z.shape[0])
+        hooks.append(layer.down.register_forward_hook(hook))
+    encode(model, utts)
+    for h in hooks:
+        h.remove()
+    return {n: MeasuredSpectrum(s / c, model.encoder.get_submodule(n).up.weight.shape[0])
+            for n, (s, c) in sums.items()}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="tiny.en")
+    p.add_argument("--data", default=str(REPO.parent / "shared" / "data"))
+    p.add_argument("--alphas", nargs="+", type=float, default=[0.5, 0.7, 0.85])
+    p.add_argument("--recovery_steps", type=int, default=30)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--work_dir", default="exp/bench_int8")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    from espnet2.bin.asr_inference import Speech2Text
+    from pareto import CALIB_SET, dense_exp_dir
+
+    exp = dense_exp_dir(args.model, args.work_dir)
+    dense = Speech2Text(str(exp / "config.yaml"), str(exp / "model.pth"), device="cpu").asr_model.eval()
+    librispeech = read_data_dir(os.path.join(args.data, CALIB_SET))
+    calib = librispeech[:32]
+    held_out = librispeech[40:44] + read_data_dir(os.path.join(args.data, "vctk"))[:4]
+    config = LowRankConfig(theta_attention=0.98, theta_feed_forward=0.995, pack_seconds=30, num_calib=32,
+                           attention="dense")
+    stats = calibrate_model(dense, calib, config)
+    import espnet_lowrank.pipeline as pipeline
+
+    keep, pipeline.balance_factors_ = pipeline.balance_factors_, lambda *a, **k: None  # the plain factors
+    try:
+        result = compress(dense, config=config, stats=stats)
+    finally:
+        pipeline.balance_factors_ = keep
+    ranks = result.plan.ranks
+    spectra = {n: spectrum(stats[n]) for n in ranks}
+    print(f"dense int8: {int8_error(dense, held_out, encode(dense, held_out)):.4f}")
+    recovered = copy.deepcopy(result.model)
+    recover_(recovered, dense, calib, args.recovery_steps, 3e-4, 4, "decoder", 30)
+    for label, model in (("one pass", result.model), (f"{args.recovery_steps} recovery steps", recovered.eval())):
+        reference = encode(model, held_out)
+        print(f"{label}: plain factors {int8_error(model, held_out, reference):.4f}")
+        measured = measured_spectra(model, ranks, calib[:8])
+        for alpha in args.alphas:
+            errors = []
+            for source in (spectra, measured):
+                balanced = copy.deepcopy(model)
+                balance_factors_(balanced.encoder, dense.encoder, ranks, source, alpha)
+                errors.append(int8_error(balanced, held_out, reference))
+            print(f"{label}: α {alpha}: balanced from statistics {errors[0]:.4f}, "
+                  f"from a forward pass {errors[1]:.4f}")
+
+
+if __name__ == "__main__":
+    main()
