@@ -271,7 +271,9 @@ def main(argv=None):
             model = dense
         else:
             t0 = time.perf_counter()
-            if cfg.calibration.sequential or cfg.recovery.steps:  # need the audio, not just statistics
+            c = cfg.calibration
+            # the shared statistics are one unpacked pass over --num_calib utterances
+            if c.sequential or cfg.recovery.steps or c.pack_seconds or c.num_calib != args.num_calib:
                 model = compress(dense, calib_all[: cfg.calibration.num_calib or args.num_calib], cfg).model
                 compress_s = time.perf_counter() - t0
             else:
