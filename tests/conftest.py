@@ -100,5 +100,5 @@ def shipped_conformer_run(tmp_path_factory, shared_data_dir):
     state = (yaml.safe_load((exp / "config.yaml").read_text())["encoder_conf"]["plan"],
              torch.load(exp / "model.pth", map_location="cpu", weights_only=True),
              (exp / "decode_heldout/1best_recog/text").read_text())
-    return types.SimpleNamespace(recipe=recipe, calib=calib, heldout=heldout, source_bytes=source_bytes,
+    return types.SimpleNamespace(recipe=recipe, heldout=heldout, source_bytes=source_bytes,
                                  stage12_args=stage12_args, state=state)
