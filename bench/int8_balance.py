@@ -25,7 +25,8 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from espnet_lowrank.balance import balance_factors_  # noqa: E402
+from espnet_lowrank.apply import factorize_layers_  # noqa: E402
+from espnet_lowrank.balance import balance_factors_, statistics_rms  # noqa: E402
 from espnet_lowrank.config import LowRankConfig  # noqa: E402
 from espnet_lowrank.data import batch_windows, pack, read_data_dir  # noqa: E402
 from espnet_lowrank.factorize import spectrum  # noqa: E402
@@ -46,17 +47,8 @@ def int8_error(model, utts, reference):
     return ((out - reference).norm() / reference.norm()).item()
 
 
-class MeasuredSpectrum:
-    """Stands in for a Spectrum in ``rank_space_rms``: eigenvalues = the
-    bottleneck's measured mean square, offset 0."""
-
-    def __init__(self, mean_square, width):
-        self.eigenvalues = mean_square
-        self.eigenvectors = torch.zeros(width, mean_square.numel(), dtype=torch.float64)
-        self.mean = torch.zeros(width, dtype=torch.float64)
-
-
-def measured_spectra(model, ranks, utts):
+def measured_rms(model, ranks, utts):
+    """Each bottleneck channel's RMS from a forward pass over ``utts``."""
     sums, hooks = {}, []
     for name in ranks:
         layer = model.encoder.get_submodule(name)
@@ -69,8 +61,7 @@ def measured_spectra(model, ranks, utts):
     encode(model, utts)
     for h in hooks:
         h.remove()
-    return {n: MeasuredSpectrum(s / c, model.encoder.get_submodule(n).up.weight.shape[0])
-            for n, (s, c) in sums.items()}
+    return {n: (s / c).sqrt() for n, (s, c) in sums.items()}
 
 
 def main(argv=None):
@@ -94,27 +85,22 @@ def main(argv=None):
     config = LowRankConfig(theta_attention=0.98, theta_feed_forward=0.995, pack_seconds=30, num_calib=32,
                            attention="dense")
     stats = calibrate_model(dense, calib, config)
-    import espnet_lowrank.pipeline as pipeline
-
-    keep, pipeline.balance_factors_ = pipeline.balance_factors_, lambda *a, **k: None  # the plain factors
-    try:
-        result = compress(dense, config=config, stats=stats)
-    finally:
-        pipeline.balance_factors_ = keep
-    ranks = result.plan.ranks
+    ranks = compress(dense, config=config, stats=stats).plan.ranks
     spectra = {n: spectrum(stats[n]) for n in ranks}
+    plain = copy.deepcopy(dense)  # the same ranks, factored without balancing
+    factorize_layers_(plain.encoder, ranks, spectra)
     print(f"dense int8: {int8_error(dense, held_out, encode(dense, held_out)):.4f}")
-    recovered = copy.deepcopy(result.model)
+    recovered = copy.deepcopy(plain)
     recover_(recovered, dense, calib, args.recovery_steps, 3e-4, 4, "decoder", 30)
-    for label, model in (("one pass", result.model), (f"{args.recovery_steps} recovery steps", recovered.eval())):
+    for label, model in (("one pass", plain), (f"{args.recovery_steps} recovery steps", recovered.eval())):
         reference = encode(model, held_out)
         print(f"{label}: plain factors {int8_error(model, held_out, reference):.4f}")
-        measured = measured_spectra(model, ranks, calib[:8])
+        rms_sources = (statistics_rms(dense.encoder, ranks, spectra), measured_rms(model, ranks, calib[:8]))
         for alpha in args.alphas:
             errors = []
-            for source in (spectra, measured):
+            for rms in rms_sources:
                 balanced = copy.deepcopy(model)
-                balance_factors_(balanced.encoder, dense.encoder, ranks, source, alpha)
+                balance_factors_(balanced.encoder, rms, alpha)
                 errors.append(int8_error(balanced, held_out, reference))
             print(f"{label}: α {alpha}: balanced from statistics {errors[0]:.4f}, "
                   f"from a forward pass {errors[1]:.4f}")

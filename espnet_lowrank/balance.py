@@ -37,22 +37,28 @@ def rank_space_rms(spec: Spectrum, bias, rank: int) -> torch.Tensor:
     return (spec.eigenvalues[:rank] + offset ** 2).sqrt()
 
 
+def statistics_rms(dense_encoder: nn.Module, ranks: Dict[str, int],
+                   spectra: Dict[str, Spectrum]) -> Dict[str, torch.Tensor]:
+    """Per planned layer, the bottleneck RMS from the calibration statistics;
+    ``dense_encoder`` supplies the dense biases they were taken with."""
+    return {name: rank_space_rms(spectra[name], weight_and_bias(dense_encoder.get_submodule(name))[1], rank)
+            for name, rank in ranks.items()}
+
+
 def _floored(x: torch.Tensor) -> torch.Tensor:
     # a zero eigenvalue or column must not turn into an infinite scale
     return x.clamp_min(float(x.max()) * 1e-6 + torch.finfo(x.dtype).tiny)
 
 
 @torch.no_grad()
-def balance_factors_(encoder: nn.Module, dense_encoder: nn.Module, ranks: Dict[str, int],
-                     spectra: Dict[str, Spectrum], alpha: float = ALPHA) -> None:
-    """Rescale the factors of every planned layer of ``encoder`` in place;
-    ``dense_encoder`` supplies the dense biases the statistics were taken with."""
-    for name, rank in ranks.items():
+def balance_factors_(encoder: nn.Module, rms: Dict[str, torch.Tensor], alpha: float = ALPHA) -> None:
+    """Rescale the factors of every layer named in ``rms`` (its bottleneck
+    RMS per channel, e.g. from :func:`statistics_rms`) in place."""
+    for name, channel_rms in rms.items():
         layer = encoder.get_submodule(name)
-        _, bias = weight_and_bias(dense_encoder.get_submodule(name))
+        rank = channel_rms.numel()
         down = layer.down.weight.view(rank, -1)  # (k, d_in), a view of a Linear or 1x1 Conv1d
         up = layer.up.weight.view(-1, rank)  # (d_out, k)
-        rms = _floored(rank_space_rms(spectra[name], bias, rank).to(down))
-        scale = rms ** alpha / _floored(up.abs().amax(0)) ** (1 - alpha)
+        scale = _floored(channel_rms.to(down)) ** alpha / _floored(up.abs().amax(0)) ** (1 - alpha)
         down.div_(scale[:, None])
         up.mul_(scale[None, :])

@@ -19,7 +19,7 @@ from typing import Dict, List, Optional, Sequence, Union
 import torch
 
 from espnet_lowrank.apply import choose_attention_, factorize_layers_
-from espnet_lowrank.balance import balance_factors_
+from espnet_lowrank.balance import balance_factors_, statistics_rms
 from espnet_lowrank.calibration import StatsSet, calibrate
 from espnet_lowrank.config import LowRankConfig
 from espnet_lowrank.data import Utterance, batch_windows, calibration_utterances, num_batches, pack
@@ -175,7 +175,7 @@ def compress(
     with costs.step("recovery"):
         recovery = recover_if_asked(current, source, utts, config, family)
     # exact in float; keeps the small components under dynamic int8 (balance.py)
-    balance_factors_(current.encoder, source.encoder, plan.ranks, spectra)
+    balance_factors_(current.encoder, statistics_rms(source.encoder, plan.ranks, spectra))
     with costs.step("attention"):
         attention = choose_attention_(current.encoder, family, config.deployment.attention,
                                       family.window_frames(current.encoder))
