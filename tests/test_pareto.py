@@ -12,7 +12,7 @@ import yaml
 from espnet_lowrank.config import LowRankConfig
 
 REPO = Path(__file__).resolve().parents[1]
-CONFS = ("whisper_tiny_liteasr.yaml", "whisper_tiny_best.yaml")
+CONFS = ("whisper_tiny_liteasr.yaml", "whisper_tiny_best.yaml", "whisper_base_best.yaml")
 
 
 @pytest.mark.parametrize("name", CONFS)
