@@ -87,6 +87,19 @@ def get_parser():
     return p
 
 
+def calibration_pool(data: str, num_calib: int, calib_extra, n_max: int):
+    """The first ``num_calib`` LibriSpeech utterances, then (with ``calib_extra``)
+    the utterances of those sets in turn; at least ``n_max`` of them."""
+    pool = read_data_dir(os.path.join(data, CALIB_SET), require_text=True)
+    if calib_extra:
+        extra = [read_data_dir(os.path.join(data, s)) for s in calib_extra]
+        pool = pool[:num_calib] + [u for row in itertools.zip_longest(*extra) for u in row if u is not None]
+        if n_max > len(pool):
+            raise SystemExit(f"a config asks for {n_max} calibration utterances; "
+                             f"--num_calib {num_calib} + --calib_extra give {len(pool)}")
+    return pool
+
+
 def dense_exp_dir(model: str, work_dir: str) -> Path:
     if os.path.isdir(model):
         return Path(model)
@@ -199,8 +212,7 @@ def main(argv=None):
     dense = s2t.asr_model.eval()
 
     librispeech = read_data_dir(os.path.join(args.data, CALIB_SET), require_text=True)
-    calib_all = librispeech
-    calib = calib_all[: args.num_calib]
+    calib = librispeech[: args.num_calib]
     # a config YAML that sets calibration.num_calib keeps it (more calibration /
     # recovery audio); evaluation then starts after the largest calibration set,
     # or the extra utterances come from --calib_extra
@@ -210,13 +222,8 @@ def main(argv=None):
     if args.calib_extra:
         if set(args.calib_extra) & set(args.sets):
             raise SystemExit(f"--calib_extra {args.calib_extra} overlaps the evaluation sets {args.sets}")
-        extra = [read_data_dir(os.path.join(args.data, s)) for s in args.calib_extra]
-        turns = [u for row in itertools.zip_longest(*extra) for u in row if u is not None]
-        calib_all = calib + turns
-        if n_calib_max > len(calib_all):
-            raise SystemExit(f"a config asks for {n_calib_max} calibration utterances; "
-                             f"--num_calib {args.num_calib} + --calib_extra give {len(calib_all)}")
         eval_start = args.num_calib
+    calib_all = calibration_pool(args.data, args.num_calib, args.calib_extra, n_calib_max)
     eval_sets = {}
     for s in args.sets:
         utts = librispeech if s == CALIB_SET else read_data_dir(os.path.join(args.data, s), require_text=True)
