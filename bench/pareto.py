@@ -255,7 +255,7 @@ def main(argv=None):
 
     rows = []
 
-    def measure(name, kind, model, int8, float_model, compress_s=None):
+    def measure(name, kind, model, int8, float_model, compress_s=None, report=None):
         s2t.asr_model = model
         wer, detail = decode_wer(s2t, eval_sets, os.path.join(args.out_dir, "hyps", name + ("_int8" if int8 else "")))
         d_ms, c_ms = paired_latency(dense, model, WINDOW, repeats=args.repeats)
@@ -267,13 +267,16 @@ def main(argv=None):
             "compress_s": compress_s,
         }
         row["params_M"] = row["params"] / 1e6
+        if report:  # what recovery did (the step its kept factors are from) and each step's cost
+            row["recovery"] = {k: v for k, v in report.items() if k.startswith("recovery")}
+            row["steps"] = report.get("steps")
         rows.append(row)
         print(f"{name}{' +int8' if int8 else ''}: WER {wer}, params {row['params']:,}, "
               f"{row['gflops']:.2f} GFLOPs, {row['latency_ms']:.0f} ms ({row['lat_ratio']:.2f}x), "
               f"{row['enc_mb']:.1f} MB  [{time.time() - started:.0f}s]", flush=True)
 
     for name, kind, cfg in configs:
-        compress_s = None
+        compress_s, report = None, None
         if cfg is None:
             model = dense
         else:
@@ -281,18 +284,19 @@ def main(argv=None):
             c = cfg.calibration
             # the shared statistics are one unpacked pass over --num_calib utterances
             if c.sequential or cfg.recovery.steps or c.pack_seconds or c.num_calib != args.num_calib:
-                model = compress(dense, calib_all[: cfg.calibration.num_calib or args.num_calib], cfg).model
+                result = compress(dense, calib_all[: cfg.calibration.num_calib or args.num_calib], cfg)
                 compress_s = time.perf_counter() - t0
             else:
-                model = compress(dense, config=cfg, stats=stats).model
+                result = compress(dense, config=cfg, stats=stats)
                 compress_s = time.perf_counter() - t0 + stats_s  # the shared calibration pass counts
-        measure(name, kind, model, False, model, compress_s)
+            model, report = result.model, result.report
+        measure(name, kind, model, False, model, compress_s, report)
         if name in args.int8:
             q = copy.deepcopy(model)
             t0 = time.perf_counter()
             quantize_linears_(q.encoder)
             q_s = None if compress_s is None else compress_s + time.perf_counter() - t0
-            measure(name, kind, q.eval(), True, model, q_s)
+            measure(name, kind, q.eval(), True, model, q_s, report)
     s2t.asr_model = dense
 
     meta = (
