@@ -28,8 +28,8 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
 from espnet_lowrank.config import LowRankConfig  # noqa: E402
-from espnet_lowrank.data import write_data_dir  # noqa: E402
-from pareto import calibration_pool, dense_exp_dir  # noqa: E402
+from espnet_lowrank.data import read_data_dir, write_data_dir  # noqa: E402
+from pareto import CALIB_SET, calibration_pool, dense_exp_dir  # noqa: E402
 
 
 def main(argv=None):
@@ -47,7 +47,9 @@ def main(argv=None):
     n = config.calibration.num_calib or args.num_calib
     exp = dense_exp_dir(args.model, args.work_dir)
     calib = Path(args.work_dir) / f"calib_{n}"
-    write_data_dir(str(calib), calibration_pool(args.data, args.num_calib, args.calib_extra, n)[:n])
+    librispeech = read_data_dir(os.path.join(args.data, CALIB_SET), require_text=True)
+    pool = calibration_pool(librispeech, args.data, args.num_calib, args.calib_extra, n)
+    write_data_dir(str(calib), pool[:n])
     out = Path(args.work_dir) / Path(args.config).stem
     # --overwrite: the CLI's own check refuses an output dir that holds the source model
     cmd = [sys.executable, "-m", "espnet_lowrank.bin.compress", "--asr_train_config", str(exp / "config.yaml"),

@@ -87,10 +87,10 @@ def get_parser():
     return p
 
 
-def calibration_pool(data: str, num_calib: int, calib_extra, n_max: int):
-    """The first ``num_calib`` LibriSpeech utterances, then (with ``calib_extra``)
-    the utterances of those sets in turn; at least ``n_max`` of them."""
-    pool = read_data_dir(os.path.join(data, CALIB_SET), require_text=True)
+def calibration_pool(librispeech: list, data: str, num_calib: int, calib_extra, n_max: int):
+    """The first ``num_calib`` of ``librispeech`` (read once by the caller), then
+    (with ``calib_extra``) the utterances of those sets in turn; at least ``n_max``."""
+    pool = librispeech
     if calib_extra:
         extra = [read_data_dir(os.path.join(data, s)) for s in calib_extra]
         pool = pool[:num_calib] + [u for row in itertools.zip_longest(*extra) for u in row if u is not None]
@@ -223,7 +223,7 @@ def main(argv=None):
         if set(args.calib_extra) & set(args.sets):
             raise SystemExit(f"--calib_extra {args.calib_extra} overlaps the evaluation sets {args.sets}")
         eval_start = args.num_calib
-    calib_all = calibration_pool(args.data, args.num_calib, args.calib_extra, n_calib_max)
+    calib_all = calibration_pool(librispeech, args.data, args.num_calib, args.calib_extra, n_calib_max)
     eval_sets = {}
     for s in args.sets:
         utts = librispeech if s == CALIB_SET else read_data_dir(os.path.join(args.data, s), require_text=True)
