@@ -6,10 +6,12 @@ where it buys the most variance:
 
 * every layer starts dense (cost ``d_in d_out``, nothing discarded);
 * repeatedly take the rank cut, in steps of ``config.ranks.rank_multiple``, that
-  loses the least explained variance per unit of cost saved (lost variance is
-  the discarded eigenvalue mass relative to that layer's total variance), until
-  the kept cost is at most ``budget`` times the dense cost;
-* then give rank back, step by step, where it buys the most variance per unit
+  loses the least per unit of cost saved, until the kept cost is at most
+  ``budget`` times the dense cost. What a cut loses is the discarded share of
+  that layer's output variance (``allocator: variance``), or the encoder-output
+  error measured with that layer alone cut to that rank (``allocator:
+  sensitivity``, ``sensitivity.py``);
+* then give rank back, step by step, where it saves the most loss per unit
   of cost, as long as the budget still holds — so the kept cost ends within one
   rounding step of the budget.
 
@@ -46,10 +48,13 @@ def candidate_ranks(d_in: int, d_out: int, multiple: int) -> List[int]:
 class _Layer:
     """One layer's options, ordered from cheapest to dense: (rank, cost, lost)."""
 
-    def __init__(self, name, role, d_in, d_out, spec: Spectrum, multiple, fixed):
+    def __init__(self, name, role, d_in, d_out, spec: Spectrum, multiple, fixed, measured=None):
         self.name, self.role, self.d_in, self.d_out, self.spec = name, role, d_in, d_out, spec
         ratios = spec.explained_variance().double()
-        lost = lambda k: max(0.0, 1.0 - float(ratios[min(k, ratios.numel()) - 1]))  # noqa: E731
+        if measured is not None:  # measured end-to-end error (sensitivity.py)
+            lost = measured.__getitem__
+        else:
+            lost = lambda k: max(0.0, 1.0 - float(ratios[min(k, ratios.numel()) - 1]))  # noqa: E731
         if fixed is not None:
             self.options = [(fixed, flops(d_in, d_out, fixed), lost(fixed))]
         else:
@@ -69,6 +74,15 @@ class _Layer:
     @property
     def rank(self) -> Optional[int]:
         return self.options[self.at][0]
+
+
+def layer_probes(spectra: Dict[str, Spectrum], layers: Dict[str, Tuple[str, int, int]],
+                 config: LowRankConfig) -> Dict[str, Tuple[Spectrum, List[int]]]:
+    """The ranks :func:`allocate_ranks` may give each layer (rank_pattern layers
+    excluded): what ``sensitivity.measure_sensitivity`` probes."""
+    return {name: (spectra[name], candidate_ranks(d_in, d_out, config.ranks.rank_multiple))
+            for name, (_, d_in, d_out) in layers.items()
+            if _fixed_rank(name, config.targets.rank_pattern) is None}
 
 
 def _best_cut(layer: _Layer) -> Optional[Tuple[float, int]]:
@@ -93,9 +107,12 @@ def allocate_ranks(
     layers: Dict[str, Tuple[str, int, int]],
     budget: float,
     config: Optional[LowRankConfig] = None,
+    measured: Optional[Dict[str, Dict[int, float]]] = None,
 ) -> RankPlan:
     """Ranks that keep ``budget`` (in (0, 1]) of the dense FLOPs of ``layers``
-    (name -> (role, d_in, d_out)), given their calibration ``spectra``.
+    (name -> (role, d_in, d_out)), given their calibration ``spectra``; with
+    ``measured`` (name -> {rank: error}, from :func:`layer_probes` ranks), a
+    cut costs that error instead of the discarded variance.
 
     ``config`` gives the step (``rank_multiple``) and fixed ranks
     (``rank_pattern``: counted, never changed); θ is only reported. A budget
@@ -112,7 +129,8 @@ def allocate_ranks(
         if fixed is not None and fixed > min(d_in, d_out):
             raise ValueError(f"rank_pattern gives {name} rank {fixed}, but the layer is "
                              f"{d_out}x{d_in} (max rank {min(d_in, d_out)})")
-        state.append(_Layer(name, role, d_in, d_out, spectra[name], config.ranks.rank_multiple, fixed))
+        state.append(_Layer(name, role, d_in, d_out, spectra[name], config.ranks.rank_multiple, fixed,
+                            None if measured is None or fixed is not None else measured[name]))
     dense_total = sum(flops(l.d_in, l.d_out, None) for l in state)
     target = budget * dense_total
     floor = sum(l.options[0][1] for l in state)
@@ -157,13 +175,15 @@ def allocate_ranks(
     decisions: List[LayerDecision] = []
     for layer in state:
         theta = config.ranks.theta_attention if layer.role == "attention" else config.ranks.theta_feed_forward
-        why = "rank_pattern" if layer.fixed else f"budget={budget} (flops)"
+        why = "rank_pattern" if layer.fixed else f"budget={budget} ({'sensitivity' if measured else 'variance'})"
+        ratios = layer.spec.explained_variance()
         if layer.rank is None:
             why += "; dense"
         else:
             ranks[layer.name] = layer.rank
+        explained = 1.0 if layer.rank is None else float(ratios[min(layer.rank, ratios.numel()) - 1])
         decisions.append(LayerDecision(layer.name, layer.role, layer.d_in, layer.d_out, layer.rank,
-                                       layer.spec.rank_for(theta), 1.0 - layer.lost, why))
+                                       layer.spec.rank_for(theta), explained, why))
     logger.info("budget %.3f: kept %.4f of the dense flops, %d of %d layers factored",
                 budget, total / dense_total, len(ranks), len(state))
     return RankPlan(ranks, decisions)

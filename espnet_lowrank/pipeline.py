@@ -93,6 +93,9 @@ def _check_inputs(calib_data, config: LowRankConfig, stats: Optional[StatsSet], 
     """Refuse what cannot work before any calibration pass."""
     if stats is not None and config.calibration.sequential:
         raise ValueError("sequential calibration computes its own statistics; drop stats")
+    if config.ranks.allocator == "sensitivity" and calib_data is None:
+        raise ValueError("ranks.allocator: sensitivity measures the encoder on calibration audio "
+                         "(calib_data), not only statistics")
     if stats is None and calib_data is None:
         raise ValueError("compress needs calib_data or precomputed stats")
     if config.recovery.steps and calib_data is None:
@@ -103,12 +106,28 @@ def _check_inputs(calib_data, config: LowRankConfig, stats: Optional[StatsSet], 
             raise ValueError(f"the statistics lack {len(missing)} target layers, e.g. {missing[:3]}")
 
 
-def _plan(spectra, layers, config: LowRankConfig) -> RankPlan:
-    if config.ranks.budget is None:
-        return make_plan(spectra, layers, config)
-    from espnet_lowrank.budget import allocate_ranks
+def _budget_plan(model, family, targets, windows, config: LowRankConfig, stats: Optional[StatsSet]):
+    """(global budget plan, the one-pass statistics it came from): every target
+    layer calibrated on ``model`` (dense), ranks allocated by variance or by
+    measured sensitivity. Sequential calibration then factors at these ranks."""
+    from espnet_lowrank.budget import allocate_ranks, layer_probes
 
-    return allocate_ranks(spectra, layers, config.ranks.budget, config)
+    if stats is None:
+        stats = _calibrate(model, family, list(targets), windows, config, stop_after=False)
+    spectra = {n: spectrum(stats[n]) for n in targets}
+    measured = None
+    if config.ranks.allocator == "sensitivity":
+        from espnet_lowrank.sensitivity import NUM_WINDOWS, measure_sensitivity
+
+        batches = list(_batches(windows[:NUM_WINDOWS], config, next(model.parameters()).device))
+        measured = measure_sensitivity(model, batches, layer_probes(spectra, targets, config))
+    return allocate_ranks(spectra, targets, config.ranks.budget, config, measured), stats
+
+
+def _part(plan: RankPlan, names) -> RankPlan:
+    names = set(names)
+    return RankPlan({n: r for n, r in plan.ranks.items() if n in names},
+                    [d for d in plan.decisions if d.name in names])
 
 
 def compress(
@@ -153,6 +172,11 @@ def compress(
     if sequential:
         first = next(_batches(windows, config, next(current.parameters()).device))
         groups = input_groups(current, list(targets), first)
+    budget_plan, given = None, stats
+    if config.ranks.budget is not None:
+        with costs.step("rank_allocation"):
+            budget_plan, one_pass = _budget_plan(current, family, targets, windows, config, stats)
+        stats = None if sequential else one_pass
     spectra, decisions, ranks, frames, stats_mb = {}, [], {}, 0, 0.0
     for group in progress(groups, desc="layer groups", unit="group") if sequential else groups:
         with costs.step("calibration"):
@@ -162,15 +186,16 @@ def compress(
         stats_mb = max(stats_mb, sum(group_stats[n].gram.numel() * 8 for n in group) / 2 ** 20)
         with costs.step("plan_and_factorization"):
             group_spectra = {n: spectrum(group_stats[n]) for n in group}
-            plan = _plan(group_spectra, {n: targets[n] for n in group}, config)
+            plan = (_part(budget_plan, group) if budget_plan is not None
+                    else make_plan(group_spectra, {n: targets[n] for n in group}, config))
             factorize_layers_(current.encoder, plan.ranks, group_spectra)
         spectra.update(group_spectra)
         decisions.extend(plan.decisions)
         ranks.update(plan.ranks)
     plan = RankPlan(ranks, decisions)
     # merged statistics carry their jobs' cost (seconds summed, RSS maxed)
-    seconds = stats.seconds if stats is not None else time.perf_counter() - started
-    rss = stats.peak_rss_mb if stats is not None else peak_rss_mb()
+    seconds = given.seconds if given is not None else time.perf_counter() - started
+    rss = given.peak_rss_mb if given is not None else peak_rss_mb()
 
     with costs.step("recovery"):
         recovery = recover_if_asked(current, source, utts, config, family)

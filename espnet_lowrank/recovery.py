@@ -41,12 +41,12 @@ def factor_parameters(encoder: torch.nn.Module) -> List[torch.nn.Parameter]:
     return params
 
 
-def _valid_mask(lengths: torch.Tensor, frames: int) -> torch.Tensor:
+def valid_mask(lengths: torch.Tensor, frames: int) -> torch.Tensor:
     return torch.arange(frames, device=lengths.device)[None, :] < lengths[:, None]
 
 
 def _valid_mse(student: torch.Tensor, teacher: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-    diff = (student - teacher)[_valid_mask(lengths, teacher.shape[1])]
+    diff = (student - teacher)[valid_mask(lengths, teacher.shape[1])]
     return (diff * diff).mean()
 
 
@@ -79,7 +79,7 @@ def _loss(student: List[torch.Tensor], teacher: List[torch.Tensor], lengths: tor
         return sum(_valid_mse(s, t, lengths) / t.pow(2).mean().clamp_min(1e-12)
                    for s, t in zip(student, teacher)) / len(teacher)
     if output == "ctc":  # KL(dense || compressed) over the valid frames
-        mask = _valid_mask(lengths, teacher[0].shape[1])
+        mask = valid_mask(lengths, teacher[0].shape[1])
         log_t, log_s = teacher[0][mask], student[0][mask]
         return (log_t.exp() * (log_t - log_s)).sum(-1).mean()
     return _valid_mse(student[0], teacher[0], lengths)
