@@ -282,8 +282,10 @@ def main(argv=None):
         else:
             t0 = time.perf_counter()
             c = cfg.calibration
-            # the shared statistics are one unpacked pass over --num_calib utterances
-            if c.sequential or cfg.recovery.steps or c.pack_seconds or c.num_calib != args.num_calib:
+            # the shared statistics are one unpacked pass over --num_calib utterances;
+            # a budget also measures sensitivity on the audio
+            if (c.sequential or cfg.recovery.steps or c.pack_seconds or c.num_calib != args.num_calib
+                    or cfg.ranks.budget is not None):
                 result = compress(dense, calib_all[: cfg.calibration.num_calib or args.num_calib], cfg)
                 compress_s = time.perf_counter() - t0
             else:

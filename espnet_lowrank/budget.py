@@ -2,15 +2,16 @@
 
 Instead of one explained-variance threshold per role (``plan.make_plan``),
 keep a fraction ``budget`` of the target layers' dense cost and spend it
-where it buys the most variance:
+where it buys the most:
 
-* every layer starts dense (cost ``d_in d_out``, nothing discarded);
+* every layer starts dense (cost ``d_in d_out``, nothing lost);
 * repeatedly take the rank cut, in steps of ``config.ranks.rank_multiple``, that
   loses the least per unit of cost saved, until the kept cost is at most
-  ``budget`` times the dense cost. What a cut loses is the discarded share of
-  that layer's output variance (``allocator: variance``), or the encoder-output
-  error measured with that layer alone cut to that rank (``allocator:
-  sensitivity``, ``sensitivity.py``);
+  ``budget`` times the dense cost. What a cut loses is measured
+  (``sensitivity.py``): the encoder-output error with that layer alone cut to
+  that rank. (Each layer's own discarded variance was the criterion before and
+  lost badly at equal size: bench/RESULTS.md, "Issue 11: rank allocation by
+  measured sensitivity".)
 * then give rank back, step by step, where it saves the most loss per unit
   of cost, as long as the budget still holds — so the kept cost ends within one
   rounding step of the budget.
@@ -30,6 +31,7 @@ from espnet_lowrank.plan import LayerDecision, RankPlan, _fixed_rank
 
 logger = logging.getLogger(__name__)
 
+
 def flops(d_in: int, d_out: int, rank: Optional[int]) -> float:
     """FLOPs per frame of a layer at ``rank`` (None: dense)."""
     return float(2 * (d_in * d_out if rank is None else rank * (d_in + d_out)))
@@ -48,17 +50,12 @@ def candidate_ranks(d_in: int, d_out: int, multiple: int) -> List[int]:
 class _Layer:
     """One layer's options, ordered from cheapest to dense: (rank, cost, lost)."""
 
-    def __init__(self, name, role, d_in, d_out, spec: Spectrum, multiple, fixed, measured=None):
+    def __init__(self, name, role, d_in, d_out, spec: Spectrum, multiple, fixed, measured):
         self.name, self.role, self.d_in, self.d_out, self.spec = name, role, d_in, d_out, spec
-        ratios = spec.explained_variance().double()
-        if measured is not None:  # measured end-to-end error (sensitivity.py)
-            lost = measured.__getitem__
-        else:
-            lost = lambda k: max(0.0, 1.0 - float(ratios[min(k, ratios.numel()) - 1]))  # noqa: E731
         if fixed is not None:
-            self.options = [(fixed, flops(d_in, d_out, fixed), lost(fixed))]
+            self.options = [(fixed, flops(d_in, d_out, fixed), 0.0)]  # never moved
         else:
-            self.options = [(k, flops(d_in, d_out, k), lost(k)) for k in candidate_ranks(d_in, d_out, multiple)]
+            self.options = [(k, flops(d_in, d_out, k), measured[k]) for k in candidate_ranks(d_in, d_out, multiple)]
             self.options.append((None, flops(d_in, d_out, None), 0.0))
         self.fixed = fixed is not None
         self.at = len(self.options) - 1  # start dense (or at the fixed rank)
@@ -86,7 +83,7 @@ def layer_probes(spectra: Dict[str, Spectrum], layers: Dict[str, Tuple[str, int,
 
 
 def _best_cut(layer: _Layer) -> Optional[Tuple[float, int]]:
-    """(lost variance per cost saved, target index) of the best cut below the
+    """(loss per cost saved, target index) of the best cut below the
     current option; looks past steps that save little (e.g. dense -> the
     break-even rank) so that a layer is not starved by its first step."""
     best = None
@@ -106,13 +103,13 @@ def allocate_ranks(
     spectra: Dict[str, Spectrum],
     layers: Dict[str, Tuple[str, int, int]],
     budget: float,
-    config: Optional[LowRankConfig] = None,
-    measured: Optional[Dict[str, Dict[int, float]]] = None,
+    config: Optional[LowRankConfig],
+    measured: Dict[str, Dict[int, float]],
 ) -> RankPlan:
     """Ranks that keep ``budget`` (in (0, 1]) of the dense FLOPs of ``layers``
-    (name -> (role, d_in, d_out)), given their calibration ``spectra``; with
-    ``measured`` (name -> {rank: error}, from :func:`layer_probes` ranks), a
-    cut costs that error instead of the discarded variance.
+    (name -> (role, d_in, d_out)): a cut to rank k costs ``measured[name][k]``
+    (name -> {rank: error} at the :func:`layer_probes` ranks). The calibration
+    ``spectra`` give each decision's explained variance for the report.
 
     ``config`` gives the step (``rank_multiple``) and fixed ranks
     (``rank_pattern``: counted, never changed); θ is only reported. A budget
@@ -129,8 +126,10 @@ def allocate_ranks(
         if fixed is not None and fixed > min(d_in, d_out):
             raise ValueError(f"rank_pattern gives {name} rank {fixed}, but the layer is "
                              f"{d_out}x{d_in} (max rank {min(d_in, d_out)})")
+        if fixed is None and name not in measured:
+            raise ValueError(f"no measured sensitivity for layer {name}")
         state.append(_Layer(name, role, d_in, d_out, spectra[name], config.ranks.rank_multiple, fixed,
-                            None if measured is None or fixed is not None else measured[name]))
+                            measured.get(name)))
     dense_total = sum(flops(l.d_in, l.d_out, None) for l in state)
     target = budget * dense_total
     floor = sum(l.options[0][1] for l in state)
@@ -175,7 +174,7 @@ def allocate_ranks(
     decisions: List[LayerDecision] = []
     for layer in state:
         theta = config.ranks.theta_attention if layer.role == "attention" else config.ranks.theta_feed_forward
-        why = "rank_pattern" if layer.fixed else f"budget={budget} ({'sensitivity' if measured else 'variance'})"
+        why = "rank_pattern" if layer.fixed else f"budget={budget} (sensitivity)"
         ratios = layer.spec.explained_variance()
         if layer.rank is None:
             why += "; dense"
@@ -194,8 +193,3 @@ def plan_cost(plan: RankPlan) -> Tuple[float, float]:
     kept = sum(flops(d.d_in, d.d_out, d.rank) for d in plan.decisions)
     dense = sum(flops(d.d_in, d.d_out, None) for d in plan.decisions)
     return kept, dense
-
-
-def discarded_variance(plan: RankPlan) -> float:
-    """Sum over layers of the discarded share of output variance."""
-    return sum(1.0 - d.explained_variance for d in plan.decisions if d.rank is not None)

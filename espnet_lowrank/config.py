@@ -3,7 +3,7 @@
 A ``--lowrank_config`` YAML may give the sections::
 
     targets:     {target_modules, exclude_modules, rank_pattern}   # which layers
-    ranks:       {theta_attention, theta_feed_forward, rank_multiple, budget, allocator}
+    ranks:       {theta_attention, theta_feed_forward, rank_multiple, budget}
     calibration: {num_calib, batch_size, sequential, seed, pack_seconds}
     recovery:    {steps, lr, objective, scope, final_steps}
     deployment:  {attention, int8}
@@ -25,7 +25,6 @@ import yaml
 
 ATTENTION_MODES = ("auto", "reduced", "dense")
 RECOVERY_OBJECTIVES = ("encoder", "decoder")
-ALLOCATORS = ("variance", "sensitivity")
 RECOVERY_SCOPES = ("end_to_end", "block")
 MAX_LR = 1.0
 # The YAML schema's version (optional key ``version``); a later schema that
@@ -58,11 +57,7 @@ class Ranks:
     budget: Optional[float] = field(
         default=None,
         metadata={"help": "keep this fraction of the target layers' dense FLOPs, ranks allocated "
-                          "globally (espnet_lowrank.budget); replaces θ"})
-    allocator: str = field(
-        default="variance",
-        metadata={"help": "what a budget cut costs: the layer's discarded output variance, or the "
-                          "encoder-output error measured with that layer alone cut (sensitivity)"})
+                          "globally by measured sensitivity (espnet_lowrank.budget); replaces θ"})
 
 
 @dataclass
@@ -219,7 +214,6 @@ _CHECKS: Dict[Tuple[str, str], Callable] = {
     ("ranks", "theta_feed_forward"): _number(0.0, 1.0),
     ("ranks", "rank_multiple"): _integer(1),
     ("ranks", "budget"): _optional(_number(0.0, 1.0)),
-    ("ranks", "allocator"): _choice(ALLOCATORS),
     ("calibration", "num_calib"): _optional(_integer(1)),
     ("calibration", "batch_size"): _integer(1),
     ("calibration", "sequential"): _boolean,
@@ -263,8 +257,6 @@ class LowRankConfig:
             key = self._labels.get((section, name), _FLAT_OF[(section, name)])
             part = getattr(self, section)
             setattr(part, name, check(key, getattr(part, name)))
-        if self.ranks.allocator != "variance" and self.ranks.budget is None:
-            raise ValueError(f"ranks.allocator: {self.ranks.allocator} allocates a budget: set ranks.budget")
         r = self.recovery
         if r.final_steps and r.scope != "block":
             raise ValueError("recovery.final_steps follows block-wise recovery: set recovery.scope: "

@@ -93,8 +93,8 @@ def _check_inputs(calib_data, config: LowRankConfig, stats: Optional[StatsSet], 
     """Refuse what cannot work before any calibration pass."""
     if stats is not None and config.calibration.sequential:
         raise ValueError("sequential calibration computes its own statistics; drop stats")
-    if config.ranks.allocator == "sensitivity" and calib_data is None:
-        raise ValueError("ranks.allocator: sensitivity measures the encoder on calibration audio "
+    if config.ranks.budget is not None and calib_data is None:
+        raise ValueError("ranks.budget allocates by sensitivity measured on calibration audio "
                          "(calib_data), not only statistics")
     if stats is None and calib_data is None:
         raise ValueError("compress needs calib_data or precomputed stats")
@@ -108,19 +108,17 @@ def _check_inputs(calib_data, config: LowRankConfig, stats: Optional[StatsSet], 
 
 def _budget_plan(model, family, targets, windows, config: LowRankConfig, stats: Optional[StatsSet]):
     """(global budget plan, the one-pass statistics it came from): every target
-    layer calibrated on ``model`` (dense), ranks allocated by variance or by
-    measured sensitivity. Sequential calibration then factors at these ranks."""
+    layer calibrated on ``model`` (dense), each layer's sensitivity measured on
+    the first calibration windows, ranks allocated. Sequential calibration then
+    factors at these ranks."""
     from espnet_lowrank.budget import allocate_ranks, layer_probes
+    from espnet_lowrank.sensitivity import NUM_WINDOWS, measure_sensitivity
 
     if stats is None:
         stats = _calibrate(model, family, list(targets), windows, config, stop_after=False)
     spectra = {n: spectrum(stats[n]) for n in targets}
-    measured = None
-    if config.ranks.allocator == "sensitivity":
-        from espnet_lowrank.sensitivity import NUM_WINDOWS, measure_sensitivity
-
-        batches = list(_batches(windows[:NUM_WINDOWS], config, next(model.parameters()).device))
-        measured = measure_sensitivity(model, batches, layer_probes(spectra, targets, config))
+    batches = list(_batches(windows[:NUM_WINDOWS], config, next(model.parameters()).device))
+    measured = measure_sensitivity(model, batches, layer_probes(spectra, targets, config))
     return allocate_ranks(spectra, targets, config.ranks.budget, config, measured), stats
 
 

@@ -1,9 +1,9 @@
-"""Measured per-layer sensitivity for the global budget (``ranks.allocator:
-sensitivity``).
+"""Measured per-layer sensitivity for the global budget (``ranks.budget``).
 
-The variance allocator weighs each layer's discarded share of its own output
-variance, which says nothing about what the rest of the encoder does with
-that error. Here each layer's cost of a cut is measured end to end: with
+A layer's discarded share of its own output variance says nothing about what
+the rest of the encoder does with that error (as an allocation criterion it
+lost badly, bench/RESULTS.md). Here each layer's cost of a cut is measured end
+to end: with
 only that layer cut to rank k (its output projected onto its top-k principal
 directions, exactly what the factored layer computes), the relative squared
 error of the encoder output against the dense one, on a few calibration

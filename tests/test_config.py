@@ -46,8 +46,6 @@ BAD_YAML = [
     ("refit: all", "refit", "removed"),
     ("keep_dense_if_no_savings: true", "keep_dense_if_no_savings", "removed"),
     ("theta_attention: 0.9\nranks:\n  theta_attention: 0.8", "theta_attention", "given twice"),
-    ("allocator: sensitivity", "allocator", "set ranks.budget"),
-    ("budget: 0.7\nallocator: fisher", "allocator", "must be one of variance, sensitivity"),
     ("elastic: true", "elastic", "unknown low-rank config key"),
     ("deployment:\n  elastic: true", "deployment.elastic", "unknown option"),
 ]
@@ -113,7 +111,7 @@ def test_sections_and_flat_keys_are_the_same_config(tmp_path):
     assert LowRankConfig.from_dict(a.sections()) == a
     assert set(a.to_dict()) == {
         "version", "target_modules", "exclude_modules", "rank_pattern", "theta_attention", "theta_feed_forward",
-        "rank_multiple", "budget", "allocator", "num_calib", "batch_size", "sequential", "seed", "pack_seconds", "recovery_steps",
+        "rank_multiple", "budget", "num_calib", "batch_size", "sequential", "seed", "pack_seconds", "recovery_steps",
         "recovery_lr", "recovery_objective", "recovery_scope", "recovery_final_steps", "attention", "int8"}
     defaults = LowRankConfig()
     assert (defaults.deployment.attention, defaults.calibration.seed) == ("auto", 0)

@@ -1,4 +1,4 @@
-"""Rank allocation by measured sensitivity (``ranks.allocator: sensitivity``),
+"""Rank allocation by measured sensitivity (``ranks.budget``),
 on real tiny.en and real speech."""
 
 import pytest
@@ -33,8 +33,8 @@ def test_measured_error_falls_with_rank_and_vanishes_at_full_rank(dense_exp, lib
     # The model is left as it was: same weights, no hooks.
     assert all(torch.equal(before[k], v) for k, v in dense.state_dict().items())
     assert not any(m._forward_hooks for m in dense.modules())
-    with pytest.raises(ValueError, match="allocator: sensitivity measures the encoder on calibration audio"):
-        compress(dense, config=LowRankConfig(budget=0.75, allocator="sensitivity"), stats=stats)
+    with pytest.raises(ValueError, match="ranks.budget allocates by sensitivity measured on calibration audio"):
+        compress(dense, config=LowRankConfig(budget=0.75), stats=stats)
     # The allocator reads the measured errors: at equal budget it still holds.
     layers = {n: ("attention" if "attn" in n else "feed_forward", 384, 384 if "attn" in n else 1536)
               for n in names}
@@ -54,7 +54,7 @@ def test_sensitivity_budget_with_sequential_calibration_on_tiny_en(dense_exp, li
     dense, train_config = load_asr_model(str(dense_exp / "config.yaml"), str(dense_exp / "model.pth"))
     before = {k: v.clone() for k, v in dense.state_dict().items()}
     utts = librispeech[:2]
-    kw = dict(budget=0.75, allocator="sensitivity", rank_multiple=96, batch_size=2)
+    kw = dict(budget=0.75, rank_multiple=96, batch_size=2)
     one = compress(dense, utts, LowRankConfig(**kw))
     seq = compress(dense, utts, LowRankConfig(sequential=True, **kw))
     assert seq.plan.ranks == one.plan.ranks and seq.plan.ranks
