@@ -72,7 +72,7 @@ def setup(slurm, work, utts, dense_exp):
     dense = dense_exp
     calib = work / "calib"
     write_data_dir(str(calib), utts[:NUM_CALIB])
-    config = LowRankConfig.from_yaml(str(ROOT / "conf" / "lowrank" / "whisper.yaml"))
+    config = LowRankConfig.from_yaml(str(ROOT / "conf" / "lowrank" / "whisper_tiny_liteasr.yaml"))
     config.batch_size, config.num_calib = 1, NUM_CALIB
     config_path = work / "whisper_batch_1.yaml"
     config_path.write_text(yaml.safe_dump(config.sections()))

@@ -22,9 +22,12 @@ LIBRISPEECH = "librispeech_train-clean-100"
 NUM_CALIB = 8
 
 NUM_WER_TEST = 16
-# Measured on 2026-11-22 (see README): 16 held-out LibriSpeech utterances,
-# default config calibrated on 8 others.
-WER_BOUND_COMPRESSED = 8.0
+# Measured on 2026-12-03 (see README): 16 held-out LibriSpeech utterances,
+# default config calibrated on 8 others: dense 5.9, default 5.7. Bound: dense + 1.0.
+WER_BOUND_COMPRESSED = 6.9
+# For tests of the CLI's plumbing: θ ranks need no sensitivity measurement
+# (the default's budget spends ~2.5 min on it).
+THETA_CONFIG = Path(__file__).resolve().parents[1] / "conf" / "lowrank" / "whisper_tiny_liteasr.yaml"
 
 
 def _digest(path: Path) -> str:
@@ -42,12 +45,17 @@ def test_compressed_exp_dir_contract(lowrank_exp):
     report = json.loads((lowrank_exp / "report.json").read_text())
     assert report["encoder_linear_params_compressed"] < report["encoder_linear_params_dense"]
     assert report["encoder_flops_compressed"] < report["encoder_flops_dense"]
-    # Whisper: every one of the 1500 frames of each window counts.
-    assert report["calibration_frames"] == NUM_CALIB * 1500
+    # Whisper: every one of the 1500 frames of each 30 s window counts, and
+    # the default packs several utterances into one window.
+    assert report["calibration_frames"] % 1500 == 0
+    assert 1500 <= report["calibration_frames"] < NUM_CALIB * 1500
     assert {layer["name"] for layer in report["layers"] if layer["rank"]} == set(report["plan"])
     # each step's wall time and the peak RSS after it
-    assert set(report["steps"]) == {"calibration", "plan_and_factorization", "recovery", "attention"}
-    assert report["steps"]["calibration"]["seconds"] > 0
+    # (rank_allocation: the default's budget calibrates the dense model and
+    # measures each layer's sensitivity, so no separate calibration pass is left)
+    assert set(report["steps"]) == {"calibration", "rank_allocation", "plan_and_factorization",
+                                    "recovery", "attention"}
+    assert report["steps"]["rank_allocation"]["seconds"] > 0
     assert 0 < report["steps"]["calibration"]["peak_rss_mb"] <= report["steps"]["attention"]["peak_rss_mb"]
     assert config["encoder_conf"]["version"] == 1
 
@@ -72,7 +80,7 @@ def test_source_model_is_untouched(dense_exp, calib_dir, tmp_path):
         "--asr_train_config", str(dense_exp / "config.yaml"),
         "--asr_model_file", str(dense_exp / "model.pth"),
         "--calib_data", str(calib_dir), "--num_calib", "2",
-        "--output_dir", str(tmp_path / "out"),
+        "--lowrank_config", str(THETA_CONFIG), "--output_dir", str(tmp_path / "out"),
     ])
     assert before == {p.name: _digest(p) for p in dense_exp.iterdir() if p.is_file()}
     with pytest.raises(ValueError, match="source file"):
@@ -111,10 +119,11 @@ def test_split_calibration_gives_the_same_plan(dense_exp, calib_dir, tmp_path):
             "--asr_train_config", str(dense_exp / "config.yaml"),
             "--asr_model_file", str(dense_exp / "model.pth"),
             "--calib_data", str(tmp_path / f"part{i}"), "--stats_out", parts[-1],
+            "--lowrank_config", str(THETA_CONFIG),
         ])
     write_data_dir(str(tmp_path / "whole"), utts)
     common = ["--asr_train_config", str(dense_exp / "config.yaml"),
-              "--asr_model_file", str(dense_exp / "model.pth")]
+              "--asr_model_file", str(dense_exp / "model.pth"), "--lowrank_config", str(THETA_CONFIG)]
     compress_cli.main(common + ["--stats", *parts, "--output_dir", str(tmp_path / "merged")])
     compress_cli.main(common + ["--calib_data", str(tmp_path / "whole"), "--output_dir", str(tmp_path / "one")])
     merged = json.loads((tmp_path / "merged" / "report.json").read_text())
