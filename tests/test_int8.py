@@ -52,11 +52,13 @@ def _rel(a, b) -> float:
     return ((a - b).norm() / b.norm()).item()
 
 
-BUDGET = LowRankConfig(budget=0.75)
+# LiteASR mode's ~25 % cut: θ ranks come from the statistics alone (a budget
+# would measure sensitivity on audio first, minutes that these tests do not need).
+FACTORED = LowRankConfig(theta_attention=0.98, theta_feed_forward=0.995)
 
 
 def test_int8_close_to_float_compressed(dense, stats, speech):
-    result = compress(dense[0], config=BUDGET, stats=stats)
+    result = compress(dense[0], config=FACTORED, stats=stats)
     q = copy.deepcopy(result.model)
     n = quantize_linears_(q.encoder)
     assert n > 0 and quantized_linears(q.encoder) == n
@@ -70,13 +72,14 @@ def test_int8_close_to_float_compressed(dense, stats, speech):
     # (test_balanced_factors_keep_function_and_cut_int8_error).
     assert err < 0.12
     assert err_dense < 0.1
-    # int8 keeps every weight (1 byte each): same parameter count, about 1/4 the bytes
+    # int8 keeps every weight (1 byte each): same parameter count, well under half the
+    # bytes (measured 0.40: linears inside rank-space attention modules stay float)
     assert encoder_linear_params(q) == encoder_linear_params(result.model)
-    assert encoder_mb(q) < 0.4 * encoder_mb(result.model)
+    assert encoder_mb(q) < 0.45 * encoder_mb(result.model)
 
 
 def test_balanced_factors_keep_function_and_cut_int8_error(dense, stats, speech):
-    result = compress(dense[0], config=BUDGET, stats=stats)
+    result = compress(dense[0], config=FACTORED, stats=stats)
     balanced = result.model
     plain = copy.deepcopy(dense[0])  # the same ranks, factored without balancing
     factorize_layers_(plain.encoder, result.plan.ranks, {n: spectrum(stats[n]) for n in result.plan.ranks})
@@ -88,8 +91,8 @@ def test_balanced_factors_keep_function_and_cut_int8_error(dense, stats, speech)
         quantize_linears_(q.encoder)
         errs[name] = _rel(_encode(q, speech), ref)
     print(f"balanced vs plain factors: max abs diff {diff:.2e}; int8 relative error {errs}")
-    # Measured 2026-12-02 on this budget-0.75 model: diff 1.6e-5 (float rounding),
-    # int8 error 0.139 -> 0.061 (bench/int8_balance.py: 0.29 -> 0.08 at θ (0.98, 0.995)).
+    # Measured 2026-12-03 on this θ (0.98, 0.995) model: diff 3.2e-4 (float rounding),
+    # int8 error 0.224 -> 0.078 (bench/int8_balance.py: 0.29 -> 0.08 at the same θ).
     assert diff < 1e-3
     assert errs["balanced"] < 0.6 * errs["plain"]
 
@@ -97,7 +100,7 @@ def test_balanced_factors_keep_function_and_cut_int8_error(dense, stats, speech)
 def test_int8_exp_dir_reloads_and_is_quantized(dense, dense_exp, stats, speech, tmp_path):
     from espnet2.tasks.asr import ASRTask
 
-    config = LowRankConfig(budget=0.75, int8=True)
+    config = LowRankConfig(theta_attention=0.98, theta_feed_forward=0.995, int8=True)
     result = compress(dense[0], config=config, stats=stats)
     out = tmp_path / "int8"
     save_compressed(result, dense[1], str(out), source_config_file=str(dense_exp / "config.yaml"))
@@ -128,7 +131,7 @@ def test_int8_exp_dir_reloads_and_is_quantized(dense, dense_exp, stats, speech, 
 
 
 def test_int8_refuses_cuda_input(dense, stats):
-    result = compress(dense[0], config=BUDGET, stats=stats)
+    result = compress(dense[0], config=FACTORED, stats=stats)
     q = copy.deepcopy(result.model)
     quantize_linears_(q.encoder)
     if not torch.cuda.is_available():
