@@ -23,7 +23,7 @@ def _decaying(d, rate, seed=0):
 def _losses(spectra):
     """A stand-in for measured sensitivity: each rank's discarded variance
     share (the allocator's arithmetic does not care where losses come from)."""
-    return {n: {k: 1.0 - float(sp.explained_variance()[k - 1]) for k in range(1, sp.eigenvalues.numel() + 1)}
+    return {n: {k: 1.0 - float(ratio) for k, ratio in enumerate(sp.explained_variance().tolist(), start=1)}
             for n, sp in spectra.items()}
 
 

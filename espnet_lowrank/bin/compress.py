@@ -108,9 +108,6 @@ def main(cmd: Optional[List[str]] = None) -> None:
     config_path = args.lowrank_config or str(default_config_path(family.name))
     config = config or _load_config(config_path, args.num_calib)
     check_plan_inputs(model.encoder, family, config)  # the audio is checked by compress
-    if config.ranks.budget is not None and not args.calib_data:
-        raise ValueError("ranks.budget measures each layer's sensitivity on calibration audio: "
-                         "give --calib_data (with --stats too)")
 
     # 4. Calibration only: save statistics for a later merge.
     if args.stats_out:
