@@ -10,9 +10,15 @@ error of the encoder output against the dense one, on a few calibration
 windows. The budget allocator then spends rank where this error falls most
 per unit of cost; the errors of different layers are summed as if they were
 independent.
+
+A probe only changes what runs after its layer, so every module that finishes
+before the layer starts (earlier blocks, the front end, q before k) returns
+its dense output from a cache instead of recomputing it: the same numbers,
+about half the work.
 """
 
-from typing import Dict, Iterable, List, Tuple
+from contextlib import contextmanager
+from typing import Dict, Iterable, List, Set, Tuple
 
 import torch
 
@@ -41,6 +47,92 @@ def _encoder_output(model, batch) -> torch.Tensor:
     return enc[valid_mask(lens, enc.shape[1])]
 
 
+def _clone(x):
+    if isinstance(x, torch.Tensor):
+        return x.clone()
+    if isinstance(x, (tuple, list)):
+        return type(x)(_clone(v) for v in x)
+    return x
+
+
+def _parent(name: str) -> str:
+    return name.rpartition(".")[0]
+
+
+def _ancestors(name: str) -> List[str]:
+    """"", "a", "a.b" for "a.b.c"."""
+    parts = name.split(".")
+    return [".".join(parts[:i]) for i in range(len(parts))]
+
+
+class _DensePrefix:
+    """The dense outputs of the modules a probe need not recompute.
+
+    Candidates are the children of the probed layers' ancestors (blocks, their
+    sublayers, the front end) that run once per forward. For a layer L, those
+    that end before L starts are skipped; the outermost of them are cached."""
+
+    def __init__(self, model, batches, layers: List[str]):
+        self.modules = dict(model.named_modules())
+        ancestors = {a for n in layers for a in _ancestors(n)}
+        candidates = [n for n in self.modules if n and _parent(n) in ancestors]
+        self.span, calls = self._trace(model, batches[0], candidates)
+        once = {n for n in candidates if calls.get(n) == 1}
+        self.skip = {n: self._outermost_before(n, once) for n in layers}
+        self.outputs: Dict[str, list] = {n: [] for s in self.skip.values() for n in s}
+        self.dense = self._record(model, batches)
+        self.batch = 0
+
+    def _trace(self, model, batch, names):
+        """name -> [start, end] event numbers, and name -> calls, of one forward."""
+        events, span, calls, handles = [], {}, {}, []
+
+        def started(name):
+            events.append(name)
+            span[name] = [len(events), None]
+            calls[name] = calls.get(name, 0) + 1
+
+        def ended(name):
+            events.append(name)
+            span[name][1] = len(events)
+
+        for n in names:
+            handles.append(self.modules[n].register_forward_pre_hook(lambda *_, n=n: started(n)))
+            handles.append(self.modules[n].register_forward_hook(lambda *_, n=n: ended(n)))
+        try:
+            model.encode(*batch)
+        finally:
+            for h in handles:
+                h.remove()
+        return span, calls
+
+    def _outermost_before(self, layer: str, once: Set[str]) -> List[str]:
+        start = self.span[layer][0]
+        before = {n for n in once if self.span[n][1] < start}
+        return sorted(n for n in before if _parent(n) not in before)
+
+    def _record(self, model, batches) -> List[torch.Tensor]:
+        """One dense forward per batch: the encoder outputs; the cached modules' outputs kept."""
+        handles = [self.modules[n].register_forward_hook(
+            lambda _m, _a, out, n=n: self.outputs[n].append(_clone(out))) for n in self.outputs]
+        try:
+            return [_encoder_output(model, b) for b in batches]
+        finally:
+            for h in handles:
+                h.remove()
+
+    @contextmanager
+    def skipping_before(self, layer: str):
+        """The modules before ``layer`` return their cached output for ``self.batch``."""
+        for n in self.skip[layer]:
+            self.modules[n].forward = lambda *_a, n=n, **_k: _clone(self.outputs[n][self.batch])
+        try:
+            yield
+        finally:
+            for n in self.skip[layer]:
+                del self.modules[n].forward
+
+
 def measure_sensitivity(
     model,
     batches: List[Tuple[torch.Tensor, torch.Tensor]],
@@ -56,13 +148,16 @@ def measure_sensitivity(
     model.eval()
     try:
         with torch.no_grad():
-            dense = [_encoder_output(model, b) for b in batches]
-            energy = sum(float(d.double().pow(2).sum()) for d in dense)
+            prefix = _DensePrefix(model, batches, [f"encoder.{n}" for n in probes])
+            energy = sum(float(d.double().pow(2).sum()) for d in prefix.dense)
             for name, spec, k in progress(work, desc="sensitivity", unit="probe"):
                 handle = modules[name].register_forward_hook(_projector(spec, k))
                 try:
-                    err = sum(float((_encoder_output(model, b) - d).double().pow(2).sum())
-                              for b, d in zip(batches, dense))
+                    err = 0.0
+                    with prefix.skipping_before(f"encoder.{name}"):
+                        for i, (b, d) in enumerate(zip(batches, prefix.dense)):
+                            prefix.batch = i
+                            err += float((_encoder_output(model, b) - d).double().pow(2).sum())
                 finally:
                     handle.remove()
                 lost[name][k] = err / max(energy, 1e-30)

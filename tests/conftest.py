@@ -10,7 +10,7 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "slow: slow test (seconds to minutes); deselect with -m 'not slow'")
     # The suite should stay under ~30 min on 2 cores: every run names its slowest tests.
     if config.option.durations is None:
-        config.option.durations = 15
+        config.option.durations = 30
 
 
 @pytest.fixture(scope="session")

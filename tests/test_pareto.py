@@ -25,10 +25,14 @@ def test_contract_configs_parse(name):
 
 def test_pareto_toy_run(dense_exp, shared_data_dir, tmp_path):
     out = tmp_path / "pareto"
+    # A budget row through --configs, at rank steps of 96 (40 sensitivity probes, not 328).
+    budget = tmp_path / "budget_0.75.yaml"
+    budget.write_text(yaml.safe_dump({"ranks": {"budget": 0.75, "rank_multiple": 96}}))
     subprocess.run(
         [sys.executable, str(REPO / "bench" / "pareto.py"), "--model", str(dense_exp),
          "--data", str(shared_data_dir), "--num_calib", "4", "--num_eval", "1",
-         "--thetas", "0.98,0.995", "--budgets", "0.75", "--int8", "dense", "budget_0.75",
+         "--thetas", "0.98,0.995", "--budgets", "--configs", str(budget),
+         "--int8", "dense", "budget_0.75",
          "--repeats", "1", "--out_dir", str(out)],
         check=True, capture_output=True, cwd=str(tmp_path),
     )
@@ -77,6 +81,9 @@ def test_contract_configs_through_cli(name, dense_exp, shared_data_dir, tmp_path
         config.setdefault("recovery", {})["steps"] = steps
         if config["recovery"].get("final_steps"):
             config["recovery"]["final_steps"] = 2
+    if config.get("ranks", {}).get("budget"):
+        config["ranks"]["rank_multiple"] = 96  # 40 sensitivity probes, not 328 (tests/test_sensitivity.py)
+    if steps or config.get("ranks", {}).get("budget"):
         config_file = tmp_path / name
         config_file.write_text(yaml.safe_dump(config))
     subprocess.run(

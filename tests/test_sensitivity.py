@@ -11,7 +11,7 @@ from espnet_lowrank.config import LowRankConfig
 from espnet_lowrank.data import batch_windows
 from espnet_lowrank.factorize import spectrum
 from espnet_lowrank.pipeline import calibrate_model, compress
-from espnet_lowrank.sensitivity import measure_sensitivity
+from espnet_lowrank.sensitivity import _encoder_output, _projector, measure_sensitivity
 
 BLOCK = "encoders.blocks.1"
 
@@ -25,6 +25,17 @@ def test_measured_error_falls_with_rank_and_vanishes_at_full_rank(dense_exp, lib
     probes = {n: (spectrum(stats[n]), [16, 96, 384]) for n in names}
     batches = list(batch_windows([utts], batch_size=1))
     errors = measure_sensitivity(dense, batches, probes)
+    # The probes reuse the dense outputs of what runs before the layer (earlier
+    # blocks; attention before mlp.0): the same numbers as a whole forward per probe.
+    modules = dict(dense.encoder.named_modules())
+    with torch.no_grad():
+        want = _encoder_output(dense, batches[0])
+        for n in names:
+            handle = modules[n].register_forward_hook(_projector(probes[n][0], 96))
+            got = _encoder_output(dense, batches[0])
+            handle.remove()
+            whole = float((got - want).double().pow(2).sum() / want.double().pow(2).sum())
+            assert abs(errors[n][96] - whole) <= 1e-9 * whole, (n, errors[n][96], whole)
     for n in names:
         e = errors[n]
         assert e[16] > e[96] > e[384] >= 0.0, (n, e)
