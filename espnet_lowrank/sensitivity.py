@@ -17,6 +17,7 @@ its dense output from a cache instead of recomputing it: the same numbers,
 about half the work.
 """
 
+import itertools
 from contextlib import contextmanager
 from typing import Dict, Iterable, List, Set, Tuple
 
@@ -78,23 +79,22 @@ class _DensePrefix:
         candidates = [n for n in self.modules if n and _parent(n) in ancestors]
         self.span, calls = self._trace(model, batches[0], candidates)
         once = {n for n in candidates if calls.get(n) == 1}
-        self.skip = {n: self._outermost_before(n, once) for n in layers}
+        # A layer that runs twice (or never) feeds what runs between its calls: no skipping.
+        self.skip = {n: self._outermost_before(n, once) if n in once else [] for n in layers}
         self.outputs: Dict[str, list] = {n: [] for s in self.skip.values() for n in s}
         self.dense = self._record(model, batches)
         self.batch = 0
 
     def _trace(self, model, batch, names):
         """name -> [start, end] event numbers, and name -> calls, of one forward."""
-        events, span, calls, handles = [], {}, {}, []
+        clock, span, calls, handles = itertools.count(), {}, {}, []
 
         def started(name):
-            events.append(name)
-            span[name] = [len(events), None]
+            span[name] = [next(clock), None]
             calls[name] = calls.get(name, 0) + 1
 
         def ended(name):
-            events.append(name)
-            span[name][1] = len(events)
+            span[name][1] = next(clock)
 
         for n in names:
             handles.append(self.modules[n].register_forward_pre_hook(lambda *_, n=n: started(n)))

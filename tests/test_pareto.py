@@ -81,9 +81,10 @@ def test_contract_configs_through_cli(name, dense_exp, shared_data_dir, tmp_path
         config.setdefault("recovery", {})["steps"] = steps
         if config["recovery"].get("final_steps"):
             config["recovery"]["final_steps"] = 2
-    if config.get("ranks", {}).get("budget"):
+    budget = config.get("ranks", {}).get("budget")
+    if budget:
         config["ranks"]["rank_multiple"] = 96  # 40 sensitivity probes, not 328 (tests/test_sensitivity.py)
-    if steps or config.get("ranks", {}).get("budget"):
+    if steps or budget:
         config_file = tmp_path / name
         config_file.write_text(yaml.safe_dump(config))
     subprocess.run(
