@@ -39,6 +39,9 @@ def main(argv=None):
     p.add_argument("--data", default=str(REPO.parent / "shared" / "data"))
     p.add_argument("--num_calib", type=int, default=32)
     p.add_argument("--calib_extra", nargs="*", default=["arctic_cathy_a", "an4", "ljspeech"])
+    p.add_argument("--num_eval", type=int, default=60,
+                   help="LibriSpeech utterances pareto.py evaluates on, after --num_calib; "
+                        "never calibration audio when --calib_extra names LibriSpeech")
     p.add_argument("--work_dir", default="exp/bench_cost", help="dense export and the compressed exp dir")
     p.add_argument("--out_dir", required=True)
     args = p.parse_args(argv)
@@ -48,7 +51,7 @@ def main(argv=None):
     exp = dense_exp_dir(args.model, args.work_dir)
     calib = Path(args.work_dir) / f"calib_{n}"
     librispeech = read_data_dir(os.path.join(args.data, CALIB_SET), require_text=True)
-    pool = calibration_pool(librispeech, args.data, args.num_calib, args.calib_extra, n)
+    pool = calibration_pool(librispeech, args.data, args.num_calib, args.calib_extra, n, args.num_eval)
     write_data_dir(str(calib), pool[:n])
     out = Path(args.work_dir) / Path(args.config).stem
     # --overwrite: the CLI's own check refuses an output dir that holds the source model

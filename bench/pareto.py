@@ -14,7 +14,8 @@ Calibration: the first ``--num_calib`` utterances of
 (never overlapping) plus the first ``--num_eval`` of each other set. A config
 that sets a larger ``num_calib`` takes more LibriSpeech utterances (evaluation
 then starts after them), or with ``--calib_extra SET ...`` the extra ones from
-those sets, in turn, so that the evaluation utterances stay the same. Decoding
+those sets, in turn, so that the evaluation utterances stay the same
+(LibriSpeech itself as an extra set: its utterances after the evaluation ones). Decoding
 is in-process with ``espnet2.bin.asr_inference.Speech2Text`` and the exp dir's
 decode.yaml (Whisper: greedy, beam 1); ``s2t.asr_model`` is swapped for each
 compressed model. WER: corpus WER with Whisper's English normalizer
@@ -66,8 +67,9 @@ def get_parser():
     p.add_argument("--num_calib", type=int, default=32)
     p.add_argument("--num_eval", type=int, default=16)
     p.add_argument("--calib_extra", nargs="*", default=[],
-                   help="sets (never an evaluation set) that supply calibration utterances "
-                        "beyond --num_calib, taken from each in turn")
+                   help="sets that supply calibration utterances beyond --num_calib, taken from "
+                        "each in turn; never an evaluation set, except LibriSpeech, whose "
+                        "utterances after the evaluation ones are used")
     p.add_argument("--thetas", nargs="*", default=["0.99,0.999", "0.98,0.995", "0.97,0.99"],
                    help="LiteASR θ pairs attention,feed_forward")
     p.add_argument("--budgets", nargs="*", type=float, default=[0.85, 0.75, 0.65])
@@ -87,12 +89,16 @@ def get_parser():
     return p
 
 
-def calibration_pool(librispeech: list, data: str, num_calib: int, calib_extra, n_max: int):
+def calibration_pool(librispeech: list, data: str, num_calib: int, calib_extra, n_max: int,
+                     num_eval: int = 0):
     """The first ``num_calib`` of ``librispeech`` (read once by the caller), then
-    (with ``calib_extra``) the utterances of those sets in turn; at least ``n_max``."""
+    (with ``calib_extra``) the utterances of those sets in turn; at least ``n_max``.
+    LibriSpeech itself may be an extra set: its utterances after the ``num_eval``
+    evaluation ones that follow the first ``num_calib``."""
     pool = librispeech
     if calib_extra:
-        extra = [read_data_dir(os.path.join(data, s)) for s in calib_extra]
+        extra = [librispeech[num_calib + num_eval:] if s == CALIB_SET else read_data_dir(os.path.join(data, s))
+                 for s in calib_extra]
         pool = pool[:num_calib] + [u for row in itertools.zip_longest(*extra) for u in row if u is not None]
         if n_max > len(pool):
             raise SystemExit(f"a config asks for {n_max} calibration utterances; "
@@ -220,10 +226,11 @@ def main(argv=None):
     n_calib_max = max([args.num_calib] + [c.calibration.num_calib or 0 for _, c in yaml_cfgs])
     eval_start = n_calib_max
     if args.calib_extra:
-        if set(args.calib_extra) & set(args.sets):
+        if (set(args.calib_extra) - {CALIB_SET}) & set(args.sets):
             raise SystemExit(f"--calib_extra {args.calib_extra} overlaps the evaluation sets {args.sets}")
         eval_start = args.num_calib
-    calib_all = calibration_pool(librispeech, args.data, args.num_calib, args.calib_extra, n_calib_max)
+    calib_all = calibration_pool(librispeech, args.data, args.num_calib, args.calib_extra, n_calib_max,
+                                 args.num_eval)
     eval_sets = {}
     for s in args.sets:
         utts = librispeech if s == CALIB_SET else read_data_dir(os.path.join(args.data, s), require_text=True)

@@ -157,18 +157,20 @@ def recover_(compressed, dense, utts: List[Utterance], steps: int, lr: float = 3
     output = compared_output(compressed, objective)
     batches = _batches(compressed, utts, steps, batch_size, pack_seconds)
     params = factor_parameters(compressed.encoder)
-    targets = []
+    # Only the dense encoder output is cached: the decoder's views of it (Whisper's
+    # cross-attention keys and values are 2 x layers times its size) are recomputed
+    # per step, which costs a few projections and keeps memory flat in the audio.
     with torch.no_grad():
-        for speech, lengths in batches:
-            out, out_lens = dense.encode(speech, lengths)
-            targets.append((_view(dense, out, output), out_lens))
+        targets = [dense.encode(speech, lengths) for speech, lengths in batches]
     compressed.eval()
 
     def loss_of(i):
         speech, lengths = batches[i]
         out, _ = compressed.encode(speech, lengths)
-        teacher, teacher_lens = targets[i]
-        return _loss(_view(compressed, out, output), teacher, teacher_lens, output)
+        dense_out, dense_lens = targets[i]
+        with torch.no_grad():
+            teacher = _view(dense, dense_out, output)
+        return _loss(_view(compressed, out, output), teacher, dense_lens, output)
 
     started = time.perf_counter()
     before, after, best_step = _train_keep_best(compressed, params, loss_of, len(batches), steps, lr, "recovery")

@@ -23,6 +23,17 @@ def test_contract_configs_parse(name):
         assert config.target_modules is None and not config.exclude_modules  # all encoder linears
 
 
+def test_calibration_pool_takes_librispeech_after_the_evaluation_utterances():
+    sys.path.insert(0, str(REPO / "bench"))
+    from pareto import CALIB_SET, calibration_pool
+
+    librispeech = [f"ls{i}" for i in range(20)]
+    pool = calibration_pool(librispeech, "unused", num_calib=4, calib_extra=[CALIB_SET], n_max=10, num_eval=6)
+    assert pool == [f"ls{i}" for i in (0, 1, 2, 3, *range(10, 20))]  # ls4..ls9 are evaluation
+    with pytest.raises(SystemExit, match="asks for 15 calibration utterances"):
+        calibration_pool(librispeech, "unused", num_calib=4, calib_extra=[CALIB_SET], n_max=15, num_eval=6)
+
+
 def test_pareto_toy_run(dense_exp, shared_data_dir, tmp_path):
     out = tmp_path / "pareto"
     # A budget row through --configs, at rank steps of 96 (40 sensitivity probes, not 328).
