@@ -159,7 +159,7 @@ def recover_(compressed, dense, utts: List[Utterance], steps: int, lr: float = 3
     params = factor_parameters(compressed.encoder)
     # Only the dense encoder output is cached: the decoder's views of it (Whisper's
     # cross-attention keys and values are 2 x layers times its size) are recomputed
-    # per step, which costs a few projections and keeps memory flat in the audio.
+    # per step, which costs a few projections and makes the cache 2 x layers smaller.
     with torch.no_grad():
         targets = [dense.encode(speech, lengths) for speech, lengths in batches]
     compressed.eval()

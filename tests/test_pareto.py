@@ -23,8 +23,8 @@ def test_contract_configs_parse(name):
         assert config.target_modules is None and not config.exclude_modules  # all encoder linears
 
 
-def test_calibration_pool_takes_librispeech_after_the_evaluation_utterances():
-    sys.path.insert(0, str(REPO / "bench"))
+def test_calibration_pool_takes_librispeech_after_the_evaluation_utterances(monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO / "bench"))
     from pareto import CALIB_SET, calibration_pool
 
     librispeech = [f"ls{i}" for i in range(20)]
