@@ -5,7 +5,7 @@ A ``--lowrank_config`` YAML may give the sections::
     targets:     {target_modules, exclude_modules, rank_pattern}   # which layers
     ranks:       {theta_attention, theta_feed_forward, rank_multiple, budget}
     calibration: {num_calib, batch_size, sequential, seed, pack_seconds}
-    recovery:    {steps, lr, objective, scope, final_steps, holdout}
+    recovery:    {steps, lr, objective, scope, final_steps}
     deployment:  {attention, int8}
 
 or the same options as flat keys (``theta_attention: 0.98``,
@@ -98,11 +98,6 @@ class Recovery:
         default=0,
         metadata={"help": "with scope block: then this many end-to-end steps under objective "
                           "(a short pass that fixes what the blocks could not see); 0: none"})
-    holdout: float = field(
-        default=0.0,
-        metadata={"help": "share of the calibration utterances (every 1/holdout-th by id) the "
-                          "end-to-end pass never trains on; the kept step is the one with the "
-                          "lowest loss on them instead of on the training batches; 0: off"})
 
 
 @dataclass
@@ -123,7 +118,7 @@ FLAT_KEYS: Dict[str, Tuple[str, str]] = {
 }
 FLAT_KEYS.update(recovery_steps=("recovery", "steps"), recovery_lr=("recovery", "lr"),
                  recovery_objective=("recovery", "objective"), recovery_scope=("recovery", "scope"),
-                 recovery_final_steps=("recovery", "final_steps"), recovery_holdout=("recovery", "holdout"))
+                 recovery_final_steps=("recovery", "final_steps"))
 _FLAT_OF = {where: flat for flat, where in FLAT_KEYS.items()}
 _REMOVED = {
     "keep_dense_if_no_savings": "a layer is always kept dense where factoring would not save",
@@ -229,7 +224,6 @@ _CHECKS: Dict[Tuple[str, str], Callable] = {
     ("recovery", "objective"): _choice(RECOVERY_OBJECTIVES),
     ("recovery", "scope"): _choice(RECOVERY_SCOPES),
     ("recovery", "final_steps"): _integer(0),
-    ("recovery", "holdout"): _number(0.0, 0.5, lo_open=False),
     ("deployment", "attention"): _choice(ATTENTION_MODES),
     ("deployment", "int8"): _boolean,
 }
@@ -267,9 +261,6 @@ class LowRankConfig:
         if r.final_steps and r.scope != "block":
             raise ValueError("recovery.final_steps follows block-wise recovery: set recovery.scope: "
                              "block, or put the steps in recovery.steps")
-        if r.holdout and r.scope == "block" and not r.final_steps:
-            raise ValueError("recovery.holdout guards the end-to-end pass; with recovery.scope: block "
-                             "set recovery.final_steps")
         if r.scope == "block" and r.objective != "encoder" and not r.final_steps:
             raise ValueError("recovery.scope: block matches each block's output; objective: "
                              f"{r.objective} applies only to an end-to-end pass after it "

@@ -85,26 +85,22 @@ def _loss(student: List[torch.Tensor], teacher: List[torch.Tensor], lengths: tor
     return _valid_mse(student[0], teacher[0], lengths)
 
 
-def _train_keep_best(model, params, loss_of, n_batches: int, steps: int, lr: float, desc: str,
-                     check_of=None, n_check: int = 0):
+def _train_keep_best(model, params, loss_of, n_batches: int, steps: int, lr: float, desc: str):
     """Adam on ``params`` only (every other parameter of ``model`` frozen
     meanwhile), batch ``step % n_batches`` per step. After every pass over
-    the batches the loss over all of them (or, with ``check_of``, over the
-    ``n_check`` held-out batches) is measured and the best factors are kept:
-    a too-large LR can raise the loss, and the start (plain PCA) must never
-    be replaced by something worse. Returns (loss before, loss after, step
-    the kept factors are from)."""
+    the batches the loss over all of them is measured and the best factors
+    are kept: a too-large LR can raise the loss, and the start (plain PCA)
+    must never be replaced by something worse. Returns (loss before, loss
+    after, step the kept factors are from)."""
     from espnet_lowrank.progress import progress
 
     trainable = {id(p) for p in params}
     frozen = [p for p in model.parameters() if id(p) not in trainable and p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=lr)
 
-    measure, n_measured = (check_of, n_check) if check_of is not None else (loss_of, n_batches)
-
     def full_loss():
         with torch.no_grad():
-            return sum(float(measure(i)) for i in range(n_measured)) / n_measured
+            return sum(float(loss_of(i)) for i in range(n_batches)) / n_batches
 
     def snapshot():
         return [p.detach().clone() for p in params]
@@ -151,44 +147,25 @@ def _batches(compressed, utts: List[Utterance], steps: int, batch_size: int,
     return [(s.to(device), n.to(device)) for s, n in iter_batches(utts, batch_size, pack_seconds=pack_seconds)]
 
 
-def split_holdout(utts: List[Utterance], holdout: float):
-    """(trained on, held out): every ``round(1 / holdout)``-th utterance by id
-    is held out, so the held-out slice has each source of the pool in proportion."""
-    if not holdout:
-        return list(utts), []
-    every = max(2, round(1 / holdout))
-    ordered = sorted(utts, key=lambda u: u.utt_id)
-    held = ordered[every - 1::every]
-    if not held:
-        raise ValueError(f"recovery.holdout {holdout} holds out no utterance of {len(utts)}: "
-                         "give more calibration audio or a larger holdout")
-    return [u for i, u in enumerate(ordered) if (i + 1) % every], held
-
-
 def recover_(compressed, dense, utts: List[Utterance], steps: int, lr: float = 3e-5,
-             batch_size: int = 4, objective: str = "encoder", pack_seconds: Optional[float] = None,
-             holdout: float = 0.0) -> dict:
+             batch_size: int = 4, objective: str = "encoder", pack_seconds: Optional[float] = None) -> dict:
     """Train ``compressed``'s low-rank factors for ``steps`` steps to match
     ``dense`` on ``utts`` under ``objective`` (in place). After every pass over
-    the batches the loss is measured, and the factors with the lowest one are
-    kept (the calibration factors when nothing improved): the loss over the
-    training batches, or with ``holdout`` (a fraction) over that share of the
-    utterances, never trained on. Returns the loss before and after and the
-    step the kept factors are from."""
+    the batches the loss over all of them is measured, and the factors with the
+    lowest one are kept (the calibration factors when nothing improved).
+    Returns the loss before and after and the step the kept factors are from."""
     output = compared_output(compressed, objective)
-    trained_on, held_out = split_holdout(utts, holdout)
-    batches = _batches(compressed, trained_on, steps, batch_size, pack_seconds)
-    checks = _batches(compressed, held_out, steps, batch_size, pack_seconds) if held_out else []
+    batches = _batches(compressed, utts, steps, batch_size, pack_seconds)
     params = factor_parameters(compressed.encoder)
     # Only the dense encoder output is cached: the decoder's views of it (Whisper's
     # cross-attention keys and values are 2 x layers times its size) are recomputed
     # per step, which costs a few projections and makes the cache 2 x layers smaller.
     with torch.no_grad():
-        targets = [dense.encode(speech, lengths) for speech, lengths in batches + checks]
+        targets = [dense.encode(speech, lengths) for speech, lengths in batches]
     compressed.eval()
 
     def loss_of(i):
-        speech, lengths = (batches + checks)[i]
+        speech, lengths = batches[i]
         out, _ = compressed.encode(speech, lengths)
         dense_out, dense_lens = targets[i]
         with torch.no_grad():
@@ -196,16 +173,13 @@ def recover_(compressed, dense, utts: List[Utterance], steps: int, lr: float = 3
         return _loss(_view(compressed, out, output), teacher, dense_lens, output)
 
     started = time.perf_counter()
-    before, after, best_step = _train_keep_best(
-        compressed, params, loss_of, len(batches), steps, lr, "recovery",
-        check_of=(lambda j: loss_of(len(batches) + j)) if checks else None, n_check=len(checks))
+    before, after, best_step = _train_keep_best(compressed, params, loss_of, len(batches), steps, lr, "recovery")
     if best_step == 0:
         logger.warning("recovery did not lower the %s loss (%.4g); kept the factors from "
                        "calibration. Try a lower recovery_lr.", objective, before)
     logger.info("recovery: %d steps, %s loss %.4g -> %.4g", steps, objective, before, after)
     return {"recovery_steps": steps, "recovery_lr": lr, "recovery_objective": objective,
             "recovery_loss_before": before, "recovery_loss_after": after, "recovery_best_step": best_step,
-            "recovery_holdout_utterances": len(held_out),
             "recovery_seconds": round(time.perf_counter() - started, 2)}
 
 

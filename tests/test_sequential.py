@@ -144,37 +144,3 @@ def test_a_run_is_reproduced_from_its_reported_config(dense_exp, librispeech):
     a, b = first.model.state_dict(), again.model.state_dict()
     assert set(a) == set(b)
     assert max((a[k].float() - b[k].float()).abs().max().item() for k in a if a[k].numel()) == 0.0
-
-
-def test_recovery_keeps_the_step_best_on_held_out_utterances(dense_exp, librispeech):
-    """``recovery.holdout``: every 1/holdout-th utterance by id is never trained
-    on, and the reported (and kept) loss is the one measured on them."""
-    from espnet_lowrank.data import iter_batches
-    from espnet_lowrank.recovery import _valid_mse, split_holdout
-
-    utts = librispeech[:4]
-    trained_on, held_out = split_holdout(utts, 0.5)
-    ids = sorted(u.utt_id for u in utts)
-    assert [u.utt_id for u in held_out] == ids[1::2] and [u.utt_id for u in trained_on] == ids[0::2]
-    assert split_holdout(utts, 0.0) == (list(utts), [])
-    with pytest.raises(ValueError, match="holds out no utterance"):
-        split_holdout(utts[:1], 0.5)
-    with pytest.raises(ValueError, match="recovery.holdout guards the end-to-end pass"):
-        LowRankConfig(recovery={"steps": 4, "scope": "block", "holdout": 0.2})
-    with pytest.raises(ValueError, match=r"recovery_holdout: must be in \[0, 0.5\]"):
-        LowRankConfig(recovery_holdout=0.8)
-
-    dense, _ = load_asr_model(str(dense_exp / "config.yaml"), str(dense_exp / "model.pth"))
-    result = compress(dense, utts, LowRankConfig(theta_attention=0.95, theta_feed_forward=0.98, batch_size=2,
-                                                 recovery={"steps": 4, "lr": 3e-4, "holdout": 0.5}))
-    report = result.report
-    assert report["recovery_holdout_utterances"] == 2
-    assert report["recovery_loss_after"] <= report["recovery_loss_before"], report
-    # The reported loss is the kept factors' MSE on the held-out utterances.
-    losses = []
-    with torch.no_grad():
-        for speech, lengths in iter_batches(held_out, 2):
-            student, _ = result.model.encode(speech, lengths)
-            teacher, teacher_lens = dense.encode(speech, lengths)
-            losses.append(_valid_mse(student, teacher, teacher_lens).item())
-    assert abs(sum(losses) / len(losses) - report["recovery_loss_after"]) < 1e-4 * report["recovery_loss_after"]
