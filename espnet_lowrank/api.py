@@ -36,7 +36,8 @@ def save_compressed(
     save_exp_dir(
         output_dir,
         result.model,
-        lowrank_train_config(train_config, result.plan.ranks, deployment.attention, deployment.int8),
+        lowrank_train_config(train_config, result.plan.ranks, deployment.attention, deployment.int8,
+                             result.report.get("int8_keep_float", [])),
         default_decode_config(source_config_file, result.model),
         result.report,
         compression_report_md(result.report),
