@@ -303,7 +303,7 @@ def main(argv=None):
         if name in args.int8:
             q = copy.deepcopy(model)
             t0 = time.perf_counter()
-            quantize_linears_(q.encoder, keep_float=(report or {}).get("int8_keep_float", ()))
+            quantize_linears_(q.encoder)
             q_s = None if compress_s is None else compress_s + time.perf_counter() - t0
             measure(name, kind, q.eval(), True, model, q_s, report)
     s2t.asr_model = dense

@@ -36,8 +36,7 @@ def save_compressed(
     save_exp_dir(
         output_dir,
         result.model,
-        lowrank_train_config(train_config, result.plan.ranks, deployment.attention, deployment.int8,
-                             result.report.get("int8_keep_float", [])),
+        lowrank_train_config(train_config, result.plan.ranks, deployment.attention, deployment.int8),
         default_decode_config(source_config_file, result.model),
         result.report,
         compression_report_md(result.report),

@@ -10,7 +10,7 @@ import os
 import pickle
 import shutil
 from argparse import Namespace
-from typing import Callable, Dict, Optional, Sequence, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import torch
 import yaml
@@ -105,7 +105,7 @@ def load_asr_model(config_file: str, model_file: str, device: str = "cpu") -> Tu
 
 
 def lowrank_train_config(train_config: dict, ranks: Dict[str, int], attention: str,
-                         int8: bool = False, int8_keep_float: Sequence[str] = ()) -> dict:
+                         int8: bool = False) -> dict:
     """The train config with ``encoder: lowrank`` wrapping the dense encoder."""
     if str(train_config.get("encoder", "")).lower() == "lowrank":
         raise ValueError("the source model is already low-rank; compress its dense original")
@@ -120,8 +120,6 @@ def lowrank_train_config(train_config: dict, ranks: Dict[str, int], attention: s
     # Written only when on, so existing exp dirs keep their exact config.
     if int8:
         config["encoder_conf"]["int8"] = True
-    if int8_keep_float:
-        config["encoder_conf"]["int8_keep_float"] = list(int8_keep_float)
     config["encoder"] = "lowrank"
     return config
 

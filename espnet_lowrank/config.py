@@ -6,7 +6,7 @@ A ``--lowrank_config`` YAML may give the sections::
     ranks:       {theta_attention, theta_feed_forward, rank_multiple, budget}
     calibration: {num_calib, batch_size, sequential, seed, pack_seconds}
     recovery:    {steps, lr, objective, scope, final_steps}
-    deployment:  {attention, int8, int8_keep_float}
+    deployment:  {attention, int8}
 
 or the same options as flat keys (``theta_attention: 0.98``,
 ``recovery_lr: 1.0e-4``), as older files do, and ``version: 1``. Every check lives here: types
@@ -107,10 +107,6 @@ class Deployment:
         metadata={"help": "auto (fewer FLOPs, deterministic) | reduced | dense: how "
                           "self-attention is computed"})
     int8: bool = field(default=False, metadata={"help": "dynamic int8 on the encoder's linears at load; CPU only"})
-    int8_keep_float: int = field(
-        default=0,
-        metadata={"help": "under int8, keep this many linears float: the ones whose int8 alone moves "
-                          "the encoder output most on calibration windows (ranked at compress time)"})
 
 
 SECTIONS = {"targets": Targets, "ranks": Ranks, "calibration": Calibration,
@@ -230,7 +226,6 @@ _CHECKS: Dict[Tuple[str, str], Callable] = {
     ("recovery", "final_steps"): _integer(0),
     ("deployment", "attention"): _choice(ATTENTION_MODES),
     ("deployment", "int8"): _boolean,
-    ("deployment", "int8_keep_float"): _integer(0),
 }
 
 

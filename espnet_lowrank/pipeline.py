@@ -100,9 +100,6 @@ def _check_inputs(calib_data, config: LowRankConfig, stats: Optional[StatsSet], 
         raise ValueError("compress needs calib_data or precomputed stats")
     if config.recovery.steps and calib_data is None:
         raise ValueError("recovery_steps needs calibration audio (calib_data), not only statistics")
-    if config.deployment.int8_keep_float and calib_data is None:
-        raise ValueError("int8_keep_float ranks the linears on calibration audio (calib_data), "
-                         "not only statistics")
     if stats is not None:
         missing = sorted(set(targets) - set(stats))
         if missing:
@@ -205,10 +202,6 @@ def compress(
     with costs.step("attention"):
         attention = choose_attention_(current.encoder, family, config.deployment.attention,
                                       family.window_frames(current.encoder))
-    keep_float = []
-    if config.deployment.int8_keep_float:
-        with costs.step("int8_ranking"):
-            keep_float = _int8_keep_float(current, windows, config)
     report = build_report(source, current, family, config, plan, attention, {
         "calibration_frames": frames,
         "calibration_seconds": round(seconds, 2),
@@ -218,8 +211,6 @@ def compress(
         "calibration_utterances": len(utts) if utts is not None else None,
     }, recovery)
     report["steps"] = costs.steps  # wall time and peak RSS of each step
-    if keep_float:
-        report["int8_keep_float"] = keep_float
     logger.info(
         "encoder linear params %d -> %d (%.1f%%)",
         report["encoder_linear_params_dense"],
@@ -228,23 +219,6 @@ def compress(
     )
     curves = {name: spectra[name].explained_variance().float().tolist() for name in targets}
     return CompressionResult(current, plan, attention, config, report, curves)
-
-
-def _int8_keep_float(model, windows, config: LowRankConfig) -> List[str]:
-    """The ``int8_keep_float`` linears whose int8 alone moves the encoder output
-    most, measured on up to four calibration windows spread over the set."""
-    from espnet_lowrank.quantize import int8_error_by_layer, quantized_candidates
-
-    n = config.deployment.int8_keep_float
-    if n >= len(quantized_candidates(model.encoder)):
-        raise ValueError(f"int8_keep_float {n} keeps every int8 linear float; use int8: false")
-    picked = [windows[i * len(windows) // 4] for i in range(min(4, len(windows)))]
-    device = next(model.parameters()).device
-    speech, lengths = (t.to(device) for t in next(batch_windows(picked, len(picked))))
-    with torch.no_grad(), kept_modes(model):
-        model.eval()
-        errors = int8_error_by_layer(model.encoder, lambda: model.encode(speech, lengths)[0])
-    return sorted(errors, key=errors.get, reverse=True)[:n]
 
 
 def recover_if_asked(compressed, source, utts: Optional[List[Utterance]], config: LowRankConfig,

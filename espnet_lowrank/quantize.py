@@ -19,7 +19,7 @@ quantized encoder on CUDA raises a clear error.
 """
 
 import logging
-from typing import Callable, Dict, List, Sequence, Tuple
+from typing import List, Tuple
 
 import torch
 from torch import nn
@@ -87,19 +87,14 @@ def _plan_int8(module: nn.Module) -> Tuple[List[str], List[str]]:
 
 
 @torch.no_grad()
-def quantize_linears_(module: nn.Module, keep_float: Sequence[str] = ()) -> int:
+def quantize_linears_(module: nn.Module) -> int:
     """Swap every float ``nn.Linear`` under ``module`` for a dynamic int8 one
-    (in place; CPU), except the ones named in ``keep_float``. Returns how many
-    were swapped."""
+    (in place; CPU). Returns how many were swapped."""
     from espnet_lowrank.apply import set_submodule
 
     if torch.backends.quantized.engine == "none":  # pragma: no cover
         raise RuntimeError("this torch build has no quantized engine for dynamic int8")
     names, skip = _plan_int8(module)
-    unknown = sorted(set(keep_float) - set(names))
-    if unknown:
-        raise ValueError(f"int8 keep_float names {unknown[:3]} are not int8 linears of this encoder")
-    names = [n for n in names if n not in set(keep_float)]
     for name in names:
         layer = module.get_submodule(name)
         if layer.weight.is_cuda:
@@ -129,28 +124,3 @@ def is_quantized_linear(m: nn.Module) -> bool:
 
 def quantized_linears(module: nn.Module) -> int:
     return sum(is_quantized_linear(m) for m in module.modules())
-
-
-def quantized_candidates(module: nn.Module) -> List[str]:
-    """The linears :func:`quantize_linears_` would make int8."""
-    return _plan_int8(module)[0]
-
-
-@torch.no_grad()
-def int8_error_by_layer(module: nn.Module, run: Callable[[], torch.Tensor]) -> Dict[str, float]:
-    """For each linear int8 would quantize under ``module``: the relative error
-    (Frobenius) of ``run()``'s output when that linear alone is int8, the rest
-    float. ``run`` is a forward of the whole model on calibration audio."""
-    from espnet_lowrank.apply import set_submodule
-    from espnet_lowrank.progress import progress
-
-    reference = run()
-    errors = {}
-    for name in progress(_plan_int8(module)[0], desc="int8 error", unit="layer"):
-        layer = module.get_submodule(name)
-        set_submodule(module, name, _quantized_linear(layer))
-        try:
-            errors[name] = float((run() - reference).norm() / reference.norm())
-        finally:
-            set_submodule(module, name, layer)
-    return errors

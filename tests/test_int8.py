@@ -138,37 +138,3 @@ def test_int8_refuses_cuda_input(dense, stats):
         pytest.skip("no CUDA here; the CPU-only guard is a forward pre-hook")
     with pytest.raises(RuntimeError, match="CPU only"):
         q.encode(torch.zeros(1, 16000, device="cuda"), torch.tensor([16000], device="cuda"))
-
-
-def test_int8_keeps_the_most_sensitive_linears_float(dense, dense_exp, librispeech, speech, tmp_path):
-    """``int8_keep_float: 2``: compress ranks the linears by the error their int8
-    alone causes on calibration audio; the two worst stay float when the exp
-    dir is loaded through ESPnet, every other candidate is int8, and the model
-    is closer to float than all-int8."""
-    from espnet2.tasks.asr import ASRTask
-    from espnet_lowrank.quantize import int8_error_by_layer, quantized_candidates
-
-    config = LowRankConfig(theta_attention=0.98, theta_feed_forward=0.995, int8=True, int8_keep_float=2)
-    result = compress(dense[0], librispeech[:NUM_CALIB], config)
-    kept = result.report["int8_keep_float"]
-    candidates = quantized_candidates(result.model.encoder)
-    assert len(kept) == 2 and set(kept) <= set(candidates)
-    # The ranking is the one int8_error_by_layer gives on the same model.
-    errors = int8_error_by_layer(result.model.encoder, lambda: _encode(result.model, speech))
-    assert min(errors[n] for n in kept) > sorted(errors.values())[len(errors) // 2]
-
-    out = tmp_path / "keep"
-    save_compressed(result, dense[1], str(out), source_config_file=str(dense_exp / "config.yaml"))
-    assert yaml.safe_load((out / "config.yaml").read_text())["encoder_conf"]["int8_keep_float"] == kept
-    model, _ = ASRTask.build_model_from_file(str(out / "config.yaml"), str(out / "model.pth"), "cpu")
-    for name in kept:
-        assert type(model.encoder.get_submodule(name)) is type(result.model.encoder.get_submodule(name))
-    assert quantized_linears(model.encoder) == len(candidates) - 2
-    all_int8 = copy.deepcopy(result.model)
-    quantize_linears_(all_int8.encoder)
-    want = _encode(result.model, speech)
-    assert _rel(_encode(model.eval(), speech), want) < _rel(_encode(all_int8, speech), want)
-    with pytest.raises(ValueError, match="not int8 linears of this encoder"):
-        quantize_linears_(copy.deepcopy(result.model).encoder, keep_float=["encoders.nothing"])
-    with pytest.raises(ValueError, match="int8_keep_float ranks the linears on calibration audio"):
-        compress(dense[0], config=config, stats=calibrate_model(dense[0], librispeech[:1], LowRankConfig()))

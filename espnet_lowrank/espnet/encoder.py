@@ -14,7 +14,7 @@ those of the base; only the planned layers are swapped.
 """
 
 import logging
-from typing import Dict, List, Optional
+from typing import Dict, Optional
 
 from espnet2.asr.encoder.abs_encoder import AbsEncoder
 
@@ -63,8 +63,6 @@ class LowRankEncoder(AbsEncoder):
         plan: module name (inside the encoder) -> rank.
         attention: ``auto`` (rank-space attention where it needs fewer
             FLOPs), ``reduced`` or ``dense``.
-        int8: dynamic int8 on the linears once the state dict is loaded (CPU).
-        int8_keep_float: linears (names inside the encoder) int8 leaves float.
     """
 
     _base_class: Optional[type] = None
@@ -82,7 +80,6 @@ class LowRankEncoder(AbsEncoder):
         plan: Optional[Dict[str, int]] = None,
         attention: str = "auto",
         int8: bool = False,
-        int8_keep_float: Optional[List[str]] = None,
         version: int = 1,
     ):
         if attention not in ATTENTION_MODES:
@@ -97,7 +94,6 @@ class LowRankEncoder(AbsEncoder):
         self.attention_choice = choose_attention_(self, family, attention, frames)
         self.lowrank_plan = dict(plan or {})
         self.lowrank_int8 = bool(int8)
-        self.lowrank_int8_keep_float = list(int8_keep_float or [])
         # ESPnet loads with strict=False, which would leave factors at their
         # random init: every load path goes through this check.
         self._lowrank_keys = frozenset(self.state_dict())
@@ -129,5 +125,5 @@ def _quantize_after_load(encoder, incompatible_keys) -> None:
 
     if quantized_linears(encoder):
         return
-    quantize_linears_(encoder, keep_float=encoder.lowrank_int8_keep_float)
+    quantize_linears_(encoder)
 
