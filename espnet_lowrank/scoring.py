@@ -112,6 +112,36 @@ def score_texts(
                     pct(subs + dels + inss, n), pct(sent_err, len(ids)), unit)
 
 
+def utterance_errors(refs: Dict[str, str], hyps: Dict[str, str], normalize: str = "whisper") -> Dict[str, tuple]:
+    """id -> (word errors, reference words) per utterance, for paired tests."""
+    norm = get_normalizer(normalize)
+    out = {}
+    for i in sorted(refs):
+        r = jiwer.process_words(norm(refs[i]), norm(hyps[i]))
+        out[i] = (r.substitutions + r.deletions + r.insertions, r.hits + r.substitutions + r.deletions)
+    return out
+
+
+def paired_bootstrap(base: Dict[str, tuple], other: Dict[str, tuple], samples: int = 2000,
+                     seed: int = 0) -> tuple:
+    """WER(other) - WER(base) in absolute points, with a 95% interval from
+    resampling utterances (the same draw for both systems, so their shared
+    hard utterances cancel). Inputs come from ``utterance_errors`` on the
+    same ids. Returns (delta, low, high)."""
+    import numpy as np
+
+    if set(base) != set(other):
+        raise ValueError("paired_bootstrap needs the same utterance ids for both systems")
+    ids = sorted(base)
+    e = np.array([[base[i][0], other[i][0], base[i][1]] for i in ids], dtype=np.float64)
+    delta = 100.0 * (e[:, 1].sum() - e[:, 0].sum()) / max(e[:, 2].sum(), 1.0)
+    draw = np.random.default_rng(seed).integers(0, len(ids), size=(samples, len(ids)))
+    s = e[draw].sum(axis=1)  # samples x 3
+    deltas = 100.0 * (s[:, 1] - s[:, 0]) / np.maximum(s[:, 2], 1.0)
+    low, high = np.percentile(deltas, [2.5, 97.5])
+    return float(delta), float(low), float(high)
+
+
 def read_text_file(path: str) -> Dict[str, str]:
     """A Kaldi ``text`` file as id -> transcript; an id alone (ESPnet's empty
     hypothesis in ``1best_recog/text``) maps to "". Duplicate ids raise."""

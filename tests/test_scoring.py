@@ -113,3 +113,20 @@ def test_report_plots(tmp_path):
     with pytest.raises(ValueError, match="no full rank"):
         plot_ranks({"a": 3}, {}, str(tmp_path / "x.png"))
     assert markdown_kv_table({"rank": 64, "ratio": 0.123456}) == "|key|value|\n|---|---|\n|rank|64|\n|ratio|0.1235|\n"
+
+
+def test_paired_bootstrap_interval():
+    from espnet_lowrank.scoring import paired_bootstrap, utterance_errors
+
+    refs = {f"u{i}": "the cat sat on the mat" for i in range(50)}
+    same = utterance_errors(refs, refs)
+    worse = utterance_errors(refs, {k: ("the cat sat on a mat" if i % 2 else v)
+                                    for i, (k, v) in enumerate(refs.items())})
+    assert same["u0"] == (0, 6)
+    assert worse["u1"] == (1, 6)
+    delta, lo, hi = paired_bootstrap(same, worse, samples=500)
+    assert abs(delta - 100 * 25 / 300) < 1e-9  # 25 substitutions in 300 words
+    assert 0 < lo < delta < hi
+    assert paired_bootstrap(same, same) == (0.0, 0.0, 0.0)
+    with pytest.raises(ValueError, match="same utterance ids"):
+        paired_bootstrap(same, {"u0": (0, 6)})

@@ -1,0 +1,51 @@
+"""bench/heldout_eval.py at a toy size: held-out selection, rows, paired deltas."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_heldout_sets_exclude_pool_ids_and_transcripts(monkeypatch, tmp_path):
+    monkeypatch.syspath_prepend(str(REPO / "bench"))
+    from heldout_eval import heldout_sets
+
+    from espnet_lowrank.data import Utterance, write_data_dir
+
+    takes = [Utterance(f"a{i}", str(tmp_path / "x.flac"), "SAME PROMPT" if i < 2 else f"PROMPT {i}")
+             for i in range(5)]
+    (tmp_path / "x.flac").write_bytes(b"")
+    write_data_dir(str(tmp_path / "arctic"), takes)
+    librispeech = [Utterance(f"ls{i}", str(tmp_path / "x.flac"), f"LS {i}") for i in range(4)]
+    pool = librispeech[:2] + takes[:1]
+    sets = heldout_sets(str(tmp_path), ["librispeech_train-clean-100", "arctic:2"], librispeech, pool)
+    assert [u.utt_id for u in sets["librispeech_train-clean-100"]] == ["ls2", "ls3"]
+    assert [u.utt_id for u in sets["arctic"]] == ["a2", "a3"]  # a1 is another take of a pooled prompt
+    with pytest.raises(SystemExit, match="arctic: no held-out utterances"):
+        heldout_sets(str(tmp_path), ["arctic"], librispeech, takes)
+
+
+def test_heldout_eval_toy_run(dense_exp, lowrank_exp, shared_data_dir, tmp_path):
+    out = tmp_path / "heldout"
+    cmd = [sys.executable, str(REPO / "bench" / "heldout_eval.py"), "--model", str(dense_exp),
+           "--exps", str(lowrank_exp), "--int8", lowrank_exp.name, "--sets", "vctk:2", "pocketsphinx:1",
+           "--data", str(shared_data_dir), "--num_calib", "4", "--calib_extra", "--pool_size", "4",
+           "--samples", "100", "--out_dir", str(out)]
+    subprocess.run(cmd, check=True, capture_output=True, cwd=str(tmp_path))
+    rows = json.loads((out / "heldout.json").read_text())["rows"]
+    assert [r["name"] for r in rows] == ["dense", lowrank_exp.name, f"{lowrank_exp.name} + int8"]
+    dense, low, _ = rows
+    assert dense["params_pct"] == 100.0 and low["params_pct"] < 100.0
+    for s in ("vctk", "pocketsphinx"):
+        assert dense["sets"][s]["delta"] is None
+        delta, lo, hi = low["sets"][s]["delta"]
+        assert abs(delta - (low["sets"][s]["err"] - dense["sets"][s]["err"])) < 1e-6
+        assert lo <= delta <= hi
+    assert dense["sets"]["vctk"]["utts"] == 2 and (out / "heldout.png").is_file()
+    assert len((out / "hyps" / "dense" / "vctk.txt").read_text().splitlines()) == 2
+    bad = subprocess.run(cmd[:-1] + [str(tmp_path / "x"), "--exps", str(tmp_path)], capture_output=True, text=True)
+    assert bad.returncode != 0 and "not an exp dir" in bad.stderr
