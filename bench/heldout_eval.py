@@ -68,6 +68,8 @@ def heldout_sets(data, sets, librispeech, pool):
     out = {}
     for spec in sets:
         name, _, n = spec.partition(":")
+        if n and not n.isdigit():
+            raise SystemExit(f"--sets {spec}: expected SET or SET:N with N a whole number")
         utts = librispeech if name == CALIB_SET else read_data_dir(os.path.join(data, name), require_text=True)
         kept = [u for u in utts if u.utt_id not in ids and u.text not in texts]
         out[name] = kept[: int(n)] if n else kept

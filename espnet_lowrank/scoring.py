@@ -66,6 +66,13 @@ def get_normalizer(normalize: str) -> Callable[[str], str]:
     raise ValueError(f"unknown normalize={normalize!r}; choose one of {NORMALIZERS}")
 
 
+def _align(refs: Dict[str, str], hyps: Dict[str, str], normalize: str, unit: str) -> Dict[str, object]:
+    """id -> jiwer alignment of the normalized reference and hypothesis, in id order."""
+    norm = get_normalizer(normalize)
+    process = jiwer.process_words if unit == "word" else jiwer.process_characters
+    return {i: process(norm(refs[i]), norm(hyps[i])) for i in sorted(refs)}
+
+
 def score_texts(
     refs: Dict[str, str],
     hyps: Dict[str, str],
@@ -88,14 +95,10 @@ def score_texts(
     extra = set(hyps) - set(refs)
     if extra:
         logger.warning("%d hypothesis ids have no reference and are ignored", len(extra))
-    norm = get_normalizer(normalize)
-    ids = sorted(refs)
-    ref_list = [norm(refs[i]) for i in ids]
-    hyp_list = [norm(hyps[i]) for i in ids]
-    process = jiwer.process_words if unit == "word" else jiwer.process_characters
+    aligned = _align(refs, hyps, normalize, unit)
+    ids = list(aligned)
     hits = subs = dels = inss = sent_err = 0
-    for r, h in zip(ref_list, hyp_list):
-        out = process(r, h)
+    for out in aligned.values():
         hits += out.hits
         subs += out.substitutions
         dels += out.deletions
@@ -114,12 +117,8 @@ def score_texts(
 
 def utterance_errors(refs: Dict[str, str], hyps: Dict[str, str], normalize: str = "whisper") -> Dict[str, tuple]:
     """id -> (word errors, reference words) per utterance, for paired tests."""
-    norm = get_normalizer(normalize)
-    out = {}
-    for i in sorted(refs):
-        r = jiwer.process_words(norm(refs[i]), norm(hyps[i]))
-        out[i] = (r.substitutions + r.deletions + r.insertions, r.hits + r.substitutions + r.deletions)
-    return out
+    return {i: (r.substitutions + r.deletions + r.insertions, r.hits + r.substitutions + r.deletions)
+            for i, r in _align(refs, hyps, normalize, "word").items()}
 
 
 def paired_bootstrap(base: Dict[str, tuple], other: Dict[str, tuple], samples: int = 2000,

@@ -25,6 +25,8 @@ def test_heldout_sets_exclude_pool_ids_and_transcripts(monkeypatch, tmp_path):
     sets = heldout_sets(str(tmp_path), ["librispeech_train-clean-100", "arctic:2"], librispeech, pool)
     assert [u.utt_id for u in sets["librispeech_train-clean-100"]] == ["ls2", "ls3"]
     assert [u.utt_id for u in sets["arctic"]] == ["a2", "a3"]  # a1 is another take of a pooled prompt
+    with pytest.raises(SystemExit, match="expected SET or SET:N"):
+        heldout_sets(str(tmp_path), ["arctic:two"], librispeech, pool)
     with pytest.raises(SystemExit, match="arctic: no held-out utterances"):
         heldout_sets(str(tmp_path), ["arctic"], librispeech, takes)
 
