@@ -51,3 +51,22 @@ def test_heldout_eval_toy_run(dense_exp, lowrank_exp, shared_data_dir, tmp_path)
     assert len((out / "hyps" / "dense" / "vctk.txt").read_text().splitlines()) == 2
     bad = subprocess.run(cmd[:-1] + [str(tmp_path / "x"), "--exps", str(tmp_path)], capture_output=True, text=True)
     assert bad.returncode != 0 and "not an exp dir" in bad.stderr
+
+
+def test_score_hyps_against_a_row(monkeypatch, tmp_path, capsys):
+    """bench/score_hyps.py --against: each row's paired difference to another row."""
+    monkeypatch.syspath_prepend(str(REPO / "bench"))
+    from score_hyps import main
+
+    data = tmp_path / "data" / "toy"
+    data.mkdir(parents=True)
+    (data / "text").write_text("u1 the cat sat down\nu2 a dog ran off today\n")
+    for row, hyps in {"a": "u1 the cat sat down\nu2 a dog ran off today\n",
+                      "b": "u1 the cat sat\nu2 a dog ran off today\n"}.items():
+        (tmp_path / "run" / "hyps" / row).mkdir(parents=True)
+        (tmp_path / "run" / "hyps" / row / "toy.txt").write_text(hyps)
+    main([str(tmp_path / "run"), "b", "--against", "a", "--data", str(tmp_path / "data"), "--samples", "50"])
+    line = capsys.readouterr().out
+    assert "toy 11.11 (0.0 / 11.1 / 0.0), 2 utts, Δ a +11.11 [" in line, line
+    with pytest.raises(SystemExit, match="c: no such row"):
+        main([str(tmp_path / "run"), "c", "--data", str(tmp_path / "data")])
