@@ -8,7 +8,9 @@ low-rank factors train; every other weight stays as it was. The objective:
   projections (MSE, each tensor scaled by the dense one's mean square); an
   ESPnet CTC model reads the CTC posteriors (KL to the dense model's). Plain
   MSE weighs every direction of the encoder output alike, these weigh them
-  as the decoder does. No labels are needed.
+  as the decoder does. No labels are needed;
+- ``tokens`` (Whisper): KL to the dense decoder's next-token distribution,
+  teacher-forced on the dense model's own greedy transcript of each window.
 
 The scope: ``end_to_end`` runs the whole encoder per step; ``block``
 (:func:`recover_blocks_`) trains one encoder block at a time from cached
@@ -56,6 +58,11 @@ def compared_output(model, objective: str) -> str:
     before any work."""
     if objective == "encoder":
         return "encoder"
+    if objective == "tokens":
+        if not hasattr(getattr(model, "decoder", None), "greedy"):
+            raise ValueError("recovery.objective: tokens needs a Whisper decoder; this model has "
+                             "none (use objective: decoder)")
+        return "tokens"
     if hasattr(getattr(model, "decoder", None), "cross_kv"):
         return "cross_kv"
     if getattr(model, "ctc", None) is not None:
@@ -64,8 +71,10 @@ def compared_output(model, objective: str) -> str:
                      "this model has neither (use objective: encoder)")
 
 
-def _view(model, encoder_out: torch.Tensor, output: str) -> List[torch.Tensor]:
+def _view(model, encoder_out: torch.Tensor, output: str, tokens=None) -> List[torch.Tensor]:
     """The tensors compared for ``output`` (see :func:`compared_output`)."""
+    if output == "tokens":
+        return [torch.log_softmax(model.decoder.logits(tokens, encoder_out), dim=-1)]
     if output == "cross_kv":
         return [t for kv in model.decoder.cross_kv(encoder_out) for t in kv]
     if output == "ctc":
@@ -73,15 +82,21 @@ def _view(model, encoder_out: torch.Tensor, output: str) -> List[torch.Tensor]:
     return [encoder_out]
 
 
+def _kl(log_teacher: torch.Tensor, log_student: torch.Tensor) -> torch.Tensor:
+    """KL(teacher || student) per row, averaged."""
+    return (log_teacher.exp() * (log_teacher - log_student)).sum(-1).mean()
+
+
 def _loss(student: List[torch.Tensor], teacher: List[torch.Tensor], lengths: torch.Tensor,
-          output: str) -> torch.Tensor:
+          output: str, token_mask=None) -> torch.Tensor:
+    if output == "tokens":  # over the transcript's positions
+        return _kl(teacher[0][token_mask], student[0][token_mask])
     if output == "cross_kv":
         return sum(_valid_mse(s, t, lengths) / t.pow(2).mean().clamp_min(1e-12)
                    for s, t in zip(student, teacher)) / len(teacher)
     if output == "ctc":  # KL(dense || compressed) over the valid frames
         mask = valid_mask(lengths, teacher[0].shape[1])
-        log_t, log_s = teacher[0][mask], student[0][mask]
-        return (log_t.exp() * (log_t - log_s)).sum(-1).mean()
+        return _kl(teacher[0][mask], student[0][mask])
     return _valid_mse(student[0], teacher[0], lengths)
 
 
@@ -162,15 +177,18 @@ def recover_(compressed, dense, utts: List[Utterance], steps: int, lr: float = 3
     # per step, which costs a few projections and makes the cache 2 x layers smaller.
     with torch.no_grad():
         targets = [dense.encode(speech, lengths) for speech, lengths in batches]
+        # the dense model's own transcripts, which the tokens objective teacher-forces
+        transcripts = [dense.decoder.greedy(out, dense.decoder.n_ctx // 2) if output == "tokens" else (None, None)
+                       for out, _ in targets]
     compressed.eval()
 
     def loss_of(i):
         speech, lengths = batches[i]
         out, _ = compressed.encode(speech, lengths)
-        dense_out, dense_lens = targets[i]
+        (dense_out, dense_lens), (tokens, token_mask) = targets[i], transcripts[i]
         with torch.no_grad():
-            teacher = _view(dense, dense_out, output)
-        return _loss(_view(compressed, out, output), teacher, dense_lens, output)
+            teacher = _view(dense, dense_out, output, tokens)
+        return _loss(_view(compressed, out, output, tokens), teacher, dense_lens, output, token_mask)
 
     started = time.perf_counter()
     before, after, best_step = _train_keep_best(compressed, params, loss_of, len(batches), steps, lr, "recovery")

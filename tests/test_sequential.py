@@ -110,6 +110,27 @@ def test_decoder_objective_on_tiny_en(dense_exp, librispeech, tmp_path):
         compress(dense, librispeech[:1], config)
 
 
+def test_tokens_objective_on_tiny_en(dense_exp, librispeech, tmp_path):
+    """Recovery on the dense decoder's token distribution, teacher-forced on the
+    dense model's own greedy transcript: the KL falls, the source stays as it
+    was and the result reloads exactly."""
+    dense, config, report = _compress_tiny_en(dense_exp, librispeech[:2], tmp_path,
+                                              {"steps": 4, "lr": 3e-4, "objective": "tokens"})
+    assert report["recovery_objective"] == "tokens"
+    assert report["recovery_loss_after"] < 0.95 * report["recovery_loss_before"], report
+    # the teacher transcript is the one decode.yaml gives: the reference words, here
+    from espnet_lowrank.data import iter_batches
+    speech, lengths = next(iter_batches(librispeech[:1], 1))
+    with torch.no_grad():
+        tokens, mask = dense.decoder.greedy(dense.encode(speech, lengths)[0], 224)
+    prefix, eot = dense.decoder.prompt()
+    assert tokens[0, : len(prefix)].tolist() == prefix and int(tokens[0, -1]) == eot
+    assert int(mask.sum()) == tokens.shape[1] - len(prefix)
+    dense.decoder = None
+    with pytest.raises(ValueError, match="objective: tokens needs a Whisper decoder"):
+        compress(dense, librispeech[:1], config)
+
+
 def test_blockwise_recovery_on_tiny_en(dense_exp, librispeech, tmp_path):
     """Block-wise recovery then a short end-to-end pass on the decoder's view:
     every block's loss falls from its cached inputs, the last block's output

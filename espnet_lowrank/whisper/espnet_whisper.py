@@ -200,9 +200,11 @@ class LocalWhisperDecoder(AbsDecoder, BatchScorerInterface):
         tokens: torch.Tensor,
         memory: torch.Tensor,
         cross: Optional[List[Tuple[torch.Tensor, torch.Tensor]]] = None,
+        last_only: bool = False,
     ) -> torch.Tensor:
         """Whisper's ``TextDecoder.forward`` (B, L) -> (B, L, n_vocab); with
-        ``cross`` the cross-attention keys/values are not recomputed."""
+        ``cross`` the cross-attention keys/values are not recomputed; with
+        ``last_only`` only the last position is projected (B, 1, n_vocab)."""
         dec = self.decoders
         if tokens.size(1) > self.n_ctx:
             raise ValueError(f"token prefix longer than n_ctx={self.n_ctx}")
@@ -213,7 +215,7 @@ class LocalWhisperDecoder(AbsDecoder, BatchScorerInterface):
             if cross is not None:
                 cache = {block.cross_attn.key: cross[i][0], block.cross_attn.value: cross[i][1]}
             x = block(x, memory, mask=dec.mask, kv_cache=cache)
-        x = dec.ln(x)
+        x = dec.ln(x[:, -1:] if last_only else x)
         return (x @ dec.token_embedding.weight.to(x.dtype).t()).float()
 
     def forward(
@@ -224,6 +226,37 @@ class LocalWhisperDecoder(AbsDecoder, BatchScorerInterface):
         ys_in_lens: torch.Tensor,
     ) -> Tuple[torch.Tensor, torch.Tensor]:
         return self.logits(ys_in_pad, hs_pad), ys_in_lens
+
+    def prompt(self) -> Tuple[List[int], int]:
+        """The English transcription prefix (start, [language, task,] no
+        timestamps) that decoding primes with, and the end token."""
+        from whisper.tokenizer import get_tokenizer
+
+        tokenizer = get_tokenizer(self.decoders.token_embedding.num_embeddings >= 51865,
+                                  language="en", task="transcribe")
+        return list(tokenizer.sot_sequence_including_notimestamps), tokenizer.eot
+
+    @torch.no_grad()
+    def greedy(self, memory: torch.Tensor, max_len: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Greedy transcripts of ``memory`` (B, T, D) as decode.yaml makes them
+        (beam 1, the same token filters): tokens (B, L) from the prefix up to
+        and including each row's end token, and a (B, L) mask of the positions
+        whose next token is part of the transcript."""
+        prefix, eot = self.prompt()
+        cross = self.cross_kv(memory)
+        ys = torch.tensor([prefix] * memory.size(0), device=memory.device)
+        done = torch.zeros(memory.size(0), dtype=torch.bool, device=memory.device)
+        for _ in range(min(max_len, self.n_ctx - len(prefix))):
+            nxt = self._next_logp(self.logits(ys, memory, cross, last_only=True)[:, -1], ys.size(1)).argmax(-1)
+            ys = torch.cat([ys, torch.where(done, eot, nxt)[:, None]], dim=1)
+            done |= nxt == eot
+            if done.all():
+                break
+        ended = torch.cumsum((ys[:, len(prefix):] == eot).long(), dim=1)
+        # position t predicts token t + 1: from the last prefix token up to the end token
+        mask = torch.zeros_like(ys, dtype=torch.bool)
+        mask[:, len(prefix) - 1 : -1] = (ended - (ys[:, len(prefix):] == eot).long()) == 0
+        return ys, mask
 
     def _next_logp(self, logits: torch.Tensor, prefix_len: int) -> torch.Tensor:
         if self.suppress_tokens:
