@@ -10,7 +10,8 @@ low-rank factors train; every other weight stays as it was. The objective:
   MSE weighs every direction of the encoder output alike, these weigh them
   as the decoder does. No labels are needed;
 - ``tokens`` (Whisper): KL to the dense decoder's next-token distribution,
-  teacher-forced on the dense model's own greedy transcript of each window.
+  teacher-forced on the dense model's own greedy transcript of each window;
+  ``decoder+tokens``: the sum of both Whisper losses.
 
 The scope: ``end_to_end`` runs the whole encoder per step; ``block``
 (:func:`recover_blocks_`) trains one encoder block at a time from cached
@@ -58,11 +59,11 @@ def compared_output(model, objective: str) -> str:
     before any work."""
     if objective == "encoder":
         return "encoder"
-    if objective == "tokens":
+    if objective in ("tokens", "decoder+tokens"):
         if not hasattr(getattr(model, "decoder", None), "greedy"):
-            raise ValueError("recovery.objective: tokens needs a Whisper decoder; this model has "
+            raise ValueError(f"recovery.objective: {objective} needs a Whisper decoder; this model has "
                              "none (use objective: decoder)")
-        return "tokens"
+        return objective.replace("decoder", "cross_kv")
     if hasattr(getattr(model, "decoder", None), "cross_kv"):
         return "cross_kv"
     if getattr(model, "ctc", None) is not None:
@@ -73,6 +74,8 @@ def compared_output(model, objective: str) -> str:
 
 def _view(model, encoder_out: torch.Tensor, output: str, tokens=None) -> List[torch.Tensor]:
     """The tensors compared for ``output`` (see :func:`compared_output`)."""
+    if output == "cross_kv+tokens":
+        return _view(model, encoder_out, "cross_kv") + _view(model, encoder_out, "tokens", tokens)
     if output == "tokens":
         return [torch.log_softmax(model.decoder.logits(tokens, encoder_out), dim=-1)]
     if output == "cross_kv":
@@ -89,6 +92,9 @@ def _kl(log_teacher: torch.Tensor, log_student: torch.Tensor) -> torch.Tensor:
 
 def _loss(student: List[torch.Tensor], teacher: List[torch.Tensor], lengths: torch.Tensor,
           output: str, token_mask=None) -> torch.Tensor:
+    if output == "cross_kv+tokens":
+        return (_loss(student[:-1], teacher[:-1], lengths, "cross_kv")
+                + _loss(student[-1:], teacher[-1:], lengths, "tokens", token_mask))
     if output == "tokens":  # over the transcript's positions
         return _kl(teacher[0][token_mask], student[0][token_mask])
     if output == "cross_kv":
@@ -178,7 +184,7 @@ def recover_(compressed, dense, utts: List[Utterance], steps: int, lr: float = 3
     with torch.no_grad():
         targets = [dense.encode(speech, lengths) for speech, lengths in batches]
         # the dense model's own transcripts, which the tokens objective teacher-forces
-        transcripts = [dense.decoder.greedy(out, dense.decoder.n_ctx // 2) if output == "tokens" else (None, None)
+        transcripts = [dense.decoder.greedy(out, dense.decoder.n_ctx // 2) if "tokens" in output else (None, None)
                        for out, _ in targets]
     compressed.eval()
 
