@@ -24,7 +24,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 import yaml
 
 ATTENTION_MODES = ("auto", "reduced", "dense")
-RECOVERY_OBJECTIVES = ("encoder", "decoder", "tokens", "decoder+tokens")
+RECOVERY_OBJECTIVES = ("encoder", "decoder", "decoder+tokens")
 RECOVERY_SCOPES = ("end_to_end", "block")
 MAX_LR = 1.0
 # The YAML schema's version (optional key ``version``); a later schema that
@@ -88,9 +88,9 @@ class Recovery:
         default="encoder",
         metadata={"help": "what recovery matches: 'encoder' (MSE on the encoder output) or "
                           "'decoder' (what the decoder reads: the CTC posteriors, KL; Whisper's "
-                          "cross-attention keys and values, MSE) or 'tokens' (Whisper: KL to the "
-                          "dense decoder's token distribution on the dense model's own transcripts) or "
-                          "'decoder+tokens' (Whisper: the sum of both)"})
+                          "cross-attention keys and values, MSE) or 'decoder+tokens' (Whisper: that plus "
+                          "the KL to the dense decoder's token distribution on the dense model's own "
+                          "transcripts)"})
     scope: str = field(
         default="end_to_end",
         metadata={"help": "'end_to_end' (the whole encoder per step) or 'block' (each encoder "

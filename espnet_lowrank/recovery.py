@@ -9,9 +9,9 @@ low-rank factors train; every other weight stays as it was. The objective:
   ESPnet CTC model reads the CTC posteriors (KL to the dense model's). Plain
   MSE weighs every direction of the encoder output alike, these weigh them
   as the decoder does. No labels are needed;
-- ``tokens`` (Whisper): KL to the dense decoder's next-token distribution,
-  teacher-forced on the dense model's own greedy transcript of each window;
-  ``decoder+tokens``: the sum of both Whisper losses.
+- ``decoder+tokens`` (Whisper): the decoder objective plus the KL to the dense
+  decoder's next-token distribution, teacher-forced on the dense model's own
+  greedy transcript of each window (the KL alone lost on LibriSpeech).
 
 The scope: ``end_to_end`` runs the whole encoder per step; ``block``
 (:func:`recover_blocks_`) trains one encoder block at a time from cached
@@ -59,7 +59,7 @@ def compared_output(model, objective: str) -> str:
     before any work."""
     if objective == "encoder":
         return "encoder"
-    if objective in ("tokens", "decoder+tokens"):
+    if objective == "decoder+tokens":
         if not hasattr(getattr(model, "decoder", None), "greedy"):
             raise ValueError(f"recovery.objective: {objective} needs a Whisper decoder; this model has "
                              "none (use objective: decoder)")
@@ -183,7 +183,7 @@ def recover_(compressed, dense, utts: List[Utterance], steps: int, lr: float = 3
     # per step, which costs a few projections and makes the cache 2 x layers smaller.
     with torch.no_grad():
         targets = [dense.encode(speech, lengths) for speech, lengths in batches]
-        # the dense model's own transcripts, which the tokens objective teacher-forces
+        # the dense model's own transcripts, which the token KL teacher-forces
         transcripts = [dense.decoder.greedy(out, dense.decoder.n_ctx // 2) if "tokens" in output else (None, None)
                        for out, _ in targets]
     compressed.eval()

@@ -110,13 +110,13 @@ def test_decoder_objective_on_tiny_en(dense_exp, librispeech, tmp_path):
         compress(dense, librispeech[:1], config)
 
 
-def test_tokens_objective_on_tiny_en(dense_exp, librispeech, tmp_path):
-    """Recovery on the dense decoder's token distribution, teacher-forced on the
-    dense model's own greedy transcript: the KL falls, the source stays as it
-    was and the result reloads exactly."""
+def test_decoder_tokens_objective_on_tiny_en(dense_exp, librispeech, tmp_path):
+    """Recovery on the cross-attention K/V plus the dense decoder's token
+    distribution, teacher-forced on the dense model's own greedy transcript: the
+    loss falls, the source stays as it was and the result reloads exactly."""
     dense, config, report = _compress_tiny_en(dense_exp, librispeech[:2], tmp_path,
-                                              {"steps": 4, "lr": 3e-4, "objective": "tokens"})
-    assert report["recovery_objective"] == "tokens"
+                                              {"steps": 4, "lr": 3e-4, "objective": "decoder+tokens"})
+    assert report["recovery_objective"] == "decoder+tokens"
     assert report["recovery_loss_after"] < 0.95 * report["recovery_loss_before"], report
     # the teacher transcript is the one decode.yaml gives: the reference words, here
     from espnet_lowrank.data import iter_batches
@@ -127,7 +127,7 @@ def test_tokens_objective_on_tiny_en(dense_exp, librispeech, tmp_path):
     assert tokens[0, : len(prefix)].tolist() == prefix and int(tokens[0, -1]) == eot
     assert int(mask.sum()) == tokens.shape[1] - len(prefix)
     dense.decoder = None
-    with pytest.raises(ValueError, match="objective: tokens needs a Whisper decoder"):
+    with pytest.raises(ValueError, match="objective: decoder\\+tokens needs a Whisper decoder"):
         compress(dense, librispeech[:1], config)
 
 
