@@ -72,12 +72,13 @@ def compared_output(model, objective: str) -> str:
                      "this model has neither (use objective: encoder)")
 
 
-def _view(model, encoder_out: torch.Tensor, output: str, tokens=None) -> List[torch.Tensor]:
-    """The tensors compared for ``output`` (see :func:`compared_output`)."""
-    if output == "cross_kv+tokens":
-        return _view(model, encoder_out, "cross_kv") + _view(model, encoder_out, "tokens", tokens)
-    if output == "tokens":
-        return [torch.log_softmax(model.decoder.logits(tokens, encoder_out), dim=-1)]
+def _view(model, encoder_out: torch.Tensor, output: str, transcript=None) -> List[torch.Tensor]:
+    """The tensors compared for ``output`` (see :func:`compared_output`);
+    ``transcript`` is (tokens, mask of the positions the token KL covers)."""
+    if output == "cross_kv+tokens":  # + the decoder's final states at the transcript's positions
+        cross = model.decoder.cross_kv(encoder_out)
+        tokens, mask = transcript
+        return [t for kv in cross for t in kv] + [model.decoder.states(tokens, encoder_out, cross)[mask]]
     if output == "cross_kv":
         return [t for kv in model.decoder.cross_kv(encoder_out) for t in kv]
     if output == "ctc":
@@ -90,13 +91,35 @@ def _kl(log_teacher: torch.Tensor, log_student: torch.Tensor) -> torch.Tensor:
     return (log_teacher.exp() * (log_teacher - log_student)).sum(-1).mean()
 
 
+def token_kl(teacher_states: torch.Tensor, student_states: torch.Tensor, vocabulary: torch.Tensor,
+             rows: int = 64) -> torch.Tensor:
+    """KL(teacher || student) of the next-token distributions ``states @
+    vocabulary.T``, averaged over the (N, D) rows; differentiable in
+    ``student_states`` only. Computed ``rows`` at a time together with its
+    gradient, (p_student - p_teacher) @ vocabulary / N, so no (N, n_vocab)
+    tensor or autograd copy of one is ever held: with them, Whisper's 51,865
+    logits per position put recovery over 4 GB."""
+    n = student_states.shape[0]
+    total = student_states.new_zeros(())
+    grad = torch.zeros_like(student_states)
+    with torch.no_grad():
+        for i in range(0, n, rows):
+            log_t = torch.log_softmax((teacher_states[i : i + rows] @ vocabulary.t()).float(), dim=-1)
+            log_s = torch.log_softmax((student_states[i : i + rows] @ vocabulary.t()).float(), dim=-1)
+            total += (log_t.exp() * (log_t - log_s)).sum()
+            grad[i : i + rows] = ((log_s.exp() - log_t.exp()) @ vocabulary.float()).to(grad.dtype)
+    # value total / n, gradient grad / n
+    surrogate = (student_states * grad).sum() / max(n, 1)
+    return total / max(n, 1) + surrogate - surrogate.detach()
+
+
 def _loss(student: List[torch.Tensor], teacher: List[torch.Tensor], lengths: torch.Tensor,
-          output: str, token_mask=None) -> torch.Tensor:
+          output: str, vocabulary=None) -> torch.Tensor:
     if output == "cross_kv+tokens":
         return (_loss(student[:-1], teacher[:-1], lengths, "cross_kv")
-                + _loss(student[-1:], teacher[-1:], lengths, "tokens", token_mask))
+                + _loss(student[-1:], teacher[-1:], lengths, "tokens", vocabulary))
     if output == "tokens":  # over the transcript's positions
-        return _kl(teacher[0][token_mask], student[0][token_mask])
+        return token_kl(teacher[0], student[0], vocabulary)
     if output == "cross_kv":
         return sum(_valid_mse(s, t, lengths) / t.pow(2).mean().clamp_min(1e-12)
                    for s, t in zip(student, teacher)) / len(teacher)
@@ -186,15 +209,16 @@ def recover_(compressed, dense, utts: List[Utterance], steps: int, lr: float = 3
         # the dense model's own transcripts, which the token KL teacher-forces
         transcripts = [dense.decoder.greedy(out, dense.decoder.n_ctx // 2) if "tokens" in output else (None, None)
                        for out, _ in targets]
+    vocabulary = dense.decoder.vocabulary.detach() if "tokens" in output else None
     compressed.eval()
 
     def loss_of(i):
         speech, lengths = batches[i]
         out, _ = compressed.encode(speech, lengths)
-        (dense_out, dense_lens), (tokens, token_mask) = targets[i], transcripts[i]
+        (dense_out, dense_lens), transcript = targets[i], transcripts[i]
         with torch.no_grad():
-            teacher = _view(dense, dense_out, output, tokens)
-        return _loss(_view(compressed, out, output, tokens), teacher, dense_lens, output, token_mask)
+            teacher = _view(dense, dense_out, output, transcript)
+        return _loss(_view(compressed, out, output, transcript), teacher, dense_lens, output, vocabulary)
 
     started = time.perf_counter()
     before, after, best_step = _train_keep_best(compressed, params, loss_of, len(batches), steps, lr, "recovery")

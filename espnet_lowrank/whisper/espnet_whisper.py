@@ -195,16 +195,16 @@ class LocalWhisperDecoder(AbsDecoder, BatchScorerInterface):
             for block in self.decoders.blocks
         ]
 
-    def logits(
+    def states(
         self,
         tokens: torch.Tensor,
         memory: torch.Tensor,
         cross: Optional[List[Tuple[torch.Tensor, torch.Tensor]]] = None,
         last_only: bool = False,
     ) -> torch.Tensor:
-        """Whisper's ``TextDecoder.forward`` (B, L) -> (B, L, n_vocab); with
-        ``cross`` the cross-attention keys/values are not recomputed; with
-        ``last_only`` only the last position is projected (B, 1, n_vocab)."""
+        """The decoder's final states (B, L, D), before the vocabulary
+        projection; with ``cross`` the cross-attention keys/values are not
+        recomputed; with ``last_only`` only the last position (B, 1, D)."""
         dec = self.decoders
         if tokens.size(1) > self.n_ctx:
             raise ValueError(f"token prefix longer than n_ctx={self.n_ctx}")
@@ -215,8 +215,23 @@ class LocalWhisperDecoder(AbsDecoder, BatchScorerInterface):
             if cross is not None:
                 cache = {block.cross_attn.key: cross[i][0], block.cross_attn.value: cross[i][1]}
             x = block(x, memory, mask=dec.mask, kv_cache=cache)
-        x = dec.ln(x[:, -1:] if last_only else x)
-        return (x @ dec.token_embedding.weight.to(x.dtype).t()).float()
+        return dec.ln(x[:, -1:] if last_only else x)
+
+    @property
+    def vocabulary(self) -> torch.Tensor:
+        """(n_vocab, D): logits are ``states @ vocabulary.T`` (tied embedding)."""
+        return self.decoders.token_embedding.weight
+
+    def logits(
+        self,
+        tokens: torch.Tensor,
+        memory: torch.Tensor,
+        cross: Optional[List[Tuple[torch.Tensor, torch.Tensor]]] = None,
+        last_only: bool = False,
+    ) -> torch.Tensor:
+        """Whisper's ``TextDecoder.forward`` (B, L) -> (B, L, n_vocab), see :meth:`states`."""
+        x = self.states(tokens, memory, cross, last_only)
+        return (x @ self.vocabulary.to(x.dtype).t()).float()
 
     def forward(
         self,
