@@ -69,7 +69,13 @@ def build_asr_model(config: dict):
     from espnet_lowrank.espnet.registry import register
 
     register()
-    return ASRTask.build_model(Namespace(**config))
+    model = ASRTask.build_model(Namespace(**config))
+    # Whisper's decoder primes with the exp's language and task (recovery's teacher transcripts)
+    if hasattr(model.decoder, "prompt"):
+        prep = config.get("preprocessor_conf") or {}
+        model.decoder.language = prep.get("whisper_language") or "en"
+        model.decoder.task = prep.get("whisper_task") or "transcribe"
+    return model
 
 
 def read_state_dict(model_file: str) -> Dict[str, torch.Tensor]:

@@ -253,3 +253,22 @@ def test_base_multilingual_export_matches_whisper_decode(tmp_path, shared_data_d
     (utt, audio), = read_utts(shared_data_dir, 1)
     text = _speech2text(exp)(audio)[0][0].strip()
     assert text == _whisper_decode(ck.build_whisper_model("base"), audio), utt
+
+
+def test_decoder_prompt_follows_the_exps_language_and_task():
+    """Recovery teacher-forces the prefix that decoding primes with, so a
+    multilingual exp's whisper_language / whisper_task must reach prompt()."""
+    from whisper.model import ModelDimensions
+    from whisper.tokenizer import get_tokenizer
+
+    from espnet_lowrank.artifact import build_asr_model
+    from espnet_lowrank.whisper.export import build_config
+
+    dims = ModelDimensions(n_mels=80, n_audio_ctx=1500, n_audio_state=64, n_audio_head=1, n_audio_layer=1,
+                           n_vocab=51865, n_text_ctx=448, n_text_state=64, n_text_head=1, n_text_layer=1)
+    for language, task in (("de", "transcribe"), ("en", "translate"), ("en", "transcribe")):
+        model = build_asr_model(build_config(dims, language, task))
+        tokenizer = get_tokenizer(True, language=language, task=task)
+        prefix, eot = model.decoder.prompt()
+        assert prefix == list(tokenizer.sot_sequence_including_notimestamps) and eot == tokenizer.eot
+        assert prefix[1] == tokenizer.to_language_token(language)

@@ -182,6 +182,8 @@ class LocalWhisperDecoder(AbsDecoder, BatchScorerInterface):
         self.suppress_tokens = [int(t) for t in suppress_tokens]
         self.suppress_blank_tokens = [int(t) for t in suppress_blank_tokens]
         self.sample_begin = int(sample_begin)
+        # what prompt() primes with; build_asr_model sets them from preprocessor_conf
+        self.language, self.task = "en", "transcribe"
         if init_from is not None:
             _load_part(self.decoders, init_from, "decoder.")
 
@@ -243,12 +245,13 @@ class LocalWhisperDecoder(AbsDecoder, BatchScorerInterface):
         return self.logits(ys_in_pad, hs_pad), ys_in_lens
 
     def prompt(self) -> Tuple[List[int], int]:
-        """The English transcription prefix (start, [language, task,] no
-        timestamps) that decoding primes with, and the end token."""
+        """The prefix that decoding primes with (start, [language, task,] no
+        timestamps; the exp's ``whisper_language`` / ``whisper_task``) and the
+        end token."""
         from whisper.tokenizer import get_tokenizer
 
         tokenizer = get_tokenizer(self.decoders.token_embedding.num_embeddings >= 51865,
-                                  language="en", task="transcribe")
+                                  language=self.language, task=self.task)
         return list(tokenizer.sot_sequence_including_notimestamps), tokenizer.eot
 
     @torch.no_grad()
