@@ -70,3 +70,16 @@ def test_score_hyps_against_a_row(monkeypatch, tmp_path, capsys):
     assert "toy 11.11 (0.0 / 11.1 / 0.0), 2 utts, Δ a +11.11 [" in line, line
     with pytest.raises(SystemExit, match="c: no such row"):
         main([str(tmp_path / "run"), "c", "--data", str(tmp_path / "data")])
+    # against a row of an earlier run whose dense row decoded alike
+    for run in ("run", "old"):
+        (tmp_path / run / "hyps" / "dense").mkdir(parents=True)
+        (tmp_path / run / "hyps" / "dense" / "toy.txt").write_text("u1 the cat sat down\nu2 a dog ran off\n")
+    (tmp_path / "old" / "hyps" / "a").mkdir()
+    (tmp_path / "old" / "hyps" / "a" / "toy.txt").write_text("u1 the cat sat down\nu2 a dog ran off today\n")
+    main([str(tmp_path / "run"), "b", "--against", "a", "--against_run", str(tmp_path / "old"),
+          "--data", str(tmp_path / "data"), "--samples", "50"])
+    assert "toy 11.11 (0.0 / 11.1 / 0.0), 2 utts, Δ a +11.11 [" in capsys.readouterr().out
+    (tmp_path / "old" / "hyps" / "dense" / "toy.txt").write_text("u1 the cat\nu2 a dog ran off\n")
+    with pytest.raises(SystemExit, match="dense rows of .* differ on toy"):
+        main([str(tmp_path / "run"), "b", "--against", "a", "--against_run", str(tmp_path / "old"),
+              "--data", str(tmp_path / "data")])
