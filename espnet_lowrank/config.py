@@ -5,7 +5,7 @@ A ``--lowrank_config`` YAML may give the sections::
     targets:     {target_modules, exclude_modules, rank_pattern}   # which layers
     ranks:       {theta_attention, theta_feed_forward, rank_multiple, budget}
     calibration: {num_calib, batch_size, sequential, seed, pack_seconds}
-    recovery:    {steps, lr, objective, scope, final_steps, int8_steps}
+    recovery:    {steps, lr, objective, scope, final_steps}
     deployment:  {attention, int8}
 
 or the same options as flat keys (``theta_attention: 0.98``,
@@ -100,11 +100,6 @@ class Recovery:
         default=0,
         metadata={"help": "with scope block: then this many end-to-end steps under objective "
                           "(a short pass that fixes what the blocks could not see); 0: none"})
-    int8_steps: int = field(
-        default=0,
-        metadata={"help": "then this many end-to-end steps under objective with dynamic int8 simulated "
-                          "on the encoder's linears (straight-through), after rank-space balancing, so "
-                          "the factors learn around the rounding of deployment.int8; 0: none"})
 
 
 @dataclass
@@ -125,8 +120,7 @@ FLAT_KEYS: Dict[str, Tuple[str, str]] = {
 }
 FLAT_KEYS.update(recovery_steps=("recovery", "steps"), recovery_lr=("recovery", "lr"),
                  recovery_objective=("recovery", "objective"), recovery_scope=("recovery", "scope"),
-                 recovery_final_steps=("recovery", "final_steps"),
-                 recovery_int8_steps=("recovery", "int8_steps"))
+                 recovery_final_steps=("recovery", "final_steps"))
 _FLAT_OF = {where: flat for flat, where in FLAT_KEYS.items()}
 _REMOVED = {
     "keep_dense_if_no_savings": "a layer is always kept dense where factoring would not save",
@@ -232,7 +226,6 @@ _CHECKS: Dict[Tuple[str, str], Callable] = {
     ("recovery", "objective"): _choice(RECOVERY_OBJECTIVES),
     ("recovery", "scope"): _choice(RECOVERY_SCOPES),
     ("recovery", "final_steps"): _integer(0),
-    ("recovery", "int8_steps"): _integer(0),
     ("deployment", "attention"): _choice(ATTENTION_MODES),
     ("deployment", "int8"): _boolean,
 }

@@ -98,8 +98,8 @@ def _check_inputs(calib_data, config: LowRankConfig, stats: Optional[StatsSet], 
                          "(calib_data), not only statistics")
     if stats is None and calib_data is None:
         raise ValueError("compress needs calib_data or precomputed stats")
-    if (config.recovery.steps or config.recovery.int8_steps) and calib_data is None:
-        raise ValueError("recovery needs calibration audio (calib_data), not only statistics")
+    if config.recovery.steps and calib_data is None:
+        raise ValueError("recovery_steps needs calibration audio (calib_data), not only statistics")
     if stats is not None:
         missing = sorted(set(targets) - set(stats))
         if missing:
@@ -154,7 +154,7 @@ def compress(
     family = family_for(source.encoder)
     targets = family.target_layers(source.encoder, config)
     _check_inputs(calib_data, config, stats, targets)
-    if config.recovery.steps or config.recovery.int8_steps:
+    if config.recovery.steps:
         from espnet_lowrank.recovery import compared_output
 
         compared_output(source, config.recovery.objective)  # refuses an impossible objective
@@ -199,9 +199,6 @@ def compress(
         recovery = recover_if_asked(current, source, utts, config, family)
     # exact in float; keeps the small components under dynamic int8 (balance.py)
     balance_factors_(current.encoder, statistics_rms(source.encoder, plan.ranks, spectra))
-    if config.recovery.int8_steps:  # after balancing: it trains the factors int8 will see
-        with costs.step("int8_recovery"):
-            recovery["recovery_int8"] = recover_int8(current, source, utts, config)
     with costs.step("attention"):
         attention = choose_attention_(current.encoder, family, config.deployment.attention,
                                       family.window_frames(current.encoder))
@@ -246,14 +243,3 @@ def recover_if_asked(compressed, source, utts: Optional[List[Utterance]], config
             report["recovery_final"] = recover_(compressed, source.eval(), utts, r.final_steps, r.lr,
                                                 c.batch_size, r.objective, c.pack_seconds)
         return report
-
-
-def recover_int8(compressed, source, utts: List[Utterance], config: LowRankConfig) -> dict:
-    """``config.recovery.int8_steps`` end-to-end steps under the objective with
-    dynamic int8 simulated on the encoder's linears."""
-    from espnet_lowrank.recovery import recover_
-
-    r, c = config.recovery, config.calibration
-    with kept_modes(source):
-        return recover_(compressed, source.eval(), utts, r.int8_steps, r.lr, c.batch_size, r.objective,
-                        c.pack_seconds, int8=True)

@@ -18,12 +18,10 @@ Quantized modules are CPU-only: the exp dir stores float weights, and
 quantized encoder on CUDA raises a clear error.
 """
 
-import contextlib
 import logging
-from typing import Iterator, List, Tuple
+from typing import List, Tuple
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from espnet_lowrank.handlers import int8_policy
@@ -126,53 +124,3 @@ def is_quantized_linear(m: nn.Module) -> bool:
 
 def quantized_linears(module: nn.Module) -> int:
     return sum(is_quantized_linear(m) for m in module.modules())
-
-
-# -- int8 simulated in float, for training around it (recovery.int8_steps) -----------
-
-def fake_int8_weight(weight: torch.Tensor) -> torch.Tensor:
-    """``weight`` rounded as :func:`_quantized_linear` stores it (qint8, symmetric,
-    one scale per output channel); the gradient passes straight through."""
-    with torch.no_grad():
-        scale = (weight.abs().amax(dim=1) / 127.5).clamp_min(torch.finfo(torch.float32).eps).float()
-    zero = torch.zeros(weight.shape[0], dtype=torch.int32, device=weight.device)
-    return torch.fake_quantize_per_channel_affine(weight, scale, zero, 0, -128, 127)
-
-
-def fake_int8_activation(x: torch.Tensor) -> torch.Tensor:
-    """``x`` rounded as the dynamic int8 linear quantizes its input: one affine
-    quint8 scale over the whole tensor, 7-bit without VNNI; straight-through."""
-    scale, zero = torch._choose_qparams_per_tensor(x.detach(), not FULL_RANGE)
-    return torch.fake_quantize_per_tensor_affine(x, scale, zero, 0, 255 if FULL_RANGE else 127)
-
-
-class SimulatedInt8Linear(nn.Linear):
-    """An ``nn.Linear`` that computes in float what its dynamic int8 twin computes,
-    sharing the original's parameters, so an optimizer holding them trains
-    through the rounding."""
-
-    def __init__(self, layer: nn.Linear):
-        nn.Module.__init__(self)
-        self.in_features, self.out_features = layer.in_features, layer.out_features
-        self.weight, self.bias = layer.weight, layer.bias
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(fake_int8_activation(x), fake_int8_weight(self.weight), self.bias)
-
-
-@contextlib.contextmanager
-def simulated_int8(module: nn.Module) -> Iterator[int]:
-    """Within the block, every linear that :func:`quantize_linears_` would swap
-    computes as its int8 version would (same parameters); restored on exit.
-    Yields how many were swapped."""
-    from espnet_lowrank.apply import set_submodule
-
-    names = [n for n in _plan_int8(module)[0] if isinstance(module.get_submodule(n), nn.Linear)]
-    originals = {n: module.get_submodule(n) for n in names}
-    try:
-        for name, layer in originals.items():
-            set_submodule(module, name, SimulatedInt8Linear(layer))
-        yield len(names)
-    finally:
-        for name, layer in originals.items():
-            set_submodule(module, name, layer)

@@ -22,7 +22,6 @@ Runs in eval mode (no dropout or SpecAugment) with gradients on, so the
 student sees exactly the forward it will run at inference.
 """
 
-import contextlib
 import logging
 import re
 import time
@@ -193,17 +192,12 @@ def _batches(compressed, utts: List[Utterance], steps: int, batch_size: int,
 
 
 def recover_(compressed, dense, utts: List[Utterance], steps: int, lr: float = 3e-5,
-             batch_size: int = 4, objective: str = "encoder", pack_seconds: Optional[float] = None,
-             int8: bool = False) -> dict:
+             batch_size: int = 4, objective: str = "encoder", pack_seconds: Optional[float] = None) -> dict:
     """Train ``compressed``'s low-rank factors for ``steps`` steps to match
     ``dense`` on ``utts`` under ``objective`` (in place). After every pass over
     the batches the loss over all of them is measured, and the factors with the
     lowest one are kept (the calibration factors when nothing improved).
-    ``int8``: the encoder's linears compute as dynamic int8 would meanwhile
-    (``quantize.simulated_int8``), losses included, so the factors learn around
-    its rounding. Returns the loss before and after and the step the kept
-    factors are from."""
-    from espnet_lowrank.quantize import simulated_int8
+    Returns the loss before and after and the step the kept factors are from."""
     output = compared_output(compressed, objective)
     batches = _batches(compressed, utts, steps, batch_size, pack_seconds)
     params = factor_parameters(compressed.encoder)
@@ -227,9 +221,7 @@ def recover_(compressed, dense, utts: List[Utterance], steps: int, lr: float = 3
         return _loss(_view(compressed, out, output, transcript), teacher, dense_lens, output, vocabulary)
 
     started = time.perf_counter()
-    with simulated_int8(compressed.encoder) if int8 else contextlib.nullcontext():
-        before, after, best_step = _train_keep_best(compressed, params, loss_of, len(batches), steps, lr,
-                                                    "int8 recovery" if int8 else "recovery")
+    before, after, best_step = _train_keep_best(compressed, params, loss_of, len(batches), steps, lr, "recovery")
     if best_step == 0:
         logger.warning("recovery did not lower the %s loss (%.4g); kept the factors from "
                        "calibration. Try a lower recovery_lr.", objective, before)

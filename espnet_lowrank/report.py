@@ -151,10 +151,6 @@ def compression_report_md(report: dict) -> str:
         if final:
             summary[f"then end to end ({final['recovery_steps']} steps) {final['recovery_objective']} loss"] = (
                 f"{final['recovery_loss_before']:.4g} -> {final['recovery_loss_after']:.4g}")
-    int8 = report.get("recovery_int8")
-    if int8:
-        summary[f"then int8 simulated ({int8['recovery_steps']} steps) {int8['recovery_objective']} loss"] = (
-            f"{int8['recovery_loss_before']:.4g} -> {int8['recovery_loss_after']:.4g}")
     for name, cost in report.get("steps", {}).items():
         summary[f"step {name}: seconds / peak RSS so far (MB)"] = f"{cost['seconds']} / {cost['peak_rss_mb']}"
     lines = ["# Low-rank compression report", "", markdown_kv_table(summary), "",

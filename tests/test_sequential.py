@@ -131,18 +131,6 @@ def test_decoder_tokens_objective_on_tiny_en(dense_exp, librispeech, tmp_path):
         compress(dense, librispeech[:1], config)
 
 
-def test_int8_recovery_on_tiny_en(dense_exp, librispeech, tmp_path):
-    """recovery.int8_steps: end-to-end steps with dynamic int8 simulated, after
-    balancing: the simulated-int8 loss falls, the source stays as it was and the
-    result reloads with exactly its keys (float weights; int8 is applied at load)."""
-    _, _, report = _compress_tiny_en(dense_exp, librispeech[:2], tmp_path,
-                                     {"steps": 2, "lr": 1e-4, "objective": "decoder", "int8_steps": 4})
-    int8 = report["recovery_int8"]
-    assert int8["recovery_steps"] == 4 and int8["recovery_objective"] == "decoder"
-    assert int8["recovery_loss_after"] < 0.95 * int8["recovery_loss_before"], int8
-    assert "int8_recovery" in report["steps"]
-
-
 def test_chunked_token_kl_matches_the_direct_kl_and_its_gradient():
     """token_kl (chunked, analytic gradient) against autograd through the full
     (positions, vocabulary) log-softmax it replaces."""
