@@ -248,10 +248,9 @@ class LocalWhisperDecoder(AbsDecoder, BatchScorerInterface):
         """The prefix that decoding primes with (start, [language, task,] no
         timestamps; the exp's ``whisper_language`` / ``whisper_task``) and the
         end token."""
-        from whisper.tokenizer import get_tokenizer
+        from espnet_lowrank.whisper.tokenizer import get_whisper_tokenizer
 
-        tokenizer = get_tokenizer(self.decoders.token_embedding.num_embeddings >= 51865,
-                                  language=self.language, task=self.task)
+        tokenizer = get_whisper_tokenizer(self.decoders.token_embedding.num_embeddings, self.language, self.task)
         return list(tokenizer.sot_sequence_including_notimestamps), tokenizer.eot
 
     @torch.no_grad()
