@@ -100,6 +100,44 @@ def test_decoder_suppression():
     assert torch.isinf(later[0, [5, 6]]).all() and torch.isfinite(later[0, [220, 50256]]).all()
 
 
+def test_ends_in_loop():
+    from espnet_lowrank.whisper.espnet_whisper import ends_in_loop
+
+    assert ends_in_loop([1, 2] + [7, 8, 9] * 4, repeats=4, min_tokens=12)
+    assert not ends_in_loop([7, 8, 9] * 3, repeats=4, min_tokens=12)
+    assert not ends_in_loop([7, 8, 9] * 4 + [1], repeats=4, min_tokens=12)
+    # short spans must cover min_tokens: "no no no no" is speech, not a loop
+    assert not ends_in_loop([5] * 11, repeats=4, min_tokens=12)
+    assert ends_in_loop([5] * 12, repeats=4, min_tokens=12)
+    assert not ends_in_loop([], repeats=4, min_tokens=12)
+
+
+def test_decoder_loop_guard_forces_the_end_token():
+    def build(sample_begin=2, **kw):
+        dec = LocalWhisperDecoder(51864, 16, n_ctx=64, n_state=16, n_head=2, n_layer=1,
+                                  sample_begin=sample_begin, **kw).eval()
+        _randomize(dec)
+        return dec
+
+    memory = torch.randn(1, 30, 16)
+    eot = 50256  # tiny.en's <|endoftext|>
+    prefix = [50257, 50362]
+    # " New York," (968, 1971, 11 in the GPT-2 vocabulary) four times, and three times
+    loop, three = prefix + [968, 1971, 11] * 4, prefix + [968, 1971, 11] * 3
+    with torch.no_grad():
+        forced, _ = build().batch_score(torch.tensor([loop]), [None], memory)
+        free, _ = build().batch_score(torch.tensor([three]), [None], memory)
+        unguarded, _ = build(loop_repeats=0).batch_score(torch.tensor([loop]), [None], memory)
+        # the prompt never counts: a repeated prefix does not end the text
+        prompt_only, _ = build(sample_begin=13).batch_score(torch.tensor([[50257] * 13]), [None], memory)
+    assert forced[0, eot] == 0.0 and torch.isinf(forced[0]).sum() == 51863
+    for logp in (free, unguarded, prompt_only):
+        assert torch.isfinite(logp[0]).sum() > 50000
+    with pytest.raises(ValueError, match="loop_repeats"):
+        build(loop_repeats=1)
+
+
+
 def test_tokenizer_patch_is_explicit():
     """Importing the Whisper modules (and registering) patches nothing; building
     the decoder, as Speech2Text and training do, installs the compat view."""
@@ -250,6 +288,7 @@ def test_base_multilingual_export_matches_whisper_decode(tmp_path, shared_data_d
     assert config["token_type"] == "whisper_multilingual"
     assert len(config["token_list"]) == 51865
     assert config["decoder_conf"]["sample_begin"] == 4  # sot, en, transcribe, notimestamps
+    assert (config["decoder_conf"]["loop_repeats"], config["decoder_conf"]["loop_tokens"]) == (4, 12)
     (utt, audio), = read_utts(shared_data_dir, 1)
     text = _speech2text(exp)(audio)[0][0].strip()
     assert text == _whisper_decode(ck.build_whisper_model("base"), audio), utt

@@ -32,6 +32,20 @@ HOP_LENGTH = 160
 N_SAMPLES = 30 * SAMPLE_RATE  # whisper's 30 s window
 
 
+def ends_in_loop(tokens: Sequence[int], repeats: int, min_tokens: int) -> bool:
+    """Whether ``tokens`` ends in one span repeated at least ``repeats`` times
+    in a row, the repeats covering at least ``min_tokens`` tokens."""
+    n = len(tokens)
+    for span in range(1, n // repeats + 1):
+        count = max(repeats, -(-min_tokens // span))
+        if count * span > n:
+            continue
+        tail = list(tokens[n - count * span:])
+        if tail == tail[-span:] * count:
+            return True
+    return False
+
+
 def _reject_unknown(cls_name: str, kwargs: Dict[str, Any]) -> None:
     if kwargs:
         raise ValueError(f"{cls_name}: unknown arguments {sorted(kwargs)}")
@@ -146,6 +160,12 @@ class LocalWhisperDecoder(AbsDecoder, BatchScorerInterface):
     ``suppress_tokens`` get -inf at every step and ``suppress_blank_tokens`` at
     the first sampled step (when the prefix holds ``sample_begin`` tokens),
     like whisper's ``SuppressTokens``/``SuppressBlank`` logit filters.
+
+    Loop guard: in decoding (:meth:`batch_score`) a hypothesis gets only the end
+    token once its text ends in one span repeated ``loop_repeats`` times over at
+    least ``loop_tokens`` tokens (0 turns it off). Whisper's ``transcribe``
+    re-decodes such loops at a higher temperature (its compression-ratio
+    check); greedy decoding has no fallback, so the loop is cut where it shows.
     """
 
     def __init__(
@@ -161,6 +181,8 @@ class LocalWhisperDecoder(AbsDecoder, BatchScorerInterface):
         suppress_tokens: Sequence[int] = (),
         suppress_blank_tokens: Sequence[int] = (),
         sample_begin: int = 0,
+        loop_repeats: int = 4,
+        loop_tokens: int = 12,
         **kwargs,
     ):
         _reject_unknown(type(self).__name__, kwargs)
@@ -182,6 +204,11 @@ class LocalWhisperDecoder(AbsDecoder, BatchScorerInterface):
         self.suppress_tokens = [int(t) for t in suppress_tokens]
         self.suppress_blank_tokens = [int(t) for t in suppress_blank_tokens]
         self.sample_begin = int(sample_begin)
+        if loop_repeats < 0 or (loop_repeats and loop_repeats < 2) or loop_tokens < 0:
+            raise ValueError(f"loop_repeats must be 0 (off) or >= 2 and loop_tokens >= 0, "
+                             f"got {loop_repeats} and {loop_tokens}")
+        self.loop_repeats, self.loop_tokens = int(loop_repeats), int(loop_tokens)
+        self._eot: Optional[int] = None
         # what prompt() primes with; build_asr_model sets them from preprocessor_conf
         self.language, self.task = "en", "transcribe"
         if init_from is not None:
@@ -304,8 +331,18 @@ class LocalWhisperDecoder(AbsDecoder, BatchScorerInterface):
             ]
         logits = self.logits(ys, xs, cross)[:, -1]
         logp = self._next_logp(logits, ys.size(1))
+        if self.loop_repeats:
+            self._end_loops_(ys, logp)
         new_states = [[(k[j], v[j]) for k, v in cross] for j in range(ys.size(0))]
         return logp, new_states
+
+    def _end_loops_(self, ys: torch.Tensor, logp: torch.Tensor) -> None:
+        for row, tokens in enumerate(ys[:, self.sample_begin:].tolist()):
+            if ends_in_loop(tokens, self.loop_repeats, self.loop_tokens):
+                if self._eot is None:
+                    self._eot = self.prompt()[1]
+                logp[row] = -float("inf")
+                logp[row, self._eot] = 0.0
 
     def score(self, ys: torch.Tensor, state: Any, x: torch.Tensor) -> Tuple[torch.Tensor, Any]:
         logp, states = self.batch_score(ys.unsqueeze(0), [state], x.unsqueeze(0))

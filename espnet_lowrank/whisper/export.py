@@ -86,6 +86,9 @@ def build_config(dims, language: str = "en", task: str = "transcribe") -> Dict[s
             "n_head": dims.n_text_head,
             "n_layer": dims.n_text_layer,
             **whisper_decoding_filters(tokenizer),
+            # end a hypothesis that loops (LocalWhisperDecoder's loop guard; 0 turns it off)
+            "loop_repeats": 4,
+            "loop_tokens": 12,
         },
         "ctc_conf": {},
         "init": None,
