@@ -16,7 +16,8 @@ first N held-out utterances of a set; otherwise all of them. Each exp dir is
 loaded as it is deployed, through ``espnet2.bin.asr_inference.Speech2Text``
 with its config.yaml and decode.yaml (greedy). LiteASR mode (``--thetas``) is
 compressed here in one pass over the first ``--num_calib`` LibriSpeech
-utterances, as in pareto.py. Writes ``heldout.md``, ``heldout.json``,
+utterances, as in pareto.py. ``--no_loop_guard`` rows are decoded once
+more with the Whisper decoder's loop guard off (``loop_repeats: 0``). Writes ``heldout.md``, ``heldout.json``,
 ``heldout.png`` and each row's hypotheses under ``hyps/``.
 """
 
@@ -49,6 +50,9 @@ def get_parser():
     p.add_argument("--model", default="tiny.en", help="Whisper name (tiny.en, base) or a dense exp dir")
     p.add_argument("--exps", nargs="*", default=[], help="compressed exp dirs, one row each, named by folder")
     p.add_argument("--int8", nargs="*", default=[], help="rows (dense or an exp's folder name) also run int8")
+    p.add_argument("--no_loop_guard", nargs="*", default=[],
+                   help="rows (as named in the table, e.g. 'NAME + int8') also decoded with the decoder's loop guard "
+                        "off, as 'ROW, no loop guard'")
     p.add_argument("--thetas", nargs="*", default=[], help="LiteASR mode θ pairs attention,feed_forward")
     p.add_argument("--sets", nargs="+", default=[CALIB_SET, "vctk", "arctic_cathy_a:100", "pocketsphinx"])
     p.add_argument("--data", default=str(REPO.parent / "shared" / "data"))
@@ -143,6 +147,13 @@ def main(argv=None):
     unknown = set(args.int8) - {"dense"} - set(names)
     if unknown:
         raise SystemExit(f"--int8 names rows that are not run: {sorted(unknown)}")
+    thetas = [tuple(float(x) for x in pair.split(",")) for pair in args.thetas]
+    lite_names = [f"LiteASR mode θ ({ta}, {tf})" for ta, tf in thetas]
+    rows_run = ["dense"] + lite_names + names
+    rows_run += [f"{n} + int8" for n in rows_run if n in args.int8]
+    unknown = set(args.no_loop_guard) - set(rows_run)
+    if unknown:
+        raise SystemExit(f"--no_loop_guard names rows that are not run: {sorted(unknown)} (rows: {rows_run})")
     os.makedirs(args.out_dir, exist_ok=True)
     started = time.time()
 
@@ -159,12 +170,11 @@ def main(argv=None):
     dense = dense_s2t.asr_model.eval()
     dense_params = encoder_linear_params(dense)
     candidates = [("dense", dense_s2t)]
-    for pair in args.thetas:
-        ta, tf = (float(x) for x in pair.split(","))
+    for (ta, tf), lite_name in zip(thetas, lite_names):
         cfg = LowRankConfig(theta_attention=ta, theta_feed_forward=tf)
         s2t = copy.copy(dense_s2t)  # same tokenizer and decoder, compressed asr_model
         s2t.asr_model = compress(dense, librispeech[: args.num_calib], cfg).model.eval()
-        candidates.append((f"LiteASR mode θ ({ta}, {tf})", s2t))
+        candidates.append((lite_name, s2t))
     candidates += [(n, load(e)) for n, e in zip(names, args.exps)]
 
     rows, base_errors = [], None
@@ -175,9 +185,17 @@ def main(argv=None):
             q.asr_model = copy.deepcopy(s2t.asr_model)
             quantize_linears_(q.asr_model.encoder)
             variants.append((f"{name} + int8", q))
+        variants += [(f"{n}, no loop guard", v) for n, v in variants if n in args.no_loop_guard]
         for row_name, v in variants:
             v.asr_model.eval()
-            results = decode(v, eval_sets, os.path.join(args.out_dir, "hyps", row_name.replace(" ", "_")))
+            guard = v.beam_search.full_scorers["decoder"]  # the decoder module that beam search calls
+            kept = guard.loop_repeats
+            if row_name.endswith(", no loop guard"):
+                guard.loop_repeats = 0
+            try:
+                results = decode(v, eval_sets, os.path.join(args.out_dir, "hyps", row_name.replace(" ", "_")))
+            finally:
+                guard.loop_repeats = kept
             if base_errors is None:
                 base_errors = {s: errs for s, (_, errs) in results.items()}
             row = {"name": row_name, "params_pct": 100.0 * encoder_linear_params(s2t.asr_model) / dense_params,

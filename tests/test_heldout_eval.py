@@ -37,10 +37,15 @@ def test_heldout_eval_toy_run(dense_exp, lowrank_exp, shared_data_dir, tmp_path)
            "--exps", str(lowrank_exp), "--int8", lowrank_exp.name, "--sets", "vctk:2", "pocketsphinx:1",
            "--data", str(shared_data_dir), "--num_calib", "4", "--calib_extra", "--pool_size", "4",
            "--samples", "100", "--out_dir", str(out)]
-    subprocess.run(cmd, check=True, capture_output=True, cwd=str(tmp_path))
+    int8_row = f"{lowrank_exp.name} + int8"
+    subprocess.run(cmd + ["--no_loop_guard", int8_row], check=True, capture_output=True, cwd=str(tmp_path))
     rows = json.loads((out / "heldout.json").read_text())["rows"]
-    assert [r["name"] for r in rows] == ["dense", lowrank_exp.name, f"{lowrank_exp.name} + int8"]
-    dense, low, _ = rows
+    assert [r["name"] for r in rows] == ["dense", lowrank_exp.name, int8_row, f"{int8_row}, no loop guard"]
+    dense, low, guarded, unguarded = rows
+    # nothing loops here, so the guard changes no hypothesis
+    assert (out / "hyps" / int8_row.replace(" ", "_") / "vctk.txt").read_text() == \
+        (out / "hyps" / f"{int8_row},_no_loop_guard".replace(" ", "_") / "vctk.txt").read_text()
+    assert guarded["sets"]["vctk"]["err"] == unguarded["sets"]["vctk"]["err"]
     assert dense["params_pct"] == 100.0 and low["params_pct"] < 100.0
     for s in ("vctk", "pocketsphinx"):
         assert dense["sets"][s]["delta"] is None
@@ -51,6 +56,8 @@ def test_heldout_eval_toy_run(dense_exp, lowrank_exp, shared_data_dir, tmp_path)
     assert len((out / "hyps" / "dense" / "vctk.txt").read_text().splitlines()) == 2
     bad = subprocess.run(cmd[:-1] + [str(tmp_path / "x"), "--exps", str(tmp_path)], capture_output=True, text=True)
     assert bad.returncode != 0 and "not an exp dir" in bad.stderr
+    bad = subprocess.run(cmd + ["--no_loop_guard", "dense + int8"], capture_output=True, text=True)
+    assert bad.returncode != 0 and "--no_loop_guard names rows that are not run: ['dense + int8']" in bad.stderr
 
 
 def test_score_hyps_against_a_row(monkeypatch, tmp_path, capsys):
