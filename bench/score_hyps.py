@@ -6,11 +6,16 @@ row also gets its WER difference to ROW with a 95% paired-bootstrap interval
 (for instance int8 on top of a config against the config alone).
 ``--against_run`` takes ROW from an earlier run instead (same sets and
 utterances); both runs' ``dense`` rows must hold the same hypotheses, so the
-two runs decoded alike. Sets that ROW lacks get no Δ.
+two runs decoded alike. Sets that ROW lacks get no Δ. ``--loop_guard MODEL``
+rescores every hypothesis as the Whisper decoder's loop guard (4 repeats over
+12 tokens) would have ended it in greedy decoding: re-tokenized with MODEL's
+tokenizer and cut after the first prefix that ends in a loop. That equals
+decoding with the guard whenever the text re-tokenizes to the decoded tokens.
 
     python bench/score_hyps.py bench/results/pareto_tiny.en_blockwise dense tiny_seq_block100_lr1e-4
     python bench/score_hyps.py bench/results/heldout_base whisper_base_best_+_int8 --against whisper_base_best
     python bench/score_hyps.py NEW_RUN ROW --against ROW --against_run OLD_RUN
+    python bench/score_hyps.py bench/results/heldout_tiny.en dense whisper_tiny_best --loop_guard tiny.en
 """
 
 import argparse
@@ -23,8 +28,25 @@ sys.path.insert(0, REPO)
 from espnet_lowrank.scoring import paired_bootstrap, read_text_file, score_texts, utterance_errors  # noqa: E402
 
 
-def read_row(run, row, data):
-    """set -> (refs, hyps) of one row's kept hypotheses."""
+def loop_cutter(model):
+    """text -> (the text the loop guard leaves, whether it cut)."""
+    from espnet_lowrank.whisper.espnet_whisper import ends_in_loop
+    from espnet_lowrank.whisper.tokenizer import get_whisper_tokenizer
+
+    tokenizer = get_whisper_tokenizer(51864 if model.endswith(".en") else 51865)
+
+    def cut(text):
+        ids = tokenizer.encode(" " + text.strip())
+        for end in range(1, len(ids) + 1):
+            if ends_in_loop(ids[:end], repeats=4, min_tokens=12):
+                return tokenizer.decode(ids[:end]).strip(), True
+        return text, False
+    return cut
+
+
+def read_row(run, row, data, cut=None):
+    """set -> (refs, hyps) of one row's kept hypotheses; ``cut`` (see
+    :func:`loop_cutter`) rewrites each hypothesis first."""
     folder = os.path.join(run, "hyps", row)
     if not os.path.isdir(folder):
         raise SystemExit(f"{folder}: no such row (folders under {run}/hyps: "
@@ -32,6 +54,8 @@ def read_row(run, row, data):
     out = {}
     for name in sorted(f[:-4] for f in os.listdir(folder) if f.endswith(".txt")):
         hyps = read_text_file(os.path.join(folder, f"{name}.txt"))
+        if cut is not None:
+            hyps = {k: cut(v)[0] for k, v in hyps.items()}
         out[name] = ({k: v for k, v in read_text_file(os.path.join(data, name, "text")).items() if k in hyps}, hyps)
     return out
 
@@ -42,10 +66,13 @@ def main(argv=None):
     p.add_argument("rows", nargs="+", help="row names (folders under <run>/hyps)")
     p.add_argument("--against", help="a row to compare each row with (paired bootstrap)")
     p.add_argument("--against_run", help="the run dir of --against (default: the same run)")
+    p.add_argument("--loop_guard", metavar="MODEL",
+                   help="rescore as the decoder's loop guard would have cut greedy decoding (tiny.en, base, ...)")
     p.add_argument("--samples", type=int, default=2000, help="bootstrap resamples")
     p.add_argument("--data", default=os.path.join(os.path.dirname(REPO), "shared", "data"))
     args = p.parse_args(argv)
-    reference = read_row(args.against_run or args.run, args.against, args.data) if args.against else None
+    cut = loop_cutter(args.loop_guard) if args.loop_guard else None
+    reference = read_row(args.against_run or args.run, args.against, args.data, cut) if args.against else None
     if args.against_run:
         ours, theirs = read_row(args.run, "dense", args.data), read_row(args.against_run, "dense", args.data)
         for name in set(ours) & set(theirs):
@@ -54,9 +81,12 @@ def main(argv=None):
                                  "the runs did not decode alike, so their rows cannot be paired")
     for row in args.rows:
         cells = []
-        for name, (refs, hyps) in read_row(args.run, row, args.data).items():
+        for name, (refs, hyps) in read_row(args.run, row, args.data, cut).items():
             s = score_texts(refs, hyps, dataset=name, normalize="whisper")
             cell = f"{name} {s.err:.2f} ({s.sub:.1f} / {s.dele:.1f} / {s.ins:.1f}), {s.snt} utts"
+            if cut is not None:
+                raw = read_text_file(os.path.join(args.run, "hyps", row, f"{name}.txt"))
+                cell += f", {sum(cut(v)[1] for v in raw.values())} cut"
             if reference is not None:
                 if name not in reference and not args.against_run:
                     raise SystemExit(f"{args.against} has no hypotheses for {name}")

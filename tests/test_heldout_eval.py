@@ -90,3 +90,21 @@ def test_score_hyps_against_a_row(monkeypatch, tmp_path, capsys):
     with pytest.raises(SystemExit, match="dense rows of .* differ on toy"):
         main([str(tmp_path / "run"), "b", "--against", "a", "--against_run", str(tmp_path / "old"),
               "--data", str(tmp_path / "data")])
+
+
+def test_score_hyps_loop_guard(monkeypatch, tmp_path, capsys):
+    """--loop_guard: a looping hypothesis is cut where the decoder's guard ends it."""
+    monkeypatch.syspath_prepend(str(REPO / "bench"))
+    from score_hyps import main
+
+    data = tmp_path / "data" / "toy"
+    data.mkdir(parents=True)
+    (data / "text").write_text("u1 in june eighteen forty eight\nu2 new york new york\n")
+    (tmp_path / "run" / "hyps" / "r").mkdir(parents=True)
+    loop = "In June 1848" + ", New York" * 40 + ","
+    (tmp_path / "run" / "hyps" / "r" / "toy.txt").write_text(f"u1 {loop}\nu2 New York, New York.\n")
+    main([str(tmp_path / "run"), "r", "--data", str(tmp_path / "data")])
+    assert "toy 1142.86 (0.0 / 0.0 / 1142.9), 2 utts" in capsys.readouterr().out  # 80 inserted, 7 words
+    main([str(tmp_path / "run"), "r", "--data", str(tmp_path / "data"), "--loop_guard", "tiny.en"])
+    # ", New York" four times (12 tokens) ends u1: 8 inserted; u2's two repeats are speech and stay
+    assert "toy 114.29 (0.0 / 0.0 / 114.3), 2 utts, 1 cut" in capsys.readouterr().out
