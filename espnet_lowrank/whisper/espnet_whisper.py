@@ -283,9 +283,11 @@ class LocalWhisperDecoder(AbsDecoder, BatchScorerInterface):
     @torch.no_grad()
     def greedy(self, memory: torch.Tensor, max_len: int) -> Tuple[torch.Tensor, torch.Tensor]:
         """Greedy transcripts of ``memory`` (B, T, D) as decode.yaml makes them
-        (beam 1, the same token filters): tokens (B, L) from the prefix up to
-        and including each row's end token, and a (B, L) mask of the positions
-        whose next token is part of the transcript."""
+        (beam 1, the same token filters; no loop guard, so that recovery's
+        teacher transcripts stay those the shipped configs were measured
+        with): tokens (B, L) from the prefix up to and including each row's
+        end token, and a (B, L) mask of the positions whose next token is
+        part of the transcript."""
         prefix, eot = self.prompt()
         cross = self.cross_kv(memory)
         ys = torch.tensor([prefix] * memory.size(0), device=memory.device)
