@@ -17,8 +17,9 @@ loaded as it is deployed, through ``espnet2.bin.asr_inference.Speech2Text``
 with its config.yaml and decode.yaml (greedy). LiteASR mode (``--thetas``) is
 compressed here in one pass over the first ``--num_calib`` LibriSpeech
 utterances, as in pareto.py. ``--no_loop_guard`` rows are decoded once
-more with the Whisper decoder's loop guard off (``loop_repeats: 0``). Writes ``heldout.md``, ``heldout.json``,
-``heldout.png`` and each row's hypotheses under ``hyps/``.
+more with the Whisper decoder's loop guard off (``loop_repeats: 0``).
+Writes ``heldout.md``, ``heldout.json``, ``heldout.png`` and each row's
+hypotheses under ``hyps/``.
 """
 
 import argparse
@@ -189,13 +190,16 @@ def main(argv=None):
         for row_name, v in variants:
             v.asr_model.eval()
             guard = v.beam_search.full_scorers["decoder"]  # the decoder module that beam search calls
-            kept = guard.loop_repeats
+            kept = getattr(guard, "loop_repeats", None)
             if row_name.endswith(", no loop guard"):
+                if kept is None:
+                    raise SystemExit(f"--no_loop_guard: {type(guard).__name__} has no loop guard (Whisper only)")
                 guard.loop_repeats = 0
             try:
                 results = decode(v, eval_sets, os.path.join(args.out_dir, "hyps", row_name.replace(" ", "_")))
             finally:
-                guard.loop_repeats = kept
+                if kept is not None:
+                    guard.loop_repeats = kept
             if base_errors is None:
                 base_errors = {s: errs for s, (_, errs) in results.items()}
             row = {"name": row_name, "params_pct": 100.0 * encoder_linear_params(s2t.asr_model) / dense_params,

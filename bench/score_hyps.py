@@ -7,8 +7,8 @@ row also gets its WER difference to ROW with a 95% paired-bootstrap interval
 ``--against_run`` takes ROW from an earlier run instead (same sets and
 utterances); both runs' ``dense`` rows must hold the same hypotheses, so the
 two runs decoded alike. Sets that ROW lacks get no Δ. ``--loop_guard MODEL``
-rescores every hypothesis as the Whisper decoder's loop guard (4 repeats over
-12 tokens) would have ended it in greedy decoding: re-tokenized with MODEL's
+rescores every hypothesis as the Whisper decoder's loop guard (its defaults)
+would have ended it in greedy decoding: re-tokenized with MODEL's
 tokenizer and cut after the first prefix that ends in a loop. That equals
 decoding with the guard whenever the text re-tokenizes to the decoded tokens.
 
@@ -30,7 +30,7 @@ from espnet_lowrank.scoring import paired_bootstrap, read_text_file, score_texts
 
 def loop_cutter(model):
     """text -> (the text the loop guard leaves, whether it cut)."""
-    from espnet_lowrank.whisper.espnet_whisper import ends_in_loop
+    from espnet_lowrank.whisper.espnet_whisper import LOOP_REPEATS, LOOP_TOKENS, ends_in_loop
     from espnet_lowrank.whisper.tokenizer import get_whisper_tokenizer
 
     tokenizer = get_whisper_tokenizer(51864 if model.endswith(".en") else 51865)
@@ -38,7 +38,7 @@ def loop_cutter(model):
     def cut(text):
         ids = tokenizer.encode(" " + text.strip())
         for end in range(1, len(ids) + 1):
-            if ends_in_loop(ids[:end], repeats=4, min_tokens=12):
+            if ends_in_loop(ids[:end], LOOP_REPEATS, LOOP_TOKENS):
                 return tokenizer.decode(ids[:end]).strip(), True
         return text, False
     return cut

@@ -30,6 +30,8 @@ logger = logging.getLogger(__name__)
 SAMPLE_RATE = 16000
 HOP_LENGTH = 160
 N_SAMPLES = 30 * SAMPLE_RATE  # whisper's 30 s window
+# the loop guard's defaults: a 3-token span must repeat 4 times, a 1-token span 12
+LOOP_REPEATS, LOOP_TOKENS = 4, 12
 
 
 def ends_in_loop(tokens: Sequence[int], repeats: int, min_tokens: int) -> bool:
@@ -181,8 +183,8 @@ class LocalWhisperDecoder(AbsDecoder, BatchScorerInterface):
         suppress_tokens: Sequence[int] = (),
         suppress_blank_tokens: Sequence[int] = (),
         sample_begin: int = 0,
-        loop_repeats: int = 4,
-        loop_tokens: int = 12,
+        loop_repeats: int = LOOP_REPEATS,
+        loop_tokens: int = LOOP_TOKENS,
         **kwargs,
     ):
         _reject_unknown(type(self).__name__, kwargs)

@@ -31,6 +31,7 @@ DECODE_CONFIG = {
 
 def build_config(dims, language: str = "en", task: str = "transcribe") -> Dict[str, Any]:
     """The ESPnet ASR train config (a dict) of a dense Whisper model."""
+    from espnet_lowrank.whisper.espnet_whisper import LOOP_REPEATS, LOOP_TOKENS
     from espnet_lowrank.whisper.tokenizer import (
         get_whisper_tokenizer,
         whisper_decoding_filters,
@@ -87,8 +88,8 @@ def build_config(dims, language: str = "en", task: str = "transcribe") -> Dict[s
             "n_layer": dims.n_text_layer,
             **whisper_decoding_filters(tokenizer),
             # end a hypothesis that loops (LocalWhisperDecoder's loop guard; 0 turns it off)
-            "loop_repeats": 4,
-            "loop_tokens": 12,
+            "loop_repeats": LOOP_REPEATS,
+            "loop_tokens": LOOP_TOKENS,
         },
         "ctc_conf": {},
         "init": None,
