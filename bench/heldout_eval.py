@@ -189,7 +189,7 @@ def main(argv=None):
         variants += [(f"{n}, no loop guard", v) for n, v in variants if n in args.no_loop_guard]
         for row_name, v in variants:
             v.asr_model.eval()
-            guard = v.beam_search.full_scorers["decoder"]  # the decoder module that beam search calls
+            guard = v.beam_search.full_scorers.get("decoder")  # the decoder module that beam search calls
             kept = getattr(guard, "loop_repeats", None)
             if row_name.endswith(", no loop guard"):
                 if kept is None:
