@@ -45,18 +45,20 @@ def loop_cutter(model):
 
 
 def read_row(run, row, data, cut=None):
-    """set -> (refs, hyps) of one row's kept hypotheses; ``cut`` (see
-    :func:`loop_cutter`) rewrites each hypothesis first."""
+    """set -> (refs, hyps, how many cut) of one row's kept hypotheses; ``cut``
+    (see :func:`loop_cutter`) rewrites each hypothesis first."""
     folder = os.path.join(run, "hyps", row)
     if not os.path.isdir(folder):
         raise SystemExit(f"{folder}: no such row (folders under {run}/hyps: "
                          f"{sorted(os.listdir(os.path.join(run, 'hyps')))})")
     out = {}
     for name in sorted(f[:-4] for f in os.listdir(folder) if f.endswith(".txt")):
-        hyps = read_text_file(os.path.join(folder, f"{name}.txt"))
+        hyps, n_cut = read_text_file(os.path.join(folder, f"{name}.txt")), 0
         if cut is not None:
-            hyps = {k: cut(v)[0] for k, v in hyps.items()}
-        out[name] = ({k: v for k, v in read_text_file(os.path.join(data, name, "text")).items() if k in hyps}, hyps)
+            cuts = {k: cut(v) for k, v in hyps.items()}
+            hyps, n_cut = {k: text for k, (text, _) in cuts.items()}, sum(was_cut for _, was_cut in cuts.values())
+        refs = {k: v for k, v in read_text_file(os.path.join(data, name, "text")).items() if k in hyps}
+        out[name] = (refs, hyps, n_cut)
     return out
 
 
@@ -81,19 +83,18 @@ def main(argv=None):
                                  "the runs did not decode alike, so their rows cannot be paired")
     for row in args.rows:
         cells = []
-        for name, (refs, hyps) in read_row(args.run, row, args.data, cut).items():
+        for name, (refs, hyps, n_cut) in read_row(args.run, row, args.data, cut).items():
             s = score_texts(refs, hyps, dataset=name, normalize="whisper")
             cell = f"{name} {s.err:.2f} ({s.sub:.1f} / {s.dele:.1f} / {s.ins:.1f}), {s.snt} utts"
             if cut is not None:
-                raw = read_text_file(os.path.join(args.run, "hyps", row, f"{name}.txt"))
-                cell += f", {sum(cut(v)[1] for v in raw.values())} cut"
+                cell += f", {n_cut} cut"
             if reference is not None:
                 if name not in reference and not args.against_run:
                     raise SystemExit(f"{args.against} has no hypotheses for {name}")
                 if name in reference:
                     if set(reference[name][1]) != set(hyps):
                         raise SystemExit(f"{args.against} and {row} hold different utterances of {name}")
-                    d = paired_bootstrap(utterance_errors(*reference[name]), utterance_errors(refs, hyps),
+                    d = paired_bootstrap(utterance_errors(*reference[name][:2]), utterance_errors(refs, hyps),
                                          args.samples)
                     cell += f", Δ {args.against} {d[0]:+.2f} [{d[1]:+.2f}, {d[2]:+.2f}]"
             cells.append(cell)
