@@ -2,6 +2,8 @@
 and the compressed model."""
 
 import io
+import os
+import platform
 import resource
 import statistics
 import time
@@ -49,6 +51,35 @@ def encoder_mb(model) -> float:
 def peak_rss_mb() -> float:
     """Peak resident memory of this process so far (Linux reports KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# Which kernels do the float arithmetic. Each changes the last bits of a
+# result, which recovery's Adam steps grow into another model (bench/RESULTS.md,
+# "what a recovery run depends on"), so a run is reproducible only under the same ones.
+ARITHMETIC_ENV = ("ATEN_CPU_CAPABILITY", "MKL_CBWR", "DNNL_MAX_CPU_ISA", "OMP_NUM_THREADS")
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def runtime_facts(device) -> dict:
+    """What a compression's numbers depend on besides its config and data:
+    torch, the device, the CPU kernels' ISA, threads and the pinning variables."""
+    device = torch.device(device)
+    facts = {"torch": torch.__version__, "device": str(device), "cpu": cpu_model(),
+             "cpu_capability": torch.backends.cpu.get_cpu_capability(), "threads": torch.get_num_threads(),
+             "env": {k: os.environ.get(k) for k in ARITHMETIC_ENV}}
+    if device.type == "cuda":
+        facts["gpu"] = torch.cuda.get_device_name(device)
+    return facts
 
 
 class StepCosts:

@@ -25,7 +25,7 @@ from espnet_lowrank.config import LowRankConfig
 from espnet_lowrank.data import Utterance, batch_windows, calibration_utterances, num_batches, pack
 from espnet_lowrank.factorize import spectrum
 from espnet_lowrank.families import family_for
-from espnet_lowrank.measure import StepCosts, peak_rss_mb
+from espnet_lowrank.measure import StepCosts, peak_rss_mb, runtime_facts
 from espnet_lowrank.modes import kept_modes
 from espnet_lowrank.plan import RankPlan, make_plan
 from espnet_lowrank.report import build_report
@@ -211,6 +211,7 @@ def compress(
         "calibration_utterances": len(utts) if utts is not None else None,
     }, recovery)
     report["steps"] = costs.steps  # wall time and peak RSS of each step
+    report["runtime"] = runtime_facts(next(current.parameters()).device)
     logger.info(
         "encoder linear params %d -> %d (%.1f%%)",
         report["encoder_linear_params_dense"],

@@ -153,6 +153,11 @@ def compression_report_md(report: dict) -> str:
                 f"{final['recovery_loss_before']:.4g} -> {final['recovery_loss_after']:.4g}")
     for name, cost in report.get("steps", {}).items():
         summary[f"step {name}: seconds / peak RSS so far (MB)"] = f"{cost['seconds']} / {cost['peak_rss_mb']}"
+    runtime = report.get("runtime")
+    if runtime:
+        pinned = ", ".join(f"{k}={v}" for k, v in runtime["env"].items() if v is not None) or "none"
+        summary["run on"] = (f"{runtime['device']}, {runtime['cpu']}, {runtime['cpu_capability']} kernels, "
+                             f"{runtime['threads']} threads, torch {runtime['torch']}; pinned: {pinned}")
     lines = ["# Low-rank compression report", "", markdown_kv_table(summary), "",
              "## Layers", "", "| layer | role | d_in | d_out | rank | rank from θ | explained var |",
              "|---|---|---:|---:|---:|---:|---:|"]

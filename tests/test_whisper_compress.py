@@ -17,6 +17,7 @@ from espnet_lowrank.bin import compress as compress_cli
 from espnet_lowrank.pipeline import compress
 from espnet_lowrank.config import LowRankConfig
 from espnet_lowrank.data import read_data_dir, write_data_dir
+from espnet_lowrank.measure import ARITHMETIC_ENV, runtime_facts
 
 LIBRISPEECH = "librispeech_train-clean-100"
 NUM_CALIB = 8
@@ -58,6 +59,21 @@ def test_compressed_exp_dir_contract(lowrank_exp):
     assert report["steps"]["rank_allocation"]["seconds"] > 0
     assert 0 < report["steps"]["calibration"]["peak_rss_mb"] <= report["steps"]["attention"]["peak_rss_mb"]
     assert config["encoder_conf"]["version"] == 1
+    # what the run's arithmetic depended on: another ISA or thread count is another recovery
+    runtime = report["runtime"]
+    assert set(runtime) == {"torch", "device", "cpu", "cpu_capability", "threads", "env"}
+    assert runtime["torch"] == torch.__version__ and runtime["device"] == "cpu"
+    assert runtime["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert runtime["threads"] == torch.get_num_threads()
+    assert set(runtime["env"]) == set(ARITHMETIC_ENV)
+    assert f"{runtime['cpu_capability']} kernels, {runtime['threads']} threads" in (lowrank_exp / "report.md").read_text()
+
+
+def test_runtime_facts_record_the_pinning_variables(monkeypatch):
+    monkeypatch.setenv("MKL_CBWR", "AVX2")
+    monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
+    env = runtime_facts("cpu")["env"]
+    assert env["MKL_CBWR"] == "AVX2" and env["DNNL_MAX_CPU_ISA"] is None
 
 
 def test_reload_through_espnet_has_no_missing_or_unexpected_keys(lowrank_exp):
