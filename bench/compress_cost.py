@@ -1,6 +1,10 @@
 #!/usr/bin/env python3
 """What one config costs to compress with the stock CLI: wall time and peak
-memory in total and per step (report.json's ``steps``), on this machine.
+memory in total and per step (report.json's ``steps``), on this machine; also
+the recovery loss to every digit and what the arithmetic ran on (report.json's
+``runtime``), so that a loop over ``ATEN_CPU_CAPABILITY``, ``MKL_CBWR``,
+``DNNL_MAX_CPU_ISA`` and ``OMP_NUM_THREADS`` shows which of them change a
+recovery (bench/RESULTS.md, "what a recovery run depends on").
 
     python bench/compress_cost.py --config conf/lowrank/whisper_tiny_best.yaml \\
         [--model tiny.en] [--num_calib 32] [--calib_extra arctic_cathy_a an4 ljspeech] \\
@@ -72,12 +76,18 @@ def main(argv=None):
         f"`{args.config}` on `{args.model}`, {n} calibration utterances, {os.cpu_count()} CPUs "
         f"(OMP_NUM_THREADS: {threads}); {kept:.1f} % of the encoder linear params kept.", "",
         "| step | seconds | peak RSS MB |", "|---|---|---|", *rows,
-        f"| **whole run** (CLI subprocess, load and save included) | **{wall:.0f}** | **{peak_mb:.0f}** |", ""])
+        f"| **whole run** (CLI subprocess, load and save included) | **{wall:.0f}** | **{peak_mb:.0f}** |", "",
+        *([f"Recovery loss {report['recovery_loss_before']!r} -> {report['recovery_loss_after']!r} "
+           f"(kept step {report['recovery_best_step']})", ""] if "recovery_loss_after" in report else []),
+        f"Run on: {report['runtime']}", ""])
     os.makedirs(args.out_dir, exist_ok=True)
     (Path(args.out_dir) / "cost.md").write_text(md)
     (Path(args.out_dir) / "cost.json").write_text(json.dumps(
         {"config": args.config, "model": args.model, "num_calib": n, "cpus": os.cpu_count(),
-         "wall_s": wall, "peak_rss_mb": peak_mb, "kept_percent": kept, "steps": report["steps"]}, indent=2))
+         "wall_s": wall, "peak_rss_mb": peak_mb, "kept_percent": kept, "steps": report["steps"],
+         "runtime": report["runtime"],
+         **{k: report[k] for k in ("recovery_loss_before", "recovery_loss_after", "recovery_best_step") if k in report}},
+        indent=2))
     print(md)
 
 
