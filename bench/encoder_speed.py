@@ -42,7 +42,7 @@ from espnet_lowrank.pipeline import compress  # noqa: E402
 from espnet_lowrank.config import LowRankConfig  # noqa: E402
 from espnet_lowrank.data import read_data_dir, select  # noqa: E402
 from espnet_lowrank.families import family_for  # noqa: E402
-from espnet_lowrank.measure import encoder_flops, encoder_linear_params  # noqa: E402
+from espnet_lowrank.measure import cpu_model, encoder_flops, encoder_linear_params  # noqa: E402
 
 WHISPER_NAMES = ("tiny.en", "tiny", "base.en", "base", "small.en", "small")
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -147,16 +147,7 @@ def keep_dense_where_slower_(compressed, dense, result, speech, lengths, device,
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    text = f"{platform.system()} {platform.machine()}, {cpu}, {os.cpu_count()} logical CPUs, torch {torch.__version__}"
+    text = f"{platform.system()} {platform.machine()}, {cpu_model()}, {os.cpu_count()} logical CPUs, torch {torch.__version__}"
     if torch.cuda.is_available():
         text += f", GPU {torch.cuda.get_device_name(0)}"
     return text

@@ -9,7 +9,6 @@ with the dense one, in this run. The CLI is ``python -m espnet_lowrank.bin.resul
 import datetime
 import json
 import os
-import platform
 from typing import List, Optional
 
 import torch
@@ -17,21 +16,14 @@ import torch
 from espnet_lowrank.artifact import load_asr_model
 from espnet_lowrank.data import read_data_dir
 from espnet_lowrank.families import family_for
-from espnet_lowrank.measure import encoder_flops, encoder_linear_params, encoder_mb, paired_latency
+from espnet_lowrank.measure import cpu_model, encoder_flops, encoder_linear_params, encoder_mb, paired_latency
 from espnet_lowrank.report import plot_wer_vs_size
 from espnet_lowrank.scoring import markdown_table, read_text_file, score_texts
 from espnet_lowrank.utils import atomic_write_text
 
 
 def machine_line() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
-        cpu = names[0] if names else cpu
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
+    return f"{cpu_model()}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
 
 
 def write_results(
