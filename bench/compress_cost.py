@@ -33,6 +33,7 @@ sys.path.insert(0, str(REPO / "bench"))
 
 from espnet_lowrank.config import LowRankConfig  # noqa: E402
 from espnet_lowrank.data import read_data_dir, write_data_dir  # noqa: E402
+from espnet_lowrank.report import runtime_line  # noqa: E402
 from pareto import CALIB_SET, calibration_pool, dense_exp_dir  # noqa: E402
 
 
@@ -79,7 +80,7 @@ def main(argv=None):
         f"| **whole run** (CLI subprocess, load and save included) | **{wall:.0f}** | **{peak_mb:.0f}** |", "",
         *([f"Recovery loss {report['recovery_loss_before']!r} -> {report['recovery_loss_after']!r} "
            f"(kept step {report['recovery_best_step']})", ""] if "recovery_loss_after" in report else []),
-        f"Run on: {report['runtime']}", ""])
+        f"Run on: {runtime_line(report['runtime'])}", ""])
     os.makedirs(args.out_dir, exist_ok=True)
     (Path(args.out_dir) / "cost.md").write_text(md)
     (Path(args.out_dir) / "cost.json").write_text(json.dumps(

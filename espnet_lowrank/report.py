@@ -123,6 +123,13 @@ def build_report(source, compressed, family, config, plan, attention, calibratio
     }
 
 
+def runtime_line(runtime):
+    """report.json's ``runtime`` as one line: what the arithmetic ran on."""
+    pinned = ", ".join(f"{k}={v}" for k, v in runtime["env"].items() if v is not None) or "none"
+    return (f"{runtime['device']}, {runtime['cpu']}, {runtime['cpu_capability']} kernels, "
+            f"{runtime['threads']} threads, torch {runtime['torch']}; pinned: {pinned}")
+
+
 def compression_report_md(report: dict) -> str:
     """report.md of a compressed exp dir, from its report.json values."""
     dense_p = report["encoder_linear_params_dense"]
@@ -153,11 +160,8 @@ def compression_report_md(report: dict) -> str:
                 f"{final['recovery_loss_before']:.4g} -> {final['recovery_loss_after']:.4g}")
     for name, cost in report.get("steps", {}).items():
         summary[f"step {name}: seconds / peak RSS so far (MB)"] = f"{cost['seconds']} / {cost['peak_rss_mb']}"
-    runtime = report.get("runtime")
-    if runtime:
-        pinned = ", ".join(f"{k}={v}" for k, v in runtime["env"].items() if v is not None) or "none"
-        summary["run on"] = (f"{runtime['device']}, {runtime['cpu']}, {runtime['cpu_capability']} kernels, "
-                             f"{runtime['threads']} threads, torch {runtime['torch']}; pinned: {pinned}")
+    if report.get("runtime"):
+        summary["run on"] = runtime_line(report["runtime"])
     lines = ["# Low-rank compression report", "", markdown_kv_table(summary), "",
              "## Layers", "", "| layer | role | d_in | d_out | rank | rank from θ | explained var |",
              "|---|---|---:|---:|---:|---:|---:|"]
