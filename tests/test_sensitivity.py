@@ -81,3 +81,44 @@ def test_sensitivity_budget_with_sequential_calibration_on_tiny_en(dense_exp, li
         got, _ = model.encode(speech, torch.tensor([speech.shape[1]]))
         want, _ = seq.model.encode(speech, torch.tensor([speech.shape[1]]))
     assert (got - want).abs().max().item() < 1e-3 * want.abs().max().item()
+
+
+def test_sensitivity_windows_spread_over_a_pool_of_two_corpora(dense_exp, librispeech, shared_data_dir,
+                                                              monkeypatch):
+    """``ranks.sensitivity_windows: N`` measures on N windows spread over the
+    pool, so a LibriSpeech + ARCTIC pool (sorted by id: LibriSpeech first) is
+    measured on both corpora; unset, on its first two windows (LibriSpeech only).
+    The windows reach the probes through compress, which keeps to the budget."""
+    import soundfile as sf
+
+    import espnet_lowrank.sensitivity as sensitivity
+    from espnet_lowrank.data import read_data_dir
+
+    arctic = read_data_dir(str(shared_data_dir / "arctic_cathy_a"), require_text=True)[:2]
+    utts = sorted(librispeech[:2] + arctic, key=lambda u: u.utt_id)  # compress's order
+    assert [u in arctic for u in utts] == [False, False, True, True]
+    windows = [[u] for u in utts]
+    assert sensitivity.sensitivity_windows(windows) == windows[:2]
+    assert sensitivity.sensitivity_windows(windows, 2) == [windows[1], windows[3]]
+    assert sensitivity.sensitivity_windows(windows, 9) == windows
+    assert sensitivity.sensitivity_windows(list(range(30)), 4) == [3, 11, 18, 26]
+
+    seen = []
+    measure = sensitivity.measure_sensitivity
+
+    def recording(model, batches, probes):
+        seen.append(sorted(int(n) for _, lengths in batches for n in lengths))
+        return measure(model, batches, probes)
+
+    monkeypatch.setattr(sensitivity, "measure_sensitivity", recording)
+    dense, _ = load_asr_model(str(dense_exp / "config.yaml"), str(dense_exp / "model.pth"))
+    samples = {u.utt_id: sf.info(u.wav_path).frames for u in utts}
+    spread = compress(dense, utts, LowRankConfig(budget=0.75, rank_multiple=96, batch_size=4,
+                                                 sensitivity_windows=2))
+    assert seen == [sorted(samples[u.utt_id] for u in (utts[1], utts[3]))]  # one LibriSpeech, one ARCTIC
+    assert spread.report["config"]["sensitivity_windows"] == 2
+    kept = spread.report["encoder_linear_params_compressed"] / spread.report["encoder_linear_params_dense"]
+    assert 0.5 < kept <= 0.8, kept
+    with pytest.raises(ValueError, match="ranks.sensitivity_windows picks where ranks.budget"):
+        LowRankConfig(sensitivity_windows=2)
+
