@@ -3,7 +3,7 @@
 A ``--lowrank_config`` YAML may give the sections::
 
     targets:     {target_modules, exclude_modules, rank_pattern}   # which layers
-    ranks:       {theta_attention, theta_feed_forward, rank_multiple, budget, sensitivity_windows}
+    ranks:       {theta_attention, theta_feed_forward, rank_multiple, budget}
     calibration: {num_calib, batch_size, sequential, seed, pack_seconds}
     recovery:    {steps, lr, objective, scope, final_steps}
     deployment:  {attention, int8}
@@ -58,10 +58,6 @@ class Ranks:
         default=None,
         metadata={"help": "keep this fraction of the target layers' dense FLOPs, ranks allocated "
                           "globally by measured sensitivity (espnet_lowrank.budget); replaces θ"})
-    sensitivity_windows: Optional[int] = field(
-        default=None,
-        metadata={"help": "with budget: measure the sensitivities on this many calibration windows "
-                          "spread evenly over the pool; none: on its first two"})
 
 
 @dataclass
@@ -220,7 +216,6 @@ _CHECKS: Dict[Tuple[str, str], Callable] = {
     ("ranks", "theta_feed_forward"): _number(0.0, 1.0),
     ("ranks", "rank_multiple"): _integer(1),
     ("ranks", "budget"): _optional(_number(0.0, 1.0)),
-    ("ranks", "sensitivity_windows"): _optional(_integer(1)),
     ("calibration", "num_calib"): _optional(_integer(1)),
     ("calibration", "batch_size"): _integer(1),
     ("calibration", "sequential"): _boolean,
@@ -264,9 +259,6 @@ class LowRankConfig:
             key = self._labels.get((section, name), _FLAT_OF[(section, name)])
             part = getattr(self, section)
             setattr(part, name, check(key, getattr(part, name)))
-        if self.ranks.sensitivity_windows is not None and self.ranks.budget is None:
-            raise ValueError("ranks.sensitivity_windows picks where ranks.budget measures sensitivity; "
-                             "set ranks.budget or delete the key")
         r = self.recovery
         if r.final_steps and r.scope != "block":
             raise ValueError("recovery.final_steps follows block-wise recovery: set recovery.scope: "

@@ -109,16 +109,15 @@ def _check_inputs(calib_data, config: LowRankConfig, stats: Optional[StatsSet], 
 def _budget_plan(model, family, targets, windows, config: LowRankConfig, stats: Optional[StatsSet]):
     """(global budget plan, the one-pass statistics it came from): every target
     layer calibrated on ``model`` (dense), each layer's sensitivity measured on
-    calibration windows (``ranks.sensitivity_windows``), ranks allocated. Sequential calibration then
+    the first calibration windows, ranks allocated. Sequential calibration then
     factors at these ranks."""
     from espnet_lowrank.budget import allocate_ranks, layer_probes
-    from espnet_lowrank.sensitivity import measure_sensitivity, sensitivity_windows
+    from espnet_lowrank.sensitivity import NUM_WINDOWS, measure_sensitivity
 
     if stats is None:
         stats = _calibrate(model, family, list(targets), windows, config, stop_after=False)
     spectra = {n: spectrum(stats[n]) for n in targets}
-    probed = sensitivity_windows(windows, config.ranks.sensitivity_windows)
-    batches = list(_batches(probed, config, next(model.parameters()).device))
+    batches = list(_batches(windows[:NUM_WINDOWS], config, next(model.parameters()).device))
     measured = measure_sensitivity(model, batches, layer_probes(spectra, targets, config))
     return allocate_ranks(spectra, targets, config.ranks.budget, config, measured), stats
 

@@ -19,7 +19,7 @@ about half the work.
 
 import itertools
 from contextlib import contextmanager
-from typing import Dict, Iterable, List, Optional, Set, Tuple
+from typing import Dict, Iterable, List, Set, Tuple
 
 import torch
 
@@ -27,22 +27,10 @@ from espnet_lowrank.factorize import Spectrum
 from espnet_lowrank.progress import progress
 from espnet_lowrank.recovery import valid_mask
 
-# Windows of calibration audio the errors are measured on, unless
-# ``ranks.sensitivity_windows`` says otherwise: the pool's first two (3000
-# encoder frames for Whisper); each probe is one encoder forward per window.
+# Windows of calibration audio the errors are measured on: the pool's first
+# two (3000 encoder frames for Whisper); each probe is one encoder forward.
+# Four spread over the pool's corpora lost on VCTK (bench/RESULTS.md).
 NUM_WINDOWS = 2
-
-
-def sensitivity_windows(windows: list, spread: Optional[int] = None) -> list:
-    """The windows the errors are measured on: the first :data:`NUM_WINDOWS`,
-    or ``spread`` of them at the centres of equal parts of the pool, so that a
-    pool of several corpora is measured on each rather than on its first."""
-    if spread is None:
-        return list(windows[:NUM_WINDOWS])
-    n = len(windows)
-    if spread >= n:
-        return list(windows)
-    return [windows[(2 * i + 1) * n // (2 * spread)] for i in range(spread)]
 
 
 def _projector(spec: Spectrum, rank: int):
