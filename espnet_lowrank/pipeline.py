@@ -234,13 +234,15 @@ def recover_if_asked(compressed, source, utts: Optional[List[Utterance]], config
     from espnet_lowrank.recovery import recover_, recover_blocks_
 
     r, c = config.recovery, config.calibration
+    recompute = family.blocks if r.recompute_blocks else None
     with kept_modes(source):
         if r.scope == "end_to_end":
             return recover_(compressed, source.eval(), utts, r.steps, r.lr, c.batch_size, r.objective,
-                            c.pack_seconds)
+                            c.pack_seconds, recompute_blocks=recompute)
         report = recover_blocks_(compressed, source.eval(), utts, family.blocks, r.steps, r.lr, c.batch_size,
                                  c.pack_seconds)
         if r.final_steps:
             report["recovery_final"] = recover_(compressed, source.eval(), utts, r.final_steps, r.lr,
-                                                c.batch_size, r.objective, c.pack_seconds)
+                                                c.batch_size, r.objective, c.pack_seconds,
+                                                recompute_blocks=recompute)
         return report

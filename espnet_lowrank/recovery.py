@@ -22,6 +22,8 @@ Runs in eval mode (no dropout or SpecAugment) with gradients on, so the
 student sees exactly the forward it will run at inference.
 """
 
+import contextlib
+import functools
 import logging
 import re
 import time
@@ -191,12 +193,34 @@ def _batches(compressed, utts: List[Utterance], steps: int, batch_size: int,
     return [(s.to(device), n.to(device)) for s, n in iter_batches(utts, batch_size, pack_seconds=pack_seconds)]
 
 
+@contextlib.contextmanager
+def checkpointed(model, blocks: Optional[str]):
+    """Within the context, each module of ``model`` whose name matches
+    ``blocks`` recomputes its forward in the backward pass instead of keeping
+    its activations (torch.utils.checkpoint), so a training step holds one
+    block's activations at a time. The same operations run on the same inputs,
+    so the gradients do not change."""
+    from torch.utils.checkpoint import checkpoint
+
+    modules = [m for n, m in model.named_modules() if blocks and re.fullmatch(blocks, n)]
+    for module in modules:
+        module.forward = functools.partial(checkpoint, module.forward, use_reentrant=False)
+    try:
+        yield
+    finally:
+        for module in modules:
+            del module.forward  # back to the class's forward
+
+
 def recover_(compressed, dense, utts: List[Utterance], steps: int, lr: float = 3e-5,
-             batch_size: int = 4, objective: str = "encoder", pack_seconds: Optional[float] = None) -> dict:
+             batch_size: int = 4, objective: str = "encoder", pack_seconds: Optional[float] = None,
+             recompute_blocks: Optional[str] = None) -> dict:
     """Train ``compressed``'s low-rank factors for ``steps`` steps to match
     ``dense`` on ``utts`` under ``objective`` (in place). After every pass over
     the batches the loss over all of them is measured, and the factors with the
     lowest one are kept (the calibration factors when nothing improved).
+    ``recompute_blocks`` (a regex of encoder block names) recomputes those
+    blocks in the backward pass (:func:`checkpointed`).
     Returns the loss before and after and the step the kept factors are from."""
     output = compared_output(compressed, objective)
     batches = _batches(compressed, utts, steps, batch_size, pack_seconds)
@@ -221,7 +245,9 @@ def recover_(compressed, dense, utts: List[Utterance], steps: int, lr: float = 3
         return _loss(_view(compressed, out, output, transcript), teacher, dense_lens, output, vocabulary)
 
     started = time.perf_counter()
-    before, after, best_step = _train_keep_best(compressed, params, loss_of, len(batches), steps, lr, "recovery")
+    with checkpointed(compressed.encoder, recompute_blocks):
+        before, after, best_step = _train_keep_best(compressed, params, loss_of, len(batches), steps, lr,
+                                                    "recovery")
     if best_step == 0:
         logger.warning("recovery did not lower the %s loss (%.4g); kept the factors from "
                        "calibration. Try a lower recovery_lr.", objective, before)

@@ -184,3 +184,39 @@ def test_a_run_is_reproduced_from_its_reported_config(dense_exp, librispeech):
     a, b = first.model.state_dict(), again.model.state_dict()
     assert set(a) == set(b)
     assert max((a[k].float() - b[k].float()).abs().max().item() for k in a if a[k].numel()) == 0.0
+
+
+
+def test_recomputed_blocks_change_no_number(dense_exp, librispeech, tmp_path):
+    """``recovery.recompute_blocks``: each encoder block runs again in the
+    backward pass instead of keeping its activations (memory: bench/RESULTS.md);
+    the factors are bit for bit those of keeping every activation, the blocks
+    get their own forward back, the source is untouched, and the result reloads
+    with exactly its keys."""
+    from espnet_lowrank.config import Recovery
+    from espnet_lowrank.families import family_for
+    from espnet_lowrank.recovery import checkpointed
+
+    dense, train_config = load_asr_model(str(dense_exp / "config.yaml"), str(dense_exp / "model.pth"))
+    source = {k: v.clone() for k, v in dense.state_dict().items()}
+    blocks = family_for(dense.encoder).blocks
+    with checkpointed(dense.encoder, blocks):
+        assert sum("forward" in m.__dict__ for m in dense.encoder.modules()) == 4  # tiny.en's 4 blocks
+    assert not any("forward" in m.__dict__ for m in dense.encoder.modules())
+    results = {}
+    for recompute in (False, True):
+        config = LowRankConfig(theta_attention=0.95, theta_feed_forward=0.98, batch_size=2,
+                               recovery=Recovery(steps=3, lr=3e-4, objective="decoder+tokens",
+                                                 recompute_blocks=recompute))
+        results[recompute] = compress(dense, librispeech[:2], config)
+    kept, recomputed = results[False].report, results[True].report
+    assert kept["recovery_best_step"] > 0
+    assert recomputed["recovery_loss_after"] == kept["recovery_loss_after"] < kept["recovery_loss_before"]
+    a, b = results[False].model.state_dict(), results[True].model.state_dict()
+    assert set(a) == set(b)
+    assert max((a[k] - b[k]).abs().max().item() for k in a) == 0.0
+    assert all(torch.equal(source[k], v) for k, v in dense.state_dict().items())
+    save_compressed(results[True], train_config, str(tmp_path / "recomputed"),
+                    source_config_file=str(dense_exp / "config.yaml"))
+    model, _ = load_compressed(str(tmp_path / "recomputed"))
+    assert set(model.state_dict()) == set(b)
