@@ -201,3 +201,27 @@ def test_sequential_on_a_masked_conformer(trained_exp, an4, tmp_path):
     valid = torch.arange(got.shape[1])[None, :] < got_lens[:, None]
     assert (got - want)[valid].abs().max().item() < 1e-4
     assert ((got - ref)[valid].norm() / ref[valid].norm()).item() < 0.5
+
+
+def test_recomputed_conformer_blocks_change_no_number(trained_exp, an4):
+    """``recovery.recompute_blocks`` on ESPnet's Conformer (tuple outputs,
+    masks, rel-pos embeddings through each block): the CTC-objective recovery
+    trains bit for bit the same factors as with every activation kept."""
+    from espnet_lowrank.artifact import load_asr_model
+    from espnet_lowrank.config import LowRankConfig
+    from espnet_lowrank.pipeline import compress
+
+    _, train, _ = an4
+    dense, _ = load_asr_model(str(trained_exp / "config.yaml"), str(trained_exp / "model.pth"))
+    states, reports = [], []
+    for recompute in (False, True):
+        config = LowRankConfig.from_dict(dict(LOWRANK, theta_attention=0.5, theta_feed_forward=0.5,
+                                              recovery_steps=4, recovery_lr=3.0e-5,
+                                              recovery_objective="decoder", recovery_recompute_blocks=recompute))
+        result = compress(dense, train[:4], config)
+        states.append(result.model.state_dict())
+        reports.append(result.report)
+    assert reports[0]["recovery_loss_after"] == reports[1]["recovery_loss_after"]
+    assert reports[0]["recovery_best_step"] > 0, {k: v for k, v in reports[0].items() if k.startswith("recovery")}
+    assert set(states[0]) == set(states[1])
+    assert max((states[0][k].float() - states[1][k].float()).abs().max().item() for k in states[0]) == 0.0
