@@ -27,8 +27,6 @@ sys.path.insert(0, REPO)
 
 
 def child(args):
-    import torch
-
     from espnet_lowrank.api import load_compressed
     from espnet_lowrank.artifact import load_asr_model
     from espnet_lowrank.data import read_data_dir
