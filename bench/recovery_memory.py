@@ -10,8 +10,9 @@ process on the same compressed exp dir, dense exp dir and utterances.
     python bench/recovery_memory.py --dense DENSE_EXP --compressed EXP --data CALIB_DIR \\
         [--utts 40] [--steps 3] [--objective decoder+tokens] [--thresholds default 8388608]
 
-Prints one row per variant (peak RSS of the process, seconds of the steps
-and of one no-grad pass over the batches) and the ratios to the first row.
+Prints one row per variant (peak RSS of the process, seconds of the whole
+recover_ call: targets, transcripts, loss passes and steps) and the ratios to
+the first row.
 """
 
 import argparse

@@ -193,6 +193,11 @@ def _batches(compressed, utts: List[Utterance], steps: int, batch_size: int,
     return [(s.to(device), n.to(device)) for s, n in iter_batches(utts, batch_size, pack_seconds=pack_seconds)]
 
 
+def _blocks(module: torch.nn.Module, pattern: Optional[str]) -> List[torch.nn.Module]:
+    """Submodules of ``module`` whose names match ``pattern``, in forward order."""
+    return [m for n, m in module.named_modules() if pattern and re.fullmatch(pattern, n)]
+
+
 @contextlib.contextmanager
 def checkpointed(model, blocks: Optional[str]):
     """Within the context, each module of ``model`` whose name matches
@@ -202,7 +207,7 @@ def checkpointed(model, blocks: Optional[str]):
     so the gradients do not change."""
     from torch.utils.checkpoint import checkpoint
 
-    modules = [m for n, m in model.named_modules() if blocks and re.fullmatch(blocks, n)]
+    modules = _blocks(model, blocks)
     for module in modules:
         module.forward = functools.partial(checkpoint, module.forward, use_reentrant=False)
     try:
@@ -291,8 +296,7 @@ def recover_blocks_(compressed, dense, utts: List[Utterance], blocks: str, steps
     inputs are cached, so a step costs one block, not the whole encoder; each
     block keeps its best factors."""
     batches = _batches(compressed, utts, steps, batch_size, pack_seconds)
-    student_blocks = [m for n, m in compressed.encoder.named_modules() if re.fullmatch(blocks, n)]
-    teacher_blocks = [m for n, m in dense.encoder.named_modules() if re.fullmatch(blocks, n)]
+    student_blocks, teacher_blocks = _blocks(compressed.encoder, blocks), _blocks(dense.encoder, blocks)
     compressed.eval()
     student_in, last_before, lens = _block_io(compressed, student_blocks[0], student_blocks[-1], batches)
     teacher_in, _, _ = _block_io(dense, teacher_blocks[0], teacher_blocks[-1], batches)

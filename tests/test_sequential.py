@@ -186,7 +186,6 @@ def test_a_run_is_reproduced_from_its_reported_config(dense_exp, librispeech):
     assert max((a[k].float() - b[k].float()).abs().max().item() for k in a if a[k].numel()) == 0.0
 
 
-
 def test_recomputed_blocks_change_no_number(dense_exp, librispeech, tmp_path):
     """``recovery.recompute_blocks``: each encoder block runs again in the
     backward pass instead of keeping its activations (memory: bench/RESULTS.md);
