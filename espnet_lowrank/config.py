@@ -5,7 +5,7 @@ A ``--lowrank_config`` YAML may give the sections::
     targets:     {target_modules, exclude_modules, rank_pattern}   # which layers
     ranks:       {theta_attention, theta_feed_forward, rank_multiple, budget}
     calibration: {num_calib, batch_size, sequential, seed, pack_seconds}
-    recovery:    {steps, lr, objective, scope, final_steps, recompute_blocks}
+    recovery:    {steps, lr, objective, scope, final_steps, recompute_blocks, return_freed_memory}
     deployment:  {attention, int8}
 
 or the same options as flat keys (``theta_attention: 0.98``,
@@ -105,6 +105,11 @@ class Recovery:
         metadata={"help": "end-to-end steps recompute each encoder block in the backward pass instead "
                           "of keeping its activations: the same numbers, less memory, more time "
                           "(bench/RESULTS.md, 'recovery's memory')"})
+    return_freed_memory: bool = field(
+        default=False,
+        metadata={"help": "from recovery on, glibc returns freed buffers of 8 MB or more to the system "
+                          "(mallopt, as MALLOC_MMAP_THRESHOLD_=8388608 would): the same numbers, less "
+                          "memory, more time; for the rest of the process"})
 
 
 @dataclass
@@ -126,7 +131,8 @@ FLAT_KEYS: Dict[str, Tuple[str, str]] = {
 FLAT_KEYS.update(recovery_steps=("recovery", "steps"), recovery_lr=("recovery", "lr"),
                  recovery_objective=("recovery", "objective"), recovery_scope=("recovery", "scope"),
                  recovery_final_steps=("recovery", "final_steps"),
-                 recovery_recompute_blocks=("recovery", "recompute_blocks"))
+                 recovery_recompute_blocks=("recovery", "recompute_blocks"),
+                 recovery_return_freed_memory=("recovery", "return_freed_memory"))
 _FLAT_OF = {where: flat for flat, where in FLAT_KEYS.items()}
 _REMOVED = {
     "keep_dense_if_no_savings": "a layer is always kept dense where factoring would not save",
@@ -233,6 +239,7 @@ _CHECKS: Dict[Tuple[str, str], Callable] = {
     ("recovery", "scope"): _choice(RECOVERY_SCOPES),
     ("recovery", "final_steps"): _integer(0),
     ("recovery", "recompute_blocks"): _boolean,
+    ("recovery", "return_freed_memory"): _boolean,
     ("deployment", "attention"): _choice(ATTENTION_MODES),
     ("deployment", "int8"): _boolean,
 }

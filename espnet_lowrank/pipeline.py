@@ -231,9 +231,11 @@ def recover_if_asked(compressed, source, utts: Optional[List[Utterance]], config
         return {}
     if not utts:
         raise ValueError("recovery_steps needs calibration audio (calib_data), not only statistics")
-    from espnet_lowrank.recovery import recover_, recover_blocks_
+    from espnet_lowrank.recovery import recover_, recover_blocks_, return_freed_memory
 
     r, c = config.recovery, config.calibration
+    if r.return_freed_memory and not return_freed_memory():
+        logger.warning("recovery.return_freed_memory: this C library has no mallopt; memory as it is")
     recompute = family.blocks if r.recompute_blocks else None
     with kept_modes(source):
         if r.scope == "end_to_end":

@@ -23,6 +23,7 @@ student sees exactly the forward it will run at inference.
 """
 
 import contextlib
+import ctypes
 import functools
 import logging
 import re
@@ -191,6 +192,31 @@ def _batches(compressed, utts: List[Utterance], steps: int, batch_size: int,
         raise ValueError("no low-rank layers to train: the plan factored nothing")
     device = params[0].device
     return [(s.to(device), n.to(device)) for s, n in iter_batches(utts, batch_size, pack_seconds=pack_seconds)]
+
+
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
+TRIM_THRESHOLD_BYTES = 128 << 10  # glibc's default, which its adaptive threshold raises
+FREED_TO_SYSTEM_BYTES = 8 << 20  # measured: bench/RESULTS.md, "recovery's memory"
+
+
+def return_freed_memory() -> bool:
+    """Make glibc serve allocations of 8 MB or more from their own mappings,
+    which go back to the system when freed, and give back what its heap holds
+    free now: what ``MALLOC_MMAP_THRESHOLD_=8388608`` does from start-up.
+    Otherwise glibc keeps freed activations of up to 32 MB in its heap, where
+    they fragment it and the process grows past what is alive. It holds for the
+    rest of the process (glibc has no way back to its adaptive thresholds).
+    False where the C library has no ``mallopt``."""
+    try:
+        libc = ctypes.CDLL(None)
+        mallopt, malloc_trim = libc.mallopt, libc.malloc_trim
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes, malloc_trim.argtypes = [ctypes.c_int, ctypes.c_int], [ctypes.c_size_t]
+    mapped = mallopt(M_MMAP_THRESHOLD, FREED_TO_SYSTEM_BYTES)
+    trimmed = mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES)
+    malloc_trim(0)  # what the heap already holds free goes back now
+    return mapped == trimmed == 1
 
 
 def _blocks(module: torch.nn.Module, pattern: Optional[str]) -> List[torch.nn.Module]:

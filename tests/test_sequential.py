@@ -1,6 +1,11 @@
 """Sequential (layer-group by layer-group) calibration and the short
 recovery, on real tiny.en and real speech."""
 
+import json
+import subprocess
+import sys
+import textwrap
+
 import pytest
 import torch
 
@@ -186,12 +191,14 @@ def test_a_run_is_reproduced_from_its_reported_config(dense_exp, librispeech):
     assert max((a[k].float() - b[k].float()).abs().max().item() for k in a if a[k].numel()) == 0.0
 
 
-def test_recomputed_blocks_change_no_number(dense_exp, librispeech, tmp_path):
+def test_recomputed_blocks_change_no_number(dense_exp, librispeech, tmp_path, monkeypatch):
     """``recovery.recompute_blocks``: each encoder block runs again in the
     backward pass instead of keeping its activations (memory: bench/RESULTS.md);
     the factors are bit for bit those of keeping every activation, the blocks
     get their own forward back, the source is untouched, and the result reloads
-    with exactly its keys."""
+    with exactly its keys. ``recovery.return_freed_memory`` on the same run asks
+    for the allocator setting once (spied here: it would hold for the rest of
+    the test process; its effect: the test below)."""
     from espnet_lowrank.config import Recovery
     from espnet_lowrank.families import family_for
     from espnet_lowrank.recovery import checkpointed
@@ -202,12 +209,15 @@ def test_recomputed_blocks_change_no_number(dense_exp, librispeech, tmp_path):
     with checkpointed(dense.encoder, blocks):
         assert sum("forward" in m.__dict__ for m in dense.encoder.modules()) == 4  # tiny.en's 4 blocks
     assert not any("forward" in m.__dict__ for m in dense.encoder.modules())
+    asked = []
+    monkeypatch.setattr("espnet_lowrank.recovery.return_freed_memory", lambda: asked.append(1) or True)
     results = {}
     for recompute in (False, True):
         config = LowRankConfig(theta_attention=0.95, theta_feed_forward=0.98, batch_size=2,
                                recovery=Recovery(steps=3, lr=3e-4, objective="decoder+tokens",
-                                                 recompute_blocks=recompute))
+                                                 recompute_blocks=recompute, return_freed_memory=recompute))
         results[recompute] = compress(dense, librispeech[:2], config)
+    assert asked == [1]
     kept, recomputed = results[False].report, results[True].report
     assert kept["recovery_best_step"] > 0
     assert recomputed["recovery_loss_after"] == kept["recovery_loss_after"] < kept["recovery_loss_before"]
@@ -219,3 +229,36 @@ def test_recomputed_blocks_change_no_number(dense_exp, librispeech, tmp_path):
                     source_config_file=str(dense_exp / "config.yaml"))
     model, _ = load_compressed(str(tmp_path / "recomputed"))
     assert set(model.state_dict()) == set(b)
+
+
+def test_return_freed_memory_maps_large_buffers():
+    """``recovery.return_freed_memory``: glibc's adaptive default serves a 12 MB
+    buffer (base's activations are 12 MB) freed before from its heap, where it
+    stays after the next free; after the setting the same request gets its own
+    mapping, which goes back to the system on free. In a child process, since
+    the setting holds for the process."""
+    script = textwrap.dedent("""
+        import ctypes, json
+        from espnet_lowrank.recovery import return_freed_memory
+        libc = ctypes.CDLL(None)
+        class Info(ctypes.Structure):
+            _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd",
+                                                        "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+        libc.mallinfo2.restype = Info
+        libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+        libc.free.argtypes = [ctypes.c_void_p]
+        def mapped_by_second_buffer():
+            libc.free(libc.malloc(12 << 20))
+            start = libc.mallinfo2().hblkhd
+            buffer = libc.malloc(12 << 20)
+            mapped = libc.mallinfo2().hblkhd - start
+            libc.free(buffer)
+            return mapped
+        before = mapped_by_second_buffer()
+        done = return_freed_memory()
+        print(json.dumps([before, done, mapped_by_second_buffer()]))
+    """)
+    out = subprocess.run([sys.executable, "-c", script], check=True, capture_output=True, text=True).stdout
+    before, done, after = json.loads(out.strip().splitlines()[-1])
+    assert (before, done) == (0, True)
+    assert after >= 12 << 20
