@@ -213,10 +213,9 @@ def return_freed_memory() -> bool:
     except (OSError, AttributeError):
         return False
     mallopt.argtypes, malloc_trim.argtypes = [ctypes.c_int, ctypes.c_int], [ctypes.c_size_t]
-    mapped = mallopt(M_MMAP_THRESHOLD, FREED_TO_SYSTEM_BYTES)
-    trimmed = mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES)
+    accepted = [mallopt(M_MMAP_THRESHOLD, FREED_TO_SYSTEM_BYTES), mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES)]
     malloc_trim(0)  # what the heap already holds free goes back now
-    return mapped == trimmed == 1
+    return accepted == [1, 1]
 
 
 def _blocks(module: torch.nn.Module, pattern: Optional[str]) -> List[torch.nn.Module]:
