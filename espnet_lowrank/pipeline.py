@@ -235,7 +235,8 @@ def recover_if_asked(compressed, source, utts: Optional[List[Utterance]], config
 
     r, c = config.recovery, config.calibration
     if r.return_freed_memory and not return_freed_memory():
-        logger.warning("recovery.return_freed_memory: this C library has no mallopt; memory as it is")
+        logger.warning("recovery.return_freed_memory: no glibc mallopt here, or it refused the setting; "
+                       "memory as it is")
     recompute = family.blocks if r.recompute_blocks else None
     with kept_modes(source):
         if r.scope == "end_to_end":

@@ -206,7 +206,7 @@ def return_freed_memory() -> bool:
     Otherwise glibc keeps freed activations of up to 32 MB in its heap, where
     they fragment it and the process grows past what is alive. It holds for the
     rest of the process (glibc has no way back to its adaptive thresholds).
-    False where the C library has no ``mallopt``."""
+    False where the C library has no ``mallopt`` or it refuses a setting."""
     try:
         libc = ctypes.CDLL(None)
         mallopt, malloc_trim = libc.mallopt, libc.malloc_trim
