@@ -5,7 +5,7 @@ A ``--lowrank_config`` YAML may give the sections::
     targets:     {target_modules, exclude_modules, rank_pattern}   # which layers
     ranks:       {theta_attention, theta_feed_forward, rank_multiple, budget}
     calibration: {num_calib, batch_size, sequential, seed, pack_seconds}
-    recovery:    {steps, lr, lr_schedule, objective, scope, final_steps, recompute_blocks, return_freed_memory}
+    recovery:    {steps, lr, objective, scope, final_steps, recompute_blocks, return_freed_memory}
     deployment:  {attention, int8}
 
 or the same options as flat keys (``theta_attention: 0.98``,
@@ -26,7 +26,6 @@ import yaml
 ATTENTION_MODES = ("auto", "reduced", "dense")
 RECOVERY_OBJECTIVES = ("encoder", "decoder", "decoder+tokens")
 RECOVERY_SCOPES = ("end_to_end", "block")
-LR_SCHEDULES = ("constant", "cosine")
 MAX_LR = 1.0
 # The YAML schema's version (optional key ``version``); a later schema that
 # renames options bumps it, and this module maps the older ones.
@@ -85,10 +84,6 @@ class Recovery:
                           "outputs, only the factors train); 0: off"})
     lr: float = field(
         default=3e-5, metadata={"help": "Adam learning rate (3e-4 diverged on the recipe Conformer)"})
-    lr_schedule: str = field(
-        default="constant",
-        metadata={"help": "'constant' (lr every step) or 'cosine' (from lr down to 0 over the steps, "
-                          "so the last steps move the factors little)"})
     objective: str = field(
         default="encoder",
         metadata={"help": "what recovery matches: 'encoder' (MSE on the encoder output) or "
@@ -134,7 +129,6 @@ FLAT_KEYS: Dict[str, Tuple[str, str]] = {
     if section != "recovery"
 }
 FLAT_KEYS.update(recovery_steps=("recovery", "steps"), recovery_lr=("recovery", "lr"),
-                 recovery_lr_schedule=("recovery", "lr_schedule"),
                  recovery_objective=("recovery", "objective"), recovery_scope=("recovery", "scope"),
                  recovery_final_steps=("recovery", "final_steps"),
                  recovery_recompute_blocks=("recovery", "recompute_blocks"),
@@ -241,7 +235,6 @@ _CHECKS: Dict[Tuple[str, str], Callable] = {
     ("calibration", "pack_seconds"): _optional(_number(0.0, 3600.0)),
     ("recovery", "steps"): _integer(0),
     ("recovery", "lr"): _number(0.0, MAX_LR),
-    ("recovery", "lr_schedule"): _choice(LR_SCHEDULES),
     ("recovery", "objective"): _choice(RECOVERY_OBJECTIVES),
     ("recovery", "scope"): _choice(RECOVERY_SCOPES),
     ("recovery", "final_steps"): _integer(0),

@@ -132,11 +132,9 @@ def _loss(student: List[torch.Tensor], teacher: List[torch.Tensor], lengths: tor
     return _valid_mse(student[0], teacher[0], lengths)
 
 
-def _train_keep_best(model, params, loss_of, n_batches: int, steps: int, lr: float, desc: str,
-                     lr_schedule: str = "constant"):
+def _train_keep_best(model, params, loss_of, n_batches: int, steps: int, lr: float, desc: str):
     """Adam on ``params`` only (every other parameter of ``model`` frozen
-    meanwhile), batch ``step % n_batches`` per step, at ``lr`` or, with
-    ``lr_schedule`` 'cosine', from ``lr`` down to 0 over ``steps``. After every pass over
+    meanwhile), batch ``step % n_batches`` per step. After every pass over
     the batches the loss over all of them is measured and the best factors
     are kept: a too-large LR can raise the loss, and the start (plain PCA)
     must never be replaced by something worse. Returns (loss before, loss
@@ -146,7 +144,6 @@ def _train_keep_best(model, params, loss_of, n_batches: int, steps: int, lr: flo
     trainable = {id(p) for p in params}
     frozen = [p for p in model.parameters() if id(p) not in trainable and p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=lr)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps) if lr_schedule == "cosine" else None
 
     def full_loss():
         with torch.no_grad():
@@ -170,8 +167,6 @@ def _train_keep_best(model, params, loss_of, n_batches: int, steps: int, lr: flo
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
-                if scheduler is not None:
-                    scheduler.step()
                 if (step + 1) % n_batches == 0 or step + 1 == steps:
                     current = full_loss()
                     if current < best_loss:
@@ -249,7 +244,7 @@ def checkpointed(model, blocks: Optional[str]):
 
 def recover_(compressed, dense, utts: List[Utterance], steps: int, lr: float = 3e-5,
              batch_size: int = 4, objective: str = "encoder", pack_seconds: Optional[float] = None,
-             recompute_blocks: Optional[str] = None, lr_schedule: str = "constant") -> dict:
+             recompute_blocks: Optional[str] = None) -> dict:
     """Train ``compressed``'s low-rank factors for ``steps`` steps to match
     ``dense`` on ``utts`` under ``objective`` (in place). After every pass over
     the batches the loss over all of them is measured, and the factors with the
@@ -282,13 +277,12 @@ def recover_(compressed, dense, utts: List[Utterance], steps: int, lr: float = 3
     started = time.perf_counter()
     with checkpointed(compressed.encoder, recompute_blocks):
         before, after, best_step = _train_keep_best(compressed, params, loss_of, len(batches), steps, lr,
-                                                    "recovery", lr_schedule)
+                                                    "recovery")
     if best_step == 0:
         logger.warning("recovery did not lower the %s loss (%.4g); kept the factors from "
                        "calibration. Try a lower recovery_lr.", objective, before)
     logger.info("recovery: %d steps, %s loss %.4g -> %.4g", steps, objective, before, after)
-    return {"recovery_steps": steps, "recovery_lr": lr, "recovery_lr_schedule": lr_schedule,
-            "recovery_objective": objective,
+    return {"recovery_steps": steps, "recovery_lr": lr, "recovery_objective": objective,
             "recovery_loss_before": before, "recovery_loss_after": after, "recovery_best_step": best_step,
             "recovery_seconds": round(time.perf_counter() - started, 2)}
 
@@ -319,8 +313,7 @@ def _block_io(model, first, last, batches):
 
 
 def recover_blocks_(compressed, dense, utts: List[Utterance], blocks: str, steps: int,
-                    lr: float = 3e-5, batch_size: int = 4, pack_seconds: Optional[float] = None,
-                    lr_schedule: str = "constant") -> dict:
+                    lr: float = 3e-5, batch_size: int = 4, pack_seconds: Optional[float] = None) -> dict:
     """Block-wise recovery (``recovery.scope: block``): each encoder block
     (module names matching ``blocks``) in forward order, ``steps`` steps each,
     trains its factors so that, from the compressed model's input to it, it
@@ -349,7 +342,7 @@ def recover_blocks_(compressed, dense, utts: List[Utterance], blocks: str, steps
                 return _valid_mse(_hidden(student(*args, **kwargs)), _hidden(teacher_in[j][0]), lens[j])
 
             before, after, best_step = _train_keep_best(
-                compressed, params, loss_of, len(batches), steps, lr, f"recovery block {i}", lr_schedule)
+                compressed, params, loss_of, len(batches), steps, lr, f"recovery block {i}")
             per_block.append({"block": i, "loss_before": before, "loss_after": after,
                               "best_step": best_step})
         student_in = advance(student, student_in)
@@ -360,8 +353,7 @@ def recover_blocks_(compressed, dense, utts: List[Utterance], blocks: str, steps
                 for s, t, n in zip(student_in, teacher_in, lens)) / len(batches)
     logger.info("block-wise recovery: %d blocks x %d steps, last block output MSE %.4g -> %.4g",
                 len(per_block), steps, before, after)
-    return {"recovery_steps": steps, "recovery_lr": lr, "recovery_lr_schedule": lr_schedule,
-            "recovery_objective": "encoder",
+    return {"recovery_steps": steps, "recovery_lr": lr, "recovery_objective": "encoder",
             "recovery_scope": "block", "recovery_blocks": per_block,
             "recovery_loss_before": before, "recovery_loss_after": after,
             "recovery_seconds": round(time.perf_counter() - started, 2)}
