@@ -24,7 +24,6 @@ hypotheses under ``hyps/``.
 
 import argparse
 import copy
-import json
 import os
 import sys
 import time
@@ -43,7 +42,7 @@ from espnet_lowrank.measure import encoder_linear_params  # noqa: E402
 from espnet_lowrank.pipeline import compress  # noqa: E402
 from espnet_lowrank.quantize import quantize_linears_  # noqa: E402
 from espnet_lowrank.scoring import paired_bootstrap, score_texts, utterance_errors  # noqa: E402
-from pareto import CALIB_SET, calibration_pool, dense_exp_dir  # noqa: E402
+from pareto import CALIB_SET, calibration_pool, dense_exp_dir, save_tables  # noqa: E402
 
 
 def get_parser():
@@ -132,7 +131,7 @@ def plot(rows, sets, path):
     ax.set_xlabel("WER − dense WER (absolute points), 95% paired bootstrap")
     ax.legend(loc="lower right")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, format="png")
     plt.close(fig)
 
 
@@ -220,11 +219,7 @@ def main(argv=None):
             + f"; greedy decode (decode.yaml), Whisper normalizer; Δ dense: absolute WER points, 95% interval from "
             f"{args.samples} paired bootstrap resamples of utterances; {args.threads} threads; "
             f"run took {time.time() - started:.0f} s.")
-    md = markdown(rows, sets, meta)
-    Path(args.out_dir, "heldout.md").write_text(md)
-    Path(args.out_dir, "heldout.json").write_text(json.dumps({"rows": rows, "meta": meta}, indent=2))
-    plot(rows, sets, os.path.join(args.out_dir, "heldout.png"))
-    print(md)
+    save_tables(args.out_dir, "heldout", rows, sets, meta, markdown, plot)
 
 
 if __name__ == "__main__":

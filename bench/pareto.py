@@ -54,6 +54,7 @@ from espnet_lowrank.data import load_audio, read_data_dir  # noqa: E402
 from espnet_lowrank.measure import encoder_flops, encoder_linear_params, encoder_mb, paired_latency  # noqa: E402
 from espnet_lowrank.quantize import quantize_linears_  # noqa: E402
 from espnet_lowrank.scoring import score_texts  # noqa: E402
+from espnet_lowrank.utils import atomic_write, atomic_write_text  # noqa: E402
 
 CALIB_SET = "librispeech_train-clean-100"
 WINDOW = 30.0
@@ -171,7 +172,7 @@ def plot(rows, sets, path):
             if i == 0 and j == 0:
                 ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, format="png")
     plt.close(fig)
 
 
@@ -317,11 +318,16 @@ def main(argv=None):
         + f"; greedy decode (decode.yaml); latency: one {WINDOW:.0f} s window, median of "
         f"{args.repeats}, {torch.get_num_threads()} threads; run took {time.time() - started:.0f} s."
     )
-    sets = list(eval_sets)
-    md = markdown(rows, sets, meta)
-    Path(args.out_dir, "pareto.md").write_text(md)
-    Path(args.out_dir, "pareto.json").write_text(json.dumps({"rows": rows, "meta": meta}, indent=2))
-    plot(rows, sets, os.path.join(args.out_dir, "pareto.png"))
+    save_tables(args.out_dir, "pareto", rows, list(eval_sets), meta, markdown, plot)
+
+
+def save_tables(out_dir, stem, rows, sets, meta, to_markdown, to_png):
+    """``stem``.md, .json and .png in ``out_dir`` (each written whole or not at
+    all); the markdown is also printed."""
+    md = to_markdown(rows, sets, meta)
+    atomic_write_text(os.path.join(out_dir, f"{stem}.md"), md)
+    atomic_write_text(os.path.join(out_dir, f"{stem}.json"), json.dumps({"rows": rows, "meta": meta}, indent=2))
+    atomic_write(os.path.join(out_dir, f"{stem}.png"), lambda tmp: to_png(rows, sets, tmp))
     print(md)
 
 
