@@ -34,6 +34,7 @@ sys.path.insert(0, str(REPO / "bench"))
 from espnet_lowrank.config import LowRankConfig  # noqa: E402
 from espnet_lowrank.data import read_data_dir, write_data_dir  # noqa: E402
 from espnet_lowrank.report import runtime_line  # noqa: E402
+from espnet_lowrank.utils import atomic_write_text  # noqa: E402
 from pareto import CALIB_SET, calibration_pool, dense_exp_dir  # noqa: E402
 
 
@@ -82,8 +83,8 @@ def main(argv=None):
            f"(kept step {report['recovery_best_step']})", ""] if "recovery_loss_after" in report else []),
         f"Run on: {runtime_line(report['runtime'])}", ""])
     os.makedirs(args.out_dir, exist_ok=True)
-    (Path(args.out_dir) / "cost.md").write_text(md)
-    (Path(args.out_dir) / "cost.json").write_text(json.dumps(
+    atomic_write_text(os.path.join(args.out_dir, "cost.md"), md)
+    atomic_write_text(os.path.join(args.out_dir, "cost.json"), json.dumps(
         {"config": args.config, "model": args.model, "num_calib": n, "cpus": os.cpu_count(),
          "wall_s": wall, "peak_rss_mb": peak_mb, "kept_percent": kept, "steps": report["steps"],
          "runtime": report["runtime"],

@@ -203,9 +203,8 @@ def main(argv=None):
     logging.basicConfig(level=logging.WARNING)
     if args.replot:
         saved = json.loads(Path(args.out_dir, "pareto.json").read_text())
-        sets = list(saved["rows"][0]["wer"])
-        Path(args.out_dir, "pareto.md").write_text(markdown(saved["rows"], sets, saved["meta"]))
-        plot(saved["rows"], sets, os.path.join(args.out_dir, "pareto.png"))
+        save_tables(args.out_dir, "pareto", saved["rows"], list(saved["rows"][0]["wer"]), saved["meta"],
+                    markdown, plot)
         return
     if args.threads:
         torch.set_num_threads(args.threads)
