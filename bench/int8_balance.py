@@ -12,11 +12,23 @@ of the encoder output on 4 held-out LibriSpeech + 4 VCTK utterances; the
 dense encoder's own int8 error is printed beside it. Balancing with the
 calibration statistics (what ``compress`` does) and with the RMS measured by a
 forward pass over 8 calibration utterances are both shown.
+
+With ``--exp_dir`` it sweeps α on a compressed exp dir instead (e.g. a
+recovered Whisper base): the RMS comes from a forward pass over the first 16
+utterances of its calibration pool (bench/pareto.py's, ``--pool_size``), and
+the error is measured on audio that is in neither that pool nor any
+evaluation set of bench/heldout_eval.py: ``arctic_misc`` and the LJSpeech
+utterances the pool leaves out. Rebalancing with measured RMS reaches the same
+factors whatever scaling they start from (the product rms_i · max|up[:, i]|
+is invariant), so the exp dir's own α 0.7 balancing does not bias the sweep.
+``--write_alpha A --out_exp DIR`` writes a copy of the exp dir rebalanced
+with α A, to be decoded by bench/heldout_eval.py.
 """
 
 import argparse
 import copy
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -24,15 +36,17 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
 
-from espnet_lowrank.apply import factorize_layers_  # noqa: E402
-from espnet_lowrank.balance import balance_factors_, statistics_rms  # noqa: E402
+from espnet_lowrank.apply import factorize_layers_, set_submodule  # noqa: E402
+from espnet_lowrank.balance import ALPHA, balance_factors_, statistics_rms  # noqa: E402
 from espnet_lowrank.config import LowRankConfig  # noqa: E402
 from espnet_lowrank.data import batch_windows, pack, read_data_dir  # noqa: E402
 from espnet_lowrank.factorize import spectrum  # noqa: E402
 from espnet_lowrank.pipeline import calibrate_model, compress  # noqa: E402
 from espnet_lowrank.quantize import quantize_linears_  # noqa: E402
 from espnet_lowrank.recovery import recover_  # noqa: E402
+from espnet_lowrank.utils import atomic_write  # noqa: E402
 
 
 def encode(model, utts):
@@ -64,6 +78,60 @@ def measured_rms(model, ranks, utts):
     return {n: (s / c).sqrt() for n, (s, c) in sums.items()}
 
 
+def exp_dir_sweep(args):
+    from espnet2.bin.asr_inference import Speech2Text
+    from pareto import CALIB_SET, calibration_pool
+
+    from espnet_lowrank.modules.lowrank_linear import LowRankConv1d, LowRankLinear
+
+    exp = Path(args.exp_dir)
+    if args.write_alpha is not None:
+        if not args.out_exp:
+            raise SystemExit("--write_alpha needs --out_exp")
+        if Path(args.out_exp).resolve() == exp.resolve():
+            raise SystemExit(f"--out_exp {args.out_exp} is the source exp dir; it is never overwritten")
+    model = Speech2Text(str(exp / "config.yaml"), str(exp / "model.pth"), device="cpu").asr_model.eval()
+    factored = [n for n, m in model.encoder.named_modules() if isinstance(m, (LowRankLinear, LowRankConv1d))]
+    librispeech = read_data_dir(os.path.join(args.data, CALIB_SET))
+    pool = calibration_pool(librispeech, args.data, 32, ["arctic_cathy_a", "an4", "ljspeech"], args.pool_size)
+    pool = pool[: args.pool_size]
+    pooled = {u.utt_id for u in pool}
+    selection = [u for s in ("arctic_misc", "ljspeech") for u in read_data_dir(os.path.join(args.data, s))
+                 if u.utt_id not in pooled]
+    rms = measured_rms(model, factored, pool[:16])
+    reference = encode(model, selection)
+    print(f"{exp.name}: {len(factored)} factored layers; error on {len(selection)} utterances "
+          f"(arctic_misc + LJSpeech outside the pool)")
+    if args.dense_exp:
+        dense = Speech2Text(str(Path(args.dense_exp) / "config.yaml"), str(Path(args.dense_exp) / "model.pth"),
+                            device="cpu").asr_model.eval()
+        print(f"dense int8: {int8_error(dense, selection, encode(dense, selection)):.4f}")
+        del dense
+    print(f"as stored (α {ALPHA} from the calibration statistics): {int8_error(model, selection, reference):.4f}")
+    for alpha in args.alphas:
+        balanced = copy.deepcopy(model)
+        balance_factors_(balanced.encoder, rms, alpha)
+        print(f"α {alpha} (RMS from a forward pass): {int8_error(balanced, selection, reference):.4f}", flush=True)
+    only_factors = copy.deepcopy(model)
+    for name in factored:
+        quantize_linears_(only_factors.encoder.get_submodule(name))
+    others = copy.deepcopy(model)
+    quantize_linears_(others.encoder)
+    for name in factored:  # the factored layers back to float
+        set_submodule(others.encoder, name, copy.deepcopy(model.encoder.get_submodule(name)))
+    for label, q in (("the factored layers", only_factors), ("the other linears", others)):
+        error = ((encode(q, selection) - reference).norm() / reference.norm()).item()
+        print(f"as stored, int8 on {label} only: {error:.4f}")
+    if args.write_alpha is not None:
+        balance_factors_(model.encoder, rms, args.write_alpha)
+        out = Path(args.out_exp)
+        out.mkdir(parents=True, exist_ok=True)
+        for name in ("config.yaml", "decode.yaml"):
+            shutil.copy(exp / name, out / name)
+        atomic_write(out / "model.pth", lambda f: torch.save(model.state_dict(), f))
+        print(f"wrote {out} (α {args.write_alpha})")
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="tiny.en")
@@ -72,8 +140,15 @@ def main(argv=None):
     p.add_argument("--recovery_steps", type=int, default=30)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--work_dir", default="exp/bench_int8")
+    p.add_argument("--exp_dir", help="sweep α on this compressed exp dir instead")
+    p.add_argument("--dense_exp", help="with --exp_dir: also print this dense exp dir's own int8 error")
+    p.add_argument("--pool_size", type=int, default=128, help="the exp dir's calibration pool size")
+    p.add_argument("--write_alpha", type=float, help="with --exp_dir: write a copy rebalanced with this α")
+    p.add_argument("--out_exp", help="where --write_alpha writes")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.exp_dir:
+        return exp_dir_sweep(args)
     from espnet2.bin.asr_inference import Speech2Text
     from pareto import CALIB_SET, dense_exp_dir
 
