@@ -4,7 +4,7 @@ A ``--lowrank_config`` YAML may give the sections::
 
     targets:     {target_modules, exclude_modules, rank_pattern}   # which layers
     ranks:       {theta_attention, theta_feed_forward, rank_multiple, budget}
-    calibration: {num_calib, batch_size, sequential, seed, pack_seconds, padded_share}
+    calibration: {num_calib, batch_size, sequential, seed, pack_seconds}
     recovery:    {steps, lr, objective, scope, final_steps, recompute_blocks, return_freed_memory}
     deployment:  {attention, int8}
 
@@ -74,10 +74,6 @@ class Calibration:
         metadata={"help": "fill each row with consecutive utterances up to this many seconds "
                           "(calibration and recovery; Whisper: 30, as long-form transcription "
                           "feeds its encoder); none: one utterance per row, padded"})
-    padded_share: float = field(
-        default=0.0,
-        metadata={"help": "with pack_seconds: this share of the utterances, evenly spread, stays alone "
-                          "in its row, padded as at inference; the rest is packed"})
 
 
 @dataclass
@@ -237,7 +233,6 @@ _CHECKS: Dict[Tuple[str, str], Callable] = {
     ("calibration", "sequential"): _boolean,
     ("calibration", "seed"): _integer(0),
     ("calibration", "pack_seconds"): _optional(_number(0.0, 3600.0)),
-    ("calibration", "padded_share"): _number(0.0, 0.99, lo_open=False),
     ("recovery", "steps"): _integer(0),
     ("recovery", "lr"): _number(0.0, MAX_LR),
     ("recovery", "objective"): _choice(RECOVERY_OBJECTIVES),

@@ -252,35 +252,25 @@ def check_calibration_audio(utts: Sequence[Utterance], sample_rate: int = 16000)
 PACK_GAP_SECONDS = 0.2
 
 
-def pack(utts: Sequence[Utterance], pack_seconds: Optional[float],
-         padded_share: float = 0.0) -> List[List[Utterance]]:
+def pack(utts: Sequence[Utterance], pack_seconds: Optional[float]) -> List[List[Utterance]]:
     """Consecutive utterances grouped into windows of at most ``pack_seconds``
-    (gaps included; a longer utterance is a window alone). None: one each.
-    ``padded_share``: that share of the utterances, evenly spread, stands alone
-    in its window (padded, as every utterance is at inference); the rest is
-    packed, and the windows keep the order of their first utterance."""
+    (gaps included; a longer utterance is a window alone). None: one each."""
     if pack_seconds is None:
         return [[u] for u in utts]
-    if not 0.0 <= padded_share < 1.0:
-        raise ValueError(f"padded_share must be in [0, 1), got {padded_share}")
     import soundfile as sf
 
-    alone = [i for i in range(len(utts)) if math.floor((i + 1) * padded_share) > math.floor(i * padded_share)]
-    windows: List[Tuple[int, List[Utterance]]] = [(i, [utts[i]]) for i in alone]
-    alone_set = set(alone)
+    windows: List[List[Utterance]] = []
     filled = math.inf
-    for i, u in enumerate(utts):
-        if i in alone_set:
-            continue
+    for u in utts:
         info = sf.info(u.wav_path)
         seconds = info.frames / info.samplerate
         if filled + PACK_GAP_SECONDS + seconds > pack_seconds:
-            windows.append((i, [u]))
+            windows.append([u])
             filled = seconds
         else:
-            windows[-1][1].append(u)
+            windows[-1].append(u)
             filled += PACK_GAP_SECONDS + seconds
-    return [w for _, w in sorted(windows, key=lambda iw: iw[0])]
+    return windows
 
 
 def num_batches(n: int, batch_size: int) -> int:
@@ -292,12 +282,12 @@ def num_batches(n: int, batch_size: int) -> int:
 
 def iter_batches(
     utts: Sequence[Utterance], batch_size: int, sample_rate: int = 16000,
-    pack_seconds: Optional[float] = None, padded_share: float = 0.0,
+    pack_seconds: Optional[float] = None,
 ) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
     """``(speech (B, max_samples) float32 zero-padded, lengths (B,) int64)``
     batches of at most ``batch_size`` rows, in the given order. A row is one
     utterance, or with ``pack_seconds`` a window of consecutive ones (:func:`pack`)."""
-    return batch_windows(pack(utts, pack_seconds, padded_share), batch_size, sample_rate)
+    return batch_windows(pack(utts, pack_seconds), batch_size, sample_rate)
 
 
 def batch_windows(

@@ -85,7 +85,7 @@ def calibrate_model(model, calib_data: CalibData, config: Optional[LowRankConfig
     targets = family.target_layers(model.encoder, config)
     utts = calibration_utterances(calib_data, config.calibration.num_calib)
     torch.manual_seed(config.calibration.seed)
-    windows = pack(utts, config.calibration.pack_seconds, config.calibration.padded_share)
+    windows = pack(utts, config.calibration.pack_seconds)
     return _calibrate(model, family, list(targets), windows, config, stop_after=False)
 
 
@@ -159,7 +159,7 @@ def compress(
 
         compared_output(source, config.recovery.objective)  # refuses an impossible objective
     utts = calibration_utterances(calib_data, config.calibration.num_calib) if calib_data is not None else None
-    windows = pack(utts, config.calibration.pack_seconds, config.calibration.padded_share) if utts is not None else None
+    windows = pack(utts, config.calibration.pack_seconds) if utts is not None else None
     torch.manual_seed(config.calibration.seed)
 
     costs = StepCosts()
@@ -241,11 +241,11 @@ def recover_if_asked(compressed, source, utts: Optional[List[Utterance]], config
     with kept_modes(source):
         if r.scope == "end_to_end":
             return recover_(compressed, source.eval(), utts, r.steps, r.lr, c.batch_size, r.objective,
-                            c.pack_seconds, recompute_blocks=recompute, padded_share=c.padded_share)
+                            c.pack_seconds, recompute_blocks=recompute)
         report = recover_blocks_(compressed, source.eval(), utts, family.blocks, r.steps, r.lr, c.batch_size,
-                                 c.pack_seconds, padded_share=c.padded_share)
+                                 c.pack_seconds)
         if r.final_steps:
             report["recovery_final"] = recover_(compressed, source.eval(), utts, r.final_steps, r.lr,
                                                 c.batch_size, r.objective, c.pack_seconds,
-                                                recompute_blocks=recompute, padded_share=c.padded_share)
+                                                recompute_blocks=recompute)
         return report

@@ -37,8 +37,6 @@ BAD_YAML = [
     ("batch_size: 0", "batch_size", "must be >= 1"),
     ('sequential: "yes"', "sequential", "expected true or false"),
     ("seed: -1", "seed", "must be >= 0"),
-    ("calibration:\n  padded_share: 1.0", "calibration.padded_share", "must be in [0, 0.99]"),
-    ("padded_share: -0.25", "padded_share", "must be in [0, 0.99]"),
     ("attention: fast", "attention", "must be one of auto, reduced, dense"),
     ("thetaattention: 0.9", "thetaattention", "known: version, targets, ranks"),
     ("version: 2", "version", "reads low-rank config version 1, got 2"),
@@ -113,8 +111,7 @@ def test_sections_and_flat_keys_are_the_same_config(tmp_path):
     assert LowRankConfig.from_dict(a.sections()) == a
     assert set(a.to_dict()) == {
         "version", "target_modules", "exclude_modules", "rank_pattern", "theta_attention", "theta_feed_forward",
-        "rank_multiple", "budget", "num_calib", "batch_size", "sequential", "seed", "pack_seconds", "padded_share",
-        "recovery_steps",
+        "rank_multiple", "budget", "num_calib", "batch_size", "sequential", "seed", "pack_seconds", "recovery_steps",
         "recovery_lr", "recovery_objective", "recovery_scope", "recovery_final_steps", "recovery_recompute_blocks",
         "recovery_return_freed_memory", "attention", "int8"}
     defaults = LowRankConfig()

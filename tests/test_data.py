@@ -203,17 +203,3 @@ def test_packed_windows(tmp_path):
     row = speech[0]
     assert torch.all(row[:16000].abs() > 0.4) and torch.all(row[16000:19200] == 0)
     assert torch.all(row[19200:43200].abs() > 0.4) and torch.all(row[43200:] == 0)
-
-
-def test_padded_share_keeps_every_nth_utterance_alone(tmp_path):
-    """``padded_share``: that share of the utterances, evenly spread, is a row
-    alone (padded, as at inference); the others are packed without them, and
-    the rows keep the order of their first utterance."""
-    utts = [Utterance(f"u{i}", _wav(str(tmp_path / f"u{i}.wav"), 8000, value=0.5), None) for i in range(8)]
-    windows = [[u.utt_id for u in w] for w in pack(utts, 2.0, padded_share=0.25)]
-    assert windows == [["u0", "u1", "u2"], ["u3"], ["u4", "u5", "u6"], ["u7"]]
-    assert [[u.utt_id for u in w] for w in pack(utts, 2.0)] == [["u0", "u1", "u2"], ["u3", "u4", "u5"], ["u6", "u7"]]
-    lengths = [n.tolist() for _, n in iter_batches(utts, 2, pack_seconds=2.0, padded_share=0.25)]
-    assert lengths == [[3 * 8000 + 2 * 3200, 8000], [3 * 8000 + 2 * 3200, 8000]]
-    with pytest.raises(ValueError, match=r"padded_share must be in \[0, 1\), got 1.0"):
-        pack(utts, 2.0, padded_share=1.0)
