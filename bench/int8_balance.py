@@ -4,6 +4,7 @@ and without rank-space balancing (``espnet_lowrank.balance``), at several α.
 
     python bench/int8_balance.py [--model tiny.en] [--alphas 0.5 0.7 0.85] \\
         [--recovery_steps 30] [--threads 1]
+    python bench/int8_balance.py --exp_dir EXP [--dense_exp DENSE_EXP] [--alphas ...] [--pool_size 128]
 
 Factors: θ (0.98, 0.995), one pass over the first 32 LibriSpeech utterances
 packed into 30 s windows; then the same factors after ``--recovery_steps``
@@ -21,14 +22,13 @@ evaluation set of bench/heldout_eval.py: ``arctic_misc`` and the LJSpeech
 utterances the pool leaves out. Rebalancing with measured RMS reaches the same
 factors whatever scaling they start from (the product rms_i · max|up[:, i]|
 is invariant), so the exp dir's own α 0.7 balancing does not bias the sweep.
-``--write_alpha A --out_exp DIR`` writes a copy of the exp dir rebalanced
-with α A, to be decoded by bench/heldout_eval.py.
+It also splits the stored model's int8 error between the factored layers and
+the linears left dense.
 """
 
 import argparse
 import copy
 import os
-import shutil
 import sys
 from pathlib import Path
 
@@ -46,7 +46,6 @@ from espnet_lowrank.factorize import spectrum  # noqa: E402
 from espnet_lowrank.pipeline import calibrate_model, compress  # noqa: E402
 from espnet_lowrank.quantize import quantize_linears_  # noqa: E402
 from espnet_lowrank.recovery import recover_  # noqa: E402
-from espnet_lowrank.utils import atomic_write  # noqa: E402
 
 
 def encode(model, utts):
@@ -85,11 +84,9 @@ def exp_dir_sweep(args):
     from espnet_lowrank.modules.lowrank_linear import LowRankConv1d, LowRankLinear
 
     exp = Path(args.exp_dir)
-    if args.write_alpha is not None:
-        if not args.out_exp:
-            raise SystemExit("--write_alpha needs --out_exp")
-        if Path(args.out_exp).resolve() == exp.resolve():
-            raise SystemExit(f"--out_exp {args.out_exp} is the source exp dir; it is never overwritten")
+    for d in filter(None, (args.exp_dir, args.dense_exp)):
+        if not (Path(d) / "model.pth").is_file() or not (Path(d) / "config.yaml").is_file():
+            raise SystemExit(f"{d}: not an exp dir (needs config.yaml and model.pth)")
     model = Speech2Text(str(exp / "config.yaml"), str(exp / "model.pth"), device="cpu").asr_model.eval()
     factored = [n for n, m in model.encoder.named_modules() if isinstance(m, (LowRankLinear, LowRankConv1d))]
     librispeech = read_data_dir(os.path.join(args.data, CALIB_SET))
@@ -122,14 +119,6 @@ def exp_dir_sweep(args):
     for label, q in (("the factored layers", only_factors), ("the other linears", others)):
         error = ((encode(q, selection) - reference).norm() / reference.norm()).item()
         print(f"as stored, int8 on {label} only: {error:.4f}")
-    if args.write_alpha is not None:
-        balance_factors_(model.encoder, rms, args.write_alpha)
-        out = Path(args.out_exp)
-        out.mkdir(parents=True, exist_ok=True)
-        for name in ("config.yaml", "decode.yaml"):
-            shutil.copy(exp / name, out / name)
-        atomic_write(out / "model.pth", lambda f: torch.save(model.state_dict(), f))
-        print(f"wrote {out} (α {args.write_alpha})")
 
 
 def main(argv=None):
@@ -143,8 +132,6 @@ def main(argv=None):
     p.add_argument("--exp_dir", help="sweep α on this compressed exp dir instead")
     p.add_argument("--dense_exp", help="with --exp_dir: also print this dense exp dir's own int8 error")
     p.add_argument("--pool_size", type=int, default=128, help="the exp dir's calibration pool size")
-    p.add_argument("--write_alpha", type=float, help="with --exp_dir: write a copy rebalanced with this α")
-    p.add_argument("--out_exp", help="where --write_alpha writes")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.exp_dir:
