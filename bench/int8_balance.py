@@ -53,11 +53,23 @@ def encode(model, utts):
         return torch.cat([model.encode(s, n)[0] for s, n in batch_windows(pack(utts, None), 4)])
 
 
+def relative_error(model, utts, reference):
+    """‖encoder output − reference‖ / ‖reference‖ over ``utts``."""
+    return ((encode(model, utts) - reference).norm() / reference.norm()).item()
+
+
 def int8_error(model, utts, reference):
     q = copy.deepcopy(model)
     quantize_linears_(q.encoder)
-    out = encode(q, utts)
-    return ((out - reference).norm() / reference.norm()).item()
+    return relative_error(q, utts, reference)
+
+
+def load_exp(exp_dir):
+    """An exp dir's ASR model in eval mode, loaded as ESPnet's inference loads it."""
+    from espnet2.bin.asr_inference import Speech2Text
+
+    exp = Path(exp_dir)
+    return Speech2Text(str(exp / "config.yaml"), str(exp / "model.pth"), device="cpu").asr_model.eval()
 
 
 def measured_rms(model, ranks, utts):
@@ -78,7 +90,6 @@ def measured_rms(model, ranks, utts):
 
 
 def exp_dir_sweep(args):
-    from espnet2.bin.asr_inference import Speech2Text
     from pareto import CALIB_SET, calibration_pool
 
     from espnet_lowrank.modules.lowrank_linear import LowRankConv1d, LowRankLinear
@@ -87,7 +98,7 @@ def exp_dir_sweep(args):
     for d in filter(None, (args.exp_dir, args.dense_exp)):
         if not (Path(d) / "model.pth").is_file() or not (Path(d) / "config.yaml").is_file():
             raise SystemExit(f"{d}: not an exp dir (needs config.yaml and model.pth)")
-    model = Speech2Text(str(exp / "config.yaml"), str(exp / "model.pth"), device="cpu").asr_model.eval()
+    model = load_exp(exp)
     factored = [n for n, m in model.encoder.named_modules() if isinstance(m, (LowRankLinear, LowRankConv1d))]
     librispeech = read_data_dir(os.path.join(args.data, CALIB_SET))
     pool = calibration_pool(librispeech, args.data, 32, ["arctic_cathy_a", "an4", "ljspeech"], args.pool_size)
@@ -100,8 +111,7 @@ def exp_dir_sweep(args):
     print(f"{exp.name}: {len(factored)} factored layers; error on {len(selection)} utterances "
           f"(arctic_misc + LJSpeech outside the pool)")
     if args.dense_exp:
-        dense = Speech2Text(str(Path(args.dense_exp) / "config.yaml"), str(Path(args.dense_exp) / "model.pth"),
-                            device="cpu").asr_model.eval()
+        dense = load_exp(args.dense_exp)
         print(f"dense int8: {int8_error(dense, selection, encode(dense, selection)):.4f}")
         del dense
     print(f"as stored (α {ALPHA} from the calibration statistics): {int8_error(model, selection, reference):.4f}")
@@ -117,8 +127,7 @@ def exp_dir_sweep(args):
     for name in factored:  # the factored layers back to float
         set_submodule(others.encoder, name, copy.deepcopy(model.encoder.get_submodule(name)))
     for label, q in (("the factored layers", only_factors), ("the other linears", others)):
-        error = ((encode(q, selection) - reference).norm() / reference.norm()).item()
-        print(f"as stored, int8 on {label} only: {error:.4f}")
+        print(f"as stored, int8 on {label} only: {relative_error(q, selection, reference):.4f}")
 
 
 def main(argv=None):
@@ -136,11 +145,9 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     if args.exp_dir:
         return exp_dir_sweep(args)
-    from espnet2.bin.asr_inference import Speech2Text
     from pareto import CALIB_SET, dense_exp_dir
 
-    exp = dense_exp_dir(args.model, args.work_dir)
-    dense = Speech2Text(str(exp / "config.yaml"), str(exp / "model.pth"), device="cpu").asr_model.eval()
+    dense = load_exp(dense_exp_dir(args.model, args.work_dir))
     librispeech = read_data_dir(os.path.join(args.data, CALIB_SET))
     calib = librispeech[:32]
     held_out = librispeech[40:44] + read_data_dir(os.path.join(args.data, "vctk"))[:4]
