@@ -5,8 +5,7 @@ A ``--lowrank_config`` YAML may give the sections::
     targets:     {target_modules, exclude_modules, rank_pattern}   # which layers
     ranks:       {theta_attention, theta_feed_forward, rank_multiple, budget}
     calibration: {num_calib, batch_size, sequential, seed, pack_seconds}
-    recovery:    {steps, lr, objective, scope, final_steps, recompute_blocks, return_freed_memory,
-                  speed_perturb}
+    recovery:    {steps, lr, objective, scope, final_steps, recompute_blocks, return_freed_memory}
     deployment:  {attention, int8}
 
 or the same options as flat keys (``theta_attention: 0.98``,
@@ -111,10 +110,6 @@ class Recovery:
         metadata={"help": "from recovery on, glibc returns freed buffers of 8 MB or more to the system "
                           "(mallopt, as MALLOC_MMAP_THRESHOLD_=8388608 would): the same numbers, less "
                           "memory, more time; for the rest of the process"})
-    speed_perturb: Optional[List[float]] = field(
-        default=None,
-        metadata={"help": "speed factors (as ESPnet's speed_perturb_factors, e.g. [0.9, 1.0, 1.1]): "
-                          "recovery trains on the pool once per factor, speed-perturbed; none: as it is"})
 
 
 @dataclass
@@ -137,8 +132,7 @@ FLAT_KEYS.update(recovery_steps=("recovery", "steps"), recovery_lr=("recovery", 
                  recovery_objective=("recovery", "objective"), recovery_scope=("recovery", "scope"),
                  recovery_final_steps=("recovery", "final_steps"),
                  recovery_recompute_blocks=("recovery", "recompute_blocks"),
-                 recovery_return_freed_memory=("recovery", "return_freed_memory"),
-                 recovery_speed_perturb=("recovery", "speed_perturb"))
+                 recovery_return_freed_memory=("recovery", "return_freed_memory"))
 _FLAT_OF = {where: flat for flat, where in FLAT_KEYS.items()}
 _REMOVED = {
     "keep_dense_if_no_savings": "a layer is always kept dense where factoring would not save",
@@ -189,15 +183,6 @@ def _boolean(key, value):
     if not isinstance(value, bool):
         raise ValueError(f"{key}: expected true or false, got {_got(value)}")
     return value
-
-
-def _speed_factors(key, value):
-    if not isinstance(value, list) or not value:
-        raise ValueError(f"{key}: expected a list of speed factors such as [0.9, 1.0, 1.1], got {_got(value)}")
-    factors = [_number(0.5, 2.0, lo_open=False)(f"{key}[{i}]", v) for i, v in enumerate(value)]
-    if len(set(factors)) != len(factors):
-        raise ValueError(f"{key}: a speed factor is listed twice in {value!r}")
-    return factors
 
 
 def _optional(check: Callable) -> Callable:
@@ -255,7 +240,6 @@ _CHECKS: Dict[Tuple[str, str], Callable] = {
     ("recovery", "final_steps"): _integer(0),
     ("recovery", "recompute_blocks"): _boolean,
     ("recovery", "return_freed_memory"): _boolean,
-    ("recovery", "speed_perturb"): _optional(_speed_factors),
     ("deployment", "attention"): _choice(ATTENTION_MODES),
     ("deployment", "int8"): _boolean,
 }

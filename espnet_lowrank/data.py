@@ -252,10 +252,9 @@ def check_calibration_audio(utts: Sequence[Utterance], sample_rate: int = 16000)
 PACK_GAP_SECONDS = 0.2
 
 
-def pack(utts: Sequence[Utterance], pack_seconds: Optional[float], speed: float = 1.0) -> List[List[Utterance]]:
+def pack(utts: Sequence[Utterance], pack_seconds: Optional[float]) -> List[List[Utterance]]:
     """Consecutive utterances grouped into windows of at most ``pack_seconds``
-    (gaps included; a longer utterance is a window alone), each utterance as
-    long as it is at ``speed`` (:func:`change_speed`). None: one each."""
+    (gaps included; a longer utterance is a window alone). None: one each."""
     if pack_seconds is None:
         return [[u] for u in utts]
     import soundfile as sf
@@ -264,7 +263,7 @@ def pack(utts: Sequence[Utterance], pack_seconds: Optional[float], speed: float 
     filled = math.inf
     for u in utts:
         info = sf.info(u.wav_path)
-        seconds = info.frames / info.samplerate / speed
+        seconds = info.frames / info.samplerate
         if filled + PACK_GAP_SECONDS + seconds > pack_seconds:
             windows.append([u])
             filled = seconds
@@ -283,28 +282,16 @@ def num_batches(n: int, batch_size: int) -> int:
 
 def iter_batches(
     utts: Sequence[Utterance], batch_size: int, sample_rate: int = 16000,
-    pack_seconds: Optional[float] = None, speed: float = 1.0,
+    pack_seconds: Optional[float] = None,
 ) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
     """``(speech (B, max_samples) float32 zero-padded, lengths (B,) int64)``
     batches of at most ``batch_size`` rows, in the given order. A row is one
-    utterance, or with ``pack_seconds`` a window of consecutive ones (:func:`pack`).
-    ``speed`` != 1: each utterance speed-perturbed (:func:`change_speed`) first."""
-    return batch_windows(pack(utts, pack_seconds, speed), batch_size, sample_rate, speed)
-
-
-def change_speed(audio: np.ndarray, speed: float, sample_rate: int = 16000) -> np.ndarray:
-    """Kaldi/ESPnet speed perturbation (sox ``speed``): the audio played
-    ``speed`` times as fast, pitch and tempo together, so 1.1 is 1/1.1 as long."""
-    if speed == 1.0:
-        return audio
-    import torchaudio.functional as AF
-
-    faster = AF.resample(torch.from_numpy(audio), round(sample_rate * speed), sample_rate)
-    return np.ascontiguousarray(faster.numpy(), dtype=np.float32)
+    utterance, or with ``pack_seconds`` a window of consecutive ones (:func:`pack`)."""
+    return batch_windows(pack(utts, pack_seconds), batch_size, sample_rate)
 
 
 def batch_windows(
-    windows: Sequence[List[Utterance]], batch_size: int, sample_rate: int = 16000, speed: float = 1.0,
+    windows: Sequence[List[Utterance]], batch_size: int, sample_rate: int = 16000
 ) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
     """:func:`iter_batches` on windows already made by :func:`pack`: each
     window's audio, 0.2 s of silence between its utterances, is one row."""
@@ -314,7 +301,7 @@ def batch_windows(
     for start in range(0, len(windows), batch_size):
         chunk = []
         for window in windows[start: start + batch_size]:
-            parts = [change_speed(load_audio(u.wav_path, sample_rate), speed, sample_rate) for u in window]
+            parts = [load_audio(u.wav_path, sample_rate) for u in window]
             chunk.append(np.concatenate([x for a in parts for x in (gap, a)][1:]))
         lengths = torch.tensor([len(a) for a in chunk], dtype=torch.int64)
         speech = torch.zeros(len(chunk), int(lengths.max()), dtype=torch.float32)

@@ -238,15 +238,14 @@ def recover_if_asked(compressed, source, utts: Optional[List[Utterance]], config
         logger.warning("recovery.return_freed_memory: no glibc mallopt here, or it refused the setting; "
                        "memory as it is")
     recompute = family.blocks if r.recompute_blocks else None
-    speeds = r.speed_perturb or (1.0,)
     with kept_modes(source):
         if r.scope == "end_to_end":
             return recover_(compressed, source.eval(), utts, r.steps, r.lr, c.batch_size, r.objective,
-                            c.pack_seconds, recompute_blocks=recompute, speeds=speeds)
+                            c.pack_seconds, recompute_blocks=recompute)
         report = recover_blocks_(compressed, source.eval(), utts, family.blocks, r.steps, r.lr, c.batch_size,
-                                 c.pack_seconds, speeds=speeds)
+                                 c.pack_seconds)
         if r.final_steps:
             report["recovery_final"] = recover_(compressed, source.eval(), utts, r.final_steps, r.lr,
                                                 c.batch_size, r.objective, c.pack_seconds,
-                                                recompute_blocks=recompute, speeds=speeds)
+                                                recompute_blocks=recompute)
         return report

@@ -28,7 +28,7 @@ import functools
 import logging
 import re
 import time
-from typing import List, Optional, Sequence
+from typing import List, Optional
 
 import torch
 
@@ -181,9 +181,8 @@ def _train_keep_best(model, params, loss_of, n_batches: int, steps: int, lr: flo
 
 
 def _batches(compressed, utts: List[Utterance], steps: int, batch_size: int,
-             pack_seconds: Optional[float], speeds: Sequence[float] = (1.0,)) -> list:
-    """The calibration batches on the model's device, after the checks both scopes
-    share: the pool once per speed in ``speeds`` (speed perturbation)."""
+             pack_seconds: Optional[float]) -> list:
+    """The calibration batches on the model's device, after the checks both scopes share."""
     if steps < 1:
         raise ValueError(f"recovery needs at least one step, got {steps}")
     if not utts:
@@ -192,8 +191,7 @@ def _batches(compressed, utts: List[Utterance], steps: int, batch_size: int,
     if not params:
         raise ValueError("no low-rank layers to train: the plan factored nothing")
     device = params[0].device
-    return [(s.to(device), n.to(device)) for speed in speeds
-            for s, n in iter_batches(utts, batch_size, pack_seconds=pack_seconds, speed=speed)]
+    return [(s.to(device), n.to(device)) for s, n in iter_batches(utts, batch_size, pack_seconds=pack_seconds)]
 
 
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
@@ -246,17 +244,16 @@ def checkpointed(model, blocks: Optional[str]):
 
 def recover_(compressed, dense, utts: List[Utterance], steps: int, lr: float = 3e-5,
              batch_size: int = 4, objective: str = "encoder", pack_seconds: Optional[float] = None,
-             recompute_blocks: Optional[str] = None, speeds: Sequence[float] = (1.0,)) -> dict:
+             recompute_blocks: Optional[str] = None) -> dict:
     """Train ``compressed``'s low-rank factors for ``steps`` steps to match
     ``dense`` on ``utts`` under ``objective`` (in place). After every pass over
     the batches the loss over all of them is measured, and the factors with the
     lowest one are kept (the calibration factors when nothing improved).
     ``recompute_blocks`` (a regex of encoder block names) recomputes those
-    blocks in the backward pass (:func:`checkpointed`); ``speeds`` repeats the
-    pool speed-perturbed (``recovery.speed_perturb``).
+    blocks in the backward pass (:func:`checkpointed`).
     Returns the loss before and after and the step the kept factors are from."""
     output = compared_output(compressed, objective)
-    batches = _batches(compressed, utts, steps, batch_size, pack_seconds, speeds)
+    batches = _batches(compressed, utts, steps, batch_size, pack_seconds)
     params = factor_parameters(compressed.encoder)
     # Only the dense encoder output is cached: the decoder's views of it (Whisper's
     # cross-attention keys and values are 2 x layers times its size) are recomputed
@@ -287,7 +284,6 @@ def recover_(compressed, dense, utts: List[Utterance], steps: int, lr: float = 3
     logger.info("recovery: %d steps, %s loss %.4g -> %.4g", steps, objective, before, after)
     return {"recovery_steps": steps, "recovery_lr": lr, "recovery_objective": objective,
             "recovery_loss_before": before, "recovery_loss_after": after, "recovery_best_step": best_step,
-            "recovery_batches": len(batches),
             "recovery_seconds": round(time.perf_counter() - started, 2)}
 
 
@@ -317,15 +313,14 @@ def _block_io(model, first, last, batches):
 
 
 def recover_blocks_(compressed, dense, utts: List[Utterance], blocks: str, steps: int,
-                    lr: float = 3e-5, batch_size: int = 4, pack_seconds: Optional[float] = None,
-                    speeds: Sequence[float] = (1.0,)) -> dict:
+                    lr: float = 3e-5, batch_size: int = 4, pack_seconds: Optional[float] = None) -> dict:
     """Block-wise recovery (``recovery.scope: block``): each encoder block
     (module names matching ``blocks``) in forward order, ``steps`` steps each,
     trains its factors so that, from the compressed model's input to it, it
     gives the dense model's output of that block (MSE, valid frames). Block
     inputs are cached, so a step costs one block, not the whole encoder; each
     block keeps its best factors."""
-    batches = _batches(compressed, utts, steps, batch_size, pack_seconds, speeds)
+    batches = _batches(compressed, utts, steps, batch_size, pack_seconds)
     student_blocks, teacher_blocks = _blocks(compressed.encoder, blocks), _blocks(dense.encoder, blocks)
     compressed.eval()
     student_in, last_before, lens = _block_io(compressed, student_blocks[0], student_blocks[-1], batches)

@@ -33,9 +33,6 @@ BAD_YAML = [
     ("recovery_steps: -1", "recovery_steps", "must be >= 0"),
     ('recovery_steps: "100"', "recovery_steps", "expected an integer"),
     ("budget: 1.2", "budget", "must be in (0, 1]"),
-    ("recovery:\n  speed_perturb: 0.9", "recovery.speed_perturb", "expected a list of speed factors"),
-    ("recovery:\n  speed_perturb: [0.9, 3.0]", "recovery.speed_perturb[1]", "must be in [0.5, 2]"),
-    ("recovery_speed_perturb: [1.0, 1.0]", "recovery_speed_perturb", "listed twice"),
     ("num_calib: 0", "num_calib", "must be >= 1"),
     ("batch_size: 0", "batch_size", "must be >= 1"),
     ('sequential: "yes"', "sequential", "expected true or false"),
@@ -116,6 +113,6 @@ def test_sections_and_flat_keys_are_the_same_config(tmp_path):
         "version", "target_modules", "exclude_modules", "rank_pattern", "theta_attention", "theta_feed_forward",
         "rank_multiple", "budget", "num_calib", "batch_size", "sequential", "seed", "pack_seconds", "recovery_steps",
         "recovery_lr", "recovery_objective", "recovery_scope", "recovery_final_steps", "recovery_recompute_blocks",
-        "recovery_return_freed_memory", "recovery_speed_perturb", "attention", "int8"}
+        "recovery_return_freed_memory", "attention", "int8"}
     defaults = LowRankConfig()
     assert (defaults.deployment.attention, defaults.calibration.seed) == ("auto", 0)

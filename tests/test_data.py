@@ -1,4 +1,3 @@
-import math
 import os
 
 import numpy as np
@@ -8,7 +7,6 @@ import torch
 
 from espnet_lowrank.data import (
     Utterance,
-    change_speed,
     import_librispeech,
     iter_batches,
     load_audio,
@@ -205,24 +203,3 @@ def test_packed_windows(tmp_path):
     row = speech[0]
     assert torch.all(row[:16000].abs() > 0.4) and torch.all(row[16000:19200] == 0)
     assert torch.all(row[19200:43200].abs() > 0.4) and torch.all(row[43200:] == 0)
-
-
-def test_speed_perturbed_windows(tmp_path):
-    """``speed``: each utterance played that many times as fast (pitch too, as
-    sox's speed in ESPnet's speed_perturb_factors), and the windows packed by
-    the perturbed lengths, so a row never outgrows ``pack_seconds``."""
-    t = np.arange(16000) / 16000
-    tone = (0.5 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
-    faster = change_speed(tone, 1.1)
-    assert len(faster) == math.ceil(16000 / 1.1) and change_speed(tone, 1.0) is tone
-    peak_hz = np.argmax(np.abs(np.fft.rfft(faster))) * 16000 / len(faster)
-    assert abs(peak_hz - 484) < 2
-    seconds = [1.0, 1.5, 0.5, 3.5, 0.8]
-    utts = [Utterance(f"u{i}", _wav(str(tmp_path / f"u{i}.wav"), int(16000 * s), value=0.5), None)
-            for i, s in enumerate(seconds)]
-    # the first two fit 2.9 s together (1.0 + 0.2 + 1.5 s), but not at 0.9 (1.11 + 0.2 + 1.67 s)
-    assert [[u.utt_id for u in w] for w in pack(utts, 2.9)] == [["u0", "u1"], ["u2"], ["u3"], ["u4"]]
-    assert [[u.utt_id for u in w] for w in pack(utts, 2.9, speed=0.9)] == [["u0"], ["u1", "u2"], ["u3"], ["u4"]]
-    slow = [n for _, lens in iter_batches(utts, 4, pack_seconds=2.9, speed=0.9) for n in lens.tolist()]
-    longer = [math.ceil(n / 0.9) for n in (16000, 24000, 8000, 56000, 12800)]
-    assert slow == [longer[0], longer[1] + 3200 + longer[2], longer[3], longer[4]]

@@ -118,14 +118,11 @@ def test_decoder_objective_on_tiny_en(dense_exp, librispeech, tmp_path):
 
 def test_decoder_tokens_objective_on_tiny_en(dense_exp, librispeech, tmp_path):
     """Recovery on the cross-attention K/V plus the dense decoder's token
-    distribution, teacher-forced on the dense model's own greedy transcript,
-    on the pool at three speeds (``recovery.speed_perturb``): the loss falls,
-    the source stays as it was and the result reloads exactly."""
+    distribution, teacher-forced on the dense model's own greedy transcript: the
+    loss falls, the source stays as it was and the result reloads exactly."""
     dense, config, report = _compress_tiny_en(dense_exp, librispeech[:2], tmp_path,
-                                              {"steps": 4, "lr": 3e-4, "objective": "decoder+tokens",
-                                               "speed_perturb": [0.9, 1.0, 1.1]})
+                                              {"steps": 4, "lr": 3e-4, "objective": "decoder+tokens"})
     assert report["recovery_objective"] == "decoder+tokens"
-    assert report["recovery_batches"] == 3  # one batch of two utterances per speed
     assert report["recovery_loss_after"] < 0.95 * report["recovery_loss_before"], report
     # the teacher transcript is the one decode.yaml gives: the reference words, here
     from espnet_lowrank.data import iter_batches
