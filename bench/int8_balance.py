@@ -38,6 +38,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
+from espnet_lowrank.api import load_compressed  # noqa: E402
 from espnet_lowrank.apply import factorize_layers_, set_submodule  # noqa: E402
 from espnet_lowrank.balance import ALPHA, balance_factors_, statistics_rms  # noqa: E402
 from espnet_lowrank.config import LowRankConfig  # noqa: E402
@@ -62,14 +63,6 @@ def int8_error(model, utts, reference):
     q = copy.deepcopy(model)
     quantize_linears_(q.encoder)
     return relative_error(q, utts, reference)
-
-
-def load_exp(exp_dir):
-    """An exp dir's ASR model in eval mode, loaded as ESPnet's inference loads it."""
-    from espnet2.bin.asr_inference import Speech2Text
-
-    exp = Path(exp_dir)
-    return Speech2Text(str(exp / "config.yaml"), str(exp / "model.pth"), device="cpu").asr_model.eval()
 
 
 def measured_rms(model, ranks, utts):
@@ -98,7 +91,7 @@ def exp_dir_sweep(args):
     for d in filter(None, (args.exp_dir, args.dense_exp)):
         if not (Path(d) / "model.pth").is_file() or not (Path(d) / "config.yaml").is_file():
             raise SystemExit(f"{d}: not an exp dir (needs config.yaml and model.pth)")
-    model = load_exp(exp)
+    model, _ = load_compressed(str(exp))
     factored = [n for n, m in model.encoder.named_modules() if isinstance(m, (LowRankLinear, LowRankConv1d))]
     librispeech = read_data_dir(os.path.join(args.data, CALIB_SET))
     pool = calibration_pool(librispeech, args.data, 32, ["arctic_cathy_a", "an4", "ljspeech"], args.pool_size)
@@ -111,7 +104,7 @@ def exp_dir_sweep(args):
     print(f"{exp.name}: {len(factored)} factored layers; error on {len(selection)} utterances "
           f"(arctic_misc + LJSpeech outside the pool)")
     if args.dense_exp:
-        dense = load_exp(args.dense_exp)
+        dense, _ = load_compressed(args.dense_exp)
         print(f"dense int8: {int8_error(dense, selection, encode(dense, selection)):.4f}")
         del dense
     print(f"as stored (α {ALPHA} from the calibration statistics): {int8_error(model, selection, reference):.4f}")
@@ -147,7 +140,7 @@ def main(argv=None):
         return exp_dir_sweep(args)
     from pareto import CALIB_SET, dense_exp_dir
 
-    dense = load_exp(dense_exp_dir(args.model, args.work_dir))
+    dense, _ = load_compressed(str(dense_exp_dir(args.model, args.work_dir)))
     librispeech = read_data_dir(os.path.join(args.data, CALIB_SET))
     calib = librispeech[:32]
     held_out = librispeech[40:44] + read_data_dir(os.path.join(args.data, "vctk"))[:4]
