@@ -264,3 +264,45 @@ def test_return_freed_memory_maps_large_buffers():
     before, done, after = json.loads(out.strip().splitlines()[-1])
     assert (before, done) == (0, True)
     assert after >= 12 << 20
+
+
+def test_averaged_factors_are_the_moving_average_the_guard_kept(dense_exp, librispeech):
+    """``recovery.average_decay``: the factors kept are the exponential moving
+    average of Adam's steps (checked against one computed by hand on a toy
+    problem), and on tiny.en the averaged recovery lowers the loss and leaves
+    the source untouched."""
+    from espnet_lowrank.recovery import _train_keep_best
+
+    torch.manual_seed(0)
+    target, data = torch.randn(8), torch.randn(3, 16, 8)
+    weights = torch.nn.Parameter(torch.zeros(8))
+    model = torch.nn.Module()
+    model.weights = weights
+
+    def loss_of(i):
+        return ((data[i] @ (weights - target)) ** 2).mean()
+
+    by_hand, trace = torch.nn.Parameter(torch.zeros(8)), []
+    optimizer = torch.optim.Adam([by_hand], lr=0.1)
+    average = by_hand.detach().clone()
+    for step in range(6):
+        optimizer.zero_grad()
+        ((data[step % 3] @ (by_hand - target)) ** 2).mean().backward()
+        optimizer.step()
+        average = average * 0.5 + by_hand.detach() * 0.5
+        trace.append(average.clone())
+    before, after, best_step = _train_keep_best(model, [weights], loss_of, 3, 6, 0.1, "toy", average_decay=0.5)
+    assert best_step in (3, 6) and after < before
+    assert torch.allclose(weights.detach(), trace[best_step - 1], atol=1e-6)
+
+    dense, _ = load_asr_model(str(dense_exp / "config.yaml"), str(dense_exp / "model.pth"))
+    source = {k: v.clone() for k, v in dense.state_dict().items()}
+    result = compress(dense, librispeech[:2], LowRankConfig(theta_attention=0.95, theta_feed_forward=0.98,
+                                                            batch_size=2, recovery_steps=4, recovery_lr=3e-4,
+                                                            recovery_average_decay=0.5))
+    report = result.report
+    assert report["recovery_average_decay"] == 0.5
+    assert report["recovery_loss_after"] < 0.95 * report["recovery_loss_before"], report
+    assert all(torch.equal(source[k], v) for k, v in dense.state_dict().items())
+    with pytest.raises(ValueError, match="recovery.average_decay: must be in"):
+        LowRankConfig(recovery={"steps": 4, "average_decay": 1.0})
