@@ -5,8 +5,7 @@ A ``--lowrank_config`` YAML may give the sections::
     targets:     {target_modules, exclude_modules, rank_pattern}   # which layers
     ranks:       {theta_attention, theta_feed_forward, rank_multiple, budget}
     calibration: {num_calib, batch_size, sequential, seed, pack_seconds}
-    recovery:    {steps, lr, objective, scope, final_steps, recompute_blocks, return_freed_memory,
-                  average_decay}
+    recovery:    {steps, lr, objective, scope, final_steps, recompute_blocks, return_freed_memory}
     deployment:  {attention, int8}
 
 or the same options as flat keys (``theta_attention: 0.98``,
@@ -111,11 +110,6 @@ class Recovery:
         metadata={"help": "from recovery on, glibc returns freed buffers of 8 MB or more to the system "
                           "(mallopt, as MALLOC_MMAP_THRESHOLD_=8388608 would): the same numbers, less "
                           "memory, more time; for the rest of the process"})
-    average_decay: float = field(
-        default=0.0,
-        metadata={"help": "end-to-end steps keep an exponential moving average of the factors with this "
-                          "decay per step, which the keep-the-best guard measures and keeps instead of "
-                          "the last step's; 0: off"})
 
 
 @dataclass
@@ -138,8 +132,7 @@ FLAT_KEYS.update(recovery_steps=("recovery", "steps"), recovery_lr=("recovery", 
                  recovery_objective=("recovery", "objective"), recovery_scope=("recovery", "scope"),
                  recovery_final_steps=("recovery", "final_steps"),
                  recovery_recompute_blocks=("recovery", "recompute_blocks"),
-                 recovery_return_freed_memory=("recovery", "return_freed_memory"),
-                 recovery_average_decay=("recovery", "average_decay"))
+                 recovery_return_freed_memory=("recovery", "return_freed_memory"))
 _FLAT_OF = {where: flat for flat, where in FLAT_KEYS.items()}
 _REMOVED = {
     "keep_dense_if_no_savings": "a layer is always kept dense where factoring would not save",
@@ -247,7 +240,6 @@ _CHECKS: Dict[Tuple[str, str], Callable] = {
     ("recovery", "final_steps"): _integer(0),
     ("recovery", "recompute_blocks"): _boolean,
     ("recovery", "return_freed_memory"): _boolean,
-    ("recovery", "average_decay"): _number(0.0, 0.9999, lo_open=False),
     ("deployment", "attention"): _choice(ATTENTION_MODES),
     ("deployment", "int8"): _boolean,
 }

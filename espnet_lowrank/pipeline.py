@@ -241,11 +241,11 @@ def recover_if_asked(compressed, source, utts: Optional[List[Utterance]], config
     with kept_modes(source):
         if r.scope == "end_to_end":
             return recover_(compressed, source.eval(), utts, r.steps, r.lr, c.batch_size, r.objective,
-                            c.pack_seconds, recompute_blocks=recompute, average_decay=r.average_decay)
+                            c.pack_seconds, recompute_blocks=recompute)
         report = recover_blocks_(compressed, source.eval(), utts, family.blocks, r.steps, r.lr, c.batch_size,
                                  c.pack_seconds)
         if r.final_steps:
             report["recovery_final"] = recover_(compressed, source.eval(), utts, r.final_steps, r.lr,
                                                 c.batch_size, r.objective, c.pack_seconds,
-                                                recompute_blocks=recompute, average_decay=r.average_decay)
+                                                recompute_blocks=recompute)
         return report

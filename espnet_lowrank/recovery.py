@@ -132,16 +132,13 @@ def _loss(student: List[torch.Tensor], teacher: List[torch.Tensor], lengths: tor
     return _valid_mse(student[0], teacher[0], lengths)
 
 
-def _train_keep_best(model, params, loss_of, n_batches: int, steps: int, lr: float, desc: str,
-                     average_decay: float = 0.0):
+def _train_keep_best(model, params, loss_of, n_batches: int, steps: int, lr: float, desc: str):
     """Adam on ``params`` only (every other parameter of ``model`` frozen
     meanwhile), batch ``step % n_batches`` per step. After every pass over
     the batches the loss over all of them is measured and the best factors
     are kept: a too-large LR can raise the loss, and the start (plain PCA)
-    must never be replaced by something worse. With ``average_decay`` the
-    factors measured and kept are an exponential moving average over the
-    steps, not the last step's. Returns (loss before, loss after, step the
-    kept factors are from)."""
+    must never be replaced by something worse. Returns (loss before, loss
+    after, step the kept factors are from)."""
     from espnet_lowrank.progress import progress
 
     trainable = {id(p) for p in params}
@@ -155,25 +152,10 @@ def _train_keep_best(model, params, loss_of, n_batches: int, steps: int, lr: flo
     def snapshot():
         return [p.detach().clone() for p in params]
 
-    def measured():  # the loss over every batch of the factors the guard would keep
-        if not average_decay:
-            return full_loss()
-        trained = snapshot()
-        with torch.no_grad():
-            for p, a in zip(params, average):
-                p.copy_(a)
-        try:
-            return full_loss()
-        finally:
-            with torch.no_grad():
-                for p, t in zip(params, trained):
-                    p.copy_(t)
-
     for p in frozen:
         p.requires_grad_(False)
     try:
         before = full_loss()
-        average = snapshot() if average_decay else None
         best, best_loss, best_step = snapshot(), before, 0
         with torch.enable_grad():
             for step in progress(range(steps), desc=desc, unit="step"):
@@ -185,15 +167,10 @@ def _train_keep_best(model, params, loss_of, n_batches: int, steps: int, lr: flo
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
-                if average is not None:
-                    with torch.no_grad():
-                        for a, p in zip(average, params):
-                            a.lerp_(p.detach(), 1.0 - average_decay)
                 if (step + 1) % n_batches == 0 or step + 1 == steps:
-                    current = measured()
+                    current = full_loss()
                     if current < best_loss:
-                        kept = average if average is not None else params
-                        best, best_loss, best_step = [t.detach().clone() for t in kept], current, step + 1
+                        best, best_loss, best_step = snapshot(), current, step + 1
     finally:
         for p in frozen:
             p.requires_grad_(True)
@@ -267,14 +244,13 @@ def checkpointed(model, blocks: Optional[str]):
 
 def recover_(compressed, dense, utts: List[Utterance], steps: int, lr: float = 3e-5,
              batch_size: int = 4, objective: str = "encoder", pack_seconds: Optional[float] = None,
-             recompute_blocks: Optional[str] = None, average_decay: float = 0.0) -> dict:
+             recompute_blocks: Optional[str] = None) -> dict:
     """Train ``compressed``'s low-rank factors for ``steps`` steps to match
     ``dense`` on ``utts`` under ``objective`` (in place). After every pass over
     the batches the loss over all of them is measured, and the factors with the
     lowest one are kept (the calibration factors when nothing improved).
     ``recompute_blocks`` (a regex of encoder block names) recomputes those
-    blocks in the backward pass (:func:`checkpointed`); ``average_decay``
-    keeps a moving average of the factors (:func:`_train_keep_best`).
+    blocks in the backward pass (:func:`checkpointed`).
     Returns the loss before and after and the step the kept factors are from."""
     output = compared_output(compressed, objective)
     batches = _batches(compressed, utts, steps, batch_size, pack_seconds)
@@ -301,13 +277,13 @@ def recover_(compressed, dense, utts: List[Utterance], steps: int, lr: float = 3
     started = time.perf_counter()
     with checkpointed(compressed.encoder, recompute_blocks):
         before, after, best_step = _train_keep_best(compressed, params, loss_of, len(batches), steps, lr,
-                                                    "recovery", average_decay)
+                                                    "recovery")
     if best_step == 0:
         logger.warning("recovery did not lower the %s loss (%.4g); kept the factors from "
                        "calibration. Try a lower recovery_lr.", objective, before)
     logger.info("recovery: %d steps, %s loss %.4g -> %.4g", steps, objective, before, after)
     return {"recovery_steps": steps, "recovery_lr": lr, "recovery_objective": objective,
-            "recovery_average_decay": average_decay, "recovery_loss_before": before, "recovery_loss_after": after, "recovery_best_step": best_step,
+            "recovery_loss_before": before, "recovery_loss_after": after, "recovery_best_step": best_step,
             "recovery_seconds": round(time.perf_counter() - started, 2)}
 
 
