@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -31,7 +32,10 @@ def test_heldout_sets_exclude_pool_ids_and_transcripts(monkeypatch, tmp_path):
         heldout_sets(str(tmp_path), ["arctic"], librispeech, takes)
 
 
-def test_heldout_eval_toy_run(dense_exp, lowrank_exp, shared_data_dir, tmp_path):
+def test_heldout_eval_toy_run(dense_exp, lowrank_exp, shared_data_dir, tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO / "bench"))
+    from heldout_eval import main
+
     out = tmp_path / "heldout"
     cmd = [sys.executable, str(REPO / "bench" / "heldout_eval.py"), "--model", str(dense_exp),
            "--exps", str(lowrank_exp), "--int8", lowrank_exp.name, "--sets", "vctk:2", "pocketsphinx:1",
@@ -54,10 +58,15 @@ def test_heldout_eval_toy_run(dense_exp, lowrank_exp, shared_data_dir, tmp_path)
         assert lo <= delta <= hi
     assert dense["sets"]["vctk"]["utts"] == 2 and (out / "heldout.png").is_file()
     assert len((out / "hyps" / "dense" / "vctk.txt").read_text().splitlines()) == 2
-    bad = subprocess.run(cmd[:-1] + [str(tmp_path / "x"), "--exps", str(tmp_path)], capture_output=True, text=True)
-    assert bad.returncode != 0 and "not an exp dir" in bad.stderr
-    bad = subprocess.run(cmd + ["--no_loop_guard", "dense + int8"], capture_output=True, text=True)
-    assert bad.returncode != 0 and "--no_loop_guard names rows that are not run: ['dense + int8']" in bad.stderr
+    # bad arguments end before any model loads (in process: the checks, not the imports, are under test)
+    threads = torch.get_num_threads()  # main sets it for the process
+    try:
+        with pytest.raises(SystemExit, match="not an exp dir"):
+            main(cmd[2:-1] + [str(tmp_path / "x"), "--exps", str(tmp_path)])
+        with pytest.raises(SystemExit, match=r"--no_loop_guard names rows that are not run: \['dense \+ int8'\]"):
+            main(cmd[2:] + ["--no_loop_guard", "dense + int8"])
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_score_hyps_against_a_row(monkeypatch, tmp_path, capsys):
