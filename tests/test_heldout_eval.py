@@ -117,3 +117,32 @@ def test_score_hyps_loop_guard(monkeypatch, tmp_path, capsys):
     main([str(tmp_path / "run"), "r", "--data", str(tmp_path / "data"), "--loop_guard", "tiny.en"])
     # ", New York" four times (12 tokens) ends u1: 8 inserted; u2's two repeats are speech and stay
     assert "toy 114.29 (0.0 / 0.0 / 114.3), 2 utts, 1 cut" in capsys.readouterr().out
+
+
+def test_error_utterances_across_runs(monkeypatch, tmp_path, capsys):
+    """bench/error_utterances.py: per-speaker errors and the utterances worse
+    than each run's dense row in the most runs, counted by hand here."""
+    monkeypatch.syspath_prepend(str(REPO / "bench"))
+    from error_utterances import main
+
+    data = tmp_path / "data" / "toy"
+    data.mkdir(parents=True)
+    (data / "text").write_text("a_1 ask her to bring it\na_2 the red bags\nb_1 please call stella\n")
+    (data / "utt2spk").write_text("a_1 a\na_2 a\nb_1 b\n")
+    dense = "a_1 Ask her to bring it.\na_2 the red bugs\nb_1 Please call Stella.\n"
+    rows = {"run1": "a_1 Oscar to bring it.\na_2 the red bags\nb_1 Please call Stella.\n",
+            "run2": "a_1 Oscar to bring it.\na_2 the red bugs\nb_1 Please cool Stella.\n"}
+    for run, hyps in rows.items():
+        for row, text in (("dense", dense), ("cut", hyps)):
+            (tmp_path / run / "hyps" / row).mkdir(parents=True)
+            (tmp_path / run / "hyps" / row / "toy.txt").write_text(text)
+    main(["--set", "toy", "--data", str(tmp_path / "data"), str(tmp_path / "run1" / "hyps" / "cut"),
+          str(tmp_path / "run2" / "hyps" / "cut")])
+    out = capsys.readouterr().out
+    assert "toy: 3 utterances, 11 words, 2 rows" in out
+    assert "a: 2 utts, 8 words; dense 1; rows [2, 3]" in out and "b: 1 utts, 3 words; dense 0; rows [0, 1]" in out
+    assert "errors over dense, per row: [1, 3]" in out
+    assert "a_1 (a): worse in 2, errors dense 0, rows [2, 2]" in out  # "ask her" -> "oscar": 1 sub + 1 del
+    assert "b_1 (b): worse in 1" in out and "better than dense in the most rows: a_2 (1)" in out
+    with pytest.raises(SystemExit, match="no hypotheses for other"):
+        main(["--set", "other", "--data", str(tmp_path / "data"), str(tmp_path / "run1" / "hyps" / "cut")])
