@@ -15,6 +15,7 @@ import argparse
 import os
 import sys
 from collections import Counter
+from typing import Dict, NamedTuple
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from score_hyps import REPO, read_row  # noqa: E402
@@ -22,8 +23,19 @@ from score_hyps import REPO, read_row  # noqa: E402
 from espnet_lowrank.scoring import read_text_file, utterance_errors  # noqa: E402
 
 
-def row_errors(folder, against, name, data):
-    """(refs, this row's hyps, its against-row's hyps, id -> row errors, id -> against errors, words)."""
+class PairedRow(NamedTuple):
+    """One row and its run's ``--against`` row on one set, per utterance id."""
+
+    refs: Dict[str, str]
+    hyps: Dict[str, str]
+    base_hyps: Dict[str, str]
+    errors: Dict[str, int]
+    base_errors: Dict[str, int]
+    words: Dict[str, int]
+
+
+def row_errors(folder, against, name, data) -> PairedRow:
+    """The row in ``folder`` (``<run>/hyps/<row>``) paired with ``<run>/hyps/<against>`` on set ``name``."""
     run, row = os.path.dirname(os.path.dirname(os.path.abspath(folder))), os.path.basename(os.path.normpath(folder))
     rows = {r: read_row(run, r, data) for r in (row, against)}
     for r, sets in rows.items():
@@ -33,8 +45,8 @@ def row_errors(folder, against, name, data):
     if set(hyps) != set(base):
         raise SystemExit(f"{folder} and {against} hold different utterances of {name}")
     ours, theirs = utterance_errors(refs, hyps), utterance_errors(refs, base)
-    return refs, hyps, base, {k: e for k, (e, _) in ours.items()}, {k: e for k, (e, _) in theirs.items()}, \
-        {k: w for k, (_, w) in theirs.items()}
+    return PairedRow(refs, hyps, base, {k: e for k, (e, _) in ours.items()}, {k: e for k, (e, _) in theirs.items()},
+                     {k: w for k, (_, w) in theirs.items()})
 
 
 def main(argv=None):
@@ -46,8 +58,9 @@ def main(argv=None):
     p.add_argument("--data", default=os.path.join(os.path.dirname(REPO), "shared", "data"))
     args = p.parse_args(argv)
     runs = [row_errors(f, args.against, args.set, args.data) for f in args.rows]
-    refs, first_hyps, base_hyps, _, base, words = runs[0]
-    if any(r[4] != base for r in runs[1:]):
+    first = runs[0]
+    refs, base, words = first.refs, first.base_errors, first.words
+    if any(r.base_errors != base for r in runs[1:]):
         print(f"note: the {args.against} rows differ between runs; each row is paired with its own")
     utt2spk = read_text_file(os.path.join(args.data, args.set, "utt2spk"))
     speakers = sorted({utt2spk.get(u, u) for u in refs})
@@ -56,18 +69,18 @@ def main(argv=None):
     for s in speakers:
         ids = [u for u in refs if utt2spk.get(u, u) == s]
         print(f"  {s}: {len(ids)} utts, {sum(words[u] for u in ids)} words; {args.against} "
-              f"{sum(base[u] for u in ids)}; rows {[sum(r[3][u] for u in ids) for r in runs]}")
-    extra = [sum(r[3].values()) - sum(r[4].values()) for r in runs]
+              f"{sum(base[u] for u in ids)}; rows {[sum(r.errors[u] for u in ids) for r in runs]}")
+    extra = [sum(r.errors.values()) - sum(r.base_errors.values()) for r in runs]
     print(f"errors over {args.against}, per row: {extra}")
-    worse = Counter(u for r in runs for u in refs if r[3][u] > r[4][u])
-    better = Counter(u for r in runs for u in refs if r[3][u] < r[4][u])
+    worse = Counter(u for r in runs for u in refs if r.errors[u] > r.base_errors[u])
+    better = Counter(u for r in runs for u in refs if r.errors[u] < r.base_errors[u])
     top = sorted(worse, key=lambda u: (-worse[u], u))[: args.top]
     print(f"utterances worse than {args.against} in the most rows (of {len(runs)}):")
     for u in top:
         print(f"  {u} ({utt2spk.get(u, u)}): worse in {worse[u]}, errors {args.against} {base[u]}, "
-              f"rows {[r[3][u] for r in runs]}\n    ref:  {refs[u]}\n    {args.against}: {base_hyps[u].strip()}"
-              f"\n    row 1: {first_hyps[u].strip()}")
-    share = [sum(r[3][u] - r[4][u] for u in top) for r in runs]
+              f"rows {[r.errors[u] for r in runs]}\n    ref:  {refs[u]}"
+              f"\n    {args.against}: {first.base_hyps[u].strip()}\n    row 1: {first.hyps[u].strip()}")
+    share = [sum(r.errors[u] - r.base_errors[u] for u in top) for r in runs]
     print(f"these {len(top)} utterances' errors over {args.against}, per row: {share} (of {extra})")
     print(f"better than {args.against} in the most rows: "
           + ", ".join(f"{u} ({n})" for u, n in sorted(better.items(), key=lambda x: (-x[1], x[0]))[: args.top]))
