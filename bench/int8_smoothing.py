@@ -1,0 +1,206 @@
+#!/usr/bin/env python3
+"""Where a compressed Whisper encoder's dynamic int8 error comes from, and
+whether SmoothQuant-style smoothing of the linears' inputs lowers it.
+
+Dynamic int8 quantizes each linear's input with one scale per tensor, so input
+channels with large ranges (Whisper's GELU outputs reach 200 in base's later
+blocks, against a median channel maximum of 11) push the others into a few
+levels. Smoothing divides input channel j by s_j = max|x_j|^β / max|W[:, j]|^(1−β)
+and multiplies weight column j by s_j, which keeps W x:
+- after a LayerNorm (q/k/v, fc1), the division folds into its weight and bias;
+- before ``attn.out``, it folds into the value projection's output rows;
+- before fc2 (``mlp.2``), GELU sits in between, so the division stays a hook.
+max|x_j| comes from a forward pass over the first 16 utterances of the exp
+dir's calibration pool (bench/pareto.py's).
+
+    python bench/int8_smoothing.py --exp_dir EXP --error [--betas 0.1 0.3] [--both 0.7 0.3]
+    python bench/int8_smoothing.py --exp_dir EXP [--ln_beta 0.7] [--fc2_beta 0.3] \\
+        --sets librispeech_train-clean-100 vctk arctic_cathy_a:100 pocketsphinx --out_dir RUN_DIR
+
+``--error`` prints ‖int8 − float‖ / ‖float‖ of the encoder output on the
+utterances in neither the pool nor an evaluation set (bench/int8_balance.py's),
+with int8 on one role of linears at a time and with each smoothing. Otherwise
+the exp dir is loaded by ``Speech2Text``, smoothed, quantized, and the held-out
+sets of bench/heldout_eval.py decoded; the hypotheses go to
+``RUN_DIR/hyps/<exp>_+_int8_smoothed`` for bench/score_hyps.py (with no β
+given: ``<exp>_+_int8``, heldout_eval.py's int8 row, decoded the same way).
+"""
+
+import argparse
+import copy
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+from heldout_eval import decode, heldout_sets  # noqa: E402
+from int8_balance import encode, int8_error, relative_error  # noqa: E402
+from pareto import CALIB_SET, calibration_pool  # noqa: E402
+
+from espnet_lowrank.apply import set_submodule  # noqa: E402
+from espnet_lowrank.data import read_data_dir  # noqa: E402
+from espnet_lowrank.modules.lowrank_linear import LowRankLinear  # noqa: E402
+from espnet_lowrank.quantize import quantize_linears_  # noqa: E402
+
+def input_weight(layer):
+    """The weight that multiplies the layer's input: a factored layer's ``down``."""
+    return layer.down.weight if isinstance(layer, LowRankLinear) else layer.weight
+
+
+SITES = ("attn_ln", "mlp_ln", "out", "fc2")  # each smoothed input, named by what produces it
+READERS = {"attn_ln": "q/k/v", "mlp_ln": "fc1", "out": "out", "fc2": "fc2"}
+
+
+def consumers(block, site):
+    """The linears that read ``site``'s output."""
+    return {"attn_ln": (block.attn.query, block.attn.key, block.attn.value), "mlp_ln": (block.mlp[0],),
+            "out": (block.attn.out,), "fc2": (block.mlp[2],)}[site]
+
+
+def input_ranges(model, utts):
+    """Per (block, site): max |x_j| of the site's output over ``utts``."""
+    ranges, hooks = {}, []
+
+    def keep(key, x):
+        x = x.detach().flatten(0, -2).abs().amax(0)
+        ranges[key] = torch.maximum(ranges[key], x) if key in ranges else x
+    for i, b in enumerate(model.encoder.encoders.blocks):
+        hooks += [b.attn_ln.register_forward_hook(lambda m, a, out, i=i: keep((i, "attn_ln"), out)),
+                  b.mlp_ln.register_forward_hook(lambda m, a, out, i=i: keep((i, "mlp_ln"), out)),
+                  b.attn.out.register_forward_pre_hook(lambda m, a, i=i: keep((i, "out"), a[0])),
+                  b.mlp[1].register_forward_hook(lambda m, a, out, i=i: keep((i, "fc2"), out))]
+    encode(model, utts)
+    for h in hooks:
+        h.remove()
+    return ranges
+
+
+def _scale(x_range, layers, beta):
+    w = torch.stack([input_weight(m).abs().amax(0) for m in layers]).amax(0)
+    return x_range.clamp_min(1e-5) ** beta / w.clamp_min(1e-5) ** (1 - beta)
+
+
+def _int8_copy(layer, s=None):
+    layer = copy.deepcopy(layer)
+    if s is not None:
+        input_weight(layer).mul_(s)
+    holder = torch.nn.ModuleDict({"x": layer})  # so that a dense Linear itself is swapped
+    quantize_linears_(holder)
+    return holder["x"]
+
+
+@torch.no_grad()
+def smooth_(model, ranges, betas):
+    """Smooth in place with β per (block, site) (absent or None: not smoothed);
+    the float model computes the same up to rounding."""
+    for i, b in enumerate(model.encoder.encoders.blocks):
+        for site in SITES:
+            beta = betas.get((i, site))
+            if beta is None:
+                continue
+            layers = consumers(b, site)
+            s = _scale(ranges[(i, site)], layers, beta)
+            for m in layers:
+                input_weight(m).mul_(s)
+            if site in ("attn_ln", "mlp_ln"):
+                ln = getattr(b, site)
+                ln.weight.div_(s)
+                ln.bias.div_(s)
+            elif site == "out":  # attention mixes frames, not channels: fold into V's output rows
+                value = b.attn.value.up if isinstance(b.attn.value, LowRankLinear) else b.attn.value
+                value.weight.div_(s[:, None])
+                value.bias.div_(s)
+            else:  # GELU sits between fc1 and fc2: its output is divided at run time
+                b.mlp[1].register_forward_hook(lambda m, a, out, s=s: out / s)
+    return model
+
+
+def uniform(model, ln_beta=None, fc2_beta=None):
+    """One β for the LayerNorm and value sites, one for fc2, in every block."""
+    n = len(model.encoder.encoders.blocks)
+    return {(i, site): (fc2_beta if site == "fc2" else ln_beta) for i in range(n) for site in SITES}
+
+
+def error_table(model, pool, selection, betas, both):
+    reference = encode(model, selection)
+    print(f"int8 error of the encoder output on {len(selection)} utterances outside the pool and the "
+          f"evaluation sets: all linears {int8_error(model, selection, reference):.4f}", flush=True)
+    for site in SITES:
+        q = copy.deepcopy(model)
+        for b in q.encoder.encoders.blocks:
+            for layer in consumers(b, site):
+                name = next(n for n, m in b.named_modules() if m is layer)
+                set_submodule(b, name, _int8_copy(layer))
+        print(f"  int8 on {READERS[site]} only: {relative_error(q, selection, reference):.4f}", flush=True)
+    ranges = input_ranges(model, pool[:16])
+    print("  fc2 input, max |x_j| over the pool's first 16 utterances, largest / median channel per block: " + ", ".join(
+        f"{ranges[(i, 'fc2')].max():.1f} / {ranges[(i, 'fc2')].median():.1f}"
+        for i in range(len(model.encoder.encoders.blocks))), flush=True)
+    for beta in betas:
+        for label, kw in (("after the LayerNorms and before out", {"ln_beta": beta}),
+                          ("before fc2", {"fc2_beta": beta})):
+            m = smooth_(copy.deepcopy(model), ranges, uniform(model, **kw))
+            print(f"  β {beta}, smoothed {label}: float {relative_error(m, selection, reference):.1e}, "
+                  f"int8 {int8_error(m, selection, reference):.4f}", flush=True)
+    for ln_beta, fc2_beta in both:
+        m = smooth_(copy.deepcopy(model), ranges, uniform(model, ln_beta, fc2_beta))
+        print(f"  β {ln_beta} after the LayerNorms and before out, β {fc2_beta} before fc2: "
+              f"int8 {int8_error(m, selection, reference):.4f}", flush=True)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--exp_dir", required=True)
+    p.add_argument("--data", default=str(REPO.parent / "shared" / "data"))
+    p.add_argument("--error", action="store_true", help="print the int8 error table instead of decoding")
+    p.add_argument("--betas", nargs="*", type=float, default=[0.1, 0.3, 0.5, 0.7],
+                   help="with --error: the same β at every site of one kind")
+    p.add_argument("--both", nargs=2, type=float, metavar=("LN_BETA", "FC2_BETA"), action="append", default=[],
+                   help="with --error: also both smoothings at once")
+    p.add_argument("--ln_beta", type=float, help="decode: smooth after the LayerNorms and before out")
+    p.add_argument("--fc2_beta", type=float, help="decode: smooth before fc2")
+    p.add_argument("--sets", nargs="+", default=["librispeech_train-clean-100", "vctk"])
+    p.add_argument("--pool_size", type=int, default=128)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--out_dir")
+    args = p.parse_args(argv)
+    exp = Path(args.exp_dir)
+    if not (exp / "model.pth").is_file() or not (exp / "config.yaml").is_file():
+        raise SystemExit(f"{exp}: not an exp dir (needs config.yaml and model.pth)")
+    if not args.error and not args.out_dir:
+        raise SystemExit("--out_dir is needed to decode (or give --error)")
+    torch.set_num_threads(args.threads)
+    librispeech = read_data_dir(os.path.join(args.data, CALIB_SET), require_text=True)
+    pool = calibration_pool(librispeech, args.data, 32, ["arctic_cathy_a", "an4", "ljspeech"], args.pool_size)
+    pool = pool[: args.pool_size]
+    if args.error:
+        from espnet_lowrank.api import load_compressed
+
+        model, _ = load_compressed(str(exp))
+        pooled = {u.utt_id for u in pool}
+        selection = [u for s in ("arctic_misc", "ljspeech") for u in read_data_dir(os.path.join(args.data, s))
+                     if u.utt_id not in pooled]
+        return error_table(model.eval(), pool, selection, args.betas, args.both)
+    import yaml
+    from espnet2.bin.asr_inference import Speech2Text
+
+    s2t = Speech2Text(str(exp / "config.yaml"), str(exp / "model.pth"), device="cpu",
+                      **yaml.safe_load((exp / "decode.yaml").read_text()))
+    model = s2t.asr_model.eval()
+    betas = uniform(model, args.ln_beta, args.fc2_beta)
+    smooth_(model, input_ranges(model, pool[:16]), betas)
+    quantize_linears_(model.encoder)
+    smoothed = any(b is not None for b in betas.values())
+    row = f"{exp.name}_+_int8" + ("_smoothed" if smoothed else "")  # unsmoothed: heldout_eval.py's int8 row
+    results = decode(s2t, heldout_sets(args.data, args.sets, librispeech, pool), os.path.join(args.out_dir, "hyps", row))
+    for name, (score, _) in results.items():
+        print(f"{row} {name}: {score.err:.2f} ({score.sub:.1f} / {score.dele:.1f} / {score.ins:.1f})", flush=True)
+
+
+if __name__ == "__main__":
+    main()
