@@ -82,9 +82,21 @@ def measured_rms(model, ranks, utts):
     return {n: (s / c).sqrt() for n, (s, c) in sums.items()}
 
 
-def exp_dir_sweep(args):
+def pool_and_unseen(data, pool_size):
+    """(bench/pareto.py's calibration pool of ``pool_size`` utterances, the
+    utterances in neither it nor any evaluation set: ``arctic_misc`` and the
+    LJSpeech ones the pool leaves out)."""
     from pareto import CALIB_SET, calibration_pool
 
+    librispeech = read_data_dir(os.path.join(data, CALIB_SET))
+    pool = calibration_pool(librispeech, data, 32, ["arctic_cathy_a", "an4", "ljspeech"], pool_size)[:pool_size]
+    pooled = {u.utt_id for u in pool}
+    unseen = [u for s in ("arctic_misc", "ljspeech") for u in read_data_dir(os.path.join(data, s))
+              if u.utt_id not in pooled]
+    return pool, unseen
+
+
+def exp_dir_sweep(args):
     from espnet_lowrank.modules.lowrank_linear import LowRankConv1d, LowRankLinear
 
     exp = Path(args.exp_dir)
@@ -93,12 +105,7 @@ def exp_dir_sweep(args):
             raise SystemExit(f"{d}: not an exp dir (needs config.yaml and model.pth)")
     model, _ = load_compressed(str(exp))
     factored = [n for n, m in model.encoder.named_modules() if isinstance(m, (LowRankLinear, LowRankConv1d))]
-    librispeech = read_data_dir(os.path.join(args.data, CALIB_SET))
-    pool = calibration_pool(librispeech, args.data, 32, ["arctic_cathy_a", "an4", "ljspeech"], args.pool_size)
-    pool = pool[: args.pool_size]
-    pooled = {u.utt_id for u in pool}
-    selection = [u for s in ("arctic_misc", "ljspeech") for u in read_data_dir(os.path.join(args.data, s))
-                 if u.utt_id not in pooled]
+    pool, selection = pool_and_unseen(args.data, args.pool_size)
     rms = measured_rms(model, factored, pool[:16])
     reference = encode(model, selection)
     print(f"{exp.name}: {len(factored)} factored layers; error on {len(selection)} utterances "

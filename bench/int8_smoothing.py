@@ -39,13 +39,14 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
 from heldout_eval import decode, heldout_sets  # noqa: E402
-from int8_balance import encode, int8_error, relative_error  # noqa: E402
-from pareto import CALIB_SET, calibration_pool  # noqa: E402
+from int8_balance import encode, int8_error, pool_and_unseen, relative_error  # noqa: E402
+from pareto import CALIB_SET  # noqa: E402
 
 from espnet_lowrank.apply import set_submodule  # noqa: E402
 from espnet_lowrank.data import read_data_dir  # noqa: E402
 from espnet_lowrank.modules.lowrank_linear import LowRankLinear  # noqa: E402
 from espnet_lowrank.quantize import quantize_linears_  # noqa: E402
+
 
 def input_weight(layer):
     """The weight that multiplies the layer's input: a factored layer's ``down``."""
@@ -54,12 +55,13 @@ def input_weight(layer):
 
 SITES = ("attn_ln", "mlp_ln", "out", "fc2")  # each smoothed input, named by what produces it
 READERS = {"attn_ln": "q/k/v", "mlp_ln": "fc1", "out": "out", "fc2": "fc2"}
+CONSUMERS = {"attn_ln": ("attn.query", "attn.key", "attn.value"), "mlp_ln": ("mlp.0",), "out": ("attn.out",),
+             "fc2": ("mlp.2",)}  # the linears that read each site's output, by name in the block
 
 
 def consumers(block, site):
     """The linears that read ``site``'s output."""
-    return {"attn_ln": (block.attn.query, block.attn.key, block.attn.value), "mlp_ln": (block.mlp[0],),
-            "out": (block.attn.out,), "fc2": (block.mlp[2],)}[site]
+    return tuple(block.get_submodule(n) for n in CONSUMERS[site])
 
 
 def input_ranges(model, utts):
@@ -133,9 +135,8 @@ def error_table(model, pool, selection, betas, both):
     for site in SITES:
         q = copy.deepcopy(model)
         for b in q.encoder.encoders.blocks:
-            for layer in consumers(b, site):
-                name = next(n for n, m in b.named_modules() if m is layer)
-                set_submodule(b, name, _int8_copy(layer))
+            for name in CONSUMERS[site]:
+                set_submodule(b, name, _int8_copy(b.get_submodule(name)))
         print(f"  int8 on {READERS[site]} only: {relative_error(q, selection, reference):.4f}", flush=True)
     ranges = input_ranges(model, pool[:16])
     print("  fc2 input, max |x_j| over the pool's first 16 utterances, largest / median channel per block: " + ", ".join(
@@ -175,17 +176,12 @@ def main(argv=None):
     if not args.error and not args.out_dir:
         raise SystemExit("--out_dir is needed to decode (or give --error)")
     torch.set_num_threads(args.threads)
-    librispeech = read_data_dir(os.path.join(args.data, CALIB_SET), require_text=True)
-    pool = calibration_pool(librispeech, args.data, 32, ["arctic_cathy_a", "an4", "ljspeech"], args.pool_size)
-    pool = pool[: args.pool_size]
+    pool, unseen = pool_and_unseen(args.data, args.pool_size)
     if args.error:
         from espnet_lowrank.api import load_compressed
 
         model, _ = load_compressed(str(exp))
-        pooled = {u.utt_id for u in pool}
-        selection = [u for s in ("arctic_misc", "ljspeech") for u in read_data_dir(os.path.join(args.data, s))
-                     if u.utt_id not in pooled]
-        return error_table(model.eval(), pool, selection, args.betas, args.both)
+        return error_table(model.eval(), pool, unseen, args.betas, args.both)
     import yaml
     from espnet2.bin.asr_inference import Speech2Text
 
@@ -197,6 +193,7 @@ def main(argv=None):
     quantize_linears_(model.encoder)
     smoothed = any(b is not None for b in betas.values())
     row = f"{exp.name}_+_int8" + ("_smoothed" if smoothed else "")  # unsmoothed: heldout_eval.py's int8 row
+    librispeech = read_data_dir(os.path.join(args.data, CALIB_SET), require_text=True)
     results = decode(s2t, heldout_sets(args.data, args.sets, librispeech, pool), os.path.join(args.out_dir, "hyps", row))
     for name, (score, _) in results.items():
         print(f"{row} {name}: {score.err:.2f} ({score.sub:.1f} / {score.dele:.1f} / {score.ins:.1f})", flush=True)
