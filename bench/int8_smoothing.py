@@ -9,8 +9,11 @@ levels. Smoothing divides input channel j by s_j = max|x_j|^β / max|W[:, j]|^(1
 and multiplies weight column j by s_j, which keeps W x:
 - after a LayerNorm (q/k/v, fc1), the division folds into its weight and bias;
 - before ``attn.out``, it folds into the value projection's output rows;
-- before fc2 (``mlp.2``), GELU sits in between, so the division stays a hook.
-max|x_j| comes from a forward pass over the first 16 utterances of the exp
+- before fc2 (``mlp.2``), GELU sits in between, so the division stays a
+  run-time division (``ScaledActivation``).
+The rewrite is ``espnet_lowrank/smoothing.py``'s, which
+``deployment.int8_smoothing`` ships with β fixed per kind of site and the
+candidate chosen per model; this script sweeps β on an exp dir. max|x_j| comes from a forward pass over the first 16 utterances of the exp
 dir's calibration pool (bench/pareto.py's).
 
     python bench/int8_smoothing.py --exp_dir EXP --error [--betas 0.1 0.3] [--both 0.7 0.3]
@@ -42,114 +45,60 @@ from heldout_eval import decode, heldout_sets  # noqa: E402
 from int8_balance import encode, int8_error, pool_and_unseen, relative_error  # noqa: E402
 from pareto import CALIB_SET  # noqa: E402
 
+from espnet_lowrank import smoothing  # noqa: E402
 from espnet_lowrank.apply import set_submodule  # noqa: E402
-from espnet_lowrank.data import read_data_dir  # noqa: E402
-from espnet_lowrank.modules.lowrank_linear import LowRankLinear  # noqa: E402
+from espnet_lowrank.data import pack, read_data_dir  # noqa: E402
+from espnet_lowrank.families.whisper import FAMILY  # noqa: E402
 from espnet_lowrank.quantize import quantize_linears_  # noqa: E402
 
 
-def input_weight(layer):
-    """The weight that multiplies the layer's input: a factored layer's ``down``."""
-    return layer.down.weight if isinstance(layer, LowRankLinear) else layer.weight
-
-
-SITES = ("attn_ln", "mlp_ln", "out", "fc2")  # each smoothed input, named by what produces it
-READERS = {"attn_ln": "q/k/v", "mlp_ln": "fc1", "out": "out", "fc2": "fc2"}
-CONSUMERS = {"attn_ln": ("attn.query", "attn.key", "attn.value"), "mlp_ln": ("mlp.0",), "out": ("attn.out",),
-             "fc2": ("mlp.2",)}  # the linears that read each site's output, by name in the block
-
-
-def consumers(block, site):
-    """The linears that read ``site``'s output."""
-    return tuple(block.get_submodule(n) for n in CONSUMERS[site])
+LABELS = {"attn_ln": "q/k/v", "mlp_ln": "fc1", "attn.value": "out", "mlp.1": "fc2"}  # by producer
+FC2 = 3  # FAMILY.smoothing_sites index of GELU -> fc2
 
 
 def input_ranges(model, utts):
-    """Per (block, site): max |x_j| of the site's output over ``utts``."""
-    ranges, hooks = {}, []
-
-    def keep(key, x):
-        x = x.detach().flatten(0, -2).abs().amax(0)
-        ranges[key] = torch.maximum(ranges[key], x) if key in ranges else x
-    for i, b in enumerate(model.encoder.encoders.blocks):
-        hooks += [b.attn_ln.register_forward_hook(lambda m, a, out, i=i: keep((i, "attn_ln"), out)),
-                  b.mlp_ln.register_forward_hook(lambda m, a, out, i=i: keep((i, "mlp_ln"), out)),
-                  b.attn.out.register_forward_pre_hook(lambda m, a, i=i: keep((i, "out"), a[0])),
-                  b.mlp[1].register_forward_hook(lambda m, a, out, i=i: keep((i, "fc2"), out))]
-    encode(model, utts)
-    for h in hooks:
-        h.remove()
-    return ranges
+    """(block name, site index) -> max |x_j| of the site's input over ``utts``."""
+    return smoothing.input_ranges(model, FAMILY, pack(utts, None), 4)
 
 
-def _scale(x_range, layers, beta):
-    w = torch.stack([input_weight(m).abs().amax(0) for m in layers]).amax(0)
-    return x_range.clamp_min(1e-5) ** beta / w.clamp_min(1e-5) ** (1 - beta)
-
-
-def _int8_copy(layer, s=None):
+def _int8_copy(layer):
     layer = copy.deepcopy(layer)
-    if s is not None:
-        input_weight(layer).mul_(s)
     holder = torch.nn.ModuleDict({"x": layer})  # so that a dense Linear itself is swapped
     quantize_linears_(holder)
     return holder["x"]
 
 
-@torch.no_grad()
-def smooth_(model, ranges, betas):
-    """Smooth in place with β per (block, site) (absent or None: not smoothed);
-    the float model computes the same up to rounding."""
-    for i, b in enumerate(model.encoder.encoders.blocks):
-        for site in SITES:
-            beta = betas.get((i, site))
-            if beta is None:
-                continue
-            layers = consumers(b, site)
-            s = _scale(ranges[(i, site)], layers, beta)
-            for m in layers:
-                input_weight(m).mul_(s)
-            if site in ("attn_ln", "mlp_ln"):
-                ln = getattr(b, site)
-                ln.weight.div_(s)
-                ln.bias.div_(s)
-            elif site == "out":  # attention mixes frames, not channels: fold into V's output rows
-                value = b.attn.value.up if isinstance(b.attn.value, LowRankLinear) else b.attn.value
-                value.weight.div_(s[:, None])
-                value.bias.div_(s)
-            else:  # GELU sits between fc1 and fc2: its output is divided at run time
-                b.mlp[1].register_forward_hook(lambda m, a, out, s=s: out / s)
-    return model
-
-
-def uniform(model, ln_beta=None, fc2_beta=None):
-    """One β for the LayerNorm and value sites, one for fc2, in every block."""
-    n = len(model.encoder.encoders.blocks)
-    return {(i, site): (fc2_beta if site == "fc2" else ln_beta) for i in range(n) for site in SITES}
+def smoothed(model, ranges, ln_beta=None, fc2_beta=None):
+    """A copy smoothed with one β at the LayerNorm and value sites, one before
+    fc2, in every block (None: that kind not smoothed)."""
+    kinds = (("norm", "value") if ln_beta is not None else ()) + (("activation",) if fc2_beta is not None else ())
+    m = copy.deepcopy(model)
+    smoothing.smooth_(m.encoder, FAMILY, ranges, kinds, {"norm": ln_beta, "value": ln_beta, "activation": fc2_beta})
+    return m
 
 
 def error_table(model, pool, selection, betas, both):
     reference = encode(model, selection)
     print(f"int8 error of the encoder output on {len(selection)} utterances outside the pool and the "
           f"evaluation sets: all linears {int8_error(model, selection, reference):.4f}", flush=True)
-    for site in SITES:
+    for site in FAMILY.smoothing_sites:
         q = copy.deepcopy(model)
         for b in q.encoder.encoders.blocks:
-            for name in CONSUMERS[site]:
+            for name in site.readers:
                 set_submodule(b, name, _int8_copy(b.get_submodule(name)))
-        print(f"  int8 on {READERS[site]} only: {relative_error(q, selection, reference):.4f}", flush=True)
+        print(f"  int8 on {LABELS[site.producer]} only: {relative_error(q, selection, reference):.4f}", flush=True)
     ranges = input_ranges(model, pool[:16])
+    blocks = [f"encoders.blocks.{i}" for i in range(len(model.encoder.encoders.blocks))]
     print("  fc2 input, max |x_j| over the pool's first 16 utterances, largest / median channel per block: " + ", ".join(
-        f"{ranges[(i, 'fc2')].max():.1f} / {ranges[(i, 'fc2')].median():.1f}"
-        for i in range(len(model.encoder.encoders.blocks))), flush=True)
+        f"{ranges[(b, FC2)].max():.1f} / {ranges[(b, FC2)].median():.1f}" for b in blocks), flush=True)
     for beta in betas:
         for label, kw in (("after the LayerNorms and before out", {"ln_beta": beta}),
                           ("before fc2", {"fc2_beta": beta})):
-            m = smooth_(copy.deepcopy(model), ranges, uniform(model, **kw))
+            m = smoothed(model, ranges, **kw)
             print(f"  β {beta}, smoothed {label}: float {relative_error(m, selection, reference):.1e}, "
                   f"int8 {int8_error(m, selection, reference):.4f}", flush=True)
     for ln_beta, fc2_beta in both:
-        m = smooth_(copy.deepcopy(model), ranges, uniform(model, ln_beta, fc2_beta))
+        m = smoothed(model, ranges, ln_beta, fc2_beta)
         print(f"  β {ln_beta} after the LayerNorms and before out, β {fc2_beta} before fc2: "
               f"int8 {int8_error(m, selection, reference):.4f}", flush=True)
 
@@ -187,12 +136,10 @@ def main(argv=None):
 
     s2t = Speech2Text(str(exp / "config.yaml"), str(exp / "model.pth"), device="cpu",
                       **yaml.safe_load((exp / "decode.yaml").read_text()))
-    model = s2t.asr_model.eval()
-    betas = uniform(model, args.ln_beta, args.fc2_beta)
-    smooth_(model, input_ranges(model, pool[:16]), betas)
-    quantize_linears_(model.encoder)
-    smoothed = any(b is not None for b in betas.values())
-    row = f"{exp.name}_+_int8" + ("_smoothed" if smoothed else "")  # unsmoothed: heldout_eval.py's int8 row
+    s2t.asr_model = smoothed(s2t.asr_model.eval(), input_ranges(s2t.asr_model, pool[:16]), args.ln_beta, args.fc2_beta)
+    quantize_linears_(s2t.asr_model.encoder)
+    smoothed_any = args.ln_beta is not None or args.fc2_beta is not None
+    row = f"{exp.name}_+_int8" + ("_smoothed" if smoothed_any else "")  # unsmoothed: heldout_eval.py's int8 row
     librispeech = read_data_dir(os.path.join(args.data, CALIB_SET), require_text=True)
     results = decode(s2t, heldout_sets(args.data, args.sets, librispeech, pool), os.path.join(args.out_dir, "hyps", row))
     for name, (score, _) in results.items():

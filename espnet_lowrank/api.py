@@ -10,6 +10,7 @@ from espnet_lowrank.artifact import (
 )
 from espnet_lowrank.pipeline import CompressionResult
 from espnet_lowrank.report import compression_report_md, plot_ranks, plot_variance_spectra
+from espnet_lowrank.smoothing import scaled_activations
 
 
 def save_compressed(
@@ -36,7 +37,8 @@ def save_compressed(
     save_exp_dir(
         output_dir,
         result.model,
-        lowrank_train_config(train_config, result.plan.ranks, deployment.attention, deployment.int8),
+        lowrank_train_config(train_config, result.plan.ranks, deployment.attention, deployment.int8,
+                             scaled_activations(result.model.encoder)),
         default_decode_config(source_config_file, result.model),
         result.report,
         compression_report_md(result.report),

@@ -111,7 +111,7 @@ def load_asr_model(config_file: str, model_file: str, device: str = "cpu") -> Tu
 
 
 def lowrank_train_config(train_config: dict, ranks: Dict[str, int], attention: str,
-                         int8: bool = False) -> dict:
+                         int8: bool = False, activation_scales: Optional[Dict[str, int]] = None) -> dict:
     """The train config with ``encoder: lowrank`` wrapping the dense encoder."""
     if str(train_config.get("encoder", "")).lower() == "lowrank":
         raise ValueError("the source model is already low-rank; compress its dense original")
@@ -126,6 +126,8 @@ def lowrank_train_config(train_config: dict, ranks: Dict[str, int], attention: s
     # Written only when on, so existing exp dirs keep their exact config.
     if int8:
         config["encoder_conf"]["int8"] = True
+    if activation_scales:  # deployment.int8_smoothing's run-time divisions (smoothing.py)
+        config["encoder_conf"]["activation_scales"] = {n: int(w) for n, w in activation_scales.items()}
     config["encoder"] = "lowrank"
     return config
 

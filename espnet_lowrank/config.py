@@ -6,7 +6,7 @@ A ``--lowrank_config`` YAML may give the sections::
     ranks:       {theta_attention, theta_feed_forward, rank_multiple, budget}
     calibration: {num_calib, batch_size, sequential, seed, pack_seconds}
     recovery:    {steps, lr, objective, scope, final_steps, recompute_blocks, return_freed_memory}
-    deployment:  {attention, int8}
+    deployment:  {attention, int8, int8_smoothing}
 
 or the same options as flat keys (``theta_attention: 0.98``,
 ``recovery_lr: 1.0e-4``), as older files do, and ``version: 1``. Every check lives here: types
@@ -119,6 +119,11 @@ class Deployment:
         metadata={"help": "auto (fewer FLOPs, deterministic) | reduced | dense: how "
                           "self-attention is computed"})
     int8: bool = field(default=False, metadata={"help": "dynamic int8 on the encoder's linears at load; CPU only"})
+    int8_smoothing: bool = field(
+        default=False,
+        metadata={"help": "smooth the linears' inputs for int8 (SmoothQuant-style, exact in float), at the sites "
+                          "that give the encoder output the lowest int8 error on calibration windows; "
+                          "Whisper only (espnet_lowrank/smoothing.py)"})
 
 
 SECTIONS = {"targets": Targets, "ranks": Ranks, "calibration": Calibration,
@@ -242,6 +247,7 @@ _CHECKS: Dict[Tuple[str, str], Callable] = {
     ("recovery", "return_freed_memory"): _boolean,
     ("deployment", "attention"): _choice(ATTENTION_MODES),
     ("deployment", "int8"): _boolean,
+    ("deployment", "int8_smoothing"): _boolean,
 }
 
 

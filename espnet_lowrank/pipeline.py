@@ -89,8 +89,14 @@ def calibrate_model(model, calib_data: CalibData, config: Optional[LowRankConfig
     return _calibrate(model, family, list(targets), windows, config, stop_after=False)
 
 
-def _check_inputs(calib_data, config: LowRankConfig, stats: Optional[StatsSet], targets) -> None:
+def _check_inputs(calib_data, config: LowRankConfig, stats: Optional[StatsSet], targets, family) -> None:
     """Refuse what cannot work before any calibration pass."""
+    if config.deployment.int8_smoothing and not family.smoothing_sites:
+        raise ValueError(f"deployment.int8_smoothing: no smoothing sites are declared for {family.name} "
+                         "encoders (only Whisper's); set it to false")
+    if config.deployment.int8_smoothing and calib_data is None:
+        raise ValueError("deployment.int8_smoothing compares int8 errors on calibration audio (calib_data), "
+                         "not only statistics")
     if stats is not None and config.calibration.sequential:
         raise ValueError("sequential calibration computes its own statistics; drop stats")
     if config.ranks.budget is not None and calib_data is None:
@@ -153,7 +159,7 @@ def compress(
     source = asr_model_of(model)
     family = family_for(source.encoder)
     targets = family.target_layers(source.encoder, config)
-    _check_inputs(calib_data, config, stats, targets)
+    _check_inputs(calib_data, config, stats, targets, family)
     if config.recovery.steps:
         from espnet_lowrank.recovery import compared_output
 
@@ -199,6 +205,12 @@ def compress(
         recovery = recover_if_asked(current, source, utts, config, family)
     # exact in float; keeps the small components under dynamic int8 (balance.py)
     balance_factors_(current.encoder, statistics_rms(source.encoder, plan.ranks, spectra))
+    smoothing = {}
+    if config.deployment.int8_smoothing:
+        from espnet_lowrank.smoothing import smooth_for_int8_
+
+        with costs.step("int8_smoothing"):
+            smoothing = smooth_for_int8_(current, family, windows, config.calibration.batch_size)
     with costs.step("attention"):
         attention = choose_attention_(current.encoder, family, config.deployment.attention,
                                       family.window_frames(current.encoder))
@@ -210,6 +222,8 @@ def compress(
         "calibration_passes": len(groups),
         "calibration_utterances": len(utts) if utts is not None else None,
     }, recovery)
+    if smoothing:
+        report["int8_smoothing"] = smoothing
     report["steps"] = costs.steps  # wall time and peak RSS of each step
     report["runtime"] = runtime_facts(next(current.parameters()).device)
     logger.info(

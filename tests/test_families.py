@@ -236,3 +236,13 @@ def test_auto_attention_picks_reduced_only_at_small_ranks():
     tiny = _factored_copy(encoder, family, stats, fraction=1 / 16)
     assert set(choose_attention_(full, family, "auto", frames).values()) == {"dense"}
     assert set(choose_attention_(tiny, family, "auto", frames).values()) == {"reduced"}
+
+
+def test_int8_smoothing_is_refused_where_no_sites_are_declared():
+    from espnet_lowrank.config import LowRankConfig
+    from espnet_lowrank.pipeline import compress
+
+    holder = nn.Module()
+    holder.encoder = _conformer()
+    with pytest.raises(ValueError, match="no smoothing sites are declared for conformer"):
+        compress(holder, [], LowRankConfig(int8_smoothing=True))

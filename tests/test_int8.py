@@ -146,26 +146,41 @@ def test_int8_refuses_cuda_input(factored):
         q.encode(torch.zeros(1, 16000, device="cuda"), torch.tensor([16000], device="cuda"))
 
 
-def test_bench_int8_smoothing_keeps_function(factored, speech, librispeech):
-    """bench/int8_smoothing.py rewrites the encoder exactly (LayerNorm, value and
-    fc2 scales); whether int8 gains depends on the model (bench/RESULTS.md)."""
-    import sys
-    from pathlib import Path
+def test_int8_smoothing_keeps_function_and_reloads_with_exactly_its_keys(dense, dense_exp, factored, speech,
+                                                                         librispeech, tmp_path):
+    """deployment.int8_smoothing's rewrite at every Whisper site (LayerNorms,
+    value rows, GELU before fc2): the float encoder computes the same, and the
+    exp dir holds the run-time scales under exactly the expected extra keys."""
+    from dataclasses import replace
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-    from int8_smoothing import SITES, input_ranges, smooth_, uniform
+    from espnet_lowrank.artifact import KeyMismatchError
+    from espnet_lowrank.data import pack
+    from espnet_lowrank.families.whisper import FAMILY
+    from espnet_lowrank.smoothing import CANDIDATES, input_ranges, smooth_
 
-    model = factored.model.eval()
-    ranges = input_ranges(model, librispeech[:NUM_CALIB])
-    assert set(ranges) == {(i, s) for i in range(len(model.encoder.encoders.blocks)) for s in SITES}
-    smoothed = smooth_(copy.deepcopy(model), ranges, uniform(model, ln_beta=0.7, fc2_beta=0.3))
-    ref = _encode(model, speech)
-    diff = (_encode(smoothed, speech) - ref).abs().max().item()
-    moved = (smoothed.encoder.encoders.blocks[0].attn_ln.weight - model.encoder.encoders.blocks[0].attn_ln.weight)
-    q = copy.deepcopy(smoothed)
-    quantize_linears_(q.encoder)
-    print(f"smoothed vs not: max abs diff {diff:.2e} (output max {ref.abs().max():.1f}); "
-          f"int8 error {_rel(_encode(q, speech), ref):.4f}")
+    model = copy.deepcopy(factored.model).eval()
+    smooth_(model.encoder, FAMILY, input_ranges(model, FAMILY, pack(librispeech[:NUM_CALIB], None), 2),
+            CANDIDATES["both"])
+    ref = _encode(factored.model.eval(), speech)
+    diff = (_encode(model, speech) - ref).abs().max().item()
+    moved = model.encoder.encoders.blocks[0].attn_ln.weight - factored.model.encoder.encoders.blocks[0].attn_ln.weight
+    print(f"smoothed vs not: max abs diff {diff:.2e} (output max {ref.abs().max():.1f})")
     # Measured 2026-12-06: 1.7e-4 (float rounding) on outputs up to 13.2.
     assert diff < 1e-3
     assert moved.abs().max() > 1e-2  # the weights did change
+
+    out = tmp_path / "smoothed"
+    save_compressed(replace(factored, model=model), dense[1], str(out), source_config_file=str(dense_exp / "config.yaml"))
+    train_config = yaml.safe_load((out / "config.yaml").read_text())
+    blocks = range(len(model.encoder.encoders.blocks))
+    assert train_config["encoder_conf"]["activation_scales"] == {f"encoders.blocks.{i}.mlp.1": 1536 for i in blocks}
+    saved = torch.load(out / "model.pth", map_location="cpu", weights_only=True)
+    plain = set(factored.model.state_dict())
+    assert set(saved) - plain == {f"encoder.encoders.blocks.{i}.mlp.1.scale" for i in blocks}
+    assert plain <= set(saved)
+    reloaded, _ = load_asr_model(str(out / "config.yaml"), str(out / "model.pth"))
+    assert (_encode(reloaded, speech) - _encode(model, speech)).abs().max().item() < 1e-5
+    del saved["encoder.encoders.blocks.0.mlp.1.scale"]
+    with pytest.raises(KeyMismatchError, match="1 missing keys"):
+        build_asr_model(train_config).load_state_dict(saved, strict=False)
+

@@ -112,3 +112,12 @@ def test_contract_configs_through_cli(name, dense_exp, shared_data_dir, tmp_path
     assert yaml.safe_load((out / "config.yaml").read_text())["encoder_conf"]["plan"]
     assert yaml.safe_load((out / "config.yaml").read_text())["encoder"] == "lowrank"
     assert report.get("recovery_steps", 0) == steps
+    if config.get("deployment", {}).get("int8_smoothing"):
+        # the candidate kept is the one with the lowest int8 error on windows its ranges did not see
+        smoothing = report["int8_smoothing"]
+        errors = smoothing["int8_error"]
+        assert set(errors) == {"none", "norms", "activations", "both"}
+        assert errors[smoothing["chosen"]] == min(errors.values()) < 0.2, smoothing
+        assert smoothing["error_windows_held_out"], smoothing
+        scales = yaml.safe_load((out / "config.yaml").read_text())["encoder_conf"].get("activation_scales")
+        assert bool(scales) == (smoothing["chosen"] in ("activations", "both")), (scales, smoothing)

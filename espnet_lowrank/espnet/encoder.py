@@ -6,6 +6,7 @@
       base_conf: {...}         # the dense encoder's original encoder_conf
       plan: {encoders.0.feed_forward.w_1: 160, ...}
       attention: auto          # auto | reduced | dense
+      activation_scales: {...} # deployment.int8_smoothing's divisions, when any
 
 ``LowRankEncoder(...)`` returns an instance of a subclass of the base encoder
 class (``LowRank<Base>``), so that the module layout, ``forward`` and the
@@ -22,6 +23,7 @@ from espnet_lowrank.apply import build_lowrank_layers_, choose_attention_
 from espnet_lowrank.artifact import PLAN_VERSION
 from espnet_lowrank.config import ATTENTION_MODES
 from espnet_lowrank.families import family_for
+from espnet_lowrank.smoothing import build_scaled_activations_
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +63,8 @@ class LowRankEncoder(AbsEncoder):
         base: the base encoder's registered name (``conformer``, ``whisper_local``, ...).
         base_conf: the base encoder's keyword arguments.
         plan: module name (inside the encoder) -> rank.
+        activation_scales: activation name -> width, divided at run time
+            (``deployment.int8_smoothing``; the scales are in model.pth).
         attention: ``auto`` (rank-space attention where it needs fewer
             FLOPs), ``reduced`` or ``dense``.
     """
@@ -81,6 +85,7 @@ class LowRankEncoder(AbsEncoder):
         attention: str = "auto",
         int8: bool = False,
         version: int = 1,
+        activation_scales: Optional[Dict[str, int]] = None,
     ):
         if attention not in ATTENTION_MODES:
             raise ValueError(f"unknown attention mode {attention!r}; known: {ATTENTION_MODES}")
@@ -90,6 +95,7 @@ class LowRankEncoder(AbsEncoder):
         self._base_class.__init__(self, input_size=input_size, **(base_conf or {}))
         family = family_for(self)
         build_lowrank_layers_(self, dict(plan or {}))
+        build_scaled_activations_(self, dict(activation_scales or {}))
         frames = family.window_frames(self)
         self.attention_choice = choose_attention_(self, family, attention, frames)
         self.lowrank_plan = dict(plan or {})
