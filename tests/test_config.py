@@ -113,6 +113,6 @@ def test_sections_and_flat_keys_are_the_same_config(tmp_path):
         "version", "target_modules", "exclude_modules", "rank_pattern", "theta_attention", "theta_feed_forward",
         "rank_multiple", "budget", "num_calib", "batch_size", "sequential", "seed", "pack_seconds", "recovery_steps",
         "recovery_lr", "recovery_objective", "recovery_scope", "recovery_final_steps", "recovery_recompute_blocks",
-        "recovery_return_freed_memory", "attention", "int8"}
+        "recovery_return_freed_memory", "attention", "int8", "int8_smoothing"}
     defaults = LowRankConfig()
     assert (defaults.deployment.attention, defaults.calibration.seed) == ("auto", 0)
