@@ -91,9 +91,10 @@ def calibrate_model(model, calib_data: CalibData, config: Optional[LowRankConfig
 
 def _check_inputs(calib_data, config: LowRankConfig, stats: Optional[StatsSet], targets, family) -> None:
     """Refuse what cannot work before any calibration pass."""
-    if config.deployment.int8_smoothing and not family.smoothing_sites:
-        raise ValueError(f"deployment.int8_smoothing: no smoothing sites are declared for {family.name} "
-                         "encoders (only Whisper's); set it to false")
+    if config.deployment.int8_smoothing:
+        from espnet_lowrank.smoothing import check_supported
+
+        check_supported(family)
     if config.deployment.int8_smoothing and calib_data is None:
         raise ValueError("deployment.int8_smoothing compares int8 errors on calibration audio (calib_data), "
                          "not only statistics")

@@ -70,6 +70,13 @@ class ScaledActivation(nn.Module):
         return self.activation(x) / self.scale
 
 
+def check_supported(family) -> None:
+    """Refuse ``int8_smoothing`` for a family that declares no sites."""
+    if not family.smoothing_sites:
+        raise ValueError(f"deployment.int8_smoothing: no smoothing sites are declared for {family.name} "
+                         "encoders (only Whisper's); set it to false")
+
+
 def _input_weight(layer: nn.Module) -> torch.Tensor:
     """(d_out or rank, d_in) view of the weight that multiplies the layer's input."""
     w = layer.down.weight if hasattr(layer, "down") else layer.weight

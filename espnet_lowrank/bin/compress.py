@@ -33,6 +33,7 @@ from espnet_lowrank.data import read_data_dir
 from espnet_lowrank.families import family_for
 from espnet_lowrank.jobs import BACKENDS, split_calibration
 from espnet_lowrank.report import compression_report_md
+from espnet_lowrank.smoothing import check_supported
 from espnet_lowrank.utils import check_output_dir, sigterm_as_interrupt
 
 
@@ -67,6 +68,8 @@ def check_plan_inputs(encoder, family, config: LowRankConfig) -> None:
     """Patterns that match nothing and fixed ranks larger than their layer,
     found before calibration rather than after it."""
     targets = family.target_layers(encoder, config)  # raises when nothing matches
+    if config.deployment.int8_smoothing:
+        check_supported(family)  # before split calibration jobs run
     names = [n for n, _ in encoder.named_modules()]
     for pattern in list(config.exclude_modules) + list(config.rank_pattern):
         if not any(re.fullmatch(pattern, n) for n in names):
