@@ -25,8 +25,9 @@ utterances in neither the pool nor an evaluation set (bench/int8_balance.py's),
 with int8 on one role of linears at a time and with each smoothing. Otherwise
 the exp dir is loaded by ``Speech2Text``, smoothed, quantized, and the held-out
 sets of bench/heldout_eval.py decoded; the hypotheses go to
-``RUN_DIR/hyps/<exp>_+_int8_smoothed`` for bench/score_hyps.py (with no β
-given: ``<exp>_+_int8``, heldout_eval.py's int8 row, decoded the same way).
+``RUN_DIR/hyps/<exp>_+_int8_smoothed`` for bench/score_hyps.py (``_norms`` or
+``_fc2`` after it with one β only; with none: ``<exp>_+_int8``,
+heldout_eval.py's int8 row, decoded the same way).
 """
 
 import argparse
@@ -138,8 +139,10 @@ def main(argv=None):
                       **yaml.safe_load((exp / "decode.yaml").read_text()))
     s2t.asr_model = smoothed(s2t.asr_model.eval(), input_ranges(s2t.asr_model, pool[:16]), args.ln_beta, args.fc2_beta)
     quantize_linears_(s2t.asr_model.encoder)
-    smoothed_any = args.ln_beta is not None or args.fc2_beta is not None
-    row = f"{exp.name}_+_int8" + ("_smoothed" if smoothed_any else "")  # unsmoothed: heldout_eval.py's int8 row
+    # unsmoothed: heldout_eval.py's int8 row; one kind of site only: named after it
+    suffix = {(True, True): "_smoothed", (True, False): "_smoothed_norms", (False, True): "_smoothed_fc2",
+              (False, False): ""}[(args.ln_beta is not None, args.fc2_beta is not None)]
+    row = f"{exp.name}_+_int8{suffix}"
     librispeech = read_data_dir(os.path.join(args.data, CALIB_SET), require_text=True)
     results = decode(s2t, heldout_sets(args.data, args.sets, librispeech, pool), os.path.join(args.out_dir, "hyps", row))
     for name, (score, _) in results.items():
