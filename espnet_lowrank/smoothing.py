@@ -23,6 +23,7 @@ keeps the lowest.
 
 import copy
 import logging
+import re
 from dataclasses import dataclass
 from typing import Dict, List, Tuple
 
@@ -84,8 +85,6 @@ def _input_weight(layer: nn.Module) -> torch.Tensor:
 
 
 def _blocks(encoder: nn.Module, family) -> List[Tuple[str, nn.Module]]:
-    import re
-
     return [(n, m) for n, m in encoder.named_modules() if re.fullmatch(family.blocks, n)]
 
 
