@@ -29,6 +29,7 @@ from espnet_lowrank.measure import StepCosts, peak_rss_mb, runtime_facts
 from espnet_lowrank.modes import kept_modes
 from espnet_lowrank.plan import RankPlan, make_plan
 from espnet_lowrank.report import build_report
+from espnet_lowrank.smoothing import check_supported, smooth_for_int8_
 
 logger = logging.getLogger(__name__)
 
@@ -92,12 +93,10 @@ def calibrate_model(model, calib_data: CalibData, config: Optional[LowRankConfig
 def _check_inputs(calib_data, config: LowRankConfig, stats: Optional[StatsSet], targets, family) -> None:
     """Refuse what cannot work before any calibration pass."""
     if config.deployment.int8_smoothing:
-        from espnet_lowrank.smoothing import check_supported
-
         check_supported(family)
-    if config.deployment.int8_smoothing and calib_data is None:
-        raise ValueError("deployment.int8_smoothing compares int8 errors on calibration audio (calib_data), "
-                         "not only statistics")
+        if calib_data is None:
+            raise ValueError("deployment.int8_smoothing compares int8 errors on calibration audio (calib_data), "
+                             "not only statistics")
     if stats is not None and config.calibration.sequential:
         raise ValueError("sequential calibration computes its own statistics; drop stats")
     if config.ranks.budget is not None and calib_data is None:
@@ -208,8 +207,6 @@ def compress(
     balance_factors_(current.encoder, statistics_rms(source.encoder, plan.ranks, spectra))
     smoothing = {}
     if config.deployment.int8_smoothing:
-        from espnet_lowrank.smoothing import smooth_for_int8_
-
         with costs.step("int8_smoothing"):
             smoothing = smooth_for_int8_(current, family, windows, config.calibration.batch_size)
     with costs.step("attention"):
