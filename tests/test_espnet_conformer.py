@@ -205,8 +205,11 @@ def test_sequential_on_a_masked_conformer(trained_exp, an4, tmp_path):
 
 def test_recomputed_conformer_blocks_change_no_number(trained_exp, an4):
     """``recovery.recompute_blocks`` on ESPnet's Conformer (tuple outputs,
-    masks, rel-pos embeddings through each block): the CTC-objective recovery
-    trains bit for bit the same factors as with every activation kept."""
+    masks, rel-pos embeddings through each block): recovery trains bit for bit
+    the same factors as with every activation kept. The objective is the
+    encoder output's: this briefly trained model's CTC and decoder outputs
+    barely depend on the encoder (that loss starts at 9e-7 and, on some CPUs,
+    no step lowers it, so keep-the-best would compare untrained factors)."""
     from espnet_lowrank.artifact import load_asr_model
     from espnet_lowrank.config import LowRankConfig
     from espnet_lowrank.pipeline import compress
@@ -217,7 +220,7 @@ def test_recomputed_conformer_blocks_change_no_number(trained_exp, an4):
     for recompute in (False, True):
         config = LowRankConfig.from_dict(dict(LOWRANK, theta_attention=0.5, theta_feed_forward=0.5,
                                               recovery_steps=4, recovery_lr=3.0e-5,
-                                              recovery_objective="decoder", recovery_recompute_blocks=recompute))
+                                              recovery_objective="encoder", recovery_recompute_blocks=recompute))
         result = compress(dense, train[:4], config)
         states.append(result.model.state_dict())
         reports.append(result.report)
