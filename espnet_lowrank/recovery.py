@@ -26,13 +26,13 @@ import contextlib
 import ctypes
 import functools
 import logging
-import re
 import time
 from typing import List, Optional
 
 import torch
 
 from espnet_lowrank.data import Utterance, iter_batches
+from espnet_lowrank.families.base import matching_modules
 
 logger = logging.getLogger(__name__)
 
@@ -218,11 +218,6 @@ def return_freed_memory() -> bool:
     return accepted == [1, 1]
 
 
-def _blocks(module: torch.nn.Module, pattern: Optional[str]) -> List[torch.nn.Module]:
-    """Submodules of ``module`` whose names match ``pattern``, in forward order."""
-    return [m for n, m in module.named_modules() if pattern and re.fullmatch(pattern, n)]
-
-
 @contextlib.contextmanager
 def checkpointed(model, blocks: Optional[str]):
     """Within the context, each module of ``model`` whose name matches
@@ -232,7 +227,7 @@ def checkpointed(model, blocks: Optional[str]):
     so the gradients do not change."""
     from torch.utils.checkpoint import checkpoint
 
-    modules = _blocks(model, blocks)
+    modules = [m for _, m in matching_modules(model, blocks)]
     for module in modules:
         module.forward = functools.partial(checkpoint, module.forward, use_reentrant=False)
     try:
@@ -321,7 +316,8 @@ def recover_blocks_(compressed, dense, utts: List[Utterance], blocks: str, steps
     inputs are cached, so a step costs one block, not the whole encoder; each
     block keeps its best factors."""
     batches = _batches(compressed, utts, steps, batch_size, pack_seconds)
-    student_blocks, teacher_blocks = _blocks(compressed.encoder, blocks), _blocks(dense.encoder, blocks)
+    student_blocks, teacher_blocks = ([m for _, m in matching_modules(encoder, blocks)]
+                                      for encoder in (compressed.encoder, dense.encoder))
     compressed.eval()
     student_in, last_before, lens = _block_io(compressed, student_blocks[0], student_blocks[-1], batches)
     teacher_in, _, _ = _block_io(dense, teacher_blocks[0], teacher_blocks[-1], batches)

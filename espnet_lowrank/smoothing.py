@@ -23,9 +23,8 @@ keeps the lowest.
 
 import copy
 import logging
-import re
 from dataclasses import dataclass
-from typing import Dict, List, Tuple
+from typing import Dict, Tuple
 
 import torch
 from torch import nn
@@ -84,10 +83,6 @@ def _input_weight(layer: nn.Module) -> torch.Tensor:
     return w.view(w.shape[0], -1)
 
 
-def _blocks(encoder: nn.Module, family) -> List[Tuple[str, nn.Module]]:
-    return [(n, m) for n, m in encoder.named_modules() if re.fullmatch(family.blocks, n)]
-
-
 def _encode(model, windows, batch_size: int, device) -> torch.Tensor:
     with torch.no_grad():
         return torch.cat([model.encode(s.to(device), n.to(device))[0].flatten(0, 1)
@@ -101,7 +96,7 @@ def input_ranges(model, family, windows, batch_size: int) -> Dict[Tuple[str, int
     def keep(key, x):
         x = x.detach().flatten(0, -2).abs().amax(0).float().cpu()
         ranges[key] = torch.maximum(ranges[key], x) if key in ranges else x
-    for name, block in _blocks(model.encoder, family):
+    for name, block in family.block_modules(model.encoder):
         for i, site in enumerate(family.smoothing_sites):
             reader = block.get_submodule(site.readers[0])
             hooks.append(reader.register_forward_pre_hook(lambda m, a, key=(name, i): keep(key, a[0])))
@@ -119,7 +114,7 @@ def smooth_(encoder: nn.Module, family, ranges, kinds, betas: Dict[str, float] =
     """Smooth every site whose kind is in ``kinds`` (with β from ``betas``), in place."""
     from espnet_lowrank.apply import set_submodule
 
-    for name, block in _blocks(encoder, family):
+    for name, block in family.block_modules(encoder):
         for i, site in enumerate(family.smoothing_sites):
             if site.kind not in kinds:
                 continue
@@ -157,10 +152,17 @@ def build_scaled_activations_(encoder: nn.Module, widths: Dict[str, int]) -> Non
         set_submodule(encoder, name, ScaledActivation(encoder.get_submodule(name), int(width)))
 
 
-def _relative_int8_error(model, family, ranges, kinds, windows, batch_size, reference) -> float:
+def _encoding_copy(cpu_model) -> nn.Module:
+    """A copy of a CPU model for ``encode``: the decoder and CTC, which encode
+    does not run, are shared instead of copied."""
+    shared = (getattr(cpu_model, name, None) for name in ("decoder", "ctc"))
+    return copy.deepcopy(cpu_model, {id(m): m for m in shared if m is not None})
+
+
+def _relative_int8_error(cpu_model, family, ranges, kinds, windows, batch_size, reference) -> float:
     from espnet_lowrank.quantize import quantize_linears_
 
-    trial = copy.deepcopy(model).cpu().eval()
+    trial = _encoding_copy(cpu_model).eval()
     smooth_(trial.encoder, family, ranges, kinds)
     quantize_linears_(trial.encoder)
     out = _encode(trial, windows, batch_size, torch.device("cpu"))
@@ -174,9 +176,12 @@ def smooth_for_int8_(model, family, windows, batch_size: int) -> dict:
     split = max(1, min(RANGE_WINDOWS, len(windows) // 2))
     ranges = input_ranges(model, family, windows[:split], batch_size)
     held = windows[split:split + ERROR_WINDOWS] or windows[:split]
-    with kept_modes(model):
-        reference = _encode(copy.deepcopy(model).cpu().eval(), held, batch_size, torch.device("cpu"))
-        errors = {c: round(_relative_int8_error(model, family, ranges, kinds, held, batch_size, reference), 5)
+    # int8 runs on CPU: a model elsewhere is copied there once
+    on_cpu = next(model.parameters()).device.type == "cpu"
+    cpu_model = model if on_cpu else copy.deepcopy(model).cpu()
+    with kept_modes(cpu_model):
+        reference = _encode(cpu_model.eval(), held, batch_size, torch.device("cpu"))
+        errors = {c: round(_relative_int8_error(cpu_model, family, ranges, kinds, held, batch_size, reference), 5)
                   for c, kinds in CANDIDATES.items()}
     chosen = min(errors, key=errors.get)
     smooth_(model.encoder, family, ranges, CANDIDATES[chosen])

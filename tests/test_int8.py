@@ -184,3 +184,24 @@ def test_int8_smoothing_keeps_function_and_reloads_with_exactly_its_keys(dense, 
     with pytest.raises(KeyMismatchError, match="1 missing keys"):
         build_asr_model(train_config).load_state_dict(saved, strict=False)
 
+
+def test_int8_smoothing_choice_keeps_the_lowest_and_leaves_the_rest_alone(factored, librispeech, speech):
+    """compress's choice (smooth_for_int8_): the candidate kept is the one
+    measured lowest, the float encoder computes the same, and the decoder's
+    weights and every submodule's train/eval flag are as they were."""
+    from espnet_lowrank.data import pack
+    from espnet_lowrank.families.whisper import FAMILY
+    from espnet_lowrank.modes import training_modes
+    from espnet_lowrank.smoothing import smooth_for_int8_
+
+    model = copy.deepcopy(factored.model).eval()
+    model.decoder.train()  # mixed modes; the trials share the decoder and put it in eval
+    modes = training_modes(model)
+    decoder = {k: v.clone() for k, v in model.decoder.state_dict().items()}
+    report = smooth_for_int8_(model, FAMILY, pack(librispeech[:NUM_CALIB], None), 2)
+    print(report)
+    assert report["int8_error"][report["chosen"]] == min(report["int8_error"].values())
+    assert training_modes(model) == modes
+    assert all(torch.equal(v, model.decoder.state_dict()[k]) for k, v in decoder.items())
+    diff = (_encode(model.eval(), speech) - _encode(factored.model.eval(), speech)).abs().max().item()
+    assert diff < 1e-3

@@ -6,7 +6,7 @@ question: the handler registry (``espnet_lowrank/handlers.py``) answers it.
 
 import re
 from dataclasses import dataclass
-from typing import Callable, Dict, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 from torch import nn
 
@@ -14,6 +14,12 @@ from espnet_lowrank.calibration import FrameMaskHook
 from espnet_lowrank.config import LowRankConfig
 from espnet_lowrank.handlers import AttentionParts, attention_parts, layer_dims, reduced_attention
 from espnet_lowrank.smoothing import SmoothingSite
+
+
+def matching_modules(root: nn.Module, pattern: Optional[str]) -> List[Tuple[str, nn.Module]]:
+    """(name, module) of every submodule of ``root`` whose name fullmatches
+    ``pattern`` (none for None), in forward order."""
+    return [(n, m) for n, m in root.named_modules() if pattern and re.fullmatch(pattern, n)]
 
 
 @dataclass(frozen=True)
@@ -73,7 +79,11 @@ class EncoderFamily:
         return targets
 
     def attention_modules(self, encoder: nn.Module) -> Dict[str, nn.Module]:
-        return {n: m for n, m in encoder.named_modules() if re.fullmatch(self.attention, n)}
+        return dict(matching_modules(encoder, self.attention))
+
+    def block_modules(self, encoder: nn.Module) -> List[Tuple[str, nn.Module]]:
+        """(name, block) of every encoder block, in forward order."""
+        return matching_modules(encoder, self.blocks)
 
     @staticmethod
     def attention_parts(attn: nn.Module) -> AttentionParts:
