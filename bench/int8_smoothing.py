@@ -13,8 +13,9 @@ and multiplies weight column j by s_j, which keeps W x:
   run-time division (``ScaledActivation``).
 The rewrite is ``espnet_lowrank/smoothing.py``'s, which
 ``deployment.int8_smoothing`` ships with β fixed per kind of site and the
-candidate chosen per model; this script sweeps β on an exp dir. max|x_j| comes from a forward pass over the first 16 utterances of the exp
-dir's calibration pool (bench/pareto.py's).
+candidate chosen per model; this script sweeps β on an exp dir. max|x_j|
+comes from a forward pass over the first 16 utterances of the exp dir's
+calibration pool (bench/pareto.py's).
 
     python bench/int8_smoothing.py --exp_dir EXP --error [--betas 0.1 0.3] [--both 0.7 0.3]
     python bench/int8_smoothing.py --exp_dir EXP [--ln_beta 0.7] [--fc2_beta 0.3] \\
@@ -90,8 +91,9 @@ def error_table(model, pool, selection, betas, both):
         print(f"  int8 on {LABELS[site.producer]} only: {relative_error(q, selection, reference):.4f}", flush=True)
     ranges = input_ranges(model, pool[:16])
     blocks = [f"encoders.blocks.{i}" for i in range(len(model.encoder.encoders.blocks))]
-    print("  fc2 input, max |x_j| over the pool's first 16 utterances, largest / median channel per block: " + ", ".join(
-        f"{ranges[(b, FC2)].max():.1f} / {ranges[(b, FC2)].median():.1f}" for b in blocks), flush=True)
+    spread = ", ".join(f"{ranges[(b, FC2)].max():.1f} / {ranges[(b, FC2)].median():.1f}" for b in blocks)
+    print(f"  fc2 input, max |x_j| over the pool's first 16 utterances, largest / median channel per block: {spread}",
+          flush=True)
     for beta in betas:
         for label, kw in (("after the LayerNorms and before out", {"ln_beta": beta}),
                           ("before fc2", {"fc2_beta": beta})):
@@ -137,14 +139,17 @@ def main(argv=None):
 
     s2t = Speech2Text(str(exp / "config.yaml"), str(exp / "model.pth"), device="cpu",
                       **yaml.safe_load((exp / "decode.yaml").read_text()))
-    s2t.asr_model = smoothed(s2t.asr_model.eval(), input_ranges(s2t.asr_model, pool[:16]), args.ln_beta, args.fc2_beta)
+    if args.ln_beta is not None or args.fc2_beta is not None:
+        ranges = input_ranges(s2t.asr_model, pool[:16])
+        s2t.asr_model = smoothed(s2t.asr_model.eval(), ranges, args.ln_beta, args.fc2_beta)
     quantize_linears_(s2t.asr_model.encoder)
     # unsmoothed: heldout_eval.py's int8 row; one kind of site only: named after it
     suffix = {(True, True): "_smoothed", (True, False): "_smoothed_norms", (False, True): "_smoothed_fc2",
               (False, False): ""}[(args.ln_beta is not None, args.fc2_beta is not None)]
     row = f"{exp.name}_+_int8{suffix}"
     librispeech = read_data_dir(os.path.join(args.data, CALIB_SET), require_text=True)
-    results = decode(s2t, heldout_sets(args.data, args.sets, librispeech, pool), os.path.join(args.out_dir, "hyps", row))
+    sets = heldout_sets(args.data, args.sets, librispeech, pool)
+    results = decode(s2t, sets, os.path.join(args.out_dir, "hyps", row))
     for name, (score, _) in results.items():
         print(f"{row} {name}: {score.err:.2f} ({score.sub:.1f} / {score.dele:.1f} / {score.ins:.1f})", flush=True)
 
