@@ -85,12 +85,12 @@ def error_table(model, pool, selection, betas, both):
           f"evaluation sets: all linears {int8_error(model, selection, reference):.4f}", flush=True)
     for site in FAMILY.smoothing_sites:
         q = copy.deepcopy(model)
-        for b in q.encoder.encoders.blocks:
+        for _, b in FAMILY.block_modules(q.encoder):
             for name in site.readers:
                 set_submodule(b, name, _int8_copy(b.get_submodule(name)))
         print(f"  int8 on {LABELS[site.producer]} only: {relative_error(q, selection, reference):.4f}", flush=True)
     ranges = input_ranges(model, pool[:16])
-    blocks = [f"encoders.blocks.{i}" for i in range(len(model.encoder.encoders.blocks))]
+    blocks = [name for name, _ in FAMILY.block_modules(model.encoder)]
     spread = ", ".join(f"{ranges[(b, FC2)].max():.1f} / {ranges[(b, FC2)].median():.1f}" for b in blocks)
     print(f"  fc2 input, max |x_j| over the pool's first 16 utterances, largest / median channel per block: {spread}",
           flush=True)
