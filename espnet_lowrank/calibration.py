@@ -226,7 +226,10 @@ def calibrate(
     ``encoder``); with ``stop_after``, each forward stops once those ran."""
     from espnet_lowrank.progress import progress
 
+    from espnet_lowrank.data import describe_batch
+
     num_batches = 0
+    cut_before = _num_cut(encoder)
     with collect_output_stats(encoder, layer_names, frame_mask, device, stop_after) as stats:
         with torch.no_grad():
             for speech, lengths in progress(batches, total=total, desc="calibration", unit="batch"):
@@ -234,8 +237,20 @@ def calibrate(
                     encode(speech, lengths)
                 except StopForward:
                     pass
+                except FloatingPointError as e:
+                    files = describe_batch(speech)
+                    raise FloatingPointError(f"{e}; in calibration batch {num_batches + 1}"
+                                             + (f", of {files}" if files else "")) from None
                 num_batches += 1
     if num_batches == 0:
         raise ValueError("the calibration set is empty: no utterances to calibrate on")
-    logger.info("calibrated on %d batches, %d frames", num_batches, stats.num_frames)
+    cut = _num_cut(encoder) - cut_before
+    logger.info("calibrated on %d batches, %d frames%s", num_batches, stats.num_frames,
+                f"; {cut} rows were cut to the encoder's input window" if cut else "")
     return stats
+
+
+def _num_cut(encoder: nn.Module) -> int:
+    """Rows the encoder's front end has cut to its fixed input window so far
+    (``num_cut``, counted by Whisper's log-mel)."""
+    return sum(getattr(m, "num_cut", 0) for m in encoder.modules())

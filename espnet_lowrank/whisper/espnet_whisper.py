@@ -109,6 +109,7 @@ class LocalWhisperEncoder(AbsEncoder):
         The dynamic-range clamp of whisper's log-mel depends on the utterance's
         maximum, so each utterance is processed on its own, cut to its length
         (ESPnet pads batches) and, with ``do_pad_trim``, padded/trimmed to 30 s.
+        Cuts are counted in ``num_cut``; only the first one is logged.
         """
         from whisper.audio import log_mel_spectrogram, pad_or_trim
 
@@ -117,8 +118,10 @@ class LocalWhisperEncoder(AbsEncoder):
             audio = audio[: int(n)].float()
             if self.do_pad_trim:
                 if audio.shape[-1] > N_SAMPLES:
-                    logger.warning("an utterance of %.1f s is cut to Whisper's 30 s window",
-                                   audio.shape[-1] / SAMPLE_RATE)
+                    self.num_cut = getattr(self, "num_cut", 0) + 1
+                    if self.num_cut == 1:
+                        logger.warning("an utterance of %.1f s is cut to Whisper's 30 s window (further cuts are "
+                                       "counted, not logged one by one)", audio.shape[-1] / SAMPLE_RATE)
                 audio = pad_or_trim(audio, N_SAMPLES)
             mels.append(log_mel_spectrogram(audio, self.n_mels))
         lens = torch.tensor([m.shape[-1] for m in mels], device=xs_pad.device)
