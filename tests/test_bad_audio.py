@@ -189,3 +189,41 @@ def test_fifo_directory_and_device_are_not_regular_files(tmp_path, no_hang):
             check_calibration_audio([Utterance("x", str(path))])
     with pytest.raises(FileNotFoundError, match="audio file not found"):
         load_audio(str(tmp_path / "gone.wav"))
+
+
+# --- audit: a recipe replaces the folders it made, never the user's ----------
+
+def test_whisper_recipe_data_step_never_deletes_a_folder_it_did_not_make(tmp_path):
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from espnet_lowrank.data import write_data_dir
+
+    root = Path(__file__).resolve().parents[1]
+    shutil.copytree(root / "recipes" / "common", tmp_path / "recipes" / "common")
+    recipe = tmp_path / "recipes" / "whisper" / "asr1"
+    shutil.copytree(root / "recipes" / "whisper" / "asr1" / "local", recipe / "local")
+    src = tmp_path / "src"
+    write_data_dir(str(src), [Utterance(f"u{i}", _wav(tmp_path / f"u{i}.wav", _noise(0.5)), f"word {i}")
+                              for i in range(3)])
+    mine = recipe / "data" / "calib" / "my_notes.txt"
+    mine.parent.mkdir(parents=True)
+    mine.write_text("the user's")
+
+    def data_sh():
+        return subprocess.run(["bash", "local/data.sh", "--real_data", str(src), "--num_calib", "1",
+                               "--num_test", "1", "--python", sys.executable],
+                              cwd=recipe, capture_output=True, text=True, timeout=300)
+
+    proc = data_sh()
+    assert proc.returncode != 0 and "data/calib exists but was not made by this recipe" in proc.stderr, proc.stderr
+    assert mine.read_text() == "the user's" and not (recipe / "data" / "test").exists()
+    mine.unlink()
+    mine.parent.rmdir()
+    for _ in range(2):  # the second run replaces what the first one made
+        proc = data_sh()
+        assert proc.returncode == 0, proc.stderr
+        assert read_data_dir(str(recipe / "data" / "calib"))[0].utt_id == "u0"
+        assert (recipe / "data" / "test" / ".made_by_recipe").is_file()

@@ -77,6 +77,7 @@ stats_dir=exp/asr_stats_$(basename "${asr_config}" .yaml)
 log() { echo "$(date '+%H:%M:%S') [stage ${1}] ${*:2}" >&2; }
 fail() { echo "$0: ERROR: $*" >&2; exit 1; }
 tools() { ${python} local/recipe_tools.py "$@"; }
+. ../../common/generated.sh  # replace_generated: remove only the folders this recipe made
 
 # ---------------------------------------------------------------- input checks (before any work)
 test_dirs=
@@ -139,7 +140,7 @@ if [ ${stage} -le 2 ] && [ ${stop_stage} -ge 2 ]; then
     log 2 "format data/{train,dev} and the test sets into dump/raw"
     for d in data/train data/dev ${test_dirs}; do
         out=dump/raw/$(basename "$d")
-        rm -rf "${out}"; mkdir -p "${out}"
+        replace_generated "${out}" || exit 1; mark_generated "${out}"
         ${python} - "$d" "${out}" <<'PY'
 import sys, soundfile as sf
 from espnet_lowrank.data import read_data_dir, write_data_dir
@@ -178,7 +179,7 @@ train_opts=(--use_preprocessor true --token_type bpe --bpemodel "${PWD}/${bpemod
 # ---------------------------------------------------------------- stage 10
 if [ ${stage} -le 10 ] && [ ${stop_stage} -ge 10 ]; then
     log 10 "collect stats -> ${stats_dir}"
-    rm -rf "${stats_dir}"; mkdir -p "${stats_dir}"
+    replace_generated "${stats_dir}" || exit 1; mark_generated "${stats_dir}"
     ${python} -m espnet2.bin.asr_train --collect_stats true "${train_opts[@]}" \
         --train_data_path_and_name_and_type dump/raw/train/wav.scp,speech,sound \
         --train_data_path_and_name_and_type dump/raw/train/text,text,text \
@@ -230,6 +231,8 @@ if [ ${stage} -le 12 ] && [ ${stop_stage} -ge 12 ]; then
         n=${num_calib:-$(${python} -c "import sys; from espnet_lowrank.config import LowRankConfig as C; print(C.from_yaml(sys.argv[1]).num_calib or 64)" "${conf}")}
         # Calibration: n training utterances (never dev/test), split at batch boundaries.
         # Part statistics stay: a rerun reuses those whose inputs are unchanged (jobs.py).
+        require_generated "${calib_dir}" || exit 1
+        mark_generated "${calib_dir}"
         rm -rf "${calib_dir}"/split*
         jobs=$(tools calib_split --train "${calib_data}" --num "${n}" --batch_size "${batch_size}" --nj "${nj}" --out "${calib_dir}")
         if [ "$(tools needs_audio "${conf}")" = yes ]; then

@@ -43,8 +43,11 @@ test_dirs=$(resolve ${real_test})
 ${python} local/recipe_tools.py check_data --require_text ${train_dirs} ${test_dirs}
 [ -d "${corpora}" ] || { echo "ERROR: text corpora dir not found: ${corpora}" >&2; exit 1; }
 
-rm -rf data/train data/dev data/test_real data/test_real_seen data/test_synth data/local
-mkdir -p data/local
+# Replaced only if an earlier run made them (generated.sh); marked before they are
+# written, so that a run stopped midway leaves them replaceable.
+. ../../common/generated.sh
+replace_generated data/train data/dev data/test_real data/test_real_seen data/test_synth data/local
+mark_generated data/local data/train data/dev data/test_real
 ${python} local/recipe_tools.py select_sentences --corpora "${corpora}" --real_dirs ${train_dirs} ${test_dirs} \
     --num_train "${num_synth_train}" --num_test "${num_synth_test}" --groups 4 --out data/local
 
@@ -61,7 +64,9 @@ for g in 0 1 2 3; do
 done
 ${python} -m espnet_lowrank.bin.synthesize --texts data/local/synth_test.txt --output_dir data/test_synth \
     --prefix synthtest --length_scale 1.05 --noise_scale 0.6 --noise_w 0.7 --overwrite
+mark_generated data/test_synth
 
 ${python} local/recipe_tools.py combine --real_train ${train_dirs} --real_test ${test_dirs} \
     --heldout_speakers "${heldout_speakers}" --heldout_utts "${heldout_utts}" --synth_train ${synth_dirs} --synth_test data/test_synth \
     --max_per_dir "${max_per_dir}" --max_test "${max_test}" --num_dev "${num_dev}" --out data
+[ ! -d data/test_real_seen ] || mark_generated data/test_real_seen
