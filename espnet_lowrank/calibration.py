@@ -211,6 +211,12 @@ class FrameMaskHook:
 Batch = Tuple[torch.Tensor, torch.Tensor]
 
 
+class NonFiniteActivations(FloatingPointError, ValueError):
+    """Non-finite activations in a calibration batch, naming its files: bad
+    input (e.g. absurdly loud audio), so also a ValueError, which the CLI
+    reports in one line."""
+
+
 def calibrate(
     encode: Callable[[torch.Tensor, torch.Tensor], object],
     encoder: nn.Module,
@@ -239,8 +245,8 @@ def calibrate(
                     pass
                 except FloatingPointError as e:
                     files = describe_batch(speech)
-                    raise FloatingPointError(f"{e}; in calibration batch {num_batches + 1}"
-                                             + (f", of {files}" if files else "")) from None
+                    raise NonFiniteActivations(f"{e}; in calibration batch {num_batches + 1}"
+                                               + (f", of {files}" if files else "")) from None
                 num_batches += 1
     if num_batches == 0:
         raise ValueError("the calibration set is empty: no utterances to calibrate on")

@@ -144,8 +144,33 @@ def test_non_finite_activations_name_the_batch_files(tmp_path):
     enc = LocalWhisperEncoder(n_state=8, n_head=2, n_layer=1).eval()
     with pytest.raises(FloatingPointError) as err:
         calibrate(lambda s, n: enc(s, n), enc, data.iter_batches(utts, 1), ["encoders.blocks.0.mlp.0"])
+    assert isinstance(err.value, ValueError)  # bad input: the CLI says it in one line
     msg = str(err.value)
     assert "\n" not in msg and "batch 2" in msg and "loud" in msg and loud in msg and ok not in msg
+
+
+@pytest.mark.parametrize("row", ["loud", "fifo"])
+def test_compress_cli_says_it_in_one_line(row, dense_exp, tmp_path, capsys, no_hang):
+    from espnet_lowrank.bin import compress as compress_cli
+
+    ok = _wav(tmp_path / "ok.wav", _noise(2.0))
+    bad = tmp_path / f"{row}.wav"
+    if row == "loud":
+        _wav(bad, _noise(2.0, scale=1e20))
+    else:
+        os.mkfifo(bad)
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    (calib / "wav.scp").write_text(f"a {ok}\nb {bad}\n")
+    capsys.readouterr()
+    status = compress_cli.cli(["--asr_train_config", str(dense_exp / "config.yaml"),
+                               "--asr_model_file", str(dense_exp / "model.pth"),
+                               "--calib_data", str(calib), "--output_dir", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if "error:" in line]
+    assert status == 1 and len(errors) == 1 and "Traceback" not in err, err
+    assert str(bad) in errors[0], errors[0]
+    assert ("non-finite activations" if row == "loud" else "a FIFO, not a regular file") in errors[0]
 
 
 @pytest.mark.parametrize("name", ["wav.scp", "text", "utt2spk"])
