@@ -257,7 +257,7 @@ def main(argv=None):
 
     for path, cfg in yaml_cfgs:
         if cfg.calibration.num_calib is None:
-            cfg.calibration.num_calib = args.num_calib
+            cfg = cfg.replace(num_calib=args.num_calib)
         configs.append((Path(path).stem, "config", cfg))
 
     rows = []

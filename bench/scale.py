@@ -102,8 +102,7 @@ def measure(num: int, njs, rows: list) -> None:
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     shared = os.environ.get("ESPNET_LOWRANK_SHARED_DATA", os.path.join(os.path.dirname(root), "shared", "data"))
     conf = os.path.join(root, "conf", "lowrank", "whisper.yaml")
-    config = LowRankConfig.from_yaml(conf)
-    config.num_calib = num
+    config = LowRankConfig.from_yaml(conf).replace(num_calib=num)
     work = tempfile.mkdtemp(prefix="scale-")
     export_whisper("tiny.en", os.path.join(work, "dense"))
     write_data_dir(os.path.join(work, "calib"),

@@ -13,15 +13,20 @@ or the same options as flat keys (``theta_attention: 0.98``,
 (YAML reads ``1e-4`` as a string, so a string is never taken for a number,
 nor ``"no"`` for a boolean), bounds, unknown keys and combinations, each
 refused in one line that names the key.
+
+Sections are frozen and checked when made, so a config is valid for its
+whole life: a change is a new object (``config.replace(num_calib=8)``).
 """
 
 import dataclasses
-import math
-import re
+import os
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import yaml
+
+from espnet_lowrank.config_checks import (boolean, choice, expanded_size, got, integer, number, optional,
+                                          name_of, rank_pattern, regex, regex_list, short_repr)
 
 ATTENTION_MODES = ("auto", "reduced", "dense")
 RECOVERY_OBJECTIVES = ("encoder", "decoder", "decoder+tokens")
@@ -30,23 +35,38 @@ MAX_LR = 1.0
 # The YAML schema's version (optional key ``version``); a later schema that
 # renames options bumps it, and this module maps the older ones.
 VERSION = 1
+# A method config is a few dozen lines; larger files, or aliases that expand
+# past this many values, are refused before they are parsed or walked.
+MAX_FILE_BYTES = 1 << 20
+MAX_VALUES = 10_000
 
 
-@dataclass
-class Targets:
+class _Section:
+    """A frozen group of options; every value is checked (and normalized,
+    e.g. ints to floats) when the group is made."""
+
+    def __post_init__(self):
+        section = _SECTION_NAME[type(self)]
+        for f in dataclasses.fields(self):
+            value = _CHECKS[(section, f.name)](f"{section}.{f.name}", getattr(self, f.name))
+            object.__setattr__(self, f.name, value)
+
+
+@dataclass(frozen=True)
+class Targets(_Section):
     """Which encoder layers are factored."""
 
     target_modules: Optional[str] = field(
         default=None, metadata={"help": "regex (fullmatch) over encoder module names; default: the family's"})
-    exclude_modules: List[str] = field(
-        default_factory=list, metadata={"help": "regexes of module names to leave dense"})
+    exclude_modules: Tuple[str, ...] = field(
+        default=(), metadata={"help": "regexes of module names to leave dense"})
     rank_pattern: Dict[str, int] = field(
         default_factory=dict,
         metadata={"help": "regex -> fixed rank, overriding θ (kept even where dense is smaller)"})
 
 
-@dataclass
-class Ranks:
+@dataclass(frozen=True)
+class Ranks(_Section):
     """How ranks are chosen: θ per role, or one global FLOPs budget."""
 
     theta_attention: float = field(
@@ -60,8 +80,8 @@ class Ranks:
                           "globally by measured sensitivity (espnet_lowrank.budget); replaces θ"})
 
 
-@dataclass
-class Calibration:
+@dataclass(frozen=True)
+class Calibration(_Section):
     num_calib: Optional[int] = field(default=None, metadata={"help": "use at most this many utterances"})
     batch_size: int = field(default=4, metadata={"help": "calibration (and recovery) batch size"})
     sequential: bool = field(
@@ -76,8 +96,8 @@ class Calibration:
                           "feeds its encoder); none: one utterance per row, padded"})
 
 
-@dataclass
-class Recovery:
+@dataclass(frozen=True)
+class Recovery(_Section):
     steps: int = field(
         default=0,
         metadata={"help": "distillation steps after factoring (MSE to the dense encoder's "
@@ -111,9 +131,19 @@ class Recovery:
                           "(mallopt, as MALLOC_MMAP_THRESHOLD_=8388608 would): the same numbers, less "
                           "memory, more time; for the rest of the process"})
 
+    def __post_init__(self):
+        super().__post_init__()
+        if self.final_steps and self.scope != "block":
+            raise ValueError("recovery.final_steps follows block-wise recovery: set recovery.scope: "
+                             "block, or put the steps in recovery.steps")
+        if self.scope == "block" and self.objective != "encoder" and not self.final_steps:
+            raise ValueError("recovery.scope: block matches each block's output; objective: "
+                             f"{self.objective} applies only to an end-to-end pass after it "
+                             "(set recovery.final_steps)")
 
-@dataclass
-class Deployment:
+
+@dataclass(frozen=True)
+class Deployment(_Section):
     attention: str = field(
         default="auto",
         metadata={"help": "auto (fewer FLOPs, deterministic) | reduced | dense: how "
@@ -128,6 +158,7 @@ class Deployment:
 
 SECTIONS = {"targets": Targets, "ranks": Ranks, "calibration": Calibration,
             "recovery": Recovery, "deployment": Deployment}
+_SECTION_NAME = {cls: name for name, cls in SECTIONS.items()}
 # flat YAML key -> (section, field); the flat names are also the attribute names
 FLAT_KEYS: Dict[str, Tuple[str, str]] = {
     f.name: (section, f.name) for section, cls in SECTIONS.items() for f in dataclasses.fields(cls)
@@ -138,7 +169,6 @@ FLAT_KEYS.update(recovery_steps=("recovery", "steps"), recovery_lr=("recovery", 
                  recovery_final_steps=("recovery", "final_steps"),
                  recovery_recompute_blocks=("recovery", "recompute_blocks"),
                  recovery_return_freed_memory=("recovery", "return_freed_memory"))
-_FLAT_OF = {where: flat for flat, where in FLAT_KEYS.items()}
 _REMOVED = {
     "keep_dense_if_no_savings": "a layer is always kept dense where factoring would not save",
     "refit": "the least-squares refit lost to PCA and was removed (bench/RESULTS.md)",
@@ -146,118 +176,41 @@ _REMOVED = {
 }
 
 
-# Checkers: (key, value) -> value, or a ValueError naming the key.
-def _got(value) -> str:
-    return f"the string {value!r}" if isinstance(value, str) else f"{value!r}"
-
-
-def _number(lo: float, hi: float, lo_open: bool = True) -> Callable:
-    def check(key, value):
-        if isinstance(value, str):
-            hint = "without quotes"
-            if re.fullmatch(r"[+-]?\d+[eE][+-]?\d+", value.strip()):
-                mantissa, exponent = re.split("[eE]", value.strip())
-                hint = f"{mantissa}.0e{exponent}"
-            try:
-                float(value)
-            except ValueError:
-                raise ValueError(f"{key}: expected a number, got {_got(value)}") from None
-            raise ValueError(f"{key}: expected a number, got {_got(value)} (write {hint})")
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise ValueError(f"{key}: expected a number, got {_got(value)}")
-        if value < lo or (lo_open and value == lo) or value > hi:
-            low = "(" if lo_open else "["
-            raise ValueError(f"{key}: must be in {low}{lo:g}, {hi:g}], got {value!r}")
-        return float(value)
-
-    return check
-
-
-def _integer(minimum: int) -> Callable:
-    def check(key, value):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"{key}: expected an integer, got {_got(value)}")
-        if value < minimum:
-            raise ValueError(f"{key}: must be >= {minimum}, got {value}")
-        return value
-
-    return check
-
-
-def _boolean(key, value):
-    if not isinstance(value, bool):
-        raise ValueError(f"{key}: expected true or false, got {_got(value)}")
-    return value
-
-
-def _optional(check: Callable) -> Callable:
-    return lambda key, value: None if value is None else check(key, value)
-
-
-def _regex(key, value):
-    if not isinstance(value, str):
-        raise ValueError(f"{key}: expected a regular expression (a string), got {_got(value)}")
-    try:
-        re.compile(value)
-    except re.error as e:
-        raise ValueError(f"{key}: {value!r} is not a valid regular expression ({e})") from None
-    return value
-
-
-def _regex_list(key, value):
-    if not isinstance(value, list):
-        raise ValueError(f"{key}: expected a list of regular expressions, got {_got(value)}")
-    return [_regex(f"{key}[{i}]", v) for i, v in enumerate(value)]
-
-
-def _rank_pattern(key, value):
-    if not isinstance(value, dict):
-        raise ValueError(f"{key}: expected a mapping regex -> rank, got {_got(value)}")
-    return {_regex(key, p): _integer(1)(f"{key}[{p!r}]", r) for p, r in value.items()}
-
-
-def _choice(options) -> Callable:
-    def check(key, value):
-        if value not in options:
-            raise ValueError(f"{key}: must be one of {', '.join(options)}, got {_got(value)}")
-        return value
-
-    return check
-
-
 _CHECKS: Dict[Tuple[str, str], Callable] = {
-    ("targets", "target_modules"): _optional(_regex),
-    ("targets", "exclude_modules"): _regex_list,
-    ("targets", "rank_pattern"): _rank_pattern,
-    ("ranks", "theta_attention"): _number(0.0, 1.0),
-    ("ranks", "theta_feed_forward"): _number(0.0, 1.0),
-    ("ranks", "rank_multiple"): _integer(1),
-    ("ranks", "budget"): _optional(_number(0.0, 1.0)),
-    ("calibration", "num_calib"): _optional(_integer(1)),
-    ("calibration", "batch_size"): _integer(1),
-    ("calibration", "sequential"): _boolean,
-    ("calibration", "seed"): _integer(0),
-    ("calibration", "pack_seconds"): _optional(_number(0.0, 3600.0)),
-    ("recovery", "steps"): _integer(0),
-    ("recovery", "lr"): _number(0.0, MAX_LR),
-    ("recovery", "objective"): _choice(RECOVERY_OBJECTIVES),
-    ("recovery", "scope"): _choice(RECOVERY_SCOPES),
-    ("recovery", "final_steps"): _integer(0),
-    ("recovery", "recompute_blocks"): _boolean,
-    ("recovery", "return_freed_memory"): _boolean,
-    ("deployment", "attention"): _choice(ATTENTION_MODES),
-    ("deployment", "int8"): _boolean,
-    ("deployment", "int8_smoothing"): _boolean,
+    ("targets", "target_modules"): optional(regex),
+    ("targets", "exclude_modules"): regex_list,
+    ("targets", "rank_pattern"): rank_pattern,
+    ("ranks", "theta_attention"): number(0.0, 1.0),
+    ("ranks", "theta_feed_forward"): number(0.0, 1.0),
+    ("ranks", "rank_multiple"): integer(1),
+    ("ranks", "budget"): optional(number(0.0, 1.0)),
+    ("calibration", "num_calib"): optional(integer(1)),
+    ("calibration", "batch_size"): integer(1),
+    ("calibration", "sequential"): boolean,
+    ("calibration", "seed"): integer(0),
+    ("calibration", "pack_seconds"): optional(number(0.0, 3600.0)),
+    ("recovery", "steps"): integer(0),
+    ("recovery", "lr"): number(0.0, MAX_LR),
+    ("recovery", "objective"): choice(RECOVERY_OBJECTIVES),
+    ("recovery", "scope"): choice(RECOVERY_SCOPES),
+    ("recovery", "final_steps"): integer(0),
+    ("recovery", "recompute_blocks"): boolean,
+    ("recovery", "return_freed_memory"): boolean,
+    ("deployment", "attention"): choice(ATTENTION_MODES),
+    ("deployment", "int8"): boolean,
+    ("deployment", "int8_smoothing"): boolean,
 }
 
 
+
 class LowRankConfig:
-    """Options grouped in five sections (``config.ranks.theta_attention``);
-    every option also reads and writes under its flat YAML name
-    (``config.theta_attention``, ``config.recovery_lr``).
+    """Options grouped in five frozen sections (``config.ranks.theta_attention``);
+    every option also reads under its flat YAML name (``config.theta_attention``,
+    ``config.recovery_lr``).
 
     ``LowRankConfig(theta_attention=0.98, recovery=Recovery(steps=100))``
-    takes sections (dataclasses or dicts) and flat keys alike.
+    takes sections (dataclasses or dicts) and flat keys alike; a config never
+    changes after it is made, ``config.replace(...)`` returns a new one.
     """
 
     targets: Targets
@@ -269,26 +222,39 @@ class LowRankConfig:
     def __init__(self, **values):
         sections, labels = _split(values)
         for name, cls in SECTIONS.items():
-            object.__setattr__(self, name, cls(**sections[name]))
-        object.__setattr__(self, "_labels", labels)
-        self.validate()
+            try:
+                part = cls(**sections[name])
+            except ValueError as e:  # name the option as the caller gave it
+                message = str(e)
+                for (section, option), label in labels.items():
+                    prefix = f"{section}.{option}"
+                    if section == name and message.startswith(prefix):
+                        message = label + message[len(prefix):]
+                        break
+                raise ValueError(message) from None
+            object.__setattr__(self, name, part)
 
     def validate(self) -> None:
-        """Check every option and the combinations; raises ValueError in one line."""
-        for (section, name), check in _CHECKS.items():
-            key = self._labels.get((section, name), _FLAT_OF[(section, name)])
-            part = getattr(self, section)
-            setattr(part, name, check(key, getattr(part, name)))
-        r = self.recovery
-        if r.final_steps and r.scope != "block":
-            raise ValueError("recovery.final_steps follows block-wise recovery: set recovery.scope: "
-                             "block, or put the steps in recovery.steps")
-        if r.scope == "block" and r.objective != "encoder" and not r.final_steps:
-            raise ValueError("recovery.scope: block matches each block's output; objective: "
-                             f"{r.objective} applies only to an end-to-end pass after it "
-                             "(set recovery.final_steps)")
+        """Check every option and the combinations again (``compress`` does,
+        before any work); raises ValueError in one line."""
+        for name, cls in SECTIONS.items():
+            part = getattr(self, name)
+            cls(**{f.name: getattr(part, f.name) for f in dataclasses.fields(cls)})
 
-    __post_init__ = validate  # older callers re-check after setting a field
+    def replace(self, **values) -> "LowRankConfig":
+        """A new, checked config with ``values`` (flat keys or sections) changed;
+        this one stays as it is."""
+        kept, given = self.sections(), dict(values)
+        del kept["version"]
+        for key, value in values.items():
+            if key in FLAT_KEYS:
+                section, option = FLAT_KEYS[key]
+                del kept[section][option]
+            elif key in SECTIONS and isinstance(value, dict):
+                kept[key] = {**kept[key], **given.pop(key)}
+            elif key in SECTIONS:
+                del kept[key]  # a whole section object
+        return type(self)(**kept, **given)
 
     def __getattr__(self, name):
         if name in FLAT_KEYS:
@@ -297,15 +263,10 @@ class LowRankConfig:
         raise AttributeError(f"LowRankConfig has no option {name!r}")
 
     def __setattr__(self, name, value):
-        if name in FLAT_KEYS:
-            section, field_name = FLAT_KEYS[name]
-            setattr(getattr(self, section), field_name, value)
-            self.validate()
-        elif name in SECTIONS:
-            object.__setattr__(self, name, value)
-            self.validate()
-        else:
-            raise AttributeError(f"LowRankConfig has no option {name!r}; known: {sorted(FLAT_KEYS)}")
+        if name in FLAT_KEYS or name in SECTIONS:
+            raise AttributeError(f"LowRankConfig is immutable: use config.replace({name}=...), which "
+                                 "returns a checked copy")
+        raise AttributeError(f"LowRankConfig has no option {name!r}; known: {sorted(FLAT_KEYS)}")
 
     def __eq__(self, other):
         return isinstance(other, LowRankConfig) and self.sections() == other.sections()
@@ -322,17 +283,7 @@ class LowRankConfig:
     @classmethod
     def from_yaml(cls, path: str) -> "LowRankConfig":
         """Load and check a YAML file; every problem is one line naming ``path``."""
-        try:
-            with open(path, "rb") as f:
-                text = f.read().decode("utf-8")
-            values = yaml.safe_load(text)
-        except UnicodeDecodeError as e:
-            raise ValueError(f"{path}: not UTF-8 text (byte {e.start})") from None
-        except yaml.YAMLError as e:
-            where = getattr(e, "problem_mark", None)
-            line = f" at line {where.line + 1}" if where is not None else ""
-            raise ValueError(f"{path}: not valid YAML{line}: {getattr(e, 'problem', e)}") from None
-        values = {} if values is None else values
+        values = _read_yaml_file(path)
         try:
             return cls.from_dict(values)
         except ValueError as e:
@@ -341,11 +292,53 @@ class LowRankConfig:
     def to_dict(self) -> dict:
         """Flat ``{key: value}``, the names of the flat YAML form."""
         return {"version": VERSION,
-                **{flat: getattr(getattr(self, s), f) for flat, (s, f) in FLAT_KEYS.items()}}
+                **{flat: _plain(getattr(getattr(self, s), f)) for flat, (s, f) in FLAT_KEYS.items()}}
 
     def sections(self) -> dict:
         """``{section: {field: value}}``, the sectioned YAML form."""
-        return {"version": VERSION, **{name: dataclasses.asdict(getattr(self, name)) for name in SECTIONS}}
+        return {"version": VERSION,
+                **{name: {k: _plain(v) for k, v in dataclasses.asdict(getattr(self, name)).items()}
+                   for name in SECTIONS}}
+
+
+def _plain(value):
+    """YAML-safe: tuples as lists, mappings copied."""
+    if isinstance(value, tuple):
+        return list(value)
+    return dict(value) if isinstance(value, dict) else value
+
+
+def _read_yaml_file(path: str):
+    """The YAML mapping in ``path``: a regular file, at most ``MAX_FILE_BYTES``,
+    UTF-8, not empty, whose aliases expand to at most ``MAX_VALUES`` values."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"low-rank config not found: {path}") from None
+    except OSError as e:
+        raise ValueError(f"{path}: cannot read the low-rank config ({e.strerror})") from None
+    if not os.path.isfile(path):  # a FIFO would hang, a device never end
+        raise ValueError(f"{path}: the low-rank config is not a regular file")
+    if st.st_size > MAX_FILE_BYTES:
+        raise ValueError(f"{path}: {st.st_size} bytes, more than a low-rank config's "
+                         f"{MAX_FILE_BYTES} byte limit")
+    try:
+        with open(path, "rb") as f:
+            text = f.read(MAX_FILE_BYTES + 1).decode("utf-8")
+        values = yaml.safe_load(text)
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 text (byte {e.start})") from None
+    except yaml.YAMLError as e:
+        where = getattr(e, "problem_mark", None)
+        line = f" at line {where.line + 1}" if where is not None else ""
+        raise ValueError(f"{path}: not valid YAML{line}: {getattr(e, 'problem', e)}") from None
+    if values is None:
+        raise ValueError(f"{path} is empty: give options, or leave out --lowrank_config for the "
+                         "family's default (conf/lowrank/<family>.yaml)")
+    if expanded_size(values, MAX_VALUES) > MAX_VALUES:
+        raise ValueError(f"{path}: its YAML aliases expand to more than {MAX_VALUES} values; "
+                         "write the options out")
+    return values
 
 
 def _split(values: dict):
@@ -362,23 +355,24 @@ def _split(values: dict):
 
     for key, value in values.items():
         if key == "version":
-            if _integer(1)(key, value) != VERSION:
+            if integer(1)(key, value) != VERSION:
                 raise ValueError(f"version: this plugin reads low-rank config version {VERSION}, got {value}")
         elif key in SECTIONS:
             if dataclasses.is_dataclass(value) and isinstance(value, SECTIONS[key]):
                 value = dataclasses.asdict(value)
             if not isinstance(value, dict):
-                raise ValueError(f"{key}: expected a mapping of options, got {_got(value)}")
+                raise ValueError(f"{key}: expected a mapping of options, got {got(value)}")
             known = [f.name for f in dataclasses.fields(SECTIONS[key])]
             for name, v in value.items():
                 if name not in known:
-                    raise ValueError(f"unknown option {key}.{name}; known in {key}: {', '.join(known)}")
+                    raise ValueError(f"unknown option {key}.{name_of(name)}; known in {key}: "
+                                     f"{', '.join(known)}")
                 put((key, name), f"{key}.{name}", v)
-        elif key in FLAT_KEYS:
+        elif isinstance(key, str) and key in FLAT_KEYS:
             put(FLAT_KEYS[key], key, value)
-        elif key in _REMOVED:
+        elif isinstance(key, str) and key in _REMOVED:
             raise ValueError(f"{key}: this option was removed ({_REMOVED[key]}); delete the key")
         else:
-            raise ValueError(f"unknown low-rank config key {key!r}; known: "
+            raise ValueError(f"unknown low-rank config key {short_repr(key)}; known: "
                              f"{', '.join(['version'] + list(SECTIONS) + sorted(FLAT_KEYS))}")
     return sections, labels

@@ -8,6 +8,7 @@ marker beside it holds the hash of the job's command and input files, so
 resubmitting after a failure only runs the parts that did not finish.
 """
 
+import glob
 import hashlib
 import logging
 import os
@@ -15,13 +16,14 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from typing import IO, List, Optional, Sequence
 
 from espnet_lowrank.data import read_data_dir, select, write_data_dir
 from espnet_lowrank.progress import progress
-from espnet_lowrank.utils import atomic_write_text
+from espnet_lowrank.utils import atomic_write_text, directory_mode, is_within, real_path
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +37,47 @@ _HASH_CONTENT_BYTES = 1 << 20
 
 class JobFailed(RuntimeError):
     pass
+
+
+# A work dir made by :func:`work_dir_for` holds this file, naming the output
+# dir it serves; no other folder is ever reused or removed.
+WORK_MARKER = ".espnet_lowrank_work"
+
+
+def _serves(path: str, output_dir: str) -> bool:
+    marker = os.path.join(path, WORK_MARKER)
+    if os.path.islink(path) or not os.path.isdir(path) or not os.path.isfile(marker):
+        return False
+    with open(marker, encoding="utf-8", errors="replace") as f:
+        return f.read().strip() == real_path(output_dir)
+
+
+def work_dir_for(output_dir: str) -> str:
+    """A work dir beside ``output_dir`` for its split jobs: one that an earlier,
+    unfinished run made for the same output (its finished parts are reused),
+    else a new one with a unique name. A folder this plugin did not make is
+    never taken, whatever its name."""
+    out = real_path(output_dir)
+    parent, base = os.path.dirname(out), os.path.basename(out)
+    for candidate in sorted(glob.glob(os.path.join(glob.escape(parent), f".{glob.escape(base)}.calib-*"))):
+        if _serves(candidate, out):
+            logger.info("reusing the work dir %s of an earlier run", candidate)
+            return candidate
+    os.makedirs(parent, exist_ok=True)
+    path = tempfile.mkdtemp(dir=parent, prefix=f".{base}.calib-")
+    os.chmod(path, directory_mode())
+    atomic_write_text(os.path.join(path, WORK_MARKER), out + "\n")
+    return path
+
+
+def remove_work_dir(path: str, output_dir: str, keep: Sequence[str] = ()) -> None:
+    """Remove a work dir made by :func:`work_dir_for` for ``output_dir``; a
+    folder without its marker, or one that holds a path of ``keep`` (the
+    source model), is left as it is."""
+    if not _serves(path, output_dir) or any(is_within(k, path) for k in keep):
+        logger.warning("left %s in place: not a work dir of this run", path)
+        return
+    shutil.rmtree(path)
 
 
 def _tail(path: str, lines: int = 20) -> str:

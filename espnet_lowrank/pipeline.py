@@ -12,6 +12,7 @@ factored, with the forward stopped after the group.
 
 import copy
 import logging
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Union
@@ -77,23 +78,51 @@ def _calibrate(model, family, layers: List[str], windows, config, stop_after: bo
     return stats
 
 
+def check_config(encoder, family, config: LowRankConfig) -> Dict[str, tuple]:
+    """The whole config against this encoder, before any work: every option,
+    patterns that match nothing, fixed ranks larger than their layer, options
+    the family lacks. Returns the target layers."""
+    config.validate()
+    targets = family.target_layers(encoder, config)  # raises when nothing matches
+    if config.deployment.int8_smoothing:
+        check_supported(family)
+    names = [n for n, _ in encoder.named_modules()]
+    for pattern in list(config.targets.exclude_modules) + list(config.targets.rank_pattern):
+        if not any(re.fullmatch(pattern, n) for n in names):
+            raise ValueError(f"the pattern {pattern!r} in the low-rank config matches no encoder module")
+    for pattern, rank in config.targets.rank_pattern.items():
+        for name, (_, d_in, d_out) in targets.items():
+            if re.fullmatch(pattern, name) and int(rank) > min(d_in, d_out):
+                raise ValueError(f"rank_pattern gives {name} rank {rank}, more than its "
+                                 f"{d_out}x{d_in} shape allows (max rank {min(d_in, d_out)})")
+    return targets
+
+
+def _calibration_set(calib_data: CalibData, config: LowRankConfig) -> List[Utterance]:
+    utts = calibration_utterances(calib_data, config.calibration.num_calib)
+    asked = config.calibration.num_calib
+    if asked is not None and len(utts) < asked:
+        logger.warning("num_calib is %d, but the calibration data holds %d utterances: using %d",
+                       asked, len(utts), len(utts))
+    return utts
+
+
 def calibrate_model(model, calib_data: CalibData, config: Optional[LowRankConfig] = None) -> StatsSet:
     """Output statistics of every target layer of ``model``'s encoder; the
     results of several jobs add up with ``+``."""
     config = config or LowRankConfig()
     model = asr_model_of(model)
     family = family_for(model.encoder)
-    targets = family.target_layers(model.encoder, config)
-    utts = calibration_utterances(calib_data, config.calibration.num_calib)
+    targets = check_config(model.encoder, family, config)
+    utts = _calibration_set(calib_data, config)
     torch.manual_seed(config.calibration.seed)
     windows = pack(utts, config.calibration.pack_seconds)
     return _calibrate(model, family, list(targets), windows, config, stop_after=False)
 
 
-def _check_inputs(calib_data, config: LowRankConfig, stats: Optional[StatsSet], targets, family) -> None:
+def _check_inputs(calib_data, config: LowRankConfig, stats: Optional[StatsSet], targets) -> None:
     """Refuse what cannot work before any calibration pass."""
     if config.deployment.int8_smoothing:
-        check_supported(family)
         if calib_data is None:
             raise ValueError("deployment.int8_smoothing compares int8 errors on calibration audio (calib_data), "
                              "not only statistics")
@@ -158,13 +187,13 @@ def compress(
     config = config or LowRankConfig()
     source = asr_model_of(model)
     family = family_for(source.encoder)
-    targets = family.target_layers(source.encoder, config)
-    _check_inputs(calib_data, config, stats, targets, family)
+    targets = check_config(source.encoder, family, config)
+    _check_inputs(calib_data, config, stats, targets)
     if config.recovery.steps:
         from espnet_lowrank.recovery import compared_output
 
         compared_output(source, config.recovery.objective)  # refuses an impossible objective
-    utts = calibration_utterances(calib_data, config.calibration.num_calib) if calib_data is not None else None
+    utts = _calibration_set(calib_data, config) if calib_data is not None else None
     windows = pack(utts, config.calibration.pack_seconds) if utts is not None else None
     torch.manual_seed(config.calibration.seed)
 

@@ -33,6 +33,7 @@ import torch
 
 from espnet_lowrank.data import Utterance, iter_batches
 from espnet_lowrank.families.base import matching_modules
+from espnet_lowrank.progress import progress
 
 logger = logging.getLogger(__name__)
 
@@ -139,15 +140,14 @@ def _train_keep_best(model, params, loss_of, n_batches: int, steps: int, lr: flo
     are kept: a too-large LR can raise the loss, and the start (plain PCA)
     must never be replaced by something worse. Returns (loss before, loss
     after, step the kept factors are from)."""
-    from espnet_lowrank.progress import progress
-
     trainable = {id(p) for p in params}
     frozen = [p for p in model.parameters() if id(p) not in trainable and p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=lr)
 
     def full_loss():
         with torch.no_grad():
-            return sum(float(loss_of(i)) for i in range(n_batches)) / n_batches
+            batches = progress(range(n_batches), desc=f"{desc}: loss on every batch", unit="batch", leave=False)
+            return sum(float(loss_of(i)) for i in batches) / n_batches
 
     def snapshot():
         return [p.detach().clone() for p in params]
@@ -253,11 +253,15 @@ def recover_(compressed, dense, utts: List[Utterance], steps: int, lr: float = 3
     # Only the dense encoder output is cached: the decoder's views of it (Whisper's
     # cross-attention keys and values are 2 x layers times its size) are recomputed
     # per step, which costs a few projections and makes the cache 2 x layers smaller.
+    # The dense teacher's pass is minutes on a busy CPU: it gets its own bars.
     with torch.no_grad():
-        targets = [dense.encode(speech, lengths) for speech, lengths in batches]
+        targets = [dense.encode(speech, lengths)
+                   for speech, lengths in progress(batches, desc="recovery: dense teacher", unit="batch")]
         # the dense model's own transcripts, which the token KL teacher-forces
-        transcripts = [dense.decoder.greedy(out, dense.decoder.n_ctx // 2) if "tokens" in output else (None, None)
-                       for out, _ in targets]
+        transcripts = [(None, None)] * len(targets)
+        if "tokens" in output:
+            transcripts = [dense.decoder.greedy(out, dense.decoder.n_ctx // 2)
+                           for out, _ in progress(targets, desc="recovery: teacher transcripts", unit="batch")]
     vocabulary = dense.decoder.vocabulary.detach() if "tokens" in output else None
     compressed.eval()
 
@@ -299,7 +303,7 @@ def _block_io(model, first, last, batches):
                last.register_forward_hook(lambda _m, _args, out: outputs.append(_hidden(out)))]
     try:
         with torch.no_grad():
-            for speech, lengths in batches:
+            for speech, lengths in progress(batches, desc="recovery: block inputs", unit="batch"):
                 lens.append(model.encode(speech, lengths)[1])
     finally:
         for h in handles:

@@ -3,12 +3,33 @@ that leave nothing behind on an exception, Ctrl-C or SIGTERM, and real-path
 checks that keep outputs away from the source model."""
 
 import contextlib
+import errno
 import os
 import shutil
 import signal
 import tempfile
 import threading
 from typing import Callable, Iterable, Iterator
+
+
+class OutputWriteError(OSError):
+    """The output could not be written (a full disk, a quota, ``ulimit -f``)."""
+
+
+_NO_SPACE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+# torch.save's C++ writer reports a short write without an errno
+_SHORT_WRITE = ("unexpected pos", "file write failed", "No space left", "File too large")
+
+
+def out_of_space(error: BaseException) -> bool:
+    if isinstance(error, OSError) and error.errno in _NO_SPACE_ERRNOS:
+        return True
+    return isinstance(error, RuntimeError) and any(s in str(error) for s in _SHORT_WRITE)
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0][:200] if text else type(error).__name__
 
 
 class Terminated(KeyboardInterrupt):
@@ -44,10 +65,19 @@ def _remove(path: str) -> None:
         os.remove(path)
 
 
-def _plain_file_mode() -> int:
+def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
-    return 0o666 & ~mask
+    return mask
+
+
+def _plain_file_mode() -> int:
+    return 0o666 & ~_umask()
+
+
+def directory_mode() -> int:
+    """What ``mkdir`` gives under the user's umask (mkdtemp gives 0700)."""
+    return 0o777 & ~_umask()
 
 
 def atomic_write(path: str, write: Callable[[str], None]) -> None:
@@ -59,7 +89,13 @@ def atomic_write(path: str, write: Callable[[str], None]) -> None:
     os.close(fd)
     try:
         with sigterm_as_interrupt():
-            write(tmp)
+            try:
+                write(tmp)
+            except (OSError, RuntimeError) as e:
+                if out_of_space(e):
+                    raise OutputWriteError(f"cannot write {path}: no space left on the device or over "
+                                           f"the file size limit ({_first_line(e)})") from None
+                raise
             os.chmod(tmp, _plain_file_mode())  # mkstemp's 0600, not what open() would give
             os.replace(tmp, path)
     finally:
@@ -135,7 +171,15 @@ def atomic_output_dir(path: str, overwrite: bool = False, source_files: Iterable
     tmp = tempfile.mkdtemp(dir=parent, prefix=".tmp-" + os.path.basename(path))
     try:
         with sigterm_as_interrupt():
-            yield tmp
+            os.chmod(tmp, directory_mode())  # readable by others as mkdir would make it
+            try:
+                yield tmp
+            except (OSError, RuntimeError) as e:
+                if out_of_space(e):
+                    raise OutputWriteError(f"cannot write the output dir {path}: no space left on the "
+                                           f"device or over the file size limit ({_first_line(e)}); "
+                                           "nothing was written") from None
+                raise
             # Checked again just before the swap: nothing that holds a
             # source file is ever deleted.
             check_output_dir(path, source_files, overwrite)

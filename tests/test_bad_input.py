@@ -92,6 +92,11 @@ CONFIG_ROWS = {
     "targets_match_nothing": ("target_modules: 'nothing\\.here'\n", r"no whisper layers matched"),
     "negative_lr": ("recovery_steps: 1\nrecovery_lr: -1.0e-4\n", r"recovery_lr"),
     "huge_lr": ("recovery_steps: 1\nrecovery_lr: 1.0e+3\n", r"recovery_lr"),
+    "alias_bomb": ("a: &a [x, x, x, x, x, x, x, x, x]\n"
+                   + "".join(f"{b}: &{b} [{', '.join(['*' + a] * 9)}]\n" for a, b in zip("abcdefgh", "bcdefghi"))
+                   + "target_modules: *i\n", r"aliases expand to more than 10000 values"),
+    "long_value": ("target_modules: [" + ", ".join(["x" * 40] * 5000) + "]\n", r"^.{0,500}$"),
+    "empty": ("# nothing\n", r"is empty"),
 }
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from espnet_lowrank.config import LowRankConfig, Recovery
+from espnet_lowrank.config import Calibration, LowRankConfig, Recovery
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -81,9 +81,90 @@ def test_bad_values_in_code_and_on_assignment():
         LowRankConfig(recovery_lr="1e-4")
     config = LowRankConfig()
     with pytest.raises(ValueError, match="^num_calib: must be >= 1, got 0$"):
-        config.num_calib = 0
+        config.replace(num_calib=0)
     with pytest.raises(AttributeError, match="no option 'num_calibs'"):
         config.num_calibs = 3
+
+
+# Every way to change a config after it is made: a new, checked object or an
+# error, and the config that was there stays as it was.
+CHANGES = [
+    (lambda c: setattr(c.recovery, "steps", -1), AttributeError, "cannot assign"),
+    (lambda c: setattr(c.ranks, "rank_multiple", 0), AttributeError, "cannot assign"),
+    (lambda c: setattr(c, "theta_attention", 2.0), AttributeError, "immutable: use config.replace"),
+    (lambda c: setattr(c.deployment, "attention", "bogus"), AttributeError, "cannot assign"),
+    (lambda c: c.replace(recovery_steps=-1), ValueError, "^recovery_steps: must be >= 0"),
+    (lambda c: c.replace(ranks={"rank_multiple": 0}), ValueError, "^ranks.rank_multiple: must be >= 1"),
+    (lambda c: c.replace(theta_attention=5.0), ValueError, r"^theta_attention: must be in \(0, 1\]"),
+    (lambda c: c.replace(attention="bogus"), ValueError, "^attention: must be one of auto"),
+    (lambda c: c.replace(seed=-1), ValueError, "^seed: must be >= 0"),
+    (lambda c: c.replace(calibration=Calibration(seed=-1)), ValueError, "seed: must be >= 0"),
+]
+
+
+@pytest.mark.parametrize("change,error,message", CHANGES, ids=range(len(CHANGES)))
+def test_a_config_cannot_be_changed_into_a_bad_one(change, error, message):
+    config = LowRankConfig()
+    before = config.sections()
+    with pytest.raises(error, match=message):
+        change(config)
+    assert config.sections() == before
+
+
+def test_replace_returns_a_checked_copy():
+    config = LowRankConfig(theta_attention=0.9, recovery_steps=10)
+    other = config.replace(num_calib=8, recovery={"lr": 1e-4})
+    assert (other.num_calib, other.recovery.steps, other.recovery.lr, other.theta_attention) == (8, 10, 1e-4, 0.9)
+    assert (config.num_calib, config.recovery.lr) == (None, 3e-5)
+    # a mapping inside a section is the one mutable thing: validate() re-checks it
+    other.targets.rank_pattern["x"] = 0
+    with pytest.raises(ValueError, match=r"targets.rank_pattern\['x'\]: must be >= 1"):
+        other.validate()
+
+
+def _alias_bomb(levels: int = 9) -> str:
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x]"]
+    for i in range(1, levels):
+        lines.append(f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]")
+    return "\n".join(lines) + f"\ntarget_modules: *a{levels - 1}\n"
+
+
+def test_hostile_files_are_refused_in_one_short_line(tmp_path):
+    import os
+    import signal
+    import time
+
+    fifo = tmp_path / "fifo.yaml"
+    os.mkfifo(fifo)
+    huge = tmp_path / "huge.yaml"
+    huge.write_text("# padding\n" * 200_000)
+    long_value = tmp_path / "long.yaml"
+    long_value.write_text("target_modules: [" + ", ".join(["x" * 50] * 2000) + "]\n")
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text(_alias_bomb())
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("# nothing set\n")
+    rows = [(fifo, "not a regular file"), ("/dev/zero", "not a regular file"), (tmp_path, "not a regular file"),
+            (huge, "byte limit"), (long_value, "expected a regular expression"),
+            (bomb, "aliases expand to more than"), (empty, "is empty"),
+            (tmp_path / "missing.yaml", "not found")]
+    def hung(*_):
+        raise TimeoutError("reading the low-rank config hung")
+
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(20)  # a FIFO opened for reading would block forever
+    try:
+        for path, message in rows:
+            started = time.perf_counter()
+            with pytest.raises((ValueError, FileNotFoundError)) as err:
+                LowRankConfig.from_yaml(str(path))
+            line = str(err.value)
+            assert message in line and "\n" not in line, line
+            assert len(line) < 600, len(line)
+            assert time.perf_counter() - started < 5
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def test_every_yaml_in_the_repo_loads():

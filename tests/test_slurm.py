@@ -73,7 +73,7 @@ def setup(slurm, work, utts, dense_exp):
     calib = work / "calib"
     write_data_dir(str(calib), utts[:NUM_CALIB])
     config = LowRankConfig.from_yaml(str(ROOT / "conf" / "lowrank" / "whisper_tiny_liteasr.yaml"))
-    config.batch_size, config.num_calib = 1, NUM_CALIB
+    config = config.replace(batch_size=1, num_calib=NUM_CALIB)
     config_path = work / "whisper_batch_1.yaml"
     config_path.write_text(yaml.safe_dump(config.sections()))
     local = work / "local"
@@ -107,7 +107,7 @@ def test_split_calibration_on_slurm_equals_one_local_job(setup, work, caplog):
     assert f"calibration on {NUM_CALIB} utterances in {NJ} jobs (slurm backend)" in caplog.text
     _assert_same_model(local, out)
     # The parts are merged and gone; the report counts every frame of all windows.
-    assert not Path(f"{out}.calib").exists()
+    assert not list(work.glob(f".{out.name}.calib-*"))
     report = json.loads((out / "report.json").read_text())
     assert report["calibration_frames"] == NUM_CALIB * 1500
 
@@ -145,7 +145,7 @@ def test_failed_job_fails_the_run_and_a_rerun_reuses_finished_parts(setup, work,
     # Nothing half-written: no exp dir, no temporary sibling, no statistics of part 2.
     assert not out.exists()
     assert not list(work.glob(".tmp-slurm_bad*"))
-    parts = Path(f"{out}.calib")
+    [parts] = work.glob(f".{out.name}.calib-*")  # kept for the rerun, marked as this plugin's
     assert sorted(p.name for p in parts.glob("stats.*.pt*")) == ["stats.1.pt", "stats.1.pt.done"]
     finished = {p: p.stat().st_mtime_ns for p in parts.glob("stats.*.pt")}
 
@@ -156,6 +156,7 @@ def test_failed_job_fails_the_run_and_a_rerun_reuses_finished_parts(setup, work,
     assert "calibration: reusing 1 of 2 finished parts (1)" in caplog.text
     _assert_same_model(local, out)
     assert all(not p.exists() or p.stat().st_mtime_ns == t for p, t in finished.items())
+    assert not parts.exists()
 
 
 def test_cancelled_job_is_reported_as_cancelled(slurm, work):

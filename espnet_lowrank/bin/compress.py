@@ -10,16 +10,14 @@ report.json, report.md, and PNGs of the variance spectra and ranks. The
 output is written atomically and reloaded with a strict key check.
 
 Split calibration: ``--nj 4 [--backend slurm]`` runs 4 calibration jobs on
-batch-aligned parts (in OUTPUT_DIR.calib/, removed on success; a rerun reuses
-the parts that finished) and merges their statistics. By hand: ``--stats_out
+batch-aligned parts (in a new .OUTPUT_DIR.calib-XXXX/ beside it, removed on
+success; a rerun reuses the parts that finished) and merges their statistics. By hand: ``--stats_out
 part.N.pt`` per job (each on its own ``--calib_data``), then ``--stats part.*.pt``.
 """
 
 import argparse
 import logging
 import os
-import re
-import shutil
 import sys
 from typing import List, Optional
 
@@ -27,14 +25,13 @@ from espnet_lowrank.api import save_compressed
 from espnet_lowrank.artifact import KeyMismatchError, load_asr_model
 from espnet_lowrank.calibration import StatsSet
 from espnet_lowrank.conf import default_config_path
-from espnet_lowrank.pipeline import calibrate_model, compress
+from espnet_lowrank.pipeline import calibrate_model, check_config, compress
 from espnet_lowrank.config import LowRankConfig
 from espnet_lowrank.data import read_data_dir
 from espnet_lowrank.families import family_for
-from espnet_lowrank.jobs import BACKENDS, split_calibration
+from espnet_lowrank.jobs import BACKENDS, remove_work_dir, split_calibration, work_dir_for
 from espnet_lowrank.report import compression_report_md
-from espnet_lowrank.smoothing import check_supported
-from espnet_lowrank.utils import check_output_dir, sigterm_as_interrupt
+from espnet_lowrank.utils import OutputWriteError, check_output_dir, sigterm_as_interrupt
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -58,27 +55,7 @@ def get_parser() -> argparse.ArgumentParser:
 
 def _load_config(path: str, num_calib: Optional[int]) -> LowRankConfig:
     config = LowRankConfig.from_yaml(path)
-    if num_calib is not None:
-        config.num_calib = num_calib
-        config.__post_init__()
-    return config
-
-
-def check_plan_inputs(encoder, family, config: LowRankConfig) -> None:
-    """Patterns that match nothing and fixed ranks larger than their layer,
-    found before calibration rather than after it."""
-    targets = family.target_layers(encoder, config)  # raises when nothing matches
-    if config.deployment.int8_smoothing:
-        check_supported(family)  # before split calibration jobs run
-    names = [n for n, _ in encoder.named_modules()]
-    for pattern in list(config.exclude_modules) + list(config.rank_pattern):
-        if not any(re.fullmatch(pattern, n) for n in names):
-            raise ValueError(f"the pattern {pattern!r} in the low-rank config matches no encoder module")
-    for pattern, rank in config.rank_pattern.items():
-        for name, (_, d_in, d_out) in targets.items():
-            if re.fullmatch(pattern, name) and int(rank) > min(d_in, d_out):
-                raise ValueError(f"rank_pattern gives {name} rank {rank}, more than its "
-                                 f"{d_out}x{d_in} shape allows (max rank {min(d_in, d_out)})")
+    return config if num_calib is None else config.replace(num_calib=num_calib)
 
 
 def main(cmd: Optional[List[str]] = None) -> None:
@@ -110,7 +87,7 @@ def main(cmd: Optional[List[str]] = None) -> None:
     # 3. The method config: explicit, or the family's default; then the checks that need the model.
     config_path = args.lowrank_config or str(default_config_path(family.name))
     config = config or _load_config(config_path, args.num_calib)
-    check_plan_inputs(model.encoder, family, config)  # the audio is checked by compress
+    check_config(model.encoder, family, config)  # the audio is checked by compress
 
     # 4. Calibration only: save statistics for a later merge.
     if args.stats_out:
@@ -119,12 +96,12 @@ def main(cmd: Optional[List[str]] = None) -> None:
         return
 
     # 5. Compress (calibrating, or from merged statistics).
-    split_dir = None
+    work_dir = None
     if (args.nj > 1 or args.backend != "local") and not args.stats:
-        split_dir = os.path.abspath(args.output_dir).rstrip("/") + ".calib"
+        work_dir = work_dir_for(args.output_dir)
         job_args = ["--asr_train_config", args.asr_train_config, "--asr_model_file", args.asr_model_file,
                     "--lowrank_config", config_path, "--device", args.device]
-        args.stats = split_calibration(job_args, args.calib_data, config, args.nj, split_dir,
+        args.stats = split_calibration(job_args, args.calib_data, config, args.nj, work_dir,
                                        args.backend, args.slurm_options)
     stats = StatsSet.merge_files(args.stats) if args.stats else None
     result = compress(model, args.calib_data, config, stats=stats)
@@ -139,13 +116,14 @@ def main(cmd: Optional[List[str]] = None) -> None:
         source_files=sources,
         overwrite=args.overwrite,
     )
-    if split_dir:
-        shutil.rmtree(split_dir)  # part statistics are large; the exp dir now holds the result
+    if work_dir:  # part statistics are large; the exp dir now holds the result
+        remove_work_dir(work_dir, args.output_dir, keep=sources)
     print(compression_report_md(result.report).split("## Layers")[0])
     print(f"wrote {os.path.abspath(args.output_dir)}")
 
 
-INPUT_ERRORS = (ValueError, FileNotFoundError, FileExistsError, PermissionError, KeyMismatchError)
+INPUT_ERRORS = (ValueError, FileNotFoundError, FileExistsError, PermissionError, KeyMismatchError,
+                OutputWriteError)
 
 
 def cli(cmd: Optional[List[str]] = None) -> int:

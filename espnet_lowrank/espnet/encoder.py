@@ -22,6 +22,7 @@ from espnet2.asr.encoder.abs_encoder import AbsEncoder
 from espnet_lowrank.apply import build_lowrank_layers_, choose_attention_
 from espnet_lowrank.artifact import PLAN_VERSION
 from espnet_lowrank.config import ATTENTION_MODES
+from espnet_lowrank.config_checks import got, name_of, short_repr
 from espnet_lowrank.families import family_for
 from espnet_lowrank.smoothing import build_scaled_activations_
 
@@ -88,17 +89,21 @@ class LowRankEncoder(AbsEncoder):
         activation_scales: Optional[Dict[str, int]] = None,
     ):
         if attention not in ATTENTION_MODES:
-            raise ValueError(f"unknown attention mode {attention!r}; known: {ATTENTION_MODES}")
+            raise ValueError(f"unknown attention mode {short_repr(attention)}; known: {ATTENTION_MODES}")
+        plan = _widths("plan", plan)
+        activation_scales = _widths("activation_scales", activation_scales)
+        if not isinstance(int8, bool):
+            raise ValueError(f"encoder_conf.int8: expected true or false, got {got(int8)}")
         if version != PLAN_VERSION:
             raise ValueError(f"encoder_conf.version {version} is not readable by this espnet_lowrank "
                              f"(plan version {PLAN_VERSION}); upgrade the plugin")
         self._base_class.__init__(self, input_size=input_size, **(base_conf or {}))
         family = family_for(self)
-        build_lowrank_layers_(self, dict(plan or {}))
-        build_scaled_activations_(self, dict(activation_scales or {}))
+        build_lowrank_layers_(self, plan)
+        build_scaled_activations_(self, activation_scales)
         frames = family.window_frames(self)
         self.attention_choice = choose_attention_(self, family, attention, frames)
-        self.lowrank_plan = dict(plan or {})
+        self.lowrank_plan = plan
         self.lowrank_int8 = bool(int8)
         # ESPnet loads with strict=False, which would leave factors at their
         # random init: every load path goes through this check.
@@ -124,6 +129,20 @@ class LowRankEncoder(AbsEncoder):
                 f"{len(unexpected)} unexpected (e.g. {unexpected[:2]}); is model.pth the dense "
                 "model's or another plan's?"
             )
+
+
+def _widths(key: str, values) -> Dict[str, int]:
+    """``encoder_conf.<key>``: module name -> positive integer, checked so that
+    a hand-edited config.yaml fails in one line naming the entry."""
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise ValueError(f"encoder_conf.{key}: expected a mapping of module name -> integer, got {got(values)}")
+    for name, width in values.items():
+        if isinstance(width, bool) or not isinstance(width, int) or width < 1:
+            raise ValueError(f"encoder_conf.{key}[{name_of(name)}]: expected a positive integer, "
+                             f"got {got(width)}")
+    return dict(values)
 
 
 def _quantize_after_load(encoder, incompatible_keys) -> None:
