@@ -31,6 +31,7 @@ from torch import nn
 
 from espnet_lowrank.data import batch_windows
 from espnet_lowrank.modes import kept_modes
+from espnet_lowrank.progress import progress
 
 logger = logging.getLogger(__name__)
 
@@ -181,8 +182,9 @@ def smooth_for_int8_(model, family, windows, batch_size: int) -> dict:
     cpu_model = model if on_cpu else copy.deepcopy(model).cpu()
     with kept_modes(cpu_model):
         reference = _encode(cpu_model.eval(), held, batch_size, torch.device("cpu"))
-        errors = {c: round(_relative_int8_error(cpu_model, family, ranges, kinds, held, batch_size, reference), 5)
-                  for c, kinds in CANDIDATES.items()}
+        errors = {c: round(_relative_int8_error(cpu_model, family, ranges, CANDIDATES[c], held, batch_size,
+                                                reference), 5)
+                  for c in progress(CANDIDATES, desc="int8 smoothing candidates", unit="candidate")}
     chosen = min(errors, key=errors.get)
     smooth_(model.encoder, family, ranges, CANDIDATES[chosen])
     logger.info("int8 smoothing: %s (int8 error of the encoder output %s)", chosen, errors)
