@@ -1,0 +1,595 @@
+#!/usr/bin/env python
+"""bench/RESULTS.md, generated from bench/ledger.jsonl.
+
+    python bench/make_results.py              # write bench/RESULTS.md from the ledger
+    python bench/make_results.py --check      # exit 1 if bench/RESULTS.md is not the ledger's
+    python bench/make_results.py --import     # rebuild bench/ledger.jsonl from bench/results/
+
+The ledger is one JSON line per run (a row of a held-out or Pareto table, a
+rescored pair, a compress-cost report, a recipe summary row, a speed
+measurement). Every row names the committed file it was read from
+(``source``), the commit that added that file and its date, the config and a
+hash of its settings, the machine where the source says it, the sets and the
+metrics. ``--import`` reads only committed files: bench/results/*, the recipe
+RESULTS.md files and, for the speed tables that have no result file, the
+diary at commit c3cce98 (``git show c3cce98:bench/RESULTS.md``).
+Nothing here loads a model; the check runs in a second.
+"""
+import argparse
+import hashlib
+import json
+import re
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+LEDGER = ROOT / "bench" / "ledger.jsonl"
+RESULTS = ROOT / "bench" / "RESULTS.md"
+DIARY_COMMIT = "c3cce98"
+SETS = ["librispeech_train-clean-100", "vctk", "arctic_cathy_a", "pocketsphinx"]
+SET_TITLE = {"librispeech_train-clean-100": "LibriSpeech", "vctk": "VCTK",
+             "arctic_cathy_a": "ARCTIC", "pocketsphinx": "PocketSphinx"}
+
+# The runs of the shipped configs: which row of which committed file is which
+# run, and the compress-cost report of the same run (machine, time, memory).
+SHIPPED = {
+    "tiny.en": ("whisper_tiny_best", [
+        dict(run=1, heldout="heldout_tiny.en_decoder+tokens",
+             row="tiny_seq_budget_sensitivity_recovery300_lr1e-4_decoder+tokens_calib128_packed",
+             cost="cost_tiny_decoder+tokens_chunked"),
+        dict(run=2, heldout="heldout_tiny.en_rerun_int8", row="tiny_best_default",
+             cost="cost_tiny_best_rerun_default"),
+        dict(run=3, heldout="heldout_tiny.en_rerun_int8", row="tiny_best_pinned_avx2",
+             cost="cost_tiny_best_rerun_pinned_avx2"),
+        dict(run=4, heldout="heldout_tiny.en_xeon", row="whisper_tiny_best_xeon",
+             cost="cost_tiny_best_xeon_smoothing",
+             smoothed=("int8_smoothing_shipped_tiny.en.txt", "whisper_tiny_best_xeon_smoothing_+_int8",
+                       "whisper_tiny_best_xeon")),
+    ]),
+    "base": ("whisper_base_best", [
+        dict(run=1, heldout="heldout_base_decoder+tokens",
+             row="base_seq_budget0.645_sensitivity_recovery200_decoder+tokens_calib128_packed",
+             cost="cost_base_decoder+tokens",
+             int8_note="before the decoder's loop guard: one LibriSpeech utterance loops"),
+        dict(run=2, heldout="heldout_base_loop_guard",
+             row="base_seq_budget0.645_sensitivity_recovery200_decoder+tokens_calib128_packed",
+             cost="cost_base_decoder+tokens_rerun"),
+        dict(run=3, heldout="heldout_base_rerun_pinned", row="whisper_base_best_pinned",
+             cost="cost_base_best_rerun_pinned",
+             smoothed=("int8_smoothing_shipped_base.txt", "whisper_base_best_smoothing_+_int8",
+                       "whisper_base_best_pinned")),
+        dict(run=4, heldout="heldout_base_xeon", row="whisper_base_best_xeon",
+             cost="cost_base_best_xeon",
+             smoothed=("base_fourth_run.txt", "whisper_base_best_xeon_+_int8", "whisper_base_best_xeon")),
+    ]),
+}
+# The tenth-period evaluation: dense + int8 and LiteASR mode on the held-out sets.
+REFERENCE = {"tiny.en": "heldout_tiny.en", "base": "heldout_base"}
+
+# Tables of the diary that have no result file: (first line, last line, what).
+DIARY_TABLES = [
+    (54, 61, "speed_budget0.5", "python bench/encoder_speed.py --model {tiny.en|base} --device cpu --budget 0.5 --threads 1 2 [--compile] [--rank_multiple 32|64]"),
+    (72, 73, "speed_default", "python bench/encoder_speed.py --model tiny.en --device cpu --threads 1 2"),
+    (83, 86, "speed_conformer_toy", "(cd recipes/conformer/asr1 && python ../../../bench/encoder_speed.py --model exp/asr_train_tiny --device cpu --budget 0.5 --threads 1 2)"),
+    (99, 100, "speed_conformer", "(cd recipes/conformer/asr1 && python ../../../bench/encoder_speed.py --model exp/asr_train_asr_conformer --device cpu --budget 0.5 --threads 1 --calib_data ../../../../shared/data/librispeech_train-clean-100)"),
+]
+
+
+def git(*args):
+    return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+
+
+def added(path):
+    """(short commit, date) of the commit that added a committed file."""
+    out = git("log", "--diff-filter=A", "--format=%h %cs", "--", str(path)).split("\n")[0].split()
+    if not out:
+        out = git("log", "-1", "--format=%h %cs", "--", str(path)).split()
+    return out[0], out[1]
+
+
+def settings_hash(settings):
+    blob = json.dumps(settings, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def config_at(path, commit):
+    """Hash of a committed YAML's settings at a commit, or None."""
+    name = Path(path).name
+    candidates = [path] if not path.startswith("conf/lowrank") else []
+    candidates += [f"espnet_lowrank/conf/lowrank/{name}", f"conf/lowrank/{name}"]
+    for p in candidates:
+        try:
+            text = git("show", f"{commit}:{p}")
+        except subprocess.CalledProcessError:
+            continue
+        if "\n" not in text.strip() and text.strip().endswith(".yaml"):  # a symlink's target
+            continue
+        return settings_hash(yaml.safe_load(text))
+    return None
+
+
+def machine_of(runtime):
+    if not runtime:
+        return None
+    runtime = dict(runtime, cpu=str(runtime.get("cpu")).replace("Intel(R) Xeon(R) Processor", "Intel Xeon"))
+    pinned = sorted(k for k, v in (runtime.get("env") or {}).items() if v and k != "OMP_NUM_THREADS")
+    return (f"{runtime.get('cpu')}, {runtime.get('cpu_capability')}, {runtime.get('threads')} threads"
+            + (", ISA pinned" if pinned else ""))
+
+
+# --------------------------------------------------------------------- import
+def cost_rows():
+    rows = {}
+    for f in sorted((ROOT / "bench/results").glob("cost_*/cost.json")):
+        d = json.loads(f.read_text())
+        rel = f.relative_to(ROOT).as_posix()
+        commit, date = added(rel)
+        report = f.parent / "report.json"
+        cfg = d.get("config")
+        chash, hash_of = None, None
+        if cfg and not cfg.startswith("/"):
+            chash, hash_of = config_at(cfg, commit), f"{cfg} at {commit}"
+        if chash is None and report.exists():
+            chash, hash_of = settings_hash(json.loads(report.read_text())["config"]), "report.json config"
+        model = d.get("model", "")
+        model = "base" if model.endswith("whisper_base") else "tiny.en" if model.endswith("tiny.en") else model
+        rows[f.parent.name] = dict(
+            id=f.parent.name, kind="cost", model=model, config=Path(cfg).stem if cfg else None,
+            config_path=cfg, config_hash=chash, config_hash_of=hash_of, commit=commit, date=date,
+            machine=machine_of(d.get("runtime")), cpus=d.get("cpus"),
+            params_kept_pct=round(d["kept_percent"], 2) if d.get("kept_percent") else None,
+            cost=dict(seconds=round(d["wall_s"]), peak_rss_mb=round(d["peak_rss_mb"]),
+                      steps={k: v for k, v in (d.get("steps") or {}).items()},
+                      recovery_loss=[d.get("recovery_loss_before"), d.get("recovery_loss_after")]),
+            source=rel,
+            command=f"python bench/compress_cost.py --config {cfg} --model {d.get('model')} --out_dir bench/results/{f.parent.name}")
+    return rows
+
+
+def wer_entry(s):
+    e = dict(wer=round(s["err"], 4), sub=round(s["sub"], 4), dele=round(s["del"], 4), ins=round(s["ins"], 4),
+             utts=s.get("utts"), words=s.get("words"))
+    if s.get("delta"):
+        e["delta"] = [round(x, 4) for x in s["delta"]]
+        e["against"] = "dense"
+    return e
+
+
+def heldout_rows(costs):
+    runs = {}
+    for model, (config, rs) in SHIPPED.items():
+        for r in rs:
+            runs[(r["heldout"], r["row"])] = (model, config, r)
+    out = []
+    for f in sorted((ROOT / "bench/results").glob("*/heldout.json")):
+        d = json.loads(f.read_text())
+        rel = f.relative_to(ROOT).as_posix()
+        commit, date = added(rel)
+        folder = f.parent.name
+        model = re.match(r"Model `([^`]+)`", d["meta"]).group(1)
+        threads = re.search(r"(\d+) threads", d["meta"])
+        for row in d["rows"]:
+            name = row["name"]
+            base_name, int8 = (name[:-len(" + int8")], "plain") if name.endswith(" + int8") else (name, None)
+            if name.endswith(", no loop guard"):
+                base_name, int8 = name.split(" + int8")[0], "plain, no loop guard"
+            e = dict(id=f"{folder}:{name}", kind="heldout", model=model, name=name, int8=int8,
+                     commit=commit, date=date, threads=int(threads.group(1)) if threads else None,
+                     params_kept_pct=round(row["params_pct"], 2),
+                     sets={k: wer_entry(v) for k, v in row["sets"].items()}, source=rel, source_row=name)
+            if base_name == "dense":
+                e["role"] = "dense + int8" if int8 else "dense"
+            elif base_name.startswith("LiteASR mode"):
+                e["role"] = "liteasr"
+            elif (folder, base_name) in runs:
+                m, config, r = runs[(folder, base_name)]
+                c = costs.get(r["cost"], {})
+                e.update(role="shipped", config=config, run=r["run"], machine=c.get("machine"),
+                         config_hash=c.get("config_hash"), cost_source=c.get("source"))
+            else:
+                e["role"] = "other"
+            e["command"] = (f"python bench/heldout_eval.py --model {model} --exps EXP_DIR ... "
+                            f"--sets librispeech_train-clean-100 vctk arctic_cathy_a:100 pocketsphinx "
+                            f"--out_dir bench/results/{folder}")
+            out.append(e)
+    return out
+
+
+RESCORE = re.compile(r"^(\S+): (.*)$")
+SETPART = re.compile(r"(\S+) ([\d.]+) \(([\d.]+) / ([\d.]+) / ([\d.]+)\), (\d+) utts, Δ (\S+) ([+-][\d.]+) \[([+-][\d.]+), ([+-][\d.]+)\]")
+
+
+def rescore_rows():
+    """score_hyps.py outputs kept in bench/results/*.txt: a row paired against another."""
+    smoothed = {}
+    for model, (config, rs) in SHIPPED.items():
+        for r in rs:
+            if "smoothed" in r:
+                smoothed[(r["smoothed"][0], r["smoothed"][1], r["smoothed"][2])] = (model, config, r)
+    out = []
+    for f in sorted((ROOT / "bench/results").glob("*.txt")):
+        rel = f.relative_to(ROOT).as_posix()
+        commit, date = added(rel)
+        command = None
+        for line in f.read_text().splitlines():
+            if line.startswith("$ python bench/score_hyps.py"):
+                command = line[2:]
+                continue
+            m = RESCORE.match(line)
+            if not m or "utts, Δ" not in line:
+                continue
+            name, parts = m.group(1), m.group(2).split(" | ")
+            sets, against = {}, None
+            for p in parts:
+                s = SETPART.match(p)
+                if not s:
+                    continue
+                against = s.group(7)
+                sets[s.group(1)] = dict(wer=float(s.group(2)), sub=float(s.group(3)), dele=float(s.group(4)),
+                                        ins=float(s.group(5)), utts=int(s.group(6)),
+                                        delta=[float(s.group(8)), float(s.group(9)), float(s.group(10))],
+                                        against=against)
+            model = "tiny.en" if "tiny" in name else "base"
+            if command is None:  # the file kept only the output: name the hypotheses it scored
+                runs = [d.parent.parent.name for d in (ROOT / "bench/results").glob(f"heldout_*/hyps/{name}")]
+                command = (f"python bench/score_hyps.py bench/results/{runs[0] if runs else 'heldout_X'} {name} "
+                           f"--against {against}  # reconstructed: {f.name} keeps only the output")
+            e = dict(id=f"{f.name}:{name}:vs:{against}", kind="rescore", model=model, name=name,
+                     int8="smoothed" if ("smoothing" in name or "smoothed" in name or f.name == "base_fourth_run.txt") and "int8" in name else ("plain" if "int8" in name else None),
+                     commit=commit, date=date, sets=sets, against=against, source=rel, source_row=name,
+                     command=command)
+            key = (f.name, name, against)
+            if key in smoothed:
+                m_, config, r = smoothed[key]
+                e.update(role="shipped", config=config, run=r["run"], int8="smoothed")
+            else:
+                e["role"] = "other"
+            out.append(e)
+    return out
+
+
+def pareto_rows():
+    out = []
+    for f in sorted((ROOT / "bench/results").glob("*/pareto.json")):
+        d = json.loads(f.read_text())
+        rel = f.relative_to(ROOT).as_posix()
+        commit, date = added(rel)
+        model = re.match(r"Model `([^`]+)`", d["meta"]).group(1) if isinstance(d, dict) else None
+        for i, row in enumerate(d["rows"]):
+            sets = {}
+            for k, w in (row.get("wer") or {}).items():
+                det = (row.get("wer_detail") or {}).get(k, {})
+                sets[k] = dict(wer=round(w, 4), sub=round(det["sub"], 4) if "sub" in det else None,
+                               dele=round(det["del"], 4) if "del" in det else None,
+                               ins=round(det["ins"], 4) if "ins" in det else None)
+            out.append(dict(
+                id=f"{f.parent.name}:{i}:{row['name']}{' + int8' if row.get('int8') else ''}", kind="pareto",
+                model=model, name=row["name"], int8="plain" if row.get("int8") else None,
+                role="dense" if row["name"] == "dense" else "other", commit=commit, date=date, sets=sets,
+                params=row.get("params"), gflops=row.get("gflops"), lat_ratio=row.get("lat_ratio"),
+                enc_mb=row.get("enc_mb"), compress_s=row.get("compress_s"), source=rel, source_row=row["name"],
+                command=f"python bench/pareto.py --model {model} ... --out_dir bench/results/{f.parent.name}"))
+    return out
+
+
+def recipe_rows():
+    out = []
+    for rel in ["recipes/conformer/asr1/RESULTS.md", "recipes/whisper/asr1/RESULTS.md"]:
+        text = (ROOT / rel).read_text()
+        commit, date = git("log", "-1", "--format=%h %cs", "--", rel).split()
+        machine = re.search(r"- machine: (.*)", text).group(1)
+        command = re.search(r"- command: `(.*)`", text).group(1)
+        lines = text.split("## Summary")[1].strip().splitlines()
+        head = [c.strip() for c in lines[0].strip("|").split("|")]
+        for line in lines[2:]:
+            if not line.startswith("|"):
+                break
+            cells = dict(zip(head, [c.strip() for c in line.strip("|").split("|")]))
+            name = cells["model"]
+            sets = {k[4:]: dict(wer=float(v)) for k, v in cells.items() if k.startswith("WER ")}
+            recipe = rel.split("/")[1]
+            role = "dense" if name in ("asr_train_asr_conformer", "whisper_tiny.en") else "other"
+            if name.endswith("liteasr_0.95_0.97"):
+                role = "liteasr"
+            elif name.endswith("int8_reduced"):
+                role = "liteasr + int8"
+            elif name.endswith("lowrank_best"):
+                role = "shipped"
+            elif name == "whisper_tiny.en_lowrank":
+                role = "default"
+            num = lambda k: None if cells.get(k, "-") == "-" else float(cells[k].replace(",", ""))
+            out.append(dict(
+                id=f"{rel}:{name}", kind="recipe", model="conformer" if recipe == "conformer" else "tiny.en",
+                name=name, role=role, commit=commit, date=date, machine=machine, sets=sets,
+                params_kept_pct=round(100 * num("params ratio"), 1), enc_mb=num("enc. MB"),
+                flops_ratio=num("FLOPs ratio"), lat_ratio=num("latency ratio"),
+                cost=dict(seconds=num("compress time (s)"), peak_rss_mb=num("compress peak RSS (MB)")),
+                source=rel, source_row=name, command=f"(cd recipes/{recipe}/asr1 && {command})"))
+    return out
+
+
+def diary_rows():
+    text = git("show", f"{DIARY_COMMIT}:bench/RESULTS.md").splitlines()
+    out = []
+    for first, last, what, command in DIARY_TABLES:
+        first_row = "|".join(text[first - 1].split("|")[-6:-4])  # two numbers of the table's first row
+        commit, date = git("log", "--reverse", "--format=%h %cs", "-S", first_row, DIARY_COMMIT,
+                           "--", "bench/RESULTS.md").split("\n")[0].split()
+        head = None
+        for ln in range(first - 3, last):
+            line = text[ln]
+            cells = [c.strip().replace("*", "").replace("`", "") for c in line.strip().strip("|").split("|")]
+            if ln == first - 3:
+                head = cells
+                continue
+            if ln == first - 2:
+                continue
+            r = dict(zip(head, cells))
+            out.append(dict(
+                id=f"{what}:{ln + 1}", kind="speed", table=what, model=r.get("model"),
+                threads=int(r["threads"]), mode=r.get("mode", "eager"), input=r.get("input", "30 s"),
+                dense_ms=float(r["dense ms"]), compressed_ms=float(r["compressed ms"]),
+                lat_ratio=float(r["lat ratio"]), flop_ratio=float(r["FLOP ratio"]),
+                efficiency=float(r["efficiency"]), note=r.get("run", ""),
+                machine="AMD EPYC, 2 logical CPUs (shared VM)", commit=commit, date=date,
+                source=f"git show {DIARY_COMMIT}:bench/RESULTS.md (lines {first}-{last})", command=command))
+    return out
+
+
+def build_ledger():
+    costs = cost_rows()
+    rows = heldout_rows(costs) + rescore_rows() + list(costs.values()) + pareto_rows() + recipe_rows() + diary_rows()
+    for model, (config, rs) in SHIPPED.items():
+        for r in rs:
+            c = costs[r["cost"]]
+            c.update(role="shipped", config=config, run=r["run"])
+    return rows
+
+
+# --------------------------------------------------------------------- render
+def load():
+    return [json.loads(line) for line in LEDGER.read_text().splitlines() if line.strip()]
+
+
+def fmt(x, sign=True):
+    return "—" if x is None else (f"{x:+.2f}" if sign else f"{x:.2f}").replace("-", "−")
+
+
+def ci(d):
+    return f"{fmt(d[0])} [{fmt(d[1])}, {fmt(d[2])}]"
+
+
+def wer_sdi(s):
+    return f"{fmt(s['wer'], False)} ({s['sub']:.1f} / {s['dele']:.1f} / {s['ins']:.1f})"
+
+
+def find(rows, **kw):
+    return [r for r in rows if all(r.get(k) == v for k, v in kw.items())]
+
+
+def spread(values):
+    return f"{fmt(statistics.mean(values))} ({fmt(min(values))} … {fmt(max(values))})"
+
+
+def model_table(rows, model):
+    config, runs = SHIPPED[model]
+    ref = REFERENCE[model]
+    held = find(rows, kind="heldout", model=model)
+    dense = find(held, source=f"bench/results/{ref}/heldout.json", role="dense")[0]
+    dint8 = find(held, source=f"bench/results/{ref}/heldout.json", role="dense + int8")[0]
+    lite = find(held, source=f"bench/results/{ref}/heldout.json", role="liteasr")[0]
+    floats = sorted(find(held, role="shipped", int8=None), key=lambda r: r["run"])
+    cites = lambda r: f"{r['commit']}, {r['date']}"
+    src = lambda r: f"`{Path(r['source']).parent.name if r['source'].startswith('bench/results/') and r['source'].count('/') > 2 else Path(r['source']).name}`"
+    out = [f"| row | kept % | " + " | ".join(SET_TITLE[s] for s in SETS) + " | commit, date | result |",
+           "|---|---|" + "---|" * len(SETS) + "---|---|"]
+    out.append(f"| dense: WER (S / D / I) | 100 | " + " | ".join(wer_sdi(dense["sets"][s]) for s in SETS)
+               + f" | {cites(dense)} | {src(dense)} |")
+    for label, r in [("dense + int8", dint8), (lite["name"], lite)]:
+        out.append(f"| {label} | {r['params_kept_pct']:.1f} | " + " | ".join(ci(r["sets"][s]["delta"]) for s in SETS)
+                   + f" | {cites(r)} | {src(r)} |")
+    kept = floats[0]["params_kept_pct"]
+    out.append(f"| **`{config}.yaml`, mean of {len(floats)} runs (min … max)** | {kept:.1f} | "
+               + " | ".join(spread([r["sets"][s]["delta"][0] for r in floats]) for s in SETS) + " | | |")
+    for r in floats:
+        out.append(f"| run {r['run']}: {r.get('machine') or 'machine not recorded'}; config {r.get('config_hash') or '?'} | "
+                   f"{r['params_kept_pct']:.1f} | "
+                   + " | ".join(ci(r["sets"][s]["delta"]) for s in SETS) + f" | {cites(r)} | {src(r)} |")
+    # int8 on top, over each run's own float row
+    int8_rows = []
+    for rr in runs:
+        fl = find(floats, run=rr["run"])[0]
+        plain = [r for r in held if r["source"] == fl["source"] and r["name"] == fl["name"] + " + int8"]
+        if plain:
+            p = plain[0]
+            int8_rows.append((rr["run"], "plain", p, [p["sets"][s]["wer"] - fl["sets"][s]["wer"] for s in SETS], None,
+                              rr.get("int8_note")))
+        sm = find(rows, kind="rescore", role="shipped", model=model, run=rr["run"])
+        if sm:
+            s_ = sm[0]
+            int8_rows.append((rr["run"], "smoothed", s_, [s_["sets"][s]["delta"][0] for s in SETS], s_, None))
+    for mode in ("plain", "smoothed"):
+        sel = [x for x in int8_rows if x[1] == mode]
+        if not sel:
+            continue
+        out.append(f"| **+ int8 ({mode}), over its float row: mean of {len(sel)} run{'s' if len(sel) > 1 else ''} (min … max)** | {kept:.1f} | "
+                   + " | ".join(spread([x[3][i] for x in sel]) for i in range(len(SETS))) + " | | |")
+        for run, _, r, d, resc, note in sel:
+            cells = [ci(resc["sets"][s]["delta"]) if resc else fmt(d[i]) for i, s in enumerate(SETS)]
+            out.append(f"| run {run} + int8 ({mode}{', ' + note if note else ''}) | {kept:.1f} | " + " | ".join(cells) + f" | {cites(r)} | {src(r)} |")
+    return out, floats, dense
+
+
+def render(rows):
+    L = []
+    add = L.append
+    add("<!-- Generated by `python bench/make_results.py` from bench/ledger.jsonl; do not edit by hand. -->")
+    add("# Measured results")
+    add("")
+    add("One table per model with the shipped configs, dense, LiteASR mode and int8; then what compressing costs,")
+    add("the default config, the Conformer recipe and the encoder speed. Every number is a row of")
+    add("`bench/ledger.jsonl` (one JSON line per run: commit, date, config and a hash of its settings, machine,")
+    add("sets, metrics, and the committed file it was read from); `python bench/make_results.py` writes this file")
+    add("from it, and `tests/test_ledger.py` checks that the two agree. Levers tried, kept or lost, are one line each")
+    add("in [DECISIONS.md](DECISIONS.md). The full lab diary this replaces, with every run's commands and discussion,")
+    add(f"is `git show {DIARY_COMMIT}:bench/RESULTS.md`.")
+    add("")
+    add("## How the Whisper rows are measured")
+    add("")
+    add("Greedy decoding, Whisper normalizer, every utterance held out from the 128-utterance calibration pool:")
+    add("LibriSpeech train-clean-100 219 utterances (7,248 words), VCTK 70 (1,255), ARCTIC \"a\" 100 prompts not in the")
+    add("pool (906; same speaker as 32 calibration takes, so optimistic), PocketSphinx 11 (95; one word is 1.05 points).")
+    add("Δ is in absolute WER points against dense (or, for int8, against the same run's float row), with a 95 %")
+    add("interval from 2,000 paired bootstrap resamples of utterances where one was measured; a bare number is a")
+    add("difference of two WERs. \"Run\" rows are the same config file compressed again on another machine or ISA:")
+    add("a recovery's last digits depend on the CPU kernels, and its steps grow them into another model, so the")
+    add("spread over runs is the config's number, not one run. Machine: 2 CPUs (AMD EPYC or Intel Xeon VMs), fp32.")
+    add("")
+    add("    python -m espnet_lowrank.bin.compress --asr_exp EXP --lowrank_config conf/lowrank/CONFIG.yaml --output_dir OUT")
+    add("    python bench/heldout_eval.py --model MODEL --work_dir WORK --exps OUT --int8 dense OUT --thetas T_ATT,T_FF \\")
+    add("        --sets librispeech_train-clean-100 vctk arctic_cathy_a:100 pocketsphinx --threads 2 --out_dir bench/results/heldout_X")
+    add("    python bench/score_hyps.py bench/results/heldout_X ROW_+_int8 --against ROW    # int8 over its float row")
+    add("")
+    titles = {"tiny.en": "## Whisper tiny.en: `whisper_tiny_best.yaml`",
+              "base": "## Whisper base: `whisper_base_best.yaml`"}
+    for model in ("tiny.en", "base"):
+        table, floats, dense = model_table(rows, model)
+        add(titles[model])
+        add("")
+        L.extend(table)
+        add("")
+        add("`config` is the ledger's `config_hash`: a hash of the settings of the YAML the run used, at its commit, or of")
+        add("report.json's config where that YAML was a scratch copy (the two forms hash differently for the same settings).")
+        add("Between runs the file gained only settings that leave the float model bit for bit the same (memory options,")
+        add("int8 smoothing).")
+        add("")
+    # cost
+    add("## What compressing costs")
+    add("")
+    add("`bench/compress_cost.py` runs the stock CLI in a subprocess and records each step's seconds and peak RSS.")
+    add("")
+    add("    python bench/compress_cost.py --config conf/lowrank/CONFIG.yaml --model MODEL --out_dir bench/results/cost_X")
+    add("")
+    add("| model | config | run | machine | seconds | peak RSS MB | recovery s | commit, date | result |")
+    add("|---|---|---|---|---|---|---|---|---|")
+    costs = sorted([r for r in rows if r["kind"] == "cost" and (r.get("role") == "shipped" or (r.get("config_path") or "").startswith("conf/lowrank/"))],
+                   key=lambda r: (r["model"], r["date"], r["id"]))
+    for r in costs:
+        rec = (r["cost"]["steps"].get("recovery") or {}).get("seconds")
+        run = f"run {r['run']}" if r.get("run") else ""
+        add(f"| {r['model']} | `{r['config_path']}` | {run} | {r.get('machine') or 'not recorded'} | {r['cost']['seconds']} | "
+            f"{r['cost']['peak_rss_mb']} | {round(rec) if rec else '—'} | {r['commit']}, {r['date']} | `{Path(r['source']).parent.name}` |")
+    add("")
+    add("Targets: the best tiny.en config in ≤ 30 min and ≤ 4 GB on 2 CPUs (met in every run); base has no time")
+    add("target. `recovery.recompute_blocks` and `recovery.return_freed_memory` give the same model bit for bit with")
+    add("less memory (DECISIONS.md).")
+    add("")
+    # default config
+    add("## The default config: `whisper.yaml` (tiny.en)")
+    add("")
+    add("Sensitivity budget 0.894, one pass, no recovery. 60 LibriSpeech + 60 VCTK held-out utterances (`bench/pareto.py`),")
+    add("and the Whisper recipe's main job (16 + 70 utterances).")
+    add("")
+    add("| row | kept % | LibriSpeech | VCTK | commit, date | result |")
+    add("|---|---|---|---|---|---|")
+    for r in find(rows, kind="pareto", source="bench/results/pareto_tiny.en_best_default/pareto.json"):
+        if r["name"] not in ("dense", "tiny_default_budget_sensitivity_packed"):
+            continue
+        label = ("dense" if r["name"] == "dense" else "`whisper.yaml`") + (" + int8" if r["int8"] else "")
+        dense_params = find(rows, kind="pareto", source=r["source"], name="dense")[0]["params"]
+        kept = f"{100 * r['params'] / dense_params:.1f}"
+        add(f"| {label} | {kept} | " + " | ".join(wer_sdi(r["sets"][s]) for s in ("librispeech_train-clean-100", "vctk"))
+            + f" | {r['commit']}, {r['date']} | `pareto_tiny.en_best_default` |")
+    add("")
+    add("    python bench/pareto.py --model tiny.en --configs conf/lowrank/whisper.yaml ... --out_dir bench/results/pareto_tiny.en_best_default")
+    add("")
+    rec = find(rows, kind="recipe", source="recipes/whisper/asr1/RESULTS.md")
+    if rec:
+        add("| recipe row | kept % | WER test | WER vctk | commit, date | result |")
+        add("|---|---|---|---|---|---|")
+        for r in rec:
+            add(f"| {r['name']} | {r['params_kept_pct']} | {r['sets']['test']['wer']} | {r['sets']['vctk']['wer']} | "
+                f"{r['commit']}, {r['date']} | `{r['source']}` |")
+        add("")
+        add(f"    {rec[0]['command']}")
+        add("")
+    # conformer
+    add("## ESPnet Conformer (the recipe's model, d 144, 8 blocks)")
+    add("")
+    conf = find(rows, kind="recipe", model="conformer")
+    sets = ["test_synth", "test_real", "test_real_seen"]
+    add(f"Corpus WER, basic normalizer; {conf[0]['machine']}. `lowrank_best` is `recipes/conformer/asr1/conf/lowrank/best.yaml`; one run.")
+    add("")
+    add("| row | kept % | " + " | ".join(f"WER {s}" for s in sets) + " | enc. MB | latency ratio | compress s | commit, date |")
+    add("|---|---|" + "---|" * len(sets) + "---|---|---|---|")
+    for r in conf:
+        c = r["cost"]["seconds"]
+        add(f"| {r['name'].replace('asr_train_asr_conformer', 'conformer')} | {r['params_kept_pct']} | "
+            + " | ".join(f"{r['sets'][s]['wer']:.1f}" for s in sets)
+            + f" | {r['enc_mb']} | {r['lat_ratio']:.3f} | {c if c is not None else '—'} | {r['commit']}, {r['date']} |")
+    add("")
+    add(f"    {conf[0]['command']}")
+    add("")
+    # speed
+    add("## Encoder speed (CPU, fp32, batch 1)")
+    add("")
+    add("`bench/encoder_speed.py` times `model.encode` of the dense and the compressed model in one process, alternating,")
+    add("after warm-up (medians of 7). lat ratio = compressed / dense ms; FLOP ratio = compressed / dense encoder FLOPs;")
+    add("efficiency = (dense / compressed ms) / (dense / compressed FLOPs): 1.0 means every FLOP saved is time saved.")
+    add("2-thread rows on this shared 2-CPU VM are contention-bound. No GPU was measured. These rows were kept only in")
+    add(f"the diary's tables (source: `git show {DIARY_COMMIT}:bench/RESULTS.md`).")
+    add("")
+    for what, title in [("speed_budget0.5", "Whisper at `--budget 0.5`"), ("speed_default", "`whisper.yaml` (default θ config at the time)"),
+                        ("speed_conformer_toy", "Conformer toy model (d 64, 2 blocks), `--budget 0.5`"),
+                        ("speed_conformer", "Conformer d 144, 8 blocks, `--budget 0.5`")]:
+        sel = find(rows, kind="speed", table=what)
+        add(f"{title}:")
+        add("")
+        add("| model | mode | threads | input | dense ms | compressed ms | lat ratio | FLOP ratio | efficiency | note |")
+        add("|---|---|---|---|---|---|---|---|---|---|")
+        for r in sel:
+            add(f"| {r['model']} | {r['mode']} | {r['threads']} | {r['input']} | {r['dense_ms']} | {r['compressed_ms']} | "
+                f"{r['lat_ratio']:.3f} | {r['flop_ratio']:.3f} | {r['efficiency']:.3f} | {r['note']} |")
+        add("")
+        add(f"    {sel[0]['command']}")
+        add("")
+    add("Each table is dated by the commit that first wrote it into the diary: "
+        + "; ".join(f"{t}: {find(rows, kind='speed', table=t)[0]['commit']}, {find(rows, kind='speed', table=t)[0]['date']}"
+                    for t, _, _ in [(w, 0, 0) for _, _, w, _ in DIARY_TABLES]) + ".")
+    add("")
+    add("## Other result folders")
+    add("")
+    n = {k: sum(1 for r in rows if r["kind"] == k) for k in ("heldout", "rescore", "cost", "pareto", "recipe", "speed")}
+    add(f"The ledger holds {len(rows)} rows: " + ", ".join(f"{v} {k}" for k, v in n.items()) + ". Rows not in the tables")
+    add("above (role `other`) are the levers of [DECISIONS.md](DECISIONS.md); each names its `bench/results/` folder.")
+    return "\n".join(L) + "\n"
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--check", action="store_true", help="exit 1 if bench/RESULTS.md differs from the ledger's")
+    p.add_argument("--import", dest="do_import", action="store_true",
+                   help="rebuild bench/ledger.jsonl from the committed result files")
+    a = p.parse_args(argv)
+    if a.do_import:
+        rows = build_ledger()
+        LEDGER.write_text("".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in rows))
+        print(f"{LEDGER.relative_to(ROOT)}: {len(rows)} rows")
+    text = render(load())
+    if a.check:
+        if RESULTS.read_text() != text:
+            print("bench/RESULTS.md is not what bench/make_results.py makes from bench/ledger.jsonl; "
+                  "run python bench/make_results.py", file=sys.stderr)
+            return 1
+        return 0
+    RESULTS.write_text(text)
+    print(f"{RESULTS.relative_to(ROOT)}: {len(text.splitlines())} lines")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
