@@ -36,7 +36,7 @@ import torch
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from espnet_lowrank.apply import set_submodule  # noqa: E402
+from espnet_lowrank.nn_utils import set_submodule  # noqa: E402
 from espnet_lowrank.artifact import load_asr_model  # noqa: E402
 from espnet_lowrank.pipeline import compress  # noqa: E402
 from espnet_lowrank.config import LowRankConfig  # noqa: E402

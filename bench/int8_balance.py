@@ -39,7 +39,8 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
 from espnet_lowrank.api import load_compressed  # noqa: E402
-from espnet_lowrank.apply import factorize_layers_, set_submodule  # noqa: E402
+from espnet_lowrank.apply import factorize_layers_  # noqa: E402
+from espnet_lowrank.nn_utils import set_submodule  # noqa: E402
 from espnet_lowrank.balance import ALPHA, balance_factors_, statistics_rms  # noqa: E402
 from espnet_lowrank.config import LowRankConfig  # noqa: E402
 from espnet_lowrank.data import batch_windows, pack, read_data_dir  # noqa: E402

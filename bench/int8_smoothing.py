@@ -48,14 +48,14 @@ from int8_balance import encode, int8_error, pool_and_unseen, relative_error  # 
 from pareto import CALIB_SET  # noqa: E402
 
 from espnet_lowrank import smoothing  # noqa: E402
-from espnet_lowrank.apply import set_submodule  # noqa: E402
+from espnet_lowrank.nn_utils import set_submodule  # noqa: E402
 from espnet_lowrank.data import pack, read_data_dir  # noqa: E402
 from espnet_lowrank.families.whisper import FAMILY  # noqa: E402
 from espnet_lowrank.quantize import quantize_linears_  # noqa: E402
 
 
 LABELS = {"attn_ln": "q/k/v", "mlp_ln": "fc1", "attn.value": "out", "mlp.1": "fc2"}  # by producer
-FC2 = 3  # FAMILY.smoothing_sites index of GELU -> fc2
+FC2 = 3  # smoothing.SITES["whisper"] index of GELU -> fc2
 
 
 def input_ranges(model, utts):
@@ -83,7 +83,7 @@ def error_table(model, pool, selection, betas, both):
     reference = encode(model, selection)
     print(f"int8 error of the encoder output on {len(selection)} utterances outside the pool and the "
           f"evaluation sets: all linears {int8_error(model, selection, reference):.4f}", flush=True)
-    for site in FAMILY.smoothing_sites:
+    for site in smoothing.sites_of(FAMILY):
         q = copy.deepcopy(model)
         for _, b in FAMILY.block_modules(q.encoder):
             for name in site.readers:

@@ -13,17 +13,9 @@ from espnet_lowrank.factorize import Spectrum, factor_weights
 from espnet_lowrank.families.base import EncoderFamily
 from espnet_lowrank.handlers import is_lowrank, layer_dims, lowrank_class_for, weight_and_bias
 from espnet_lowrank.modules.folding import attention_flops
-from espnet_lowrank.modules.lowrank_linear import LowRankConv1d, LowRankLinear
+from espnet_lowrank.nn_utils import set_submodule
 
 logger = logging.getLogger(__name__)
-
-LOWRANK_TYPES = (LowRankLinear, LowRankConv1d)  # recovery trains the parameters of these
-
-
-def set_submodule(root: nn.Module, name: str, new: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    parent = root.get_submodule(parent_name) if parent_name else root
-    setattr(parent, child, new)
 
 
 def _planned_layer(encoder: nn.Module, name: str, rank: int) -> nn.Module:

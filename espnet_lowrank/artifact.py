@@ -15,6 +15,7 @@ from typing import Callable, Dict, Optional, Tuple
 import torch
 import yaml
 
+from espnet_lowrank.espnet.registry import register
 from espnet_lowrank.utils import atomic_output_dir, real_path
 
 logger = logging.getLogger(__name__)
@@ -66,7 +67,6 @@ def build_asr_model(config: dict):
     """Build an ESPnetASRModel from a train config dict (plugin registered)."""
     from espnet2.tasks.asr import ASRTask
 
-    from espnet_lowrank.espnet.registry import register
 
     register()
     model = ASRTask.build_model(Namespace(**config))

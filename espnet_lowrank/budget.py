@@ -27,7 +27,7 @@ from typing import Dict, List, Optional, Tuple
 
 from espnet_lowrank.config import LowRankConfig
 from espnet_lowrank.factorize import Spectrum
-from espnet_lowrank.plan import LayerDecision, RankPlan, _fixed_rank
+from espnet_lowrank.plan import LayerDecision, RankPlan, fixed_rank
 
 logger = logging.getLogger(__name__)
 
@@ -79,7 +79,7 @@ def layer_probes(spectra: Dict[str, Spectrum], layers: Dict[str, Tuple[str, int,
     excluded): what ``sensitivity.measure_sensitivity`` probes."""
     return {name: (spectra[name], candidate_ranks(d_in, d_out, config.ranks.rank_multiple))
             for name, (_, d_in, d_out) in layers.items()
-            if _fixed_rank(name, config.targets.rank_pattern) is None}
+            if fixed_rank(name, config.targets.rank_pattern) is None}
 
 
 def _best_cut(layer: _Layer) -> Optional[Tuple[float, int]]:
@@ -122,7 +122,7 @@ def allocate_ranks(
     for name, (role, d_in, d_out) in layers.items():
         if name not in spectra:
             raise ValueError(f"no calibration statistics for layer {name}")
-        fixed = _fixed_rank(name, config.targets.rank_pattern)
+        fixed = fixed_rank(name, config.targets.rank_pattern)
         if fixed is not None and fixed > min(d_in, d_out):
             raise ValueError(f"rank_pattern gives {name} rank {fixed}, but the layer is "
                              f"{d_out}x{d_in} (max rank {min(d_in, d_out)})")

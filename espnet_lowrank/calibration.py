@@ -15,7 +15,9 @@ from typing import Callable, Iterable, Iterator, List, Optional, Tuple
 import torch
 from torch import nn
 
+from espnet_lowrank.data import describe_batch
 from espnet_lowrank.handlers import layer_dims
+from espnet_lowrank.progress import progress
 from espnet_lowrank.utils import atomic_write
 
 logger = logging.getLogger(__name__)
@@ -230,10 +232,6 @@ def calibrate(
     """Run ``encode(speech, lengths)`` over every batch (at least one) and
     return the output statistics of ``layer_names`` (names relative to
     ``encoder``); with ``stop_after``, each forward stops once those ran."""
-    from espnet_lowrank.progress import progress
-
-    from espnet_lowrank.data import describe_batch
-
     num_batches = 0
     cut_before = _num_cut(encoder)
     with collect_output_stats(encoder, layer_names, frame_mask, device, stop_after) as stats:

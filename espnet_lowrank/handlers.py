@@ -3,9 +3,10 @@ each kind of module it touches.
 
 Lookup walks the module's MRO, so subclasses find their base's handler
 (``whisper.model.Linear`` -> ``nn.Linear``, ESPnet's relative-position
-attention before plain multi-head). Classes
-of optional packages (ESPnet, openai-whisper) and of this package are keyed by
-their ``"module.QualName"`` path, so importing this file imports none of them.
+attention before plain multi-head). Classes of optional packages (ESPnet,
+openai-whisper) are keyed by their ``"module.QualName"`` path, so importing
+this file imports neither; this package's modules (``modules/``, which import
+nothing of the package) are imported here.
 An unsupported type raises an error that lists the supported ones.
 
 int8 policy (``quantize.quantize_linears_``): "quantize" swaps the module for
@@ -17,13 +18,14 @@ policy looks inside.
 from dataclasses import dataclass
 from typing import Callable, Dict, Optional, Tuple
 
-import torch
 from torch import nn
+
+from espnet_lowrank.modules.attention import ReducedSelfAttention, WhisperReducedAttention
+from espnet_lowrank.modules.lowrank_linear import LowRankConv1d, LowRankLinear
+from espnet_lowrank.modules.relpos_attention import ReducedMultiHeadedAttention, ReducedRelPositionAttention
 
 # (query, key, value, out, n_head) of one attention module.
 AttentionParts = Tuple[nn.Module, nn.Module, nn.Module, nn.Module, int]
-# (W1 (k, d_in) or None for identity, W2 (d_out, k), bias or None).
-Factors = Tuple[Optional[torch.Tensor], torch.Tensor, Optional[torch.Tensor]]
 
 
 @dataclass(frozen=True)
@@ -37,8 +39,6 @@ class Handler:
         weight_and_bias: dense (W (d_out, d_in), b or None); None if the
             module is already factored.
         lowrank: the factored class that replaces it, or None.
-        factors: the projection as up ∘ down for rank-space folding, or None
-            if it cannot be folded.
         parts: (query, key, value, out, n_head) of an attention module.
         reduced: builds the rank-space attention from an attention module.
         int8: "quantize", "float", or None (look inside).
@@ -49,8 +49,7 @@ class Handler:
     supports: Callable[[nn.Module], bool] = lambda m: True
     dims: Optional[Callable[[nn.Module], Tuple[int, int]]] = None
     weight_and_bias: Optional[Callable[[nn.Module], tuple]] = None
-    lowrank: Optional[Callable[[], type]] = None
-    factors: Optional[Callable[[nn.Module], Factors]] = None
+    lowrank: Optional[type] = None
     parts: Optional[Callable[[nn.Module], AttentionParts]] = None
     reduced: Optional[Callable[[nn.Module], nn.Module]] = None
     int8: Optional[str] = None
@@ -109,7 +108,7 @@ def weight_and_bias(layer: nn.Module):
 
 def lowrank_class_for(layer: nn.Module) -> type:
     """The low-rank class that replaces a dense projection."""
-    return handler_for(layer, "projection", "lowrank", "factor").lowrank()
+    return handler_for(layer, "projection", "lowrank", "factor").lowrank
 
 
 def is_lowrank(module: nn.Module) -> bool:
@@ -121,10 +120,6 @@ def is_dense_projection(module: nn.Module) -> bool:
     """A projection that could be factored (``nn.Linear``, 1x1 ``Conv1d``)."""
     handler = find_handler(module)
     return handler is not None and handler.kind == "projection" and handler.lowrank is not None
-
-
-def factors(proj: nn.Module) -> Factors:
-    return handler_for(proj, "projection", "factors", "fold").factors(proj)
 
 
 def attention_parts(attn: nn.Module) -> AttentionParts:
@@ -148,33 +143,15 @@ def _linear_dims(m):
     return m.in_features, m.out_features
 
 
-def _lowrank_factors(m):
-    return m.down.weight, m.up.weight, m.up.bias
-
-
-def _lowrank_linear():
-    from espnet_lowrank.modules.lowrank_linear import LowRankLinear
-
-    return LowRankLinear
-
-
-def _lowrank_conv():
-    from espnet_lowrank.modules.lowrank_linear import LowRankConv1d
-
-    return LowRankConv1d
-
-
-register("torch.nn.modules.linear.Linear", Handler(
+register(_path(nn.Linear), Handler(
     kind="projection", dims=_linear_dims, weight_and_bias=lambda m: (m.weight, m.bias),
-    lowrank=_lowrank_linear, factors=lambda m: (None, m.weight, m.bias), int8="quantize"))
-register("torch.nn.modules.conv.Conv1d", Handler(
+    lowrank=LowRankLinear, int8="quantize"))
+register(_path(nn.Conv1d), Handler(
     kind="projection", supports=lambda m: m.kernel_size == (1,) and m.groups == 1,
     dims=lambda m: (m.in_channels, m.out_channels), weight_and_bias=lambda m: (m.weight[..., 0], m.bias),
-    lowrank=_lowrank_conv, note=" (1x1, ungrouped)"))
-register("espnet_lowrank.modules.lowrank_linear.LowRankLinear", Handler(
-    kind="projection", dims=_linear_dims, factors=_lowrank_factors))
-register("espnet_lowrank.modules.lowrank_linear.LowRankConv1d", Handler(
-    kind="projection", dims=_linear_dims))
+    lowrank=LowRankConv1d, note=" (1x1, ungrouped)"))
+register(_path(LowRankLinear), Handler(kind="projection", dims=_linear_dims))
+register(_path(LowRankConv1d), Handler(kind="projection", dims=_linear_dims))
 
 
 def _whisper_parts(attn):
@@ -186,24 +163,11 @@ def _espnet_parts(attn):
 
 
 def _whisper_reduced(attn):
-    from espnet_lowrank.modules.attention import WhisperReducedAttention
-
     return WhisperReducedAttention(*_whisper_parts(attn))
 
 
-def _espnet_reduced(attn):
-    from espnet_lowrank.modules.relpos_attention import ReducedMultiHeadedAttention
-
-    return ReducedMultiHeadedAttention.from_dense(attn)
-
-
 def _relpos_reduced(legacy: bool):
-    def build(attn):
-        from espnet_lowrank.modules.relpos_attention import ReducedRelPositionAttention
-
-        return ReducedRelPositionAttention.from_dense(attn, legacy=legacy)
-
-    return build
+    return lambda attn: ReducedRelPositionAttention.from_dense(attn, legacy=legacy)
 
 
 def _itself(attn):
@@ -214,13 +178,13 @@ _ESPNET_ATTENTION = "espnet.nets.pytorch_backend.transformer.attention."
 register("whisper.model.MultiHeadAttention", Handler(
     kind="attention", parts=_whisper_parts, reduced=_whisper_reduced))
 register(_ESPNET_ATTENTION + "MultiHeadedAttention", Handler(
-    kind="attention", parts=_espnet_parts, reduced=_espnet_reduced))
+    kind="attention", parts=_espnet_parts, reduced=ReducedMultiHeadedAttention.from_dense))
 register(_ESPNET_ATTENTION + "RelPositionMultiHeadedAttention", Handler(
     kind="attention", parts=_espnet_parts, reduced=_relpos_reduced(legacy=False)))
 register(_ESPNET_ATTENTION + "LegacyRelPositionMultiHeadedAttention", Handler(
     kind="attention", parts=_espnet_parts, reduced=_relpos_reduced(legacy=True)))
 # Rank-space attention reads its projections' float weights: int8 must skip it.
-register("espnet_lowrank.modules.attention.ReducedSelfAttention", Handler(
+register(_path(ReducedSelfAttention), Handler(
     kind="attention", parts=_whisper_parts, reduced=_itself, int8="float"))
-register("espnet_lowrank.modules.relpos_attention.ReducedMultiHeadedAttention", Handler(
+register(_path(ReducedMultiHeadedAttention), Handler(
     kind="attention", parts=_espnet_parts, reduced=_itself, int8="float"))

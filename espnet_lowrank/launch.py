@@ -13,6 +13,9 @@ import runpy
 import sys
 from typing import List, Optional
 
+from espnet_lowrank.espnet.import_hook import install
+from espnet_lowrank.progress import progress
+
 
 def _count_utterances(argv: List[str]) -> Optional[int]:
     """Lines of --key_file, else of the first --data_path_and_name_and_type file."""
@@ -26,8 +29,6 @@ def _count_utterances(argv: List[str]) -> Optional[int]:
 
 
 def _show_decoding_progress(module, argv: List[str]) -> None:
-    from espnet_lowrank.progress import progress
-
     bar = progress(total=_count_utterances(argv), desc="decoding", unit="utt")
     call = module.Speech2Text.__call__
 
@@ -45,7 +46,6 @@ def main(argv=None) -> None:
     if len(argv) < 2 or argv[0] != "-m":
         sys.exit("usage: python -m espnet_lowrank.launch -m MODULE [ARGS...]")
     module_name, args = argv[1], argv[2:]
-    from espnet_lowrank.espnet.import_hook import install
 
     install()
     module = importlib.import_module(module_name) if module_name.startswith("espnet2.bin.") else None

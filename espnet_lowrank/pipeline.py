@@ -21,6 +21,7 @@ import torch
 
 from espnet_lowrank.apply import choose_attention_, factorize_layers_
 from espnet_lowrank.balance import balance_factors_, statistics_rms
+from espnet_lowrank.budget import allocate_ranks, layer_probes
 from espnet_lowrank.calibration import StatsSet, calibrate
 from espnet_lowrank.config import LowRankConfig
 from espnet_lowrank.data import Utterance, batch_windows, calibration_utterances, num_batches, pack
@@ -29,7 +30,11 @@ from espnet_lowrank.families import family_for
 from espnet_lowrank.measure import StepCosts, peak_rss_mb, runtime_facts
 from espnet_lowrank.modes import kept_modes
 from espnet_lowrank.plan import RankPlan, make_plan
+from espnet_lowrank.progress import progress
+from espnet_lowrank.recovery import compared_output, recover_, recover_blocks_, return_freed_memory
 from espnet_lowrank.report import build_report
+from espnet_lowrank.sensitivity import NUM_WINDOWS, measure_sensitivity
+from espnet_lowrank.sequential import input_groups
 from espnet_lowrank.smoothing import check_supported, smooth_for_int8_
 
 logger = logging.getLogger(__name__)
@@ -146,9 +151,6 @@ def _budget_plan(model, family, targets, windows, config: LowRankConfig, stats: 
     layer calibrated on ``model`` (dense), each layer's sensitivity measured on
     the first calibration windows, ranks allocated. Sequential calibration then
     factors at these ranks."""
-    from espnet_lowrank.budget import allocate_ranks, layer_probes
-    from espnet_lowrank.sensitivity import NUM_WINDOWS, measure_sensitivity
-
     if stats is None:
         stats = _calibrate(model, family, list(targets), windows, config, stop_after=False)
     spectra = {n: spectrum(stats[n]) for n in targets}
@@ -181,17 +183,12 @@ def compress(
     Returns:
         CompressionResult with a compressed deep copy of the model.
     """
-    from espnet_lowrank.progress import progress
-    from espnet_lowrank.sequential import input_groups
-
     config = config or LowRankConfig()
     source = asr_model_of(model)
     family = family_for(source.encoder)
     targets = check_config(source.encoder, family, config)
     _check_inputs(calib_data, config, stats, targets)
     if config.recovery.steps:
-        from espnet_lowrank.recovery import compared_output
-
         compared_output(source, config.recovery.objective)  # refuses an impossible objective
     utts = _calibration_set(calib_data, config) if calib_data is not None else None
     windows = pack(utts, config.calibration.pack_seconds) if utts is not None else None
@@ -272,7 +269,6 @@ def recover_if_asked(compressed, source, utts: Optional[List[Utterance]], config
         return {}
     if not utts:
         raise ValueError("recovery_steps needs calibration audio (calib_data), not only statistics")
-    from espnet_lowrank.recovery import recover_, recover_blocks_, return_freed_memory
 
     r, c = config.recovery, config.calibration
     if r.return_freed_memory and not return_freed_memory():

@@ -51,7 +51,7 @@ def is_worth_factoring(rank: int, d_in: int, d_out: int) -> bool:
     return rank * (d_in + d_out) < d_in * d_out
 
 
-def _fixed_rank(name: str, rank_pattern: Dict[str, int]) -> Optional[int]:
+def fixed_rank(name: str, rank_pattern: Dict[str, int]) -> Optional[int]:
     for pattern, rank in rank_pattern.items():
         if re.fullmatch(pattern, name):
             return int(rank)
@@ -83,7 +83,7 @@ def make_plan(
         spec = spectra[name]
         theta = config.ranks.theta_attention if role == "attention" else config.ranks.theta_feed_forward
         from_theta = spec.rank_for(theta)
-        fixed = _fixed_rank(name, config.targets.rank_pattern)
+        fixed = fixed_rank(name, config.targets.rank_pattern)
         full = min(d_in, d_out)
         if fixed is not None:
             if fixed > full:

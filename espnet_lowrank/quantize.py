@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from espnet_lowrank.handlers import int8_policy
+from espnet_lowrank.nn_utils import set_submodule
 
 logger = logging.getLogger(__name__)
 
@@ -90,8 +91,6 @@ def _plan_int8(module: nn.Module) -> Tuple[List[str], List[str]]:
 def quantize_linears_(module: nn.Module) -> int:
     """Swap every float ``nn.Linear`` under ``module`` for a dynamic int8 one
     (in place; CPU). Returns how many were swapped."""
-    from espnet_lowrank.apply import set_submodule
-
     if torch.backends.quantized.engine == "none":  # pragma: no cover
         raise RuntimeError("this torch build has no quantized engine for dynamic int8")
     names, skip = _plan_int8(module)

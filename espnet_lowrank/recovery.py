@@ -33,23 +33,16 @@ import torch
 
 from espnet_lowrank.data import Utterance, iter_batches
 from espnet_lowrank.families.base import matching_modules
+from espnet_lowrank.handlers import is_lowrank
+from espnet_lowrank.nn_utils import valid_mask
 from espnet_lowrank.progress import progress
 
 logger = logging.getLogger(__name__)
 
 
 def factor_parameters(encoder: torch.nn.Module) -> List[torch.nn.Parameter]:
-    from espnet_lowrank.apply import LOWRANK_TYPES
-
-    params = []
-    for module in encoder.modules():
-        if isinstance(module, LOWRANK_TYPES):
-            params.extend(module.parameters())
-    return params
-
-
-def valid_mask(lengths: torch.Tensor, frames: int) -> torch.Tensor:
-    return torch.arange(frames, device=lengths.device)[None, :] < lengths[:, None]
+    """The parameters of every low-rank projection: what recovery trains."""
+    return [p for module in encoder.modules() if is_lowrank(module) for p in module.parameters()]
 
 
 def _valid_mse(student: torch.Tensor, teacher: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:

@@ -9,6 +9,7 @@ from typing import List, Mapping
 
 import numpy as np
 
+from espnet_lowrank.measure import encoder_flops, encoder_linear_params
 from espnet_lowrank.utils import atomic_write
 
 logger = logging.getLogger(__name__)
@@ -100,8 +101,6 @@ def build_report(source, compressed, family, config, plan, attention, calibratio
                  recovery: dict) -> dict:
     """report.json of a compression: the plan, per-layer decisions, size and
     FLOPs of both encoders, and what calibration (and recovery) cost."""
-    from espnet_lowrank.measure import encoder_flops, encoder_linear_params
-
     return {
         "family": family.name,
         "config": config.to_dict(),

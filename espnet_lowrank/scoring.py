@@ -12,6 +12,8 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import jiwer
 
+from espnet_lowrank.data import read_kv_file
+
 logger = logging.getLogger(__name__)
 
 NORMALIZERS = ("whisper", "basic", "none")
@@ -144,8 +146,6 @@ def paired_bootstrap(base: Dict[str, tuple], other: Dict[str, tuple], samples: i
 def read_text_file(path: str) -> Dict[str, str]:
     """A Kaldi ``text`` file as id -> transcript; an id alone (ESPnet's empty
     hypothesis in ``1best_recog/text``) maps to "". Duplicate ids raise."""
-    from espnet_lowrank.data import read_kv_file
-
     return read_kv_file(path, allow_empty_value=True)
 
 

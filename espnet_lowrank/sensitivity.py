@@ -25,7 +25,7 @@ import torch
 
 from espnet_lowrank.factorize import Spectrum
 from espnet_lowrank.progress import progress
-from espnet_lowrank.recovery import valid_mask
+from espnet_lowrank.nn_utils import valid_mask
 
 # Windows of calibration audio the errors are measured on: the pool's first
 # two (3000 encoder frames for Whisper); each probe is one encoder forward.

@@ -5,7 +5,8 @@ channels with a large range push the others into a few levels (Whisper base's
 GELU outputs reach 200 where the median channel's maximum is 11). As in
 SmoothQuant, input channel j is divided by s_j = max|x_j|^β / max|W[:, j]|^(1−β)
 and weight column j multiplied by s_j, which keeps W x. Where the division goes
-depends on what produces the input (the family adapter's ``smoothing_sites``):
+depends on what produces the input (``SITES``, per encoder family, kept here
+beside the step as llm-compressor keeps its SmoothQuant mappings):
 - a LayerNorm: into its weight and bias;
 - the value projection (read by ``out`` after attention mixes frames, not
   channels): into its output rows;
@@ -31,7 +32,9 @@ from torch import nn
 
 from espnet_lowrank.data import batch_windows
 from espnet_lowrank.modes import kept_modes
+from espnet_lowrank.nn_utils import set_submodule
 from espnet_lowrank.progress import progress
+from espnet_lowrank.quantize import quantize_linears_
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +62,22 @@ class SmoothingSite:
     readers: Tuple[str, ...]
 
 
+# family name -> the inputs it may smooth inside each encoder block; a family
+# without an entry is refused.
+SITES: Dict[str, Tuple[SmoothingSite, ...]] = {
+    "whisper": (
+        SmoothingSite("norm", "attn_ln", ("attn.query", "attn.key", "attn.value")),
+        SmoothingSite("norm", "mlp_ln", ("mlp.0",)),
+        SmoothingSite("value", "attn.value", ("attn.out",)),
+        SmoothingSite("activation", "mlp.1", ("mlp.2",)),
+    ),
+}
+
+
+def sites_of(family) -> Tuple[SmoothingSite, ...]:
+    return SITES.get(family.name, ())
+
+
 class ScaledActivation(nn.Module):
     """``activation(x) / scale``; the readers' weight columns carry ``scale``."""
 
@@ -73,7 +92,7 @@ class ScaledActivation(nn.Module):
 
 def check_supported(family) -> None:
     """Refuse ``int8_smoothing`` for a family that declares no sites."""
-    if not family.smoothing_sites:
+    if not sites_of(family):
         raise ValueError(f"deployment.int8_smoothing: no smoothing sites are declared for {family.name} "
                          "encoders (only Whisper's); set it to false")
 
@@ -98,7 +117,7 @@ def input_ranges(model, family, windows, batch_size: int) -> Dict[Tuple[str, int
         x = x.detach().flatten(0, -2).abs().amax(0).float().cpu()
         ranges[key] = torch.maximum(ranges[key], x) if key in ranges else x
     for name, block in family.block_modules(model.encoder):
-        for i, site in enumerate(family.smoothing_sites):
+        for i, site in enumerate(sites_of(family)):
             reader = block.get_submodule(site.readers[0])
             hooks.append(reader.register_forward_pre_hook(lambda m, a, key=(name, i): keep(key, a[0])))
     try:
@@ -113,10 +132,8 @@ def input_ranges(model, family, windows, batch_size: int) -> Dict[Tuple[str, int
 @torch.no_grad()
 def smooth_(encoder: nn.Module, family, ranges, kinds, betas: Dict[str, float] = BETAS) -> None:
     """Smooth every site whose kind is in ``kinds`` (with β from ``betas``), in place."""
-    from espnet_lowrank.apply import set_submodule
-
     for name, block in family.block_modules(encoder):
-        for i, site in enumerate(family.smoothing_sites):
+        for i, site in enumerate(sites_of(family)):
             if site.kind not in kinds:
                 continue
             readers = [_input_weight(block.get_submodule(r)) for r in site.readers]
@@ -147,8 +164,6 @@ def scaled_activations(encoder: nn.Module) -> Dict[str, int]:
 
 def build_scaled_activations_(encoder: nn.Module, widths: Dict[str, int]) -> None:
     """Wrap the named activations with unit scales, ready for model.pth's."""
-    from espnet_lowrank.apply import set_submodule
-
     for name, width in widths.items():
         set_submodule(encoder, name, ScaledActivation(encoder.get_submodule(name), int(width)))
 
@@ -161,8 +176,6 @@ def _encoding_copy(cpu_model) -> nn.Module:
 
 
 def _relative_int8_error(cpu_model, family, ranges, kinds, windows, batch_size, reference) -> float:
-    from espnet_lowrank.quantize import quantize_linears_
-
     trial = _encoding_copy(cpu_model).eval()
     smooth_(trial.encoder, family, ranges, kinds)
     quantize_linears_(trial.encoder)

@@ -16,11 +16,8 @@ from espnet_lowrank.families import all_families, family_for
 from espnet_lowrank.families.conformer import FAMILY as CONFORMER
 from espnet_lowrank.families.e_branchformer import FAMILY as E_BRANCHFORMER
 from espnet_lowrank.families.transformer import FAMILY as TRANSFORMER
-from espnet_lowrank.modules.relpos_attention import (
-    ReducedMultiHeadedAttention,
-    ReducedRelPositionAttention,
-    reduced_espnet_attention,
-)
+from espnet_lowrank.handlers import reduced_attention
+from espnet_lowrank.modules.relpos_attention import ReducedMultiHeadedAttention, ReducedRelPositionAttention
 
 INPUT_SIZE = 20
 LENGTHS = (120, 90, 61)  # padded batch of three, different lengths
@@ -155,6 +152,7 @@ def test_relpos_attention_with_full_mask_and_low_rank_pos(legacy):
         LegacyRelPositionMultiHeadedAttention,
         RelPositionMultiHeadedAttention,
     )
+
     from espnet_lowrank.modules.lowrank_linear import LowRankLinear
 
     torch.manual_seed(0)
@@ -165,7 +163,7 @@ def test_relpos_attention_with_full_mask_and_low_rank_pos(legacy):
     lowrank_pos = LowRankLinear(d, d, 8)
     nn.init.normal_(lowrank_pos.up.bias)
     dense.linear_pos = lowrank_pos
-    reduced = reduced_espnet_attention(copy.deepcopy(dense)).eval()
+    reduced = reduced_attention(copy.deepcopy(dense)).eval()
     x = torch.randn(b, t, d)
     pos_emb = torch.randn(1, t if legacy else 2 * t - 1, d)
     mask = torch.ones(b, t, t, dtype=torch.bool)
@@ -180,7 +178,7 @@ def test_relpos_attention_with_full_mask_and_low_rank_pos(legacy):
 def test_reduced_attention_rejects_cross_attention():
     from espnet.nets.pytorch_backend.transformer.attention import MultiHeadedAttention
 
-    reduced = reduced_espnet_attention(MultiHeadedAttention(4, 32, 0.0))
+    reduced = reduced_attention(MultiHeadedAttention(4, 32, 0.0))
     x, y = torch.randn(1, 5, 32), torch.randn(1, 5, 32)
     with pytest.raises(ValueError, match="self-attention only"):
         reduced(x, y, y, None)

@@ -13,6 +13,7 @@ from espnet_lowrank import handlers
 from espnet_lowrank.apply import choose_attention_
 from espnet_lowrank.modes import kept_modes, restore_modes, training_modes
 from espnet_lowrank.modules.attention import ReducedSelfAttention, set_attention_options_
+from espnet_lowrank.modules.folding import factors
 from espnet_lowrank.modules.lowrank_linear import LowRankConv1d, LowRankLinear
 from espnet_lowrank.quantize import quantize_linears_, quantized_linears
 
@@ -34,7 +35,7 @@ def test_projection_handlers_follow_the_mro():
     lowrank = LowRankLinear(6, 4, 2)
     assert handlers.layer_dims(lowrank) == (6, 4)
     assert handlers.is_lowrank(lowrank) and not handlers.is_lowrank(linear)
-    w1, w2, bias = handlers.factors(lowrank)
+    w1, w2, bias = factors(lowrank)
     assert w1 is lowrank.down.weight and w2 is lowrank.up.weight and bias is lowrank.up.bias
 
 
@@ -57,6 +58,7 @@ def test_espnet_attention_handlers():
         MultiHeadedAttention,
         RelPositionMultiHeadedAttention,
     )
+
     from espnet_lowrank.modules.relpos_attention import (
         ReducedMultiHeadedAttention,
         ReducedRelPositionAttention,

@@ -20,10 +20,12 @@ from typing import Dict, Optional
 from espnet2.asr.encoder.abs_encoder import AbsEncoder
 
 from espnet_lowrank.apply import build_lowrank_layers_, choose_attention_
-from espnet_lowrank.artifact import PLAN_VERSION
+from espnet_lowrank.artifact import PLAN_VERSION, KeyMismatchError
 from espnet_lowrank.config import ATTENTION_MODES
 from espnet_lowrank.config_checks import got, name_of, short_repr
+from espnet_lowrank.espnet.registry import register_into
 from espnet_lowrank.families import family_for
+from espnet_lowrank.quantize import quantize_linears_, quantized_linears
 from espnet_lowrank.smoothing import build_scaled_activations_
 
 logger = logging.getLogger(__name__)
@@ -35,7 +37,6 @@ def resolve_encoder_class(base: str) -> type:
     """The class ESPnet's ASR task registers under ``base``."""
     from espnet2.tasks import asr
 
-    from espnet_lowrank.espnet.registry import register_into
 
     register_into(asr)
     if base is None or base.lower() == "lowrank":
@@ -117,8 +118,6 @@ class LowRankEncoder(AbsEncoder):
 
     @staticmethod
     def _refuse_wrong_keys(module, state_dict, prefix, *_args) -> None:
-        from espnet_lowrank.artifact import KeyMismatchError
-
         found = {k[len(prefix):] for k in state_dict if k.startswith(prefix)}
         missing = sorted(module._lowrank_keys - found)
         unexpected = sorted(found - module._lowrank_keys)
@@ -146,8 +145,6 @@ def _widths(key: str, values) -> Dict[str, int]:
 
 
 def _quantize_after_load(encoder, incompatible_keys) -> None:
-    from espnet_lowrank.quantize import quantize_linears_, quantized_linears
-
     if quantized_linears(encoder):
         return
     quantize_linears_(encoder)

@@ -10,6 +10,8 @@ absent (the watched module is then simply never imported).
 import importlib.abc
 import sys
 
+from espnet_lowrank.espnet.registry import register_into
+
 WATCHED = "espnet2.tasks.asr"
 
 
@@ -22,8 +24,6 @@ class _RegisterAfterExec(importlib.abc.Loader):
 
     def exec_module(self, module):
         self._loader.exec_module(module)
-        from espnet_lowrank.espnet.registry import register_into
-
         register_into(module)
 
 
@@ -44,8 +44,6 @@ class EspnetAsrWatcher(importlib.abc.MetaPathFinder):
 def install() -> None:
     """Put the watcher on ``sys.meta_path`` (once)."""
     if WATCHED in sys.modules:
-        from espnet_lowrank.espnet.registry import register_into
-
         register_into(sys.modules[WATCHED])
         return
     if not any(isinstance(f, EspnetAsrWatcher) for f in sys.meta_path):

@@ -13,7 +13,6 @@ from torch import nn
 from espnet_lowrank.calibration import FrameMaskHook
 from espnet_lowrank.config import LowRankConfig
 from espnet_lowrank.handlers import AttentionParts, attention_parts, layer_dims, reduced_attention
-from espnet_lowrank.smoothing import SmoothingSite
 
 
 def matching_modules(root: nn.Module, pattern: Optional[str]) -> List[Tuple[str, nn.Module]]:
@@ -38,8 +37,6 @@ class EncoderFamily:
         window_seconds: input length used to report FLOPs.
         window_frames: encoder frames for ``window_seconds`` of audio; sets the
             sequence length at which "auto" attention compares FLOPs.
-        smoothing_sites: the inputs that ``deployment.int8_smoothing`` may
-            smooth, inside each block (none: the option is refused).
     """
 
     name: str
@@ -50,7 +47,6 @@ class EncoderFamily:
     frame_mask: Optional[Callable[[], FrameMaskHook]]
     window_seconds: float
     window_frames: Callable[[nn.Module], int]
-    smoothing_sites: Tuple[SmoothingSite, ...] = ()
 
     def role_of(self, name: str) -> Optional[str]:
         for pattern, role in self.layers.items():

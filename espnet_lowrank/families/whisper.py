@@ -5,7 +5,6 @@ to all of them, padding included.
 """
 
 from espnet_lowrank.families.base import EncoderFamily
-from espnet_lowrank.smoothing import SmoothingSite
 
 FAMILY = EncoderFamily(
     name="whisper",
@@ -19,10 +18,4 @@ FAMILY = EncoderFamily(
     frame_mask=None,
     window_seconds=30.0,
     window_frames=lambda encoder: encoder.encoders.positional_embedding.shape[0],
-    smoothing_sites=(
-        SmoothingSite("norm", "attn_ln", ("attn.query", "attn.key", "attn.value")),
-        SmoothingSite("norm", "mlp_ln", ("mlp.0",)),
-        SmoothingSite("value", "attn.value", ("attn.out",)),
-        SmoothingSite("activation", "mlp.1", ("mlp.2",)),
-    ),
 )

@@ -13,10 +13,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from espnet_lowrank.handlers import factors
 from espnet_lowrank.modules.folding import (  # noqa: F401 (attention_flops is public here)
     attention_flops,
     check_heads,
+    factors,
     fold_scores,
     fold_values,
     out_rank,

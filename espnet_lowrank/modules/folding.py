@@ -21,7 +21,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from espnet_lowrank.handlers import factors
+
+def factors(proj: nn.Module):
+    """(W1 (k, d_in) or None for identity, W2 (d_out, k), bias or None) of a
+    projection: a low-rank module's own ``factors()``, or a dense ``nn.Linear``
+    as (identity, W, b). Anything else cannot be folded."""
+    if hasattr(proj, "factors"):
+        return proj.factors()
+    if isinstance(proj, nn.Linear):
+        return None, proj.weight, proj.bias
+    raise TypeError(f"cannot fold {type(proj).__name__} into rank-space attention; "
+                    "supported: nn.Linear (and subclasses), LowRankLinear")
 
 
 def rank_input(proj: nn.Module, x: torch.Tensor) -> torch.Tensor:

@@ -58,6 +58,10 @@ class LowRankLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.up(self.down(x))
 
+    def factors(self):
+        """(W1 (k, d_in), W2 (d_out, k), bias or None), as rank-space attention folds them."""
+        return self.down.weight, self.up.weight, self.up.bias
+
     def dense_weight(self) -> torch.Tensor:
         """W2 @ W1, shape (d_out, d_in)."""
         return self.up.weight @ self.down.weight

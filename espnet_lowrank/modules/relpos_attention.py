@@ -31,8 +31,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from espnet_lowrank.handlers import factors
-from espnet_lowrank.modules.folding import check_heads, fold_scores, fold_values, project_out
+from espnet_lowrank.modules.folding import check_heads, factors, fold_scores, fold_values, project_out
 from espnet_lowrank.modules.folding import rank_input as _down
 
 
@@ -187,11 +186,3 @@ def _check_plain(attn: nn.Module) -> None:
         if not isinstance(getattr(attn, norm, nn.Identity()), nn.Identity):
             raise ValueError("reduced attention cannot fold qk_norm (a LayerNorm between the "
                              "projection and the scores); keep this attention dense")
-
-
-def reduced_espnet_attention(attn: nn.Module) -> nn.Module:
-    """The rank-space replacement of one ESPnet self-attention module (through
-    the handler registry; a TypeError lists the supported types)."""
-    from espnet_lowrank.handlers import reduced_attention
-
-    return reduced_attention(attn)

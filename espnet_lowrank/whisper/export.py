@@ -14,6 +14,16 @@ from typing import Any, Dict
 import torch
 import yaml
 
+from espnet_lowrank.espnet.registry import register
+from espnet_lowrank.utils import atomic_output_dir
+from espnet_lowrank.whisper.checkpoints import load_whisper_checkpoint
+from espnet_lowrank.whisper.espnet_whisper import LOOP_REPEATS, LOOP_TOKENS
+from espnet_lowrank.whisper.tokenizer import (
+    get_whisper_tokenizer,
+    whisper_decoding_filters,
+    whisper_token_list,
+)
+
 logger = logging.getLogger(__name__)
 
 
@@ -31,13 +41,6 @@ DECODE_CONFIG = {
 
 def build_config(dims, language: str = "en", task: str = "transcribe") -> Dict[str, Any]:
     """The ESPnet ASR train config (a dict) of a dense Whisper model."""
-    from espnet_lowrank.whisper.espnet_whisper import LOOP_REPEATS, LOOP_TOKENS
-    from espnet_lowrank.whisper.tokenizer import (
-        get_whisper_tokenizer,
-        whisper_decoding_filters,
-        whisper_token_list,
-    )
-
     multilingual = dims.n_vocab >= 51865
     token_type = "whisper_multilingual" if multilingual else "whisper_en"
     tokenizer = get_whisper_tokenizer(dims.n_vocab, language, task)
@@ -131,9 +134,6 @@ def export_whisper(
     check: bool = True,
 ) -> str:
     """Write the dense ESPnet exp dir for Whisper ``model``; returns its path."""
-    from espnet_lowrank.utils import atomic_output_dir
-    from espnet_lowrank.whisper.checkpoints import load_whisper_checkpoint
-
     whisper_sd, dims = load_whisper_checkpoint(model)
     logger.info("loaded %s: %s", model, dims)
     config = build_config(dims, language, task)
@@ -151,8 +151,6 @@ def export_whisper(
 def check_exp_dir(exp_dir: str) -> None:
     """Build the ESPnet model from ``exp_dir`` and check that model.pth covers
     its state dict exactly (ESPnet itself loads with strict=False)."""
-    from espnet_lowrank.espnet.registry import register
-
     register()
     from espnet2.tasks.asr import ASRTask
 
