@@ -112,19 +112,30 @@ def config_at(path, commit):
     return None
 
 
+def named_config(name, commit):
+    """(path, hash) of a config YAML named like a result row, as committed then; (None, None) if none."""
+    for path in (f"bench/configs/{name}.yaml", f"conf/lowrank/{name}.yaml"):
+        h = config_at(path, commit)
+        if h:
+            return path, h
+    return None, None
+
+
 def machine_of(runtime):
     if not runtime:
         return None
     runtime = dict(runtime, cpu=str(runtime.get("cpu")).replace("Intel(R) Xeon(R) Processor", "Intel Xeon"))
     pinned = sorted(k for k, v in (runtime.get("env") or {}).items() if v and k != "OMP_NUM_THREADS")
-    return (f"{runtime.get('cpu')}, {runtime.get('cpu_capability')}, {runtime.get('threads')} threads"
-            + (", ISA pinned" if pinned else ""))
+    note = (", ISA pinned" if len(pinned) == 3 else f", {' and '.join(pinned)} set" if pinned else "")
+    return f"{runtime.get('cpu')}, {runtime.get('cpu_capability')}, {runtime.get('threads')} threads{note}"
 
 
 # --------------------------------------------------------------------- import
 def cost_rows():
     rows = {}
-    for f in sorted((ROOT / "bench/results").glob("cost_*/cost.json")):
+    files = list((ROOT / "bench/results").glob("cost_*/cost.json"))
+    files += list((ROOT / "bench/results").glob("arithmetic_env/*/cost.json"))
+    for f in sorted(files):
         d = json.loads(f.read_text())
         rel = f.relative_to(ROOT).as_posix()
         commit, date = added(rel)
@@ -137,8 +148,9 @@ def cost_rows():
             chash, hash_of = settings_hash(json.loads(report.read_text())["config"]), "report.json config"
         model = d.get("model", "")
         model = "base" if model.endswith("whisper_base") else "tiny.en" if model.endswith("tiny.en") else model
-        rows[f.parent.name] = dict(
-            id=f.parent.name, kind="cost", model=model, config=Path(cfg).stem if cfg else None,
+        key = f.parent.relative_to(ROOT / "bench/results").as_posix()
+        rows[key] = dict(
+            id=key, kind="cost", model=model, config=Path(cfg).stem if cfg else None,
             config_path=cfg, config_hash=chash, config_hash_of=hash_of, commit=commit, date=date,
             machine=machine_of(d.get("runtime")), cpus=d.get("cpus"),
             params_kept_pct=round(d["kept_percent"], 2) if d.get("kept_percent") else None,
@@ -146,7 +158,8 @@ def cost_rows():
                       steps={k: v for k, v in (d.get("steps") or {}).items()},
                       recovery_loss=[d.get("recovery_loss_before"), d.get("recovery_loss_after")]),
             source=rel,
-            command=f"python bench/compress_cost.py --config {cfg} --model {d.get('model')} --out_dir bench/results/{f.parent.name}")
+            recovery_best_step=d.get("recovery_best_step"),
+            command=f"python bench/compress_cost.py --config {cfg} --model {d.get('model')} --out_dir bench/results/{key}")
     return rows
 
 
@@ -192,6 +205,9 @@ def heldout_rows(costs):
                          config_hash=c.get("config_hash"), cost_source=c.get("source"))
             else:
                 e["role"] = "other"
+                path, h = named_config(base_name, commit)
+                if path:
+                    e.update(config=Path(path).stem, config_path=path, config_hash=h)
             e["command"] = (f"python bench/heldout_eval.py --model {model} --exps EXP_DIR ... "
                             f"--sets librispeech_train-clean-100 vctk arctic_cathy_a:100 pocketsphinx "
                             f"--out_dir bench/results/{folder}")
@@ -266,8 +282,10 @@ def pareto_rows():
                 sets[k] = dict(wer=round(w, 4), sub=round(det["sub"], 4) if "sub" in det else None,
                                dele=round(det["del"], 4) if "del" in det else None,
                                ins=round(det["ins"], 4) if "ins" in det else None)
+            path, h = named_config(row["name"], commit) if row.get("kind") == "config" else (None, None)
             out.append(dict(
                 id=f"{f.parent.name}:{i}:{row['name']}{' + int8' if row.get('int8') else ''}", kind="pareto",
+                config=Path(path).stem if path else None, config_path=path, config_hash=h,
                 model=model, name=row["name"], int8="plain" if row.get("int8") else None,
                 role="dense" if row["name"] == "dense" else "other", commit=commit, date=date, sets=sets,
                 params=row.get("params"), gflops=row.get("gflops"), lat_ratio=row.get("lat_ratio"),
@@ -534,6 +552,26 @@ def render(rows):
     add("")
     add(f"    {conf[0]['command']}")
     add("")
+    # arithmetic
+    arith = sorted(find(rows, kind="cost", config="tiny_theta_recovery16_calib16_packed"), key=lambda r: r["id"])
+    if arith:
+        add("## What a recovery run depends on")
+        add("")
+        add("The same config (`bench/configs/tiny_theta_recovery16_calib16_packed.yaml`: tiny.en, 16 utterances, 16 recovery")
+        add("steps) compressed under each arithmetic setting on one machine: the recovery's final loss changes with the ATen")
+        add("kernels' ISA, MKL's code path, oneDNN's ISA and the thread count; a repeat under the same setting gives the")
+        add("same loss to every digit.")
+        add("")
+        add("    env SETTING python bench/compress_cost.py --config bench/configs/tiny_theta_recovery16_calib16_packed.yaml \\")
+        add("        --model tiny.en --out_dir bench/results/arithmetic_env/SETTING")
+        add("")
+        add("| setting | machine | recovery loss before → after | seconds | commit, date |")
+        add("|---|---|---|---|---|")
+        for r in arith:
+            before, after = r["cost"]["recovery_loss"]
+            add(f"| `{r['id'].split('/', 1)[1]}` | {r.get('machine') or 'not recorded'} | {before:.6f} → {after:.9f} | "
+                f"{r['cost']['seconds']} | {r['commit']}, {r['date']} |")
+        add("")
     # speed
     add("## Encoder speed (CPU, fp32, batch 1)")
     add("")

@@ -66,3 +66,21 @@ def test_no_ordinal_session_dating_or_issue_numbers_in_the_record():
     for rel in ["bench/RESULTS.md", "bench/DECISIONS.md", "bench/README.md", *POINTING]:
         hits = ordinal.findall((ROOT / rel).read_text())
         assert not hits, (rel, hits)
+
+
+def test_decisions_name_result_files_and_commits_that_exist():
+    """Each DECISIONS.md row's result folders/files exist and its commits resolve in this repository."""
+    lines = [l for l in DECISIONS.read_text().splitlines() if l.startswith("| ") and not l.startswith("| lever")]
+    assert len(lines) > 30
+    for line in lines:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        assert len(cells) == 5, line
+        for name in re.findall(r"`([^`]+)`", cells[3]):
+            assert (ROOT / "bench/results" / name).exists() or (ROOT / name).exists(), (name, line)
+        commits = re.findall(r"\b[0-9a-f]{7}\b", cells[4])
+        if "not in this repository" in cells[4]:
+            commits = commits[:1]
+        assert commits, line
+        for c in commits:
+            ok = subprocess.run(["git", "cat-file", "-e", f"{c}^{{commit}}"], cwd=ROOT).returncode == 0
+            assert ok, (c, line)
