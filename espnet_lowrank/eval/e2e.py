@@ -1,0 +1,178 @@
+"""End-to-end transcription time of exp dirs against their dense model and
+faster-whisper, on real speech: short utterances and 30 s long-form windows.
+
+Every variant transcribes every item once per round, and the variants take
+turns within each round (their order rotates), so that a machine that gets
+busier or cooler halfway touches them all alike; the ratios to the dense row
+are what a reader should take away, not the seconds.
+"""
+
+import copy
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+import yaml
+
+from espnet_lowrank.data import PACK_GAP_SECONDS, load_audio, pack, read_data_dir
+from espnet_lowrank.quantize import quantize_linears_
+from espnet_lowrank.scoring import ScoreRow, score_texts
+
+SAMPLE_RATE = 16000
+LONG_FORM_SECONDS = 30.0
+
+
+@dataclass
+class Item:
+    """One thing to transcribe: an utterance, or consecutive ones in a window."""
+
+    key: str
+    set_name: str
+    audio: np.ndarray
+    text: str
+
+    @property
+    def seconds(self) -> float:
+        return len(self.audio) / SAMPLE_RATE
+
+
+def items_from(data_dir: str, first: int = 0, last: Optional[int] = None, long_form: bool = False,
+               name: Optional[str] = None) -> List[Item]:
+    """Utterances ``first`` to ``last`` - 1 of a Kaldi dir (with ``text``, sorted
+    by id), each one item, or (``long_form``) packed into windows of at most
+    30 s, as long-form transcription cuts audio for Whisper; a window's
+    reference is its utterances' transcripts in order."""
+    utts = read_data_dir(data_dir, require_text=True)[first:last]
+    set_name = (name or os.path.basename(os.path.normpath(data_dir))) + (" (30 s)" if long_form else "")
+    windows = pack(utts, LONG_FORM_SECONDS) if long_form else [[u] for u in utts]
+    gap = np.zeros(int(PACK_GAP_SECONDS * SAMPLE_RATE), dtype=np.float32)
+    items = []
+    for window in windows:
+        parts = [load_audio(u.wav_path) for u in window]
+        audio = np.concatenate([x for a in parts for x in (gap, a)][1:])
+        items.append(Item(window[0].utt_id, set_name, audio, " ".join(u.text for u in window)))
+    return items
+
+
+class EncoderClock:
+    """Seconds spent inside a module's forward (hooks before and after)."""
+
+    def __init__(self, module: torch.nn.Module):
+        self.seconds, self._start = 0.0, None
+        module.register_forward_pre_hook(self._begin)
+        module.register_forward_hook(self._end)
+
+    def _begin(self, *_):
+        self._start = time.perf_counter()
+
+    def _end(self, *_):
+        self.seconds += time.perf_counter() - self._start
+
+
+@dataclass
+class Variant:
+    """A named transcriber: ``transcribe(audio) -> text``; ``clock`` times its
+    encoder where it can be reached (not inside faster-whisper)."""
+
+    name: str
+    transcribe: Callable[[np.ndarray], str]
+    clock: Optional[EncoderClock] = None
+    seconds: float = 0.0
+    hyps: Dict[str, str] = field(default_factory=dict)
+
+
+def espnet_variant(name: str, exp_dir: str, int8: bool = False) -> Variant:
+    """An exp dir as it is deployed: ``Speech2Text`` with its config.yaml and
+    decode.yaml; ``int8`` adds dynamic int8 on the encoder's linears."""
+    from espnet2.bin.asr_inference import Speech2Text
+
+    with open(os.path.join(exp_dir, "decode.yaml"), encoding="utf-8") as f:
+        decode = yaml.safe_load(f) or {}
+    s2t = Speech2Text(os.path.join(exp_dir, "config.yaml"), os.path.join(exp_dir, "model.pth"), device="cpu",
+                      **decode)
+    if int8:
+        s2t.asr_model = copy.deepcopy(s2t.asr_model)
+        quantize_linears_(s2t.asr_model.encoder)
+    s2t.asr_model.eval()
+    clock = EncoderClock(s2t.asr_model.encoder)
+
+    @torch.no_grad()
+    def transcribe(audio: np.ndarray) -> str:
+        return s2t(audio)[0][0]
+
+    return Variant(name, transcribe, clock)
+
+
+def faster_whisper_variant(name: str, model_dir: str, compute_type: str, threads: int) -> Variant:
+    """faster-whisper (CTranslate2) on the same weights, greedy, no timestamps,
+    no VAD and no conditioning on earlier text: what our decode.yaml does."""
+    from faster_whisper import WhisperModel
+
+    model = WhisperModel(model_dir, device="cpu", compute_type=compute_type, cpu_threads=threads)
+
+    def transcribe(audio: np.ndarray) -> str:
+        segments, _ = model.transcribe(audio, language="en", beam_size=1, temperature=0.0,
+                                       without_timestamps=True, condition_on_previous_text=False,
+                                       vad_filter=False)
+        return "".join(s.text for s in segments).strip()
+
+    return Variant(name, transcribe)
+
+
+def run_rounds(variants: Sequence[Variant], items: Sequence[Item], rounds: int = 1,
+               progress: Callable = lambda x, **_: x) -> None:
+    """Each round, every variant transcribes every item; the order of the
+    variants rotates by one per round. Seconds add up over rounds; the
+    hypotheses are the last round's (decoding is deterministic)."""
+    for r in progress(range(rounds), desc="rounds", unit="round"):
+        order = list(variants[r % len(variants):]) + list(variants[:r % len(variants)])
+        for variant in order:
+            for item in items:
+                started = time.perf_counter()
+                variant.hyps[item.key] = variant.transcribe(item.audio)
+                variant.seconds += time.perf_counter() - started
+
+
+@dataclass
+class Row:
+    name: str
+    seconds: float
+    rtf: float
+    vs_dense: Optional[float]
+    encoder_share: Optional[float]
+    scores: Dict[str, ScoreRow]
+
+
+def rows_of(variants: Sequence[Variant], items: Sequence[Item], rounds: int, dense: str = "dense") -> List[Row]:
+    """Per variant: seconds per round, real-time factor, time over the dense
+    row's, the encoder's share of the time, and WER with S/D/I per set."""
+    audio_seconds = sum(i.seconds for i in items)
+    base = next((v.seconds for v in variants if v.name == dense), None)
+    rows = []
+    for v in variants:
+        scores = {}
+        for set_name in dict.fromkeys(i.set_name for i in items):
+            mine = [i for i in items if i.set_name == set_name]
+            scores[set_name] = score_texts({i.key: i.text for i in mine}, {i.key: v.hyps[i.key] for i in mine},
+                                           dataset=set_name, normalize="whisper")
+        share = v.clock.seconds / v.seconds if v.clock is not None and v.seconds else None
+        rows.append(Row(v.name, v.seconds / rounds, v.seconds / rounds / audio_seconds,
+                        None if base is None else v.seconds / base, share, scores))
+    return rows
+
+
+def markdown(rows: Sequence[Row]) -> str:
+    """One line per variant; WER cells as ``err (S/D/I)`` per set."""
+    sets = list(rows[0].scores)
+    head = ["variant", "s / round", "RTF", "× dense time", "encoder share"] + [f"WER {s} (S/D/I)" for s in sets]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = [r.name, f"{r.seconds:.1f}", f"{r.rtf:.3f}",
+                 "—" if r.vs_dense is None else f"{r.vs_dense:.2f}",
+                 "—" if r.encoder_share is None else f"{100 * r.encoder_share:.0f}%"]
+        cells += [f"{s.err:.2f} ({s.sub:.1f}/{s.dele:.1f}/{s.ins:.1f})" for s in r.scores.values()]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
