@@ -492,14 +492,16 @@ def render(rows):
     add("")
     add("    python bench/compress_cost.py --config conf/lowrank/CONFIG.yaml --model MODEL --out_dir bench/results/cost_X")
     add("")
-    add("| model | config | run | machine | seconds | peak RSS MB | recovery s | commit, date | result |")
-    add("|---|---|---|---|---|---|---|---|---|")
+    add("The file changed over time; `hash` is the ledger's `config_hash` of the settings each run used.")
+    add("")
+    add("| model | config | hash | run | machine | seconds | peak RSS MB | recovery s | commit, date | result |")
+    add("|---|---|---|---|---|---|---|---|---|---|")
     costs = sorted([r for r in rows if r["kind"] == "cost" and (r.get("role") == "shipped" or (r.get("config_path") or "").startswith("conf/lowrank/"))],
                    key=lambda r: (r["model"], r["date"], r["id"]))
     for r in costs:
         rec = (r["cost"]["steps"].get("recovery") or {}).get("seconds")
         run = f"run {r['run']}" if r.get("run") else ""
-        add(f"| {r['model']} | `{r['config_path']}` | {run} | {r.get('machine') or 'not recorded'} | {r['cost']['seconds']} | "
+        add(f"| {r['model']} | `{r['config_path']}` | {r.get('config_hash') or '—'} | {run} | {r.get('machine') or 'not recorded'} | {r['cost']['seconds']} | "
             f"{r['cost']['peak_rss_mb']} | {round(rec) if rec else '—'} | {r['commit']}, {r['date']} | `{Path(r['source']).parent.name}` |")
     add("")
     add("Targets: the best tiny.en config in ≤ 30 min and ≤ 4 GB on 2 CPUs (met in every run); base has no time")
