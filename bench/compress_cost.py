@@ -4,7 +4,7 @@ memory in total and per step (report.json's ``steps``), on this machine; also
 the recovery loss to every digit and what the arithmetic ran on (report.json's
 ``runtime``), so that a loop over ``ATEN_CPU_CAPABILITY``, ``MKL_CBWR``,
 ``DNNL_MAX_CPU_ISA`` and ``OMP_NUM_THREADS`` shows which of them change a
-recovery (bench/RESULTS.md, "what a recovery run depends on").
+recovery (bench/DECISIONS.md, "what a recovery run depends on").
 
     python bench/compress_cost.py --config conf/lowrank/whisper_tiny_best.yaml \\
         [--model tiny.en] [--num_calib 32] [--calib_extra arctic_cathy_a an4 ljspeech] \\

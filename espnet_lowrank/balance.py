@@ -10,7 +10,7 @@ s_i and multiplying column i of W2 by s_i keeps W2 W1 and moves range from the
 activation into W2's columns, which int8 scales per output channel. With
 SmoothQuant's migration, s_i = rms_i^α / max|W2[:, i]|^(1−α), α = 0.7 gave the
 lowest int8 error of the tiny.en encoder (α 0.5 / 0.7 / 0.85, one-pass and
-after recovery; bench/RESULTS.md).
+after recovery; bench/DECISIONS.md).
 
 rms_i comes from the calibration statistics, so no extra pass is needed:
 z = Vᵀ W x = Vᵀ (y − b), hence E[z_i²] = λ_i + (v_iᵀ (μ − b))². After

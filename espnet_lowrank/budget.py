@@ -10,8 +10,8 @@ where it buys the most:
   ``budget`` times the dense cost. What a cut loses is measured
   (``sensitivity.py``): the encoder-output error with that layer alone cut to
   that rank. (Each layer's own discarded variance was the criterion before and
-  lost badly at equal size: bench/RESULTS.md, "Issue 11: rank allocation by
-  measured sensitivity".)
+  lost badly at equal size: bench/DECISIONS.md, "budget by measured
+  sensitivity".)
 * then give rank back, step by step, where it saves the most loss per unit
   of cost, as long as the budget still holds — so the kept cost ends within one
   rounding step of the budget.

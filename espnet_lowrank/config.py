@@ -124,7 +124,7 @@ class Recovery(_Section):
         default=False,
         metadata={"help": "end-to-end steps recompute each encoder block in the backward pass instead "
                           "of keeping its activations: the same numbers, less memory, more time "
-                          "(bench/RESULTS.md, 'recovery's memory')"})
+                          "(bench/DECISIONS.md, 'recovery's memory')"})
     return_freed_memory: bool = field(
         default=False,
         metadata={"help": "from recovery on, glibc returns freed buffers of 8 MB or more to the system "
@@ -171,8 +171,8 @@ FLAT_KEYS.update(recovery_steps=("recovery", "steps"), recovery_lr=("recovery", 
                  recovery_return_freed_memory=("recovery", "return_freed_memory"))
 _REMOVED = {
     "keep_dense_if_no_savings": "a layer is always kept dense where factoring would not save",
-    "refit": "the least-squares refit lost to PCA and was removed (bench/RESULTS.md)",
-    "refit_ridge": "the least-squares refit lost to PCA and was removed (bench/RESULTS.md)",
+    "refit": "the least-squares refit lost to PCA and was removed (bench/DECISIONS.md)",
+    "refit_ridge": "the least-squares refit lost to PCA and was removed (bench/DECISIONS.md)",
 }
 
 

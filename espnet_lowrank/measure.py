@@ -54,7 +54,7 @@ def peak_rss_mb() -> float:
 
 
 # Which kernels do the float arithmetic. Each changes the last bits of a
-# result, which recovery's Adam steps grow into another model (bench/RESULTS.md,
+# result, which recovery's Adam steps grow into another model (bench/DECISIONS.md,
 # "what a recovery run depends on"), so a run is reproducible only under the same ones.
 ARITHMETIC_ENV = ("ATEN_CPU_CAPABILITY", "MKL_CBWR", "DNNL_MAX_CPU_ISA", "OMP_NUM_THREADS")
 

@@ -189,7 +189,7 @@ def _batches(compressed, utts: List[Utterance], steps: int, batch_size: int,
 
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
 TRIM_THRESHOLD_BYTES = 128 << 10  # glibc's default, which its adaptive threshold raises
-FREED_TO_SYSTEM_BYTES = 8 << 20  # measured: bench/RESULTS.md, "recovery's memory"
+FREED_TO_SYSTEM_BYTES = 8 << 20  # measured: bench/DECISIONS.md, "recovery's memory"
 
 
 def return_freed_memory() -> bool:

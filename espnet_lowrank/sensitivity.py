@@ -2,7 +2,7 @@
 
 A layer's discarded share of its own output variance says nothing about what
 the rest of the encoder does with that error (as an allocation criterion it
-lost badly, bench/RESULTS.md). Here each layer's cost of a cut is measured end
+lost badly, bench/DECISIONS.md). Here each layer's cost of a cut is measured end
 to end: with
 only that layer cut to rank k (its output projected onto its top-k principal
 directions, exactly what the factored layer computes), the relative squared
@@ -29,7 +29,7 @@ from espnet_lowrank.nn_utils import valid_mask
 
 # Windows of calibration audio the errors are measured on: the pool's first
 # two (3000 encoder frames for Whisper); each probe is one encoder forward.
-# Four spread over the pool's corpora lost on VCTK (bench/RESULTS.md).
+# Four spread over the pool's corpora lost on VCTK (bench/DECISIONS.md).
 NUM_WINDOWS = 2
 
 

@@ -14,7 +14,7 @@ beside the step as llm-compressor keeps its SmoothQuant mappings):
   time, whose ``scale`` buffer is stored in model.pth.
 The float model computes the same up to rounding.
 
-No fixed choice helps every model (bench/RESULTS.md, "int8 with the linears'
+No fixed choice helps every model (bench/DECISIONS.md, "int8 with the linears'
 inputs smoothed"): on Whisper base, smoothing every site cuts the encoder's
 int8 error 0.123 -> 0.086; on tiny.en the same doubles it, and only the
 LayerNorm sites help. So compress measures each candidate's int8 error of the

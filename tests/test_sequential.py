@@ -194,7 +194,7 @@ def test_a_run_is_reproduced_from_its_reported_config(dense_exp, librispeech):
 
 def test_recomputed_blocks_change_no_number(dense_exp, librispeech, tmp_path, monkeypatch):
     """``recovery.recompute_blocks``: each encoder block runs again in the
-    backward pass instead of keeping its activations (memory: bench/RESULTS.md);
+    backward pass instead of keeping its activations (memory: bench/DECISIONS.md);
     the factors are bit for bit those of keeping every activation, the blocks
     get their own forward back, the source is untouched, and the result reloads
     with exactly its keys. ``recovery.return_freed_memory`` on the same run asks
