@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from espnet2.asr.decoder.abs_decoder import AbsDecoder
 from espnet2.asr.encoder.abs_encoder import AbsEncoder
 from espnet.nets.scorer_interface import BatchScorerInterface
+from espnet_lowrank.whisper import kv_cache
 
 logger = logging.getLogger(__name__)
 
@@ -166,6 +167,12 @@ class LocalWhisperDecoder(AbsDecoder, BatchScorerInterface):
     the first sampled step (when the prefix holds ``sample_begin`` tokens),
     like whisper's ``SuppressTokens``/``SuppressBlank`` logit filters.
 
+    Decoding (:meth:`batch_score`, :meth:`greedy`) is incremental: each step
+    runs only the newest token through the blocks, with the self-attention
+    keys/values of the prefix cached in the hypothesis' state
+    (:mod:`~espnet_lowrank.whisper.kv_cache`), and projects only that position
+    onto the vocabulary.
+
     Loop guard: in decoding (:meth:`batch_score`) a hypothesis gets only the end
     token once its text ends in one span repeated ``loop_repeats`` times over at
     least ``loop_tokens`` tokens (0 turns it off). Whisper's ``transcribe``
@@ -264,8 +271,29 @@ class LocalWhisperDecoder(AbsDecoder, BatchScorerInterface):
         last_only: bool = False,
     ) -> torch.Tensor:
         """Whisper's ``TextDecoder.forward`` (B, L) -> (B, L, n_vocab), see :meth:`states`."""
-        x = self.states(tokens, memory, cross, last_only)
+        return self.project(self.states(tokens, memory, cross, last_only))
+
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        """Final states (..., D) -> float logits (..., n_vocab)."""
         return (x @ self.vocabulary.to(x.dtype).t()).float()
+
+    def extend(
+        self,
+        tokens: torch.Tensor,
+        cross: List[Tuple[torch.Tensor, torch.Tensor]],
+        past: Optional[List[Tuple[torch.Tensor, torch.Tensor]]] = None,
+    ) -> Tuple[torch.Tensor, List[Tuple[torch.Tensor, torch.Tensor]]]:
+        """One decoding step: ``tokens`` (n, l) after the ``past`` self-attention
+        keys/values ((n, P, D) per layer; None: l tokens from position 0, else
+        l = 1) -> the final state of the last position (n, D) and the cache
+        (n, P + l, D) per layer; ``cross`` as :meth:`cross_kv`, of batch n or 1."""
+        dec = self.decoders
+        start = 0 if past is None else past[0][0].size(1)
+        if start + tokens.size(1) > self.n_ctx:
+            raise ValueError(f"token prefix longer than n_ctx={self.n_ctx}")
+        x = dec.token_embedding(tokens) + dec.positional_embedding[start : start + tokens.size(1)]
+        x, past = kv_cache.run_blocks(dec.blocks, x.to(cross[0][0].dtype), dec.mask, cross, past)
+        return dec.ln(x[:, -1]), past
 
     def forward(
         self,
@@ -297,9 +325,12 @@ class LocalWhisperDecoder(AbsDecoder, BatchScorerInterface):
         cross = self.cross_kv(memory)
         ys = torch.tensor([prefix] * memory.size(0), device=memory.device)
         done = torch.zeros(memory.size(0), dtype=torch.bool, device=memory.device)
+        new, past = ys, None
         for _ in range(min(max_len, self.n_ctx - len(prefix))):
-            nxt = self._next_logp(self.logits(ys, memory, cross, last_only=True)[:, -1], ys.size(1)).argmax(-1)
-            ys = torch.cat([ys, torch.where(done, eot, nxt)[:, None]], dim=1)
+            x, past = self.extend(new, cross, past)
+            nxt = self._next_logp(self.project(x), ys.size(1)).argmax(-1)
+            new = torch.where(done, eot, nxt)[:, None]
+            ys = torch.cat([ys, new], dim=1)
             done |= nxt == eot
             if done.all():
                 break
@@ -323,25 +354,40 @@ class LocalWhisperDecoder(AbsDecoder, BatchScorerInterface):
     ) -> Tuple[torch.Tensor, List[Any]]:
         """ys (n, L) prefixes, xs (n, T, D) -> log-probs (n, n_vocab), states.
 
-        A hypothesis' state holds the cross-attention keys/values of its
-        encoder output, so they are computed once per utterance.
+        A hypothesis' state (:class:`~espnet_lowrank.whisper.kv_cache.HypState`)
+        holds the cross-attention keys/values of its encoder output, computed
+        once per utterance, and the self-attention keys/values of its prefix.
+        When they are missing or belong to another prefix than ``ys[:, :-1]``,
+        the whole prefix is run through the blocks.
         """
-        if states is None or any(s is None for s in states):
-            cross = self.cross_kv(xs)
-        else:
-            cross = [
-                (
-                    torch.stack([s[i][0] for s in states]),
-                    torch.stack([s[i][1] for s in states]),
-                )
-                for i in range(len(self.decoders.blocks))
-            ]
-        logits = self.logits(ys, xs, cross)[:, -1]
-        logp = self._next_logp(logits, ys.size(1))
+        cross = kv_cache.gather_cross(states)
+        past = None if cross is None else kv_cache.gather_past(states, ys)
+        if cross is None:
+            # beam search expands one utterance's encoder output over its hypotheses
+            cross = self.cross_kv(xs[:1] if xs.size(0) > 1 and xs.stride(0) == 0 else xs)
+        x, past = self.extend(ys if past is None else ys[:, -1:], cross, past)
+        logp = self._next_logp(self.project(x), ys.size(1))
         if self.loop_repeats:
             self._end_loops_(ys, logp)
-        new_states = [[(k[j], v[j]) for k, v in cross] for j in range(ys.size(0))]
-        return logp, new_states
+        return logp, kv_cache.scatter(cross, past, ys)
+
+    def batch_score_recompute(
+        self, ys: torch.Tensor, states: List[Any], xs: torch.Tensor
+    ) -> Tuple[torch.Tensor, List[Any]]:
+        """:meth:`batch_score` as it was before the self-attention cache: the
+        whole prefix through every block and every position onto the
+        vocabulary; only the cross-attention keys/values are kept in the states.
+        The reference of the tests and of ``bench/decode_speed.py``."""
+        cross = kv_cache.gather_cross(states)
+        if cross is None:
+            cross = self.cross_kv(xs)
+        # one copy per hypothesis, as the states were stacked then
+        rows = [(k.expand(ys.size(0), -1, -1).contiguous(), v.expand(ys.size(0), -1, -1).contiguous())
+                for k, v in cross]
+        logp = self._next_logp(self.logits(ys, xs, rows)[:, -1], ys.size(1))
+        if self.loop_repeats:
+            self._end_loops_(ys, logp)
+        return logp, kv_cache.scatter(cross, None, ys)
 
     def _end_loops_(self, ys: torch.Tensor, logp: torch.Tensor) -> None:
         for row, tokens in enumerate(ys[:, self.sample_begin:].tolist()):
