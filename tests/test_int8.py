@@ -15,9 +15,16 @@ from espnet_lowrank.config import LowRankConfig
 from espnet_lowrank.data import load_audio
 from espnet_lowrank.factorize import spectrum
 from espnet_lowrank.measure import encoder_linear_params, encoder_mb
+from espnet_lowrank import quantize
 from espnet_lowrank.quantize import quantize_linears_, quantized_linears
 
 NUM_CALIB = 4
+
+# Relative int8 error of the encoder output (dense, low-rank), by int8 path
+# (quantize.FULL_RANGE): 8-bit activations on VNNI CPUs, 7-bit reduce_range on
+# CPUs without VNNI. Measured on tiny.en by bench/int8_vnni_paths.py
+# (bench/results/int8_vnni_paths.txt): 8-bit 0.067 / 0.078, 7-bit 0.129 / 0.161.
+INT8_ERROR_BOUND = {True: {"dense": 0.1, "lowrank": 0.12}, False: {"dense": 0.19, "lowrank": 0.24}}
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +70,18 @@ def factored(dense, stats):
     return compress(dense[0], config=FACTORED, stats=stats)
 
 
-def test_int8_close_to_float_compressed(dense, factored, speech):
+@pytest.fixture(params=["this CPU", "reduce_range"])
+def int8_path(request, monkeypatch):
+    """The int8 path this CPU runs, and the 7-bit one of CPUs without VNNI
+    (which runs correctly on every CPU; the 8-bit one only with VNNI)."""
+    if request.param == "reduce_range":
+        if not quantize.FULL_RANGE:
+            pytest.skip("this CPU runs the 7-bit reduce_range path already")
+        monkeypatch.setattr(quantize, "FULL_RANGE", False)
+    return quantize.FULL_RANGE
+
+
+def test_int8_close_to_float_compressed(dense, factored, speech, int8_path):
     result = factored
     q = copy.deepcopy(result.model)
     n = quantize_linears_(q.encoder)
@@ -72,12 +90,14 @@ def test_int8_close_to_float_compressed(dense, factored, speech):
     dq = copy.deepcopy(dense[0])
     quantize_linears_(dq.encoder)
     err_dense = _rel(_encode(dq, speech), _encode(dense[0], speech))
-    print(f"int8 encoder output, relative error: on low-rank {err:.4f}, on dense {err_dense:.4f}")
-    # ~0.065 on dense tiny.en itself (VNNI CPU, per-channel weights, 8-bit
-    # activations); the balanced factors bring the low-rank model close to it
-    # (test_balanced_factors_keep_function_and_cut_int8_error).
-    assert err < 0.12
-    assert err_dense < 0.1
+    print(f"int8 ({'8' if int8_path else '7'}-bit activations) encoder output, relative error: "
+          f"on low-rank {err:.4f}, on dense {err_dense:.4f}")
+    # ~0.067 on dense tiny.en itself with 8-bit activations (VNNI CPU,
+    # per-channel weights), twice that with 7-bit; the balanced factors bring
+    # the low-rank model close to it (test_balanced_factors_keep_function_and_cut_int8_error).
+    bound = INT8_ERROR_BOUND[int8_path]
+    assert err < bound["lowrank"]
+    assert err_dense < bound["dense"]
     # int8 keeps every weight (1 byte each): same parameter count, well under half the
     # bytes (measured 0.40: linears inside rank-space attention modules stay float)
     assert encoder_linear_params(q) == encoder_linear_params(result.model)
@@ -132,7 +152,8 @@ def test_int8_exp_dir_reloads_and_is_quantized(dense, dense_exp, stats, speech, 
         assert "Whisper" in type(m.encoder).__name__
     want = _encode(result.model, speech)
     got = _encode(espnet_model.eval(), speech)
-    assert _rel(got, want) < 0.2  # the int8 error, as in the test above
+    # the int8 error, as in the test above, with room
+    assert _rel(got, want) < INT8_ERROR_BOUND[quantize.FULL_RANGE]["lowrank"] + 0.08
     assert torch.allclose(_encode(model, speech), got)
 
 
