@@ -36,13 +36,15 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
+from pareto import CALIB_SET, calibration_pool, dense_exp_dir, save_tables  # noqa: E402
+
+from espnet_lowrank.audio import load_audio  # noqa: E402
 from espnet_lowrank.config import LowRankConfig  # noqa: E402
-from espnet_lowrank.data import load_audio, read_data_dir  # noqa: E402
+from espnet_lowrank.data import read_data_dir  # noqa: E402
 from espnet_lowrank.measure import encoder_linear_params  # noqa: E402
 from espnet_lowrank.pipeline import compress  # noqa: E402
 from espnet_lowrank.quantize import quantize_linears_  # noqa: E402
 from espnet_lowrank.scoring import paired_bootstrap, score_texts, utterance_errors  # noqa: E402
-from pareto import CALIB_SET, calibration_pool, dense_exp_dir, save_tables  # noqa: E402
 
 
 def get_parser():

@@ -40,11 +40,12 @@ sys.path.insert(0, str(REPO / "bench"))
 
 from espnet_lowrank.api import load_compressed  # noqa: E402
 from espnet_lowrank.apply import factorize_layers_  # noqa: E402
-from espnet_lowrank.nn_utils import set_submodule  # noqa: E402
 from espnet_lowrank.balance import ALPHA, balance_factors_, statistics_rms  # noqa: E402
+from espnet_lowrank.batches import batch_windows, pack  # noqa: E402
 from espnet_lowrank.config import LowRankConfig  # noqa: E402
-from espnet_lowrank.data import batch_windows, pack, read_data_dir  # noqa: E402
+from espnet_lowrank.data import read_data_dir  # noqa: E402
 from espnet_lowrank.factorize import spectrum  # noqa: E402
+from espnet_lowrank.nn_utils import set_submodule  # noqa: E402
 from espnet_lowrank.pipeline import calibrate_model, compress  # noqa: E402
 from espnet_lowrank.quantize import quantize_linears_  # noqa: E402
 from espnet_lowrank.recovery import recover_  # noqa: E402

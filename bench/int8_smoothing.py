@@ -48,11 +48,11 @@ from int8_balance import encode, int8_error, pool_and_unseen, relative_error  # 
 from pareto import CALIB_SET  # noqa: E402
 
 from espnet_lowrank import smoothing  # noqa: E402
-from espnet_lowrank.nn_utils import set_submodule  # noqa: E402
-from espnet_lowrank.data import pack, read_data_dir  # noqa: E402
+from espnet_lowrank.batches import pack  # noqa: E402
+from espnet_lowrank.data import read_data_dir  # noqa: E402
 from espnet_lowrank.families.whisper import FAMILY  # noqa: E402
+from espnet_lowrank.nn_utils import set_submodule  # noqa: E402
 from espnet_lowrank.quantize import quantize_linears_  # noqa: E402
-
 
 LABELS = {"attn_ln": "q/k/v", "mlp_ln": "fc1", "attn.value": "out", "mlp.1": "fc2"}  # by producer
 FC2 = 3  # smoothing.SITES["whisper"] index of GELU -> fc2

@@ -33,12 +33,14 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
+from pareto import CALIB_SET, dense_exp_dir  # noqa: E402
+
 import espnet_lowrank.quantize as quantize  # noqa: E402
+from espnet_lowrank.audio import load_audio  # noqa: E402
 from espnet_lowrank.config import LowRankConfig  # noqa: E402
-from espnet_lowrank.data import load_audio, read_data_dir  # noqa: E402
+from espnet_lowrank.data import read_data_dir  # noqa: E402
 from espnet_lowrank.pipeline import calibrate_model, compress  # noqa: E402
 from espnet_lowrank.scoring import score_texts  # noqa: E402
-from pareto import CALIB_SET, dense_exp_dir  # noqa: E402
 
 FACTORED = dict(theta_attention=0.98, theta_feed_forward=0.995)
 PATHS = {"8-bit (VNNI)": True, "7-bit reduce_range (no VNNI)": False}

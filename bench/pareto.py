@@ -48,10 +48,16 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from espnet_lowrank.pipeline import calibrate_model, compress  # noqa: E402
+from espnet_lowrank.audio import load_audio  # noqa: E402
 from espnet_lowrank.config import LowRankConfig  # noqa: E402
-from espnet_lowrank.data import load_audio, read_data_dir  # noqa: E402
-from espnet_lowrank.measure import encoder_flops, encoder_linear_params, encoder_mb, paired_latency  # noqa: E402
+from espnet_lowrank.data import read_data_dir  # noqa: E402
+from espnet_lowrank.measure import (  # noqa: E402
+    encoder_flops,
+    encoder_linear_params,
+    encoder_mb,
+    paired_latency,
+)
+from espnet_lowrank.pipeline import calibrate_model, compress  # noqa: E402
 from espnet_lowrank.quantize import quantize_linears_  # noqa: E402
 from espnet_lowrank.scoring import score_texts  # noqa: E402
 from espnet_lowrank.utils import atomic_write, atomic_write_text  # noqa: E402

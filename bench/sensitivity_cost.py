@@ -23,16 +23,23 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
+from pareto import CALIB_SET, dense_exp_dir  # noqa: E402
+
 from espnet_lowrank.artifact import load_asr_model  # noqa: E402
+from espnet_lowrank.batches import batch_windows  # noqa: E402
 from espnet_lowrank.budget import layer_probes  # noqa: E402
 from espnet_lowrank.config import LowRankConfig  # noqa: E402
-from espnet_lowrank.data import batch_windows, read_data_dir  # noqa: E402
+from espnet_lowrank.data import read_data_dir  # noqa: E402
 from espnet_lowrank.factorize import spectrum  # noqa: E402
 from espnet_lowrank.families import family_for  # noqa: E402
 from espnet_lowrank.pipeline import calibrate_model, pack  # noqa: E402
 from espnet_lowrank.progress import progress  # noqa: E402
-from espnet_lowrank.sensitivity import NUM_WINDOWS, _encoder_output, _projector, measure_sensitivity  # noqa: E402
-from pareto import CALIB_SET, dense_exp_dir  # noqa: E402
+from espnet_lowrank.sensitivity import (  # noqa: E402
+    NUM_WINDOWS,
+    _encoder_output,
+    _projector,
+    measure_sensitivity,
+)
 
 
 def whole_forward(model, batches, probes):

@@ -15,7 +15,7 @@ from typing import Callable, Iterable, Iterator, List, Optional, Tuple
 import torch
 from torch import nn
 
-from espnet_lowrank.data import describe_batch
+from espnet_lowrank.batches import describe_batch
 from espnet_lowrank.handlers import layer_dims
 from espnet_lowrank.progress import progress
 from espnet_lowrank.utils import atomic_write

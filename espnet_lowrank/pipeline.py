@@ -21,10 +21,11 @@ import torch
 
 from espnet_lowrank.apply import choose_attention_, factorize_layers_
 from espnet_lowrank.balance import balance_factors_, statistics_rms
+from espnet_lowrank.batches import batch_windows, calibration_utterances, num_batches, pack
 from espnet_lowrank.budget import allocate_ranks, layer_probes
 from espnet_lowrank.calibration import StatsSet, calibrate
 from espnet_lowrank.config import LowRankConfig
-from espnet_lowrank.data import Utterance, batch_windows, calibration_utterances, num_batches, pack
+from espnet_lowrank.data import Utterance
 from espnet_lowrank.factorize import spectrum
 from espnet_lowrank.families import family_for
 from espnet_lowrank.measure import StepCosts, peak_rss_mb, runtime_facts
@@ -61,8 +62,8 @@ def asr_model_of(model_or_speech2text) -> torch.nn.Module:
     return getattr(model_or_speech2text, "asr_model", model_or_speech2text)
 
 
-def _batches(windows: List[List[Utterance]], config: LowRankConfig, device):
-    for speech, lengths in batch_windows(windows, config.calibration.batch_size):
+def _batches(windows: List[List[Utterance]], config: LowRankConfig, device, family):
+    for speech, lengths in batch_windows(windows, config.calibration.batch_size, max_seconds=family.input_seconds):
         yield speech.to(device), lengths.to(device)
 
 
@@ -74,7 +75,7 @@ def _calibrate(model, family, layers: List[str], windows, config, stop_after: bo
     with kept_modes(model):
         model.eval()
         stats = calibrate(
-            model.encode, model.encoder, _batches(windows, config, next(model.parameters()).device),
+            model.encode, model.encoder, _batches(windows, config, next(model.parameters()).device, family),
             layers, frame_mask=family.frame_mask() if family.frame_mask else None,
             total=num_batches(len(windows), config.calibration.batch_size), stop_after=stop_after,
         )
@@ -103,8 +104,8 @@ def check_config(encoder, family, config: LowRankConfig) -> Dict[str, tuple]:
     return targets
 
 
-def _calibration_set(calib_data: CalibData, config: LowRankConfig) -> List[Utterance]:
-    utts = calibration_utterances(calib_data, config.calibration.num_calib)
+def _calibration_set(calib_data: CalibData, config: LowRankConfig, family) -> List[Utterance]:
+    utts = calibration_utterances(calib_data, config.calibration.num_calib, max_seconds=family.input_seconds)
     asked = config.calibration.num_calib
     if asked is not None and len(utts) < asked:
         logger.warning("num_calib is %d, but the calibration data holds %d utterances: using %d",
@@ -119,7 +120,7 @@ def calibrate_model(model, calib_data: CalibData, config: Optional[LowRankConfig
     model = asr_model_of(model)
     family = family_for(model.encoder)
     targets = check_config(model.encoder, family, config)
-    utts = _calibration_set(calib_data, config)
+    utts = _calibration_set(calib_data, config, family)
     torch.manual_seed(config.calibration.seed)
     windows = pack(utts, config.calibration.pack_seconds)
     return _calibrate(model, family, list(targets), windows, config, stop_after=False)
@@ -154,7 +155,7 @@ def _budget_plan(model, family, targets, windows, config: LowRankConfig, stats: 
     if stats is None:
         stats = _calibrate(model, family, list(targets), windows, config, stop_after=False)
     spectra = {n: spectrum(stats[n]) for n in targets}
-    batches = list(_batches(windows[:NUM_WINDOWS], config, next(model.parameters()).device))
+    batches = list(_batches(windows[:NUM_WINDOWS], config, next(model.parameters()).device, family))
     measured = measure_sensitivity(model, batches, layer_probes(spectra, targets, config))
     return allocate_ranks(spectra, targets, config.ranks.budget, config, measured), stats
 
@@ -190,7 +191,7 @@ def compress(
     _check_inputs(calib_data, config, stats, targets)
     if config.recovery.steps:
         compared_output(source, config.recovery.objective)  # refuses an impossible objective
-    utts = _calibration_set(calib_data, config) if calib_data is not None else None
+    utts = _calibration_set(calib_data, config, family) if calib_data is not None else None
     windows = pack(utts, config.calibration.pack_seconds) if utts is not None else None
     torch.manual_seed(config.calibration.seed)
 
@@ -200,7 +201,7 @@ def compress(
     started = time.perf_counter()
     groups = [list(targets)]
     if sequential:
-        first = next(_batches(windows, config, next(current.parameters()).device))
+        first = next(_batches(windows, config, next(current.parameters()).device, family))
         groups = input_groups(current, list(targets), first)
     budget_plan, given = None, stats
     if config.ranks.budget is not None:
@@ -278,11 +279,11 @@ def recover_if_asked(compressed, source, utts: Optional[List[Utterance]], config
     with kept_modes(source):
         if r.scope == "end_to_end":
             return recover_(compressed, source.eval(), utts, r.steps, r.lr, c.batch_size, r.objective,
-                            c.pack_seconds, recompute_blocks=recompute)
+                            c.pack_seconds, recompute_blocks=recompute, max_seconds=family.input_seconds)
         report = recover_blocks_(compressed, source.eval(), utts, family.blocks, r.steps, r.lr, c.batch_size,
-                                 c.pack_seconds)
+                                 c.pack_seconds, max_seconds=family.input_seconds)
         if r.final_steps:
             report["recovery_final"] = recover_(compressed, source.eval(), utts, r.final_steps, r.lr,
                                                 c.batch_size, r.objective, c.pack_seconds,
-                                                recompute_blocks=recompute)
+                                                recompute_blocks=recompute, max_seconds=family.input_seconds)
         return report

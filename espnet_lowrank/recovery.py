@@ -31,7 +31,8 @@ from typing import List, Optional
 
 import torch
 
-from espnet_lowrank.data import Utterance, iter_batches
+from espnet_lowrank.batches import iter_batches
+from espnet_lowrank.data import Utterance
 from espnet_lowrank.families.base import matching_modules
 from espnet_lowrank.handlers import is_lowrank
 from espnet_lowrank.nn_utils import valid_mask
@@ -174,7 +175,7 @@ def _train_keep_best(model, params, loss_of, n_batches: int, steps: int, lr: flo
 
 
 def _batches(compressed, utts: List[Utterance], steps: int, batch_size: int,
-             pack_seconds: Optional[float]) -> list:
+             pack_seconds: Optional[float], max_seconds: Optional[float]) -> list:
     """The calibration batches on the model's device, after the checks both scopes share."""
     if steps < 1:
         raise ValueError(f"recovery needs at least one step, got {steps}")
@@ -184,7 +185,8 @@ def _batches(compressed, utts: List[Utterance], steps: int, batch_size: int,
     if not params:
         raise ValueError("no low-rank layers to train: the plan factored nothing")
     device = params[0].device
-    return [(s.to(device), n.to(device)) for s, n in iter_batches(utts, batch_size, pack_seconds=pack_seconds)]
+    return [(s.to(device), n.to(device)) for s, n in iter_batches(utts, batch_size, pack_seconds=pack_seconds,
+                                                                          max_seconds=max_seconds)]
 
 
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
@@ -232,7 +234,7 @@ def checkpointed(model, blocks: Optional[str]):
 
 def recover_(compressed, dense, utts: List[Utterance], steps: int, lr: float = 3e-5,
              batch_size: int = 4, objective: str = "encoder", pack_seconds: Optional[float] = None,
-             recompute_blocks: Optional[str] = None) -> dict:
+             recompute_blocks: Optional[str] = None, max_seconds: Optional[float] = None) -> dict:
     """Train ``compressed``'s low-rank factors for ``steps`` steps to match
     ``dense`` on ``utts`` under ``objective`` (in place). After every pass over
     the batches the loss over all of them is measured, and the factors with the
@@ -241,7 +243,7 @@ def recover_(compressed, dense, utts: List[Utterance], steps: int, lr: float = 3
     blocks in the backward pass (:func:`checkpointed`).
     Returns the loss before and after and the step the kept factors are from."""
     output = compared_output(compressed, objective)
-    batches = _batches(compressed, utts, steps, batch_size, pack_seconds)
+    batches = _batches(compressed, utts, steps, batch_size, pack_seconds, max_seconds)
     params = factor_parameters(compressed.encoder)
     # Only the dense encoder output is cached: the decoder's views of it (Whisper's
     # cross-attention keys and values are 2 x layers times its size) are recomputed
@@ -305,14 +307,15 @@ def _block_io(model, first, last, batches):
 
 
 def recover_blocks_(compressed, dense, utts: List[Utterance], blocks: str, steps: int,
-                    lr: float = 3e-5, batch_size: int = 4, pack_seconds: Optional[float] = None) -> dict:
+                    lr: float = 3e-5, batch_size: int = 4, pack_seconds: Optional[float] = None,
+                    max_seconds: Optional[float] = None) -> dict:
     """Block-wise recovery (``recovery.scope: block``): each encoder block
     (module names matching ``blocks``) in forward order, ``steps`` steps each,
     trains its factors so that, from the compressed model's input to it, it
     gives the dense model's output of that block (MSE, valid frames). Block
     inputs are cached, so a step costs one block, not the whole encoder; each
     block keeps its best factors."""
-    batches = _batches(compressed, utts, steps, batch_size, pack_seconds)
+    batches = _batches(compressed, utts, steps, batch_size, pack_seconds, max_seconds)
     student_blocks, teacher_blocks = ([m for _, m in matching_modules(encoder, blocks)]
                                       for encoder in (compressed.encoder, dense.encoder))
     compressed.eval()

@@ -30,7 +30,7 @@ from typing import Dict, Tuple
 import torch
 from torch import nn
 
-from espnet_lowrank.data import batch_windows
+from espnet_lowrank.batches import batch_windows
 from espnet_lowrank.modes import kept_modes
 from espnet_lowrank.nn_utils import set_submodule
 from espnet_lowrank.progress import progress
@@ -103,10 +103,10 @@ def _input_weight(layer: nn.Module) -> torch.Tensor:
     return w.view(w.shape[0], -1)
 
 
-def _encode(model, windows, batch_size: int, device) -> torch.Tensor:
+def _encode(model, family, windows, batch_size: int, device) -> torch.Tensor:
     with torch.no_grad():
         return torch.cat([model.encode(s.to(device), n.to(device))[0].flatten(0, 1)
-                          for s, n in batch_windows(windows, batch_size)])
+                          for s, n in batch_windows(windows, batch_size, max_seconds=family.input_seconds)])
 
 
 def input_ranges(model, family, windows, batch_size: int) -> Dict[Tuple[str, int], torch.Tensor]:
@@ -122,7 +122,7 @@ def input_ranges(model, family, windows, batch_size: int) -> Dict[Tuple[str, int
             hooks.append(reader.register_forward_pre_hook(lambda m, a, key=(name, i): keep(key, a[0])))
     try:
         with kept_modes(model):
-            _encode(model.eval(), windows, batch_size, next(model.parameters()).device)
+            _encode(model.eval(), family, windows, batch_size, next(model.parameters()).device)
     finally:
         for h in hooks:
             h.remove()
@@ -179,7 +179,7 @@ def _relative_int8_error(cpu_model, family, ranges, kinds, windows, batch_size, 
     trial = _encoding_copy(cpu_model).eval()
     smooth_(trial.encoder, family, ranges, kinds)
     quantize_linears_(trial.encoder)
-    out = _encode(trial, windows, batch_size, torch.device("cpu"))
+    out = _encode(trial, family, windows, batch_size, torch.device("cpu"))
     return ((out - reference).norm() / reference.norm()).item()
 
 
@@ -194,7 +194,7 @@ def smooth_for_int8_(model, family, windows, batch_size: int) -> dict:
     on_cpu = next(model.parameters()).device.type == "cpu"
     cpu_model = model if on_cpu else copy.deepcopy(model).cpu()
     with kept_modes(cpu_model):
-        reference = _encode(cpu_model.eval(), held, batch_size, torch.device("cpu"))
+        reference = _encode(cpu_model.eval(), family, held, batch_size, torch.device("cpu"))
         errors = {c: round(_relative_int8_error(cpu_model, family, ranges, CANDIDATES[c], held, batch_size,
                                                 reference), 5)
                   for c in progress(CANDIDATES, desc="int8 smoothing candidates", unit="candidate")}

@@ -26,7 +26,8 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from espnet_lowrank.data import Utterance, load_audio, write_data_dir
+from espnet_lowrank.audio import load_audio
+from espnet_lowrank.data import Utterance, write_data_dir
 from espnet_lowrank.progress import progress
 from espnet_lowrank.scoring import basic_normalize
 from espnet_lowrank.utils import atomic_output_dir

@@ -5,12 +5,28 @@ from pathlib import Path
 
 import pytest
 
+# Tiers: a test that needs real weights or real speech (one of these fixtures,
+# directly or through another fixture) is an integration test; the rest run on
+# toy modules and files: the fast lane, pytest -m "not integration and not slow".
+# Piper synthesis and the recipes' shell runs are integration tests too.
+INTEGRATION_FIXTURES = {"dense_exp", "lowrank_exp", "calib_dir", "librispeech", "shared_data_dir",
+                        "shipped_conformer_run", "tiny_exp", "tiny_en"}
+INTEGRATION_FILES = {"test_synthesize.py", "test_install.py", "test_conformer_recipe.py", "test_slurm.py"}
+
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: slow test (seconds to minutes); deselect with -m 'not slow'")
+    config.addinivalue_line("markers", "integration: needs a real model or real speech (set by fixture)")
     # The suite should stay under ~30 min on 2 cores: every run names its slowest tests.
     if config.option.durations is None:
         config.option.durations = 30
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if (INTEGRATION_FIXTURES & set(getattr(item, "fixturenames", ()))
+                or item.path.name in INTEGRATION_FILES):
+            item.add_marker(pytest.mark.integration)
 
 
 @pytest.fixture(scope="session")

@@ -13,9 +13,11 @@ import pytest
 import soundfile
 import torch
 
-from espnet_lowrank import data
+from espnet_lowrank import batches as data
+from espnet_lowrank.audio import check_calibration_audio, load_audio
+from espnet_lowrank.batches import batch_windows
 from espnet_lowrank.calibration import calibrate
-from espnet_lowrank.data import Utterance, batch_windows, check_calibration_audio, load_audio, read_data_dir
+from espnet_lowrank.data import Utterance, read_data_dir
 
 SR = 16000
 
@@ -107,7 +109,7 @@ def test_calibration_check_reads_in_blocks_and_says_once_how_many_are_long(tmp_p
     utts = [Utterance(f"u{i}", _wav(tmp_path / f"u{i}.wav", _noise(31.0 + i))) for i in range(3)]
     utts.append(Utterance("short", _wav(tmp_path / "short.wav", _noise(2.0))))
     monkeypatch.setattr(soundfile, "read", None)  # whole-file reads are not used
-    with caplog.at_level(logging.WARNING, logger="espnet_lowrank.data"):
+    with caplog.at_level(logging.WARNING, logger="espnet_lowrank.audio"):
         seconds = check_calibration_audio(utts, max_seconds=30.0)
     assert seconds == pytest.approx(3 * 30.0 + 2.0)
     lines = [r.getMessage() for r in caplog.records if "longer than" in r.getMessage()]

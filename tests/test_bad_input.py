@@ -18,8 +18,9 @@ import soundfile
 import torch
 import yaml
 
+from espnet_lowrank.audio import check_calibration_audio, load_audio
 from espnet_lowrank.bin import compress as compress_cli
-from espnet_lowrank.data import check_calibration_audio, load_audio, read_data_dir
+from espnet_lowrank.data import read_data_dir
 
 SR = 16000
 ROOT = Path(__file__).resolve().parents[1]

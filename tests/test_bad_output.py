@@ -209,3 +209,26 @@ def test_every_long_step_before_recovery_shows_progress(dense_exp, tmp_path, mon
     config = LowRankConfig(target_modules=r"encoders\.blocks\.0\.mlp\.0", recovery_steps=1)
     compress(model, str(_noise_dir(tmp_path / "calib", 1)), config)
     assert bars[:3] == ["recovery: dense teacher", "recovery: loss on every batch", "recovery"], bars
+
+
+def test_whisper_calibration_reads_only_the_30_s_it_uses(dense_exp, tmp_path, monkeypatch, caplog):
+    """A 2-hour file held 3 GB: calibration now reads no more than Whisper's window."""
+    from espnet_lowrank import batches
+    from espnet_lowrank.artifact import load_asr_model
+    from espnet_lowrank.config import LowRankConfig
+    from espnet_lowrank.pipeline import calibrate_model
+
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    soundfile.write(str(calib / "long.wav"), (0.1 * np.random.default_rng(0).standard_normal(45 * 16000))
+                    .astype("float32"), 16000)
+    (calib / "wav.scp").write_text(f"long {calib / 'long.wav'}\n")
+    asked = []
+    load = batches.load_audio
+    monkeypatch.setattr(batches, "load_audio", lambda path, sr=16000, max_seconds=None:
+                        asked.append(max_seconds) or load(path, sr, max_seconds))
+    model, _ = load_asr_model(str(dense_exp / "config.yaml"), str(dense_exp / "model.pth"))
+    with caplog.at_level("WARNING"):
+        calibrate_model(model, str(calib), LowRankConfig(target_modules=r"encoders\.blocks\.0\.mlp\.0"))
+    assert asked == [30.0], asked
+    assert "1 of 1 calibration utterances are longer than 30 s" in caplog.text

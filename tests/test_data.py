@@ -5,13 +5,11 @@ import pytest
 import soundfile as sf
 import torch
 
+from espnet_lowrank.audio import load_audio
+from espnet_lowrank.batches import iter_batches, num_batches, pack
 from espnet_lowrank.data import (
     Utterance,
     import_librispeech,
-    iter_batches,
-    load_audio,
-    num_batches,
-    pack,
     prepare_data_dir,
     read_data_dir,
     select,

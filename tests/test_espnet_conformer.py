@@ -16,7 +16,8 @@ import pytest
 import torch
 import yaml
 
-from espnet_lowrank.data import load_audio, read_data_dir, write_data_dir
+from espnet_lowrank.audio import load_audio
+from espnet_lowrank.data import read_data_dir, write_data_dir
 
 VENV_BIN = Path(sys.executable).parent
 
@@ -179,9 +180,9 @@ def test_sequential_on_a_masked_conformer(trained_exp, an4, tmp_path):
     rows), 1x1 pointwise convs; saved and reloaded with exact keys."""
     from espnet_lowrank.api import load_compressed, save_compressed
     from espnet_lowrank.artifact import load_asr_model
-    from espnet_lowrank.pipeline import compress
+    from espnet_lowrank.batches import iter_batches
     from espnet_lowrank.config import LowRankConfig
-    from espnet_lowrank.data import iter_batches
+    from espnet_lowrank.pipeline import compress
 
     _, train, test = an4
     dense, train_config = load_asr_model(str(trained_exp / "config.yaml"), str(trained_exp / "model.pth"))

@@ -7,15 +7,15 @@ import pytest
 import torch
 import yaml
 
+from espnet_lowrank import quantize
 from espnet_lowrank.api import save_compressed
 from espnet_lowrank.apply import factorize_layers_
 from espnet_lowrank.artifact import build_asr_model, load_asr_model
-from espnet_lowrank.pipeline import calibrate_model, compress
+from espnet_lowrank.audio import load_audio
 from espnet_lowrank.config import LowRankConfig
-from espnet_lowrank.data import load_audio
 from espnet_lowrank.factorize import spectrum
 from espnet_lowrank.measure import encoder_linear_params, encoder_mb
-from espnet_lowrank import quantize
+from espnet_lowrank.pipeline import calibrate_model, compress
 from espnet_lowrank.quantize import quantize_linears_, quantized_linears
 
 NUM_CALIB = 4
@@ -175,7 +175,7 @@ def test_int8_smoothing_keeps_function_and_reloads_with_exactly_its_keys(dense, 
     from dataclasses import replace
 
     from espnet_lowrank.artifact import KeyMismatchError
-    from espnet_lowrank.data import pack
+    from espnet_lowrank.batches import pack
     from espnet_lowrank.families.whisper import FAMILY
     from espnet_lowrank.smoothing import CANDIDATES, input_ranges, smooth_
 
@@ -210,7 +210,7 @@ def test_int8_smoothing_choice_keeps_the_lowest_and_leaves_the_rest_alone(factor
     """compress's choice (smooth_for_int8_): the candidate kept is the one
     measured lowest, the float encoder computes the same, and the decoder's
     weights and every submodule's train/eval flag are as they were."""
-    from espnet_lowrank.data import pack
+    from espnet_lowrank.batches import pack
     from espnet_lowrank.families.whisper import FAMILY
     from espnet_lowrank.modes import training_modes
     from espnet_lowrank.smoothing import smooth_for_int8_

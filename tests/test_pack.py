@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 import espnet_lowrank
-from espnet_lowrank.data import load_audio
+from espnet_lowrank.audio import load_audio
 from espnet_lowrank.scoring import score_texts
 
 pytestmark = pytest.mark.slow

@@ -6,9 +6,9 @@ import torch
 
 from espnet_lowrank.api import load_compressed, save_compressed
 from espnet_lowrank.artifact import load_asr_model
+from espnet_lowrank.batches import batch_windows
 from espnet_lowrank.budget import allocate_ranks, plan_cost
 from espnet_lowrank.config import LowRankConfig
-from espnet_lowrank.data import batch_windows
 from espnet_lowrank.factorize import spectrum
 from espnet_lowrank.pipeline import calibrate_model, compress
 from espnet_lowrank.sensitivity import _encoder_output, _projector, measure_sensitivity

@@ -12,8 +12,8 @@ import torch
 
 from espnet_lowrank.api import load_compressed, save_compressed
 from espnet_lowrank.artifact import load_asr_model
-from espnet_lowrank.pipeline import calibrate_model, compress
 from espnet_lowrank.config import LowRankConfig
+from espnet_lowrank.pipeline import calibrate_model, compress
 
 
 def test_sequential_on_tiny_en(dense_exp, librispeech, tmp_path):
@@ -125,7 +125,7 @@ def test_decoder_tokens_objective_on_tiny_en(dense_exp, librispeech, tmp_path):
     assert report["recovery_objective"] == "decoder+tokens"
     assert report["recovery_loss_after"] < 0.95 * report["recovery_loss_before"], report
     # the teacher transcript is the one decode.yaml gives: the reference words, here
-    from espnet_lowrank.data import iter_batches
+    from espnet_lowrank.batches import iter_batches
     speech, lengths = next(iter_batches(librispeech[:1], 1))
     with torch.no_grad():
         tokens, mask = dense.decoder.greedy(dense.encode(speech, lengths)[0], 224)

@@ -14,10 +14,10 @@ import yaml
 
 from espnet_lowrank.artifact import KeyMismatchError, load_asr_model
 from espnet_lowrank.bin import compress as compress_cli
-from espnet_lowrank.pipeline import compress
 from espnet_lowrank.config import LowRankConfig
 from espnet_lowrank.data import read_data_dir, write_data_dir
 from espnet_lowrank.measure import ARITHMETIC_ENV, runtime_facts
+from espnet_lowrank.pipeline import compress
 
 LIBRISPEECH = "librispeech_train-clean-100"
 NUM_CALIB = 8
@@ -182,7 +182,7 @@ def test_wer_within_bound_and_moves_with_rank(dense_exp, lowrank_exp, calib_dir,
     bound, and cutting rank harder raises WER."""
     from espnet2.bin.asr_inference import Speech2Text
 
-    from espnet_lowrank.data import load_audio
+    from espnet_lowrank.audio import load_audio
     from espnet_lowrank.scoring import score_texts
 
     test = librispeech[NUM_CALIB:NUM_CALIB + NUM_WER_TEST]

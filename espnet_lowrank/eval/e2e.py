@@ -17,7 +17,9 @@ import numpy as np
 import torch
 import yaml
 
-from espnet_lowrank.data import PACK_GAP_SECONDS, load_audio, pack, read_data_dir
+from espnet_lowrank.audio import load_audio
+from espnet_lowrank.batches import PACK_GAP_SECONDS, pack
+from espnet_lowrank.data import read_data_dir
 from espnet_lowrank.quantize import quantize_linears_
 from espnet_lowrank.scoring import ScoreRow, score_texts
 

@@ -35,6 +35,8 @@ class EncoderFamily:
         frame_mask: builds the hook that yields the valid frames, or None when
             every frame counts (Whisper: the decoder sees all 1500).
         window_seconds: input length used to report FLOPs.
+        input_seconds: the most audio the encoder can read (Whisper: 30 s), or
+            None; calibration and recovery read no more of a file.
         window_frames: encoder frames for ``window_seconds`` of audio; sets the
             sequence length at which "auto" attention compares FLOPs.
     """
@@ -47,6 +49,7 @@ class EncoderFamily:
     frame_mask: Optional[Callable[[], FrameMaskHook]]
     window_seconds: float
     window_frames: Callable[[nn.Module], int]
+    input_seconds: Optional[float] = None
 
     def role_of(self, name: str) -> Optional[str]:
         for pattern, role in self.layers.items():

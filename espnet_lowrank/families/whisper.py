@@ -17,5 +17,6 @@ FAMILY = EncoderFamily(
     blocks=r"encoders\.blocks\.\d+",
     frame_mask=None,
     window_seconds=30.0,
+    input_seconds=30.0,
     window_frames=lambda encoder: encoder.encoders.positional_embedding.shape[0],
 )
