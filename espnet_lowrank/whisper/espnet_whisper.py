@@ -20,10 +20,10 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
-
 from espnet2.asr.decoder.abs_decoder import AbsDecoder
 from espnet2.asr.encoder.abs_encoder import AbsEncoder
 from espnet.nets.scorer_interface import BatchScorerInterface
+
 from espnet_lowrank.whisper import kv_cache
 
 logger = logging.getLogger(__name__)
@@ -221,6 +221,7 @@ class LocalWhisperDecoder(AbsDecoder, BatchScorerInterface):
                              f"got {loop_repeats} and {loop_tokens}")
         self.loop_repeats, self.loop_tokens = int(loop_repeats), int(loop_tokens)
         self._eot: Optional[int] = None
+        self._vocabulary_t = kv_cache.TransposedVocabulary()
         # what prompt() primes with; build_asr_model sets them from preprocessor_conf
         self.language, self.task = "en", "transcribe"
         if init_from is not None:
@@ -271,10 +272,7 @@ class LocalWhisperDecoder(AbsDecoder, BatchScorerInterface):
         last_only: bool = False,
     ) -> torch.Tensor:
         """Whisper's ``TextDecoder.forward`` (B, L) -> (B, L, n_vocab), see :meth:`states`."""
-        return self.project(self.states(tokens, memory, cross, last_only))
-
-    def project(self, x: torch.Tensor) -> torch.Tensor:
-        """Final states (..., D) -> float logits (..., n_vocab)."""
+        x = self.states(tokens, memory, cross, last_only)
         return (x @ self.vocabulary.to(x.dtype).t()).float()
 
     def extend(
@@ -284,16 +282,22 @@ class LocalWhisperDecoder(AbsDecoder, BatchScorerInterface):
         past: Optional[List[Tuple[torch.Tensor, torch.Tensor]]] = None,
     ) -> Tuple[torch.Tensor, List[Tuple[torch.Tensor, torch.Tensor]]]:
         """One decoding step: ``tokens`` (n, l) after the ``past`` self-attention
-        keys/values ((n, P, D) per layer; None: l tokens from position 0, else
-        l = 1) -> the final state of the last position (n, D) and the cache
-        (n, P + l, D) per layer; ``cross`` as :meth:`cross_kv`, of batch n or 1."""
+        keys/values ((n, H, P, D / H) per layer; None: l tokens from position
+        0, else l = 1) -> the last position's logits (n, n_vocab) and the cache
+        (n, H, P + l, D / H) per layer; ``cross`` from :meth:`cross_kv` through
+        ``kv_cache.split_heads``, of batch n or 1."""
         dec = self.decoders
-        start = 0 if past is None else past[0][0].size(1)
+        start = 0 if past is None else past[0][0].size(2)
         if start + tokens.size(1) > self.n_ctx:
             raise ValueError(f"token prefix longer than n_ctx={self.n_ctx}")
         x = dec.token_embedding(tokens) + dec.positional_embedding[start : start + tokens.size(1)]
-        x, past = kv_cache.run_blocks(dec.blocks, x.to(cross[0][0].dtype), dec.mask, cross, past)
-        return dec.ln(x[:, -1]), past
+        x, past = kv_cache.run_blocks(dec.blocks, x.to(cross[0][0].dtype), cross, past)
+        x = dec.ln(x[:, -1])
+        return (x @ self._vocabulary_t(self.vocabulary, x.dtype)).float(), past
+
+    def _split_cross(self, memory: torch.Tensor) -> List[Tuple[torch.Tensor, torch.Tensor]]:
+        heads = self.decoders.blocks[0].cross_attn.n_head
+        return [(kv_cache.split_heads(k, heads), kv_cache.split_heads(v, heads)) for k, v in self.cross_kv(memory)]
 
     def forward(
         self,
@@ -322,13 +326,13 @@ class LocalWhisperDecoder(AbsDecoder, BatchScorerInterface):
         end token, and a (B, L) mask of the positions whose next token is
         part of the transcript."""
         prefix, eot = self.prompt()
-        cross = self.cross_kv(memory)
+        cross = self._split_cross(memory)
         ys = torch.tensor([prefix] * memory.size(0), device=memory.device)
         done = torch.zeros(memory.size(0), dtype=torch.bool, device=memory.device)
         new, past = ys, None
         for _ in range(min(max_len, self.n_ctx - len(prefix))):
-            x, past = self.extend(new, cross, past)
-            nxt = self._next_logp(self.project(x), ys.size(1)).argmax(-1)
+            logits, past = self.extend(new, cross, past)
+            nxt = self._next_logp(logits, ys.size(1)).argmax(-1)
             new = torch.where(done, eot, nxt)[:, None]
             ys = torch.cat([ys, new], dim=1)
             done |= nxt == eot
@@ -364,9 +368,9 @@ class LocalWhisperDecoder(AbsDecoder, BatchScorerInterface):
         past = None if cross is None else kv_cache.gather_past(states, ys)
         if cross is None:
             # beam search expands one utterance's encoder output over its hypotheses
-            cross = self.cross_kv(xs[:1] if xs.size(0) > 1 and xs.stride(0) == 0 else xs)
-        x, past = self.extend(ys if past is None else ys[:, -1:], cross, past)
-        logp = self._next_logp(self.project(x), ys.size(1))
+            cross = self._split_cross(xs[:1] if xs.size(0) > 1 and xs.stride(0) == 0 else xs)
+        logits, past = self.extend(ys if past is None else ys[:, -1:], cross, past)
+        logp = self._next_logp(logits, ys.size(1))
         if self.loop_repeats:
             self._end_loops_(ys, logp)
         return logp, kv_cache.scatter(cross, past, ys)
@@ -380,10 +384,10 @@ class LocalWhisperDecoder(AbsDecoder, BatchScorerInterface):
         The reference of the tests and of ``bench/decode_speed.py``."""
         cross = kv_cache.gather_cross(states)
         if cross is None:
-            cross = self.cross_kv(xs)
+            cross = self._split_cross(xs)
         # one copy per hypothesis, as the states were stacked then
-        rows = [(k.expand(ys.size(0), -1, -1).contiguous(), v.expand(ys.size(0), -1, -1).contiguous())
-                for k, v in cross]
+        rows = [(k.expand(ys.size(0), -1, -1, -1).transpose(1, 2).flatten(2),
+                 v.expand(ys.size(0), -1, -1, -1).transpose(1, 2).flatten(2)) for k, v in cross]
         logp = self._next_logp(self.logits(ys, xs, rows)[:, -1], ys.size(1))
         if self.loop_repeats:
             self._end_loops_(ys, logp)

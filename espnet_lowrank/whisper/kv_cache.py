@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
 import torch
+import torch.nn.functional as F
 
 KV = Tuple[torch.Tensor, torch.Tensor]
 
@@ -22,12 +23,12 @@ class HypState:
 
     Attributes:
         cross: per layer, the cross-attention (key, value) of the encoder
-            output, each (1, T, D); hypotheses of one utterance share the
-            same tuple.
+            output, each (1, H, T, D / H); hypotheses of one utterance share
+            the same tuple.
         tokens: (L,) the prefix that ``keys``/``values`` were computed from,
             or None when they are not cached.
-        keys: per layer, the self-attention keys (L, D) of ``tokens``.
-        values: per layer, the self-attention values (L, D) of ``tokens``.
+        keys: per layer, the self-attention keys (H, L, D / H) of ``tokens``.
+        values: per layer, the self-attention values (H, L, D / H) of ``tokens``.
     """
 
     cross: Tuple[KV, ...]
@@ -49,7 +50,7 @@ def gather_cross(states: Sequence[Optional[HypState]]) -> Optional[List[KV]]:
 
 
 def gather_past(states: Sequence[HypState], ys: torch.Tensor) -> Optional[List[KV]]:
-    """The batched self-attention cache per layer, (n, L - 1, D) each, when every
+    """The batched self-attention cache per layer, (n, H, L - 1, D / H), when every
     state holds exactly the prefix ``ys[:, :-1]`` (n, L); None otherwise."""
     if any(s.tokens is None or s.tokens.size(0) != ys.size(1) - 1 for s in states):
         return None
@@ -61,7 +62,7 @@ def gather_past(states: Sequence[HypState], ys: torch.Tensor) -> Optional[List[K
 
 def scatter(cross: List[KV], past: Optional[List[KV]], ys: torch.Tensor) -> List[HypState]:
     """Per-hypothesis states of a batch: ``cross`` of batch 1 or n, ``past``
-    (n, L, D) per layer for the prefixes ``ys`` (n, L), or None (not cached)."""
+    (n, H, L, D / H) per layer for the prefixes ``ys`` (n, L), or None (not cached)."""
     n = ys.size(0)
     if cross[0][0].size(0) == 1:
         per_hyp = [tuple(cross)] * n
@@ -75,19 +76,27 @@ def scatter(cross: List[KV], past: Optional[List[KV]], ys: torch.Tensor) -> List
     ]
 
 
-def _cross_attention(attn: torch.nn.Module, q: torch.Tensor, kv: KV) -> torch.Tensor:
-    k, v = kv
-    n, l, d = q.shape
-    if k.size(0) == 1 and n > 1:
-        # every hypothesis reads the same encoder output: one attention with n * l queries
-        return attn.qkv_attention(q.reshape(1, n * l, d), k, v)[0].reshape(n, l, -1)
-    return attn.qkv_attention(q, k.expand(n, -1, -1), v.expand(n, -1, -1))[0]
+def split_heads(x: torch.Tensor, n_head: int) -> torch.Tensor:
+    """(n, L, D) -> (n, n_head, L, D / n_head), contiguous (attention reads it as is)."""
+    return x.view(*x.shape[:2], n_head, -1).transpose(1, 2).contiguous()
+
+
+def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = False) -> torch.Tensor:
+    """Whisper's attention (scaled dot product, as its SDPA path): q (n, H, l, d),
+    k/v (n or 1, H, T, d) -> (n, l, H * d)."""
+    n, _, l, _ = q.shape
+    if k.size(0) == 1 and n > 1 and l == 1:
+        # every hypothesis reads the same encoder output: one attention with n queries
+        out = F.scaled_dot_product_attention(q.transpose(0, 2), k, v).transpose(0, 2)
+    else:
+        out = F.scaled_dot_product_attention(q, k.expand(n, -1, -1, -1), v.expand(n, -1, -1, -1),
+                                             is_causal=causal)
+    return out.transpose(1, 2).reshape(n, l, -1)
 
 
 def run_blocks(
     blocks: Sequence[torch.nn.Module],
     x: torch.Tensor,
-    mask: torch.Tensor,
     cross: List[KV],
     past: Optional[List[KV]] = None,
 ) -> Tuple[torch.Tensor, List[KV]]:
@@ -96,27 +105,45 @@ def run_blocks(
     Args:
         blocks: the decoder's blocks.
         x: (n, l, D) embedded tokens (position embedding added).
-        mask: the decoder's causal mask, used when ``past`` is None and l > 1.
-        cross: per layer, cross-attention (key, value) of batch n or 1.
-        past: per layer, self-attention (key, value) (n, P, D) of the P
-            positions before ``x``; then l must be 1.
+        cross: per layer, cross-attention (key, value) (n or 1, H, T, D / H).
+        past: per layer, self-attention (key, value) (n, H, P, D / H) of the
+            P positions before ``x``; then l must be 1. None: P = 0.
 
     Returns:
-        The blocks' output (n, l, D) and the self-attention cache (n, P + l, D)
-        per layer.
+        The blocks' output (n, l, D) and the self-attention cache
+        (n, H, P + l, D / H) per layer.
     """
     if past is not None and x.size(1) != 1:
         raise ValueError(f"a cached step takes one position per hypothesis, got {x.size(1)}")
     new_past = []
     for i, block in enumerate(blocks):
-        attn = block.attn
+        attn, heads = block.attn, block.attn.n_head
         h = block.attn_ln(x)
-        q, k, v = attn.query(h), attn.key(h), attn.value(h)
+        q, k, v = (split_heads(f(h), heads) for f in (attn.query, attn.key, attn.value))
         if past is not None:
-            k, v = torch.cat([past[i][0], k], dim=1), torch.cat([past[i][1], v], dim=1)
+            k, v = torch.cat([past[i][0], k], dim=2), torch.cat([past[i][1], v], dim=2)
         new_past.append((k, v))
-        x = x + attn.out(attn.qkv_attention(q, k, v, mask if past is None and x.size(1) > 1 else None)[0])
+        x = x + attn.out(_attend(q, k, v, causal=past is None and x.size(1) > 1))
         h = block.cross_attn_ln(x)
-        x = x + block.cross_attn.out(_cross_attention(block.cross_attn, block.cross_attn.query(h), cross[i]))
+        q = split_heads(block.cross_attn.query(h), heads)
+        x = x + block.cross_attn.out(_attend(q, *cross[i]))
         x = x + block.mlp(block.mlp_ln(x))
     return x, new_past
+
+
+class TransposedVocabulary:
+    """A contiguous (D, n_vocab) copy of the tied embedding, rebuilt when the
+    weight changes: one position's logits ``x @ copy`` read it at memory speed,
+    ``x @ weight.t()`` about half as fast on CPU (it costs n_vocab * D more
+    floats of memory while decoding)."""
+
+    def __init__(self):
+        self._key, self._copy = None, None
+
+    def __call__(self, weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        key = (weight.data_ptr(), weight._version, weight.device, dtype)
+        if key != self._key:
+            self._copy = None  # free the old copy first
+            self._copy = weight.detach().to(dtype).t().contiguous()
+            self._key = key
+        return self._copy
