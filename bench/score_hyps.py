@@ -30,7 +30,7 @@ from espnet_lowrank.scoring import paired_bootstrap, read_text_file, score_texts
 
 def loop_cutter(model):
     """text -> (the text the loop guard leaves, whether it cut)."""
-    from espnet_lowrank.whisper.espnet_whisper import LOOP_REPEATS, LOOP_TOKENS, ends_in_loop
+    from espnet_lowrank.whisper.loop_guard import LOOP_REPEATS, LOOP_TOKENS, ends_in_loop
     from espnet_lowrank.whisper.tokenizer import get_whisper_tokenizer
 
     tokenizer = get_whisper_tokenizer(51864 if model.endswith(".en") else 51865)

@@ -126,6 +126,8 @@ def lowrank_train_config(train_config: dict, ranks: Dict[str, int], attention: s
     # Written only when on, so existing exp dirs keep their exact config.
     if int8:
         config["encoder_conf"]["int8"] = True
+        if config.get("decoder") == "whisper_local":  # its linears and vocabulary projection too
+            config["decoder_conf"] = {**(config.get("decoder_conf") or {}), "int8": True}
     if activation_scales:  # deployment.int8_smoothing's run-time divisions (smoothing.py)
         config["encoder_conf"]["activation_scales"] = {n: int(w) for n, w in activation_scales.items()}
     config["encoder"] = "lowrank"

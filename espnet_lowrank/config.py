@@ -148,7 +148,10 @@ class Deployment(_Section):
         default="auto",
         metadata={"help": "auto (fewer FLOPs, deterministic) | reduced | dense: how "
                           "self-attention is computed"})
-    int8: bool = field(default=False, metadata={"help": "dynamic int8 on the encoder's linears at load; CPU only"})
+    int8: bool = field(
+        default=False,
+        metadata={"help": "dynamic int8 at load, CPU only: the encoder's linears, and with Whisper the "
+                          "decoder's linears and vocabulary projection (recorded in the exp dir's config.yaml)"})
     int8_smoothing: bool = field(
         default=False,
         metadata={"help": "smooth the linears' inputs for int8 (SmoothQuant-style, exact in float), at the sites "

@@ -73,6 +73,14 @@ def _quantized_linear(layer: nn.Linear) -> nn.Module:
     return qlinear
 
 
+def quantized_projection(weight: torch.Tensor) -> nn.Module:
+    """``x @ weight.T`` (weight (out, in), no bias) as a dynamic int8 linear,
+    e.g. a tied embedding read as the vocabulary projection."""
+    layer = nn.Linear(weight.shape[1], weight.shape[0], bias=False)
+    layer.weight.data = weight.detach().float().cpu()
+    return _quantized_linear(layer)
+
+
 def _plan_int8(module: nn.Module) -> Tuple[List[str], List[str]]:
     """(names to quantize, roots of the subtrees kept float)."""
     quantize, keep = [], []

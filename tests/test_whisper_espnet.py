@@ -101,7 +101,7 @@ def test_decoder_suppression():
 
 
 def test_ends_in_loop():
-    from espnet_lowrank.whisper.espnet_whisper import ends_in_loop
+    from espnet_lowrank.whisper.loop_guard import ends_in_loop
 
     assert ends_in_loop([1, 2] + [7, 8, 9] * 4, repeats=4, min_tokens=12)
     assert not ends_in_loop([7, 8, 9] * 3, repeats=4, min_tokens=12)

@@ -7,7 +7,6 @@ busier or cooler halfway touches them all alike; the ratios to the dense row
 are what a reader should take away, not the seconds.
 """
 
-import copy
 import os
 import time
 from dataclasses import dataclass, field
@@ -82,22 +81,25 @@ class Variant:
     name: str
     transcribe: Callable[[np.ndarray], str]
     clock: Optional[EncoderClock] = None
+    engine: object = None  # what transcribes (a Speech2Text, a WhisperModel)
     seconds: float = 0.0
     hyps: Dict[str, str] = field(default_factory=dict)
 
 
 def espnet_variant(name: str, exp_dir: str, int8: bool = False) -> Variant:
     """An exp dir as it is deployed: ``Speech2Text`` with its config.yaml and
-    decode.yaml; ``int8`` adds dynamic int8 on the encoder's linears."""
+    decode.yaml; ``int8`` adds what ``deployment.int8`` ships: dynamic int8
+    on the encoder's linears and, for Whisper, the decoder's."""
     from espnet2.bin.asr_inference import Speech2Text
 
     with open(os.path.join(exp_dir, "decode.yaml"), encoding="utf-8") as f:
         decode = yaml.safe_load(f) or {}
     s2t = Speech2Text(os.path.join(exp_dir, "config.yaml"), os.path.join(exp_dir, "model.pth"), device="cpu",
                       **decode)
-    if int8:
-        s2t.asr_model = copy.deepcopy(s2t.asr_model)
+    if int8:  # in place: the beam search holds this model's decoder
         quantize_linears_(s2t.asr_model.encoder)
+        if hasattr(s2t.asr_model.decoder, "quantize_"):
+            s2t.asr_model.decoder.quantize_()
     s2t.asr_model.eval()
     clock = EncoderClock(s2t.asr_model.encoder)
 
@@ -105,7 +107,7 @@ def espnet_variant(name: str, exp_dir: str, int8: bool = False) -> Variant:
     def transcribe(audio: np.ndarray) -> str:
         return s2t(audio)[0][0]
 
-    return Variant(name, transcribe, clock)
+    return Variant(name, transcribe, clock, s2t)
 
 
 def faster_whisper_variant(name: str, model_dir: str, compute_type: str, threads: int) -> Variant:
@@ -121,7 +123,7 @@ def faster_whisper_variant(name: str, model_dir: str, compute_type: str, threads
                                        vad_filter=False)
         return "".join(s.text for s in segments).strip()
 
-    return Variant(name, transcribe)
+    return Variant(name, transcribe, engine=model)
 
 
 def run_rounds(variants: Sequence[Variant], items: Sequence[Item], rounds: int = 1,

@@ -24,30 +24,17 @@ from espnet2.asr.decoder.abs_decoder import AbsDecoder
 from espnet2.asr.encoder.abs_encoder import AbsEncoder
 from espnet.nets.scorer_interface import BatchScorerInterface
 
+from espnet_lowrank.quantize import quantize_linears_, quantized_projection
 from espnet_lowrank.whisper import kv_cache
+from espnet_lowrank.whisper.checkpoints import load_whisper_checkpoint
+from espnet_lowrank.whisper.loop_guard import LOOP_REPEATS, LOOP_TOKENS, ends_in_loop
+from espnet_lowrank.whisper.tokenizer import get_whisper_tokenizer, install_tokenizer_compat
 
 logger = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16000
 HOP_LENGTH = 160
 N_SAMPLES = 30 * SAMPLE_RATE  # whisper's 30 s window
-# the loop guard's defaults: a 3-token span must repeat 4 times, a 1-token span 12
-LOOP_REPEATS, LOOP_TOKENS = 4, 12
-
-
-def ends_in_loop(tokens: Sequence[int], repeats: int, min_tokens: int) -> bool:
-    """Whether ``tokens`` ends in one span repeated at least ``repeats`` times
-    in a row, the repeats covering at least ``min_tokens`` tokens."""
-    n = len(tokens)
-    for span in range(1, n // repeats + 1):
-        count = max(repeats, -(-min_tokens // span))
-        if count * span > n:
-            continue
-        tail = list(tokens[n - count * span:])
-        if tail == tail[-span:] * count:
-            return True
-    return False
-
 
 def _reject_unknown(cls_name: str, kwargs: Dict[str, Any]) -> None:
     if kwargs:
@@ -56,8 +43,6 @@ def _reject_unknown(cls_name: str, kwargs: Dict[str, Any]) -> None:
 
 def _load_part(module: torch.nn.Module, init_from: str, prefix: str) -> None:
     """Load the ``prefix`` part of a Whisper checkpoint into ``module``."""
-    from espnet_lowrank.whisper.checkpoints import load_whisper_checkpoint
-
     sd, _ = load_whisper_checkpoint(init_from)
     part = {k[len(prefix) :]: v for k, v in sd.items() if k.startswith(prefix)}
     mine = module.state_dict()
@@ -195,13 +180,12 @@ class LocalWhisperDecoder(AbsDecoder, BatchScorerInterface):
         sample_begin: int = 0,
         loop_repeats: int = LOOP_REPEATS,
         loop_tokens: int = LOOP_TOKENS,
+        int8: bool = False,
         **kwargs,
     ):
         _reject_unknown(type(self).__name__, kwargs)
         super().__init__()
         from whisper.model import TextDecoder
-
-        from espnet_lowrank.whisper.tokenizer import install_tokenizer_compat
 
         # Speech2Text and training build ESPnet's Whisper tokenizer after the model
         install_tokenizer_compat()
@@ -222,6 +206,9 @@ class LocalWhisperDecoder(AbsDecoder, BatchScorerInterface):
         self.loop_repeats, self.loop_tokens = int(loop_repeats), int(loop_tokens)
         self._eot: Optional[int] = None
         self._vocabulary_t = kv_cache.TransposedVocabulary()
+        self._vocabulary_int8: Optional[torch.nn.Module] = None
+        if int8:  # model.pth holds float weights: quantize once they are loaded
+            self.register_load_state_dict_post_hook(lambda module, _keys: module.quantize_())
         # what prompt() primes with; build_asr_model sets them from preprocessor_conf
         self.language, self.task = "en", "transcribe"
         if init_from is not None:
@@ -293,7 +280,16 @@ class LocalWhisperDecoder(AbsDecoder, BatchScorerInterface):
         x = dec.token_embedding(tokens) + dec.positional_embedding[start : start + tokens.size(1)]
         x, past = kv_cache.run_blocks(dec.blocks, x.to(cross[0][0].dtype), cross, past)
         x = dec.ln(x[:, -1])
+        if self._vocabulary_int8 is not None:
+            return self._vocabulary_int8(x.float()), past
         return (x @ self._vocabulary_t(self.vocabulary, x.dtype)).float(), past
+
+    def quantize_(self) -> None:
+        """Dynamic int8 (CPU) on the blocks' linears and on the vocabulary
+        projection of decoding steps (``deployment.int8``; ``decoder_conf.int8``)."""
+        if self._vocabulary_int8 is None:
+            quantize_linears_(self.decoders.blocks)
+            self._vocabulary_int8 = quantized_projection(self.vocabulary)
 
     def _split_cross(self, memory: torch.Tensor) -> List[Tuple[torch.Tensor, torch.Tensor]]:
         heads = self.decoders.blocks[0].cross_attn.n_head
@@ -312,8 +308,6 @@ class LocalWhisperDecoder(AbsDecoder, BatchScorerInterface):
         """The prefix that decoding primes with (start, [language, task,] no
         timestamps; the exp's ``whisper_language`` / ``whisper_task``) and the
         end token."""
-        from espnet_lowrank.whisper.tokenizer import get_whisper_tokenizer
-
         tokenizer = get_whisper_tokenizer(self.decoders.token_embedding.num_embeddings, self.language, self.task)
         return list(tokenizer.sot_sequence_including_notimestamps), tokenizer.eot
 

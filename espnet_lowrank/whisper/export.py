@@ -17,7 +17,7 @@ import yaml
 from espnet_lowrank.espnet.registry import register
 from espnet_lowrank.utils import atomic_output_dir
 from espnet_lowrank.whisper.checkpoints import load_whisper_checkpoint
-from espnet_lowrank.whisper.espnet_whisper import LOOP_REPEATS, LOOP_TOKENS
+from espnet_lowrank.whisper.loop_guard import LOOP_REPEATS, LOOP_TOKENS
 from espnet_lowrank.whisper.tokenizer import (
     get_whisper_tokenizer,
     whisper_decoding_filters,
