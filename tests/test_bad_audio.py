@@ -1,4 +1,4 @@
-"""Hostile audio and data files (issue 49, items 2, 6 and 8): memory follows
+"""Hostile audio and data files: memory follows
 the audio a model reads, not a file's header; errors are one line naming the
 file; FIFOs, directories and devices are never opened."""
 

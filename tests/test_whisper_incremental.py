@@ -1,4 +1,4 @@
-"""Incremental Whisper decoding (issue 52): the self-attention cache carried in
+"""Incremental Whisper decoding: the self-attention cache carried in
 the beam-search states gives the same tokens as recomputing the whole prefix
 (``LocalWhisperDecoder.batch_score_recompute``, the decoder before the cache),
 and a step runs and projects onto the vocabulary one position per hypothesis."""
