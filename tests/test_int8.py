@@ -256,3 +256,20 @@ def test_int8_smoothing_choice_keeps_the_lowest_and_leaves_the_rest_alone(factor
     assert all(torch.equal(v, model.decoder.state_dict()[k]) for k, v in decoder.items())
     diff = (_encode(model.eval(), speech) - _encode(factored.model.eval(), speech)).abs().max().item()
     assert diff < 1e-3
+
+
+def test_espnets_own_quantize_asr_model_misses_whispers_linears(dense_exp, lowrank_exp):
+    """What ``asr_inference --quantize_asr_model true`` does to these exp dirs:
+    ``quantize_dynamic`` matches ``nn.Linear`` exactly, so Whisper's Linear
+    subclass (every dense layer, encoder and decoder) stays float and only the
+    low-rank factors are quantized. ``deployment.int8`` quantizes them all."""
+    from espnet2.bin.asr_inference import Speech2Text
+
+    for exp, factors in ((dense_exp, 0), (lowrank_exp, None)):
+        s2t = Speech2Text(str(exp / "config.yaml"), str(exp / "model.pth"), quantize_asr_model=True)
+        encoder = s2t.asr_model.encoder
+        expected = 2 * sum(type(m).__name__ == "LowRankLinear" for m in encoder.modules()) if factors is None else 0
+        dense_left = sum(type(m).__module__ == "whisper.model" and isinstance(m, torch.nn.Linear)
+                         for m in encoder.modules())
+        assert quantized_linears(encoder) == expected and quantized_linears(s2t.asr_model.decoder) == 0
+        assert dense_left > 0  # Whisper's own linears: untouched
