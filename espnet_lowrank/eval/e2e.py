@@ -16,8 +16,7 @@ import numpy as np
 import torch
 import yaml
 
-from espnet_lowrank.audio import load_audio
-from espnet_lowrank.batches import PACK_GAP_SECONDS, pack
+from espnet_lowrank.batches import batch_windows, pack
 from espnet_lowrank.data import read_data_dir
 from espnet_lowrank.quantize import quantize_linears_
 from espnet_lowrank.scoring import ScoreRow, score_texts
@@ -49,13 +48,10 @@ def items_from(data_dir: str, first: int = 0, last: Optional[int] = None, long_f
     utts = read_data_dir(data_dir, require_text=True)[first:last]
     set_name = (name or os.path.basename(os.path.normpath(data_dir))) + (" (30 s)" if long_form else "")
     windows = pack(utts, LONG_FORM_SECONDS) if long_form else [[u] for u in utts]
-    gap = np.zeros(int(PACK_GAP_SECONDS * SAMPLE_RATE), dtype=np.float32)
-    items = []
-    for window in windows:
-        parts = [load_audio(u.wav_path) for u in window]
-        audio = np.concatenate([x for a in parts for x in (gap, a)][1:])
-        items.append(Item(window[0].utt_id, set_name, audio, " ".join(u.text for u in window)))
-    return items
+    # one window per batch: its row is the window's audio, gaps included, unpadded
+    rows = (speech[0].numpy() for speech, _ in batch_windows(windows, 1))
+    return [Item(window[0].utt_id, set_name, row, " ".join(u.text for u in window))
+            for window, row in zip(windows, rows)]
 
 
 class EncoderClock:
