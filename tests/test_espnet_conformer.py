@@ -7,10 +7,7 @@ compressed with ``python -m espnet_lowrank.bin.compress``, reloaded through
 and decoded with the stock ``python -m espnet2.bin.asr_inference``.
 """
 
-import os
-import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -18,8 +15,7 @@ import yaml
 
 from espnet_lowrank.audio import load_audio
 from espnet_lowrank.data import read_data_dir, write_data_dir
-
-VENV_BIN = Path(sys.executable).parent
+from cli import run_cli, tool_env  # tests/ is on sys.path
 
 pytestmark = pytest.mark.slow
 
@@ -40,17 +36,6 @@ TINY_CONFORMER = {
 }
 LOWRANK = {"theta_attention": 0.9, "theta_feed_forward": 0.95, "rank_multiple": 8,
            "attention": "auto", "batch_size": 2}
-
-
-def _env():
-    return dict(os.environ, PATH=f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-                ESPNET_LOWRANK_NO_TQDM="1")
-
-
-def _run(cmd, timeout=300):
-    proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=timeout)
-    assert proc.returncode == 0, f"{' '.join(map(str, cmd))}\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
-    return proc
 
 
 @pytest.fixture(scope="module")
@@ -121,11 +106,11 @@ def compressed_exp(trained_exp, an4):
     out = trained_exp.parent / "asr_tiny_conformer_lowrank"
     conf = trained_exp.parent / "lowrank.yaml"
     conf.write_text(yaml.safe_dump(LOWRANK))
-    _run([sys.executable, "-m", "espnet_lowrank.bin.compress",
-          "--asr_train_config", str(trained_exp / "config.yaml"),
-          "--asr_model_file", str(trained_exp / "model.pth"),
-          "--calib_data", str(root / "train"), "--lowrank_config", str(conf),
-          "--output_dir", str(out)])
+    run_cli([sys.executable, "-m", "espnet_lowrank.bin.compress",
+             "--asr_train_config", str(trained_exp / "config.yaml"),
+             "--asr_model_file", str(trained_exp / "model.pth"),
+             "--calib_data", str(root / "train"), "--lowrank_config", str(conf),
+             "--output_dir", str(out)], env=tool_env())
     return out
 
 
@@ -164,12 +149,12 @@ def test_reload_through_espnet_with_exact_keys(trained_exp, compressed_exp):
 def test_stock_asr_inference_decodes_every_utterance(compressed_exp, an4, tmp_path):
     root, _, test = an4
     out = tmp_path / "decode_test"
-    _run([sys.executable, "-m", "espnet2.bin.asr_inference", "--ngpu", "0", "--batch_size", "1",
-          "--data_path_and_name_and_type", f"{root / 'test' / 'wav.scp'},speech,sound",
-          "--asr_train_config", str(compressed_exp / "config.yaml"),
-          "--asr_model_file", str(compressed_exp / "model.pth"),
-          "--config", str(compressed_exp / "decode.yaml"),
-          "--output_dir", str(out)])
+    run_cli([sys.executable, "-m", "espnet2.bin.asr_inference", "--ngpu", "0", "--batch_size", "1",
+             "--data_path_and_name_and_type", f"{root / 'test' / 'wav.scp'},speech,sound",
+             "--asr_train_config", str(compressed_exp / "config.yaml"),
+             "--asr_model_file", str(compressed_exp / "model.pth"),
+             "--config", str(compressed_exp / "decode.yaml"),
+             "--output_dir", str(out)], env=tool_env())
     lines = (out / "1best_recog" / "text").read_text().splitlines()
     assert sorted(line.split(maxsplit=1)[0] for line in lines) == sorted(u.utt_id for u in test)
 

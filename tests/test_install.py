@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from cli import run_cli  # tests/ is on sys.path
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -21,12 +22,6 @@ SCRIPTS = [
 ]
 
 
-def _run(cmd, **kwargs) -> subprocess.CompletedProcess:
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, **kwargs)
-    assert proc.returncode == 0, f"{cmd}\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
-    return proc
-
-
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory) -> Path:
     """A wheel of a copy of the sources (pip builds in the source tree), installed into a folder."""
@@ -36,12 +31,12 @@ def installed(tmp_path_factory) -> Path:
                     ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("setup.py", "README.md", "LICENSE"):
         shutil.copy(REPO / name, src / name)
-    _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
-          "--no-index", "-q", str(src), "-w", str(tmp / "wheel")])
+    run_cli([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+             "--no-index", "-q", str(src), "-w", str(tmp / "wheel")])
     wheel, = (tmp / "wheel").glob("espnet_lowrank-*.whl")
     site = tmp / "site"
-    _run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "-q",
-          "--target", str(site), str(wheel)])
+    run_cli([sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "-q",
+             "--target", str(site), str(wheel)])
     return site
 
 
@@ -59,7 +54,7 @@ def test_default_configs_come_from_the_installed_package(installed, tmp_path):
         "print(default_config_path('conformer'))\n"
         "print(' '.join(shipped_configs()))\n"
     )
-    out = _run([sys.executable, "-c", code], cwd=tmp_path, env=_env(installed)).stdout.splitlines()
+    out = run_cli([sys.executable, "-c", code], cwd=tmp_path, env=_env(installed)).stdout.splitlines()
     package = installed / "espnet_lowrank"
     assert Path(out[0]) == package / "__init__.py"
     assert Path(out[1]) == package / "conf" / "lowrank" / "whisper.yaml"
@@ -83,9 +78,9 @@ def test_unknown_family_names_the_shipped_configs(installed, tmp_path):
 def test_console_scripts(installed, tmp_path):
     bin_dir = installed / "bin"
     assert sorted(p.name for p in bin_dir.iterdir() if p.name.startswith("espnet-lowrank-")) == SCRIPTS
-    out = _run([str(bin_dir / "espnet-lowrank-compress"), "--help"], cwd=tmp_path,
-               env=_env(installed)).stdout
+    out = run_cli([str(bin_dir / "espnet-lowrank-compress"), "--help"], cwd=tmp_path,
+                  env=_env(installed)).stdout
     assert "--lowrank_config" in out and "--asr_train_config" in out
-    out = _run([str(bin_dir / "espnet-lowrank-export-whisper"), "--help"], cwd=tmp_path,
-               env=_env(installed)).stdout
+    out = run_cli([str(bin_dir / "espnet-lowrank-export-whisper"), "--help"], cwd=tmp_path,
+                  env=_env(installed)).stdout
     assert "--model" in out and "--output_dir" in out

@@ -2,7 +2,6 @@
 of a compressed Whisper tiny.en, unpacked as ``Speech2Text.from_pretrained``
 does it, decodes real speech to the same text as the exp dir itself."""
 
-import subprocess
 import sys
 import zipfile
 from pathlib import Path
@@ -13,6 +12,7 @@ import yaml
 import espnet_lowrank
 from espnet_lowrank.audio import load_audio
 from espnet_lowrank.scoring import score_texts
+from cli import run_cli  # tests/ is on sys.path
 
 pytestmark = pytest.mark.slow
 
@@ -27,8 +27,7 @@ def _pack(exp: Path, outpath: Path) -> None:
            "--asr_model_file", f"{exp.name}/model.pth",
            "--option", f"{exp.name}/decode.yaml",
            "--outpath", str(outpath)]
-    proc = subprocess.run(cmd, cwd=exp.parent, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_cli(cmd, cwd=exp.parent, timeout=300, stderr_tail=3000)
 
 
 def _from_pretrained(archive: Path, unpack_dir: Path):

@@ -1,6 +1,3 @@
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 
@@ -13,6 +10,7 @@ from espnet_lowrank.scoring import (
     read_text_file,
     score_texts,
 )
+from cli import python_m  # tests/ is on sys.path
 
 
 def test_corpus_wer_not_mean_of_utterances():
@@ -91,11 +89,8 @@ def test_score_cli(tmp_path):
     ref.write_text("a THE CAT SAT\nb ON THE MAT TODAY\n")
     (hyp_dir / "text").write_text("a the cat sat\nb\n")
     out_md = tmp_path / "res.md"
-    res = subprocess.run(
-        [sys.executable, "-m", "espnet_lowrank.bin.score", "--ref", str(ref), "--hyp",
-         str(hyp_dir / "text"), "--normalize", "basic", "--out_md", str(out_md)],
-        capture_output=True, text=True, check=True,
-    )
+    res = python_m("espnet_lowrank.bin.score", "--ref", ref, "--hyp", hyp_dir / "text", "--normalize", "basic",
+                   "--out_md", out_md)
     assert "|decode_test|2|7|42.9|0.0|57.1|0.0|57.1|50.0|" in res.stdout
     assert out_md.read_text() == res.stdout
 

@@ -11,7 +11,6 @@ and training prompts for calibration, from ../shared/data.
 import hashlib
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import yaml
 
 from espnet_lowrank.data import read_data_dir, write_data_dir
 from espnet_lowrank.scoring import read_text_file, score_texts
+from cli import run_cli, tool_env  # tests/ is on sys.path
 from test_conformer_recipe import SHIPPED_EXP, SHIPPED_FILES  # tests/ is on sys.path
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "conformer" / "asr1"
@@ -29,16 +29,6 @@ BEST = RECIPE / "conf" / "lowrank" / "best.yaml"
 NUM_TEST = 12
 
 pytestmark = pytest.mark.slow
-
-
-def _run(cmd, timeout=600, ok=True):
-    env = dict(os.environ, ESPNET_LOWRANK_NO_TQDM="1",
-               PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
-    proc = subprocess.run([str(c) for c in cmd], cwd=RECIPE, env=env, capture_output=True,
-                          text=True, timeout=timeout)
-    if ok:
-        assert proc.returncode == 0, f"{' '.join(map(str, cmd))}\n{proc.stderr[-4000:]}"
-    return proc
 
 
 def _sha(path: Path) -> str:
@@ -60,10 +50,11 @@ def cathy(shared_data_dir, tmp_path_factory):
 
 def _decode(exp: Path, data: Path, out: Path, ok=True):
     """Stock ESPnet decoding (no plugin wrapper: the installed import hook registers it)."""
-    return _run([sys.executable, "-m", "espnet2.bin.asr_inference", "--ngpu", "0", "--batch_size", "1",
-                 "--data_path_and_name_and_type", f"{data / 'wav.scp'},speech,sound",
-                 "--asr_train_config", exp / "config.yaml", "--asr_model_file", exp / "model.pth",
-                 "--config", EXP / "decode.yaml", "--output_dir", out], ok=ok)
+    return run_cli([sys.executable, "-m", "espnet2.bin.asr_inference", "--ngpu", "0", "--batch_size", "1",
+                    "--data_path_and_name_and_type", f"{data / 'wav.scp'},speech,sound",
+                    "--asr_train_config", exp / "config.yaml", "--asr_model_file", exp / "model.pth",
+                    "--config", EXP / "decode.yaml", "--output_dir", out],
+                   cwd=RECIPE, env=tool_env(), timeout=600, check=ok)
 
 
 def _wer(data: Path, out: Path):
@@ -106,9 +97,10 @@ def compressed(cathy, tmp_path_factory):
     config.setdefault("calibration", {})["num_calib"] = 16
     (root / "best_small.yaml").write_text(yaml.safe_dump(config))
     before = _sha(RECIPE / EXP / "model.pth")
-    _run([sys.executable, "-m", "espnet_lowrank.bin.compress", "--asr_train_config", EXP / "config.yaml",
-          "--asr_model_file", EXP / "model.pth", "--lowrank_config", root / "best_small.yaml",
-          "--calib_data", calib, "--output_dir", root / "exp"])
+    run_cli([sys.executable, "-m", "espnet_lowrank.bin.compress", "--asr_train_config", EXP / "config.yaml",
+             "--asr_model_file", EXP / "model.pth", "--lowrank_config", root / "best_small.yaml",
+             "--calib_data", calib, "--output_dir", root / "exp"],
+            cwd=RECIPE, env=tool_env(), timeout=600)
     assert _sha(RECIPE / EXP / "model.pth") == before  # the source is only read
     return root / "exp"
 
@@ -172,9 +164,10 @@ def test_int8_and_reduced_attention_decode(deployment, cathy, dense_wer, tmp_pat
     config["recovery"] = {"steps": 0}
     config["deployment"] = dict(config.get("deployment", {}), **deployment)
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
-    _run([sys.executable, "-m", "espnet_lowrank.bin.compress", "--asr_train_config", EXP / "config.yaml",
-          "--asr_model_file", EXP / "model.pth", "--lowrank_config", tmp_path / "c.yaml",
-          "--calib_data", calib, "--output_dir", tmp_path / "exp"])
+    run_cli([sys.executable, "-m", "espnet_lowrank.bin.compress", "--asr_train_config", EXP / "config.yaml",
+             "--asr_model_file", EXP / "model.pth", "--lowrank_config", tmp_path / "c.yaml",
+             "--calib_data", calib, "--output_dir", tmp_path / "exp"],
+            cwd=RECIPE, env=tool_env(), timeout=600)
     report = json.loads((tmp_path / "exp" / "report.json").read_text())
     if deployment.get("attention") == "reduced":
         assert set(report["attention"].values()) == {"reduced"}, report["attention"]
