@@ -27,15 +27,13 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "bench"))
+from espnet_lowrank.config import LowRankConfig
+from espnet_lowrank.data import read_data_dir, write_data_dir
+from espnet_lowrank.eval.pool import CALIB_EXTRA, CALIB_SET, calibration_pool, dense_exp_dir
+from espnet_lowrank.report import runtime_line
+from espnet_lowrank.utils import atomic_write_text
 
-from espnet_lowrank.config import LowRankConfig  # noqa: E402
-from espnet_lowrank.data import read_data_dir, write_data_dir  # noqa: E402
-from espnet_lowrank.report import runtime_line  # noqa: E402
-from espnet_lowrank.utils import atomic_write_text  # noqa: E402
-from pareto import CALIB_SET, calibration_pool, dense_exp_dir  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 
 def main(argv=None):
@@ -44,7 +42,7 @@ def main(argv=None):
     p.add_argument("--model", default="tiny.en", help="Whisper name or a dense exp dir")
     p.add_argument("--data", default=str(REPO.parent / "shared" / "data"))
     p.add_argument("--num_calib", type=int, default=32)
-    p.add_argument("--calib_extra", nargs="*", default=["arctic_cathy_a", "an4", "ljspeech"])
+    p.add_argument("--calib_extra", nargs="*", default=list(CALIB_EXTRA))
     p.add_argument("--num_eval", type=int, default=60,
                    help="LibriSpeech utterances pareto.py evaluates on, after --num_calib; "
                         "never calibration audio when --calib_extra names LibriSpeech")

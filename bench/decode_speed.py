@@ -20,24 +20,19 @@ import time
 from typing import Dict, List, Optional
 
 import torch
-import yaml
+
+from espnet_lowrank.audio import load_audio
+from espnet_lowrank.data import read_data_dir
+from espnet_lowrank.espnet.registry import register
+from espnet_lowrank.eval.decode import load_speech2text
 
 DEFAULT_DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared",
                             "data", "librispeech_train-clean-100")
 
 
 def build_speech2text(exp: str, beam: int):
-    from espnet2.bin.asr_inference import Speech2Text
-
-    from espnet_lowrank.espnet.registry import register
-
     register()
-    with open(os.path.join(exp, "decode.yaml"), encoding="utf-8") as f:
-        decode = yaml.safe_load(f)
-    decode.pop("batch_size", None)
-    decode.update(beam_size=beam, nbest=1)
-    return Speech2Text(asr_train_config=os.path.join(exp, "config.yaml"),
-                       asr_model_file=os.path.join(exp, "model.pth"), device="cpu", **decode)
+    return load_speech2text(exp, batch_size=1, beam_size=beam, nbest=1)
 
 
 def decode_once(s2t, audio, recompute: bool):
@@ -71,9 +66,6 @@ def get_parser() -> argparse.ArgumentParser:
 
 
 def main(cmd: Optional[List[str]] = None) -> None:
-    from espnet_lowrank.data import read_data_dir
-    from espnet_lowrank.audio import load_audio
-
     args = get_parser().parse_args(cmd)
     torch.set_num_threads(args.threads)
     utts = read_data_dir(args.data)[: args.num_utts]

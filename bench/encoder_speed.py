@@ -33,17 +33,15 @@ from typing import List, Optional
 
 import torch
 
+from espnet_lowrank.artifact import load_asr_model
+from espnet_lowrank.config import LowRankConfig
+from espnet_lowrank.data import read_data_dir, select
+from espnet_lowrank.families import family_for
+from espnet_lowrank.measure import cpu_model, encoder_flops, encoder_linear_params
+from espnet_lowrank.nn_utils import set_submodule
+from espnet_lowrank.pipeline import compress
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
-
-from espnet_lowrank.nn_utils import set_submodule  # noqa: E402
-from espnet_lowrank.artifact import load_asr_model  # noqa: E402
-from espnet_lowrank.pipeline import compress  # noqa: E402
-from espnet_lowrank.config import LowRankConfig  # noqa: E402
-from espnet_lowrank.data import read_data_dir, select  # noqa: E402
-from espnet_lowrank.families import family_for  # noqa: E402
-from espnet_lowrank.measure import cpu_model, encoder_flops, encoder_linear_params  # noqa: E402
-
 WHISPER_NAMES = ("tiny.en", "tiny", "base.en", "base", "small.en", "small")
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 DEFAULT_CALIB = os.path.join(os.path.dirname(REPO), "shared", "data", "librispeech_train-clean-100")

@@ -13,40 +13,12 @@ own run (``<run>/hyps/<against>``); Whisper's English normalizer.
 
 import argparse
 import os
-import sys
 from collections import Counter
-from typing import Dict, NamedTuple
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from score_hyps import REPO, read_row  # noqa: E402
+from espnet_lowrank.eval.hyps import row_errors
+from espnet_lowrank.scoring import read_text_file
 
-from espnet_lowrank.scoring import read_text_file, utterance_errors  # noqa: E402
-
-
-class PairedRow(NamedTuple):
-    """One row and its run's ``--against`` row on one set, per utterance id."""
-
-    refs: Dict[str, str]
-    hyps: Dict[str, str]
-    base_hyps: Dict[str, str]
-    errors: Dict[str, int]
-    base_errors: Dict[str, int]
-    words: Dict[str, int]
-
-
-def row_errors(folder, against, name, data) -> PairedRow:
-    """The row in ``folder`` (``<run>/hyps/<row>``) paired with ``<run>/hyps/<against>`` on set ``name``."""
-    run, row = os.path.dirname(os.path.dirname(os.path.abspath(folder))), os.path.basename(os.path.normpath(folder))
-    rows = {r: read_row(run, r, data) for r in (row, against)}
-    for r, sets in rows.items():
-        if name not in sets:
-            raise SystemExit(f"{run}/hyps/{r}: no hypotheses for {name}")
-    (refs, hyps, _), (_, base, _) = rows[row][name], rows[against][name]
-    if set(hyps) != set(base):
-        raise SystemExit(f"{folder} and {against} hold different utterances of {name}")
-    ours, theirs = utterance_errors(refs, hyps), utterance_errors(refs, base)
-    return PairedRow(refs, hyps, base, {k: e for k, (e, _) in ours.items()}, {k: e for k, (e, _) in theirs.items()},
-                     {k: w for k, (_, w) in theirs.items()})
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def main(argv=None):

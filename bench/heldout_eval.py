@@ -23,28 +23,24 @@ hypotheses under ``hyps/``.
 """
 
 import argparse
-import copy
+import contextlib
 import os
-import sys
 import time
 from pathlib import Path
 
 import torch
-import yaml
+
+from espnet_lowrank.config import LowRankConfig
+from espnet_lowrank.data import read_data_dir
+from espnet_lowrank.eval.decode import decode_sets, int8_copy, load_speech2text, loop_guard_off, with_model
+from espnet_lowrank.eval.plots import heldout_plot
+from espnet_lowrank.eval.pool import CALIB_EXTRA, CALIB_SET, calibration_pool, dense_exp_dir, heldout_sets
+from espnet_lowrank.eval.tables import heldout_markdown, save_tables
+from espnet_lowrank.measure import encoder_linear_params
+from espnet_lowrank.pipeline import compress
+from espnet_lowrank.scoring import paired_bootstrap
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "bench"))
-
-from pareto import CALIB_SET, calibration_pool, dense_exp_dir, save_tables  # noqa: E402
-
-from espnet_lowrank.audio import load_audio  # noqa: E402
-from espnet_lowrank.config import LowRankConfig  # noqa: E402
-from espnet_lowrank.data import read_data_dir  # noqa: E402
-from espnet_lowrank.measure import encoder_linear_params  # noqa: E402
-from espnet_lowrank.pipeline import compress  # noqa: E402
-from espnet_lowrank.quantize import quantize_linears_  # noqa: E402
-from espnet_lowrank.scoring import paired_bootstrap, score_texts, utterance_errors  # noqa: E402
 
 
 def get_parser():
@@ -59,7 +55,7 @@ def get_parser():
     p.add_argument("--sets", nargs="+", default=[CALIB_SET, "vctk", "arctic_cathy_a:100", "pocketsphinx"])
     p.add_argument("--data", default=str(REPO.parent / "shared" / "data"))
     p.add_argument("--num_calib", type=int, default=32)
-    p.add_argument("--calib_extra", nargs="*", default=["arctic_cathy_a", "an4", "ljspeech"])
+    p.add_argument("--calib_extra", nargs="*", default=list(CALIB_EXTRA))
     p.add_argument("--pool_size", type=int, default=128, help="calibration utterances the exp dirs used")
     p.add_argument("--samples", type=int, default=2000, help="bootstrap resamples")
     p.add_argument("--threads", type=int, default=2)
@@ -68,80 +64,9 @@ def get_parser():
     return p
 
 
-def heldout_sets(data, sets, librispeech, pool):
-    """name -> held-out utterances: not in ``pool`` by id or by transcript."""
-    ids, texts = {u.utt_id for u in pool}, {u.text for u in pool}
-    out = {}
-    for spec in sets:
-        name, _, n = spec.partition(":")
-        if n and not n.isdigit():
-            raise SystemExit(f"--sets {spec}: expected SET or SET:N with N a whole number")
-        utts = librispeech if name == CALIB_SET else read_data_dir(os.path.join(data, name), require_text=True)
-        kept = [u for u in utts if u.utt_id not in ids and u.text not in texts]
-        out[name] = kept[: int(n)] if n else kept
-        if not out[name]:
-            raise SystemExit(f"{name}: no held-out utterances left after the calibration pool")
-    return out
-
-
-def decode(s2t, eval_sets, hyp_dir):
-    """Per set: the ScoreRow and id -> (errors, words); hypotheses into hyp_dir."""
-    out = {}
-    os.makedirs(hyp_dir, exist_ok=True)
-    for name, utts in eval_sets.items():
-        refs = {u.utt_id: u.text for u in utts}
-        with torch.no_grad():
-            hyps = {u.utt_id: s2t(load_audio(u.wav_path))[0][0] for u in utts}
-        Path(hyp_dir, f"{name}.txt").write_text("".join(f"{k} {v}\n" for k, v in sorted(hyps.items())))
-        out[name] = (score_texts(refs, hyps, dataset=name, normalize="whisper"), utterance_errors(refs, hyps))
-    return out
-
-
-def markdown(rows, sets, meta):
-    head = "| row | params % | " + " | ".join(f"{s}: WER (S / D / I) | Δ dense [95%]" for s in sets) + " |"
-    lines = [head, "|" + "---|" * (2 + 2 * len(sets))]
-    for r in rows:
-        cells = [r["name"], f"{r['params_pct']:.1f}"]
-        for s in sets:
-            w = r["sets"][s]
-            cells.append(f"{w['err']:.2f} ({w['sub']:.1f} / {w['del']:.1f} / {w['ins']:.1f})")
-            d = w["delta"]
-            cells.append("—" if d is None else f"{d[0]:+.2f} [{d[1]:+.2f}, {d[2]:+.2f}]")
-        lines.append("| " + " | ".join(cells) + " |")
-    return meta + "\n\n" + "\n".join(lines) + "\n"
-
-
-def plot(rows, sets, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    shown = [r for r in rows if r["sets"][sets[0]]["delta"] is not None]
-    fig, ax = plt.subplots(figsize=(8, 0.6 * len(shown) * len(sets) + 1.5))
-    y = 0
-    labels = []
-    for r in shown:
-        for s in sets:
-            d, lo, hi = r["sets"][s]["delta"]
-            ax.errorbar(d, y, xerr=[[d - lo], [hi - d]], fmt="o", capsize=3)
-            labels.append(f"{r['name']} / {s}")
-            y += 1
-    ax.axvline(0, color="k", lw=0.8)
-    ax.axvline(1.0, color="r", lw=0.8, ls="--", label="+1.0 target")
-    ax.set_yticks(range(y), labels, fontsize=7)
-    ax.set_xlabel("WER − dense WER (absolute points), 95% paired bootstrap")
-    ax.legend(loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120, format="png")
-    plt.close(fig)
-
-
 def main(argv=None):
     args = get_parser().parse_args(argv)
     torch.set_num_threads(args.threads)
-    from espnet2.bin.asr_inference import Speech2Text
-
     names = [Path(e).name for e in args.exps]
     for e in args.exps:
         if not (Path(e) / "model.pth").is_file() or not (Path(e) / "config.yaml").is_file():
@@ -164,49 +89,35 @@ def main(argv=None):
     pool = pool[: args.pool_size]
     eval_sets = heldout_sets(args.data, args.sets, librispeech, pool)
 
-    def load(exp):
-        decode_kw = yaml.safe_load((Path(exp) / "decode.yaml").read_text())
-        return Speech2Text(str(Path(exp) / "config.yaml"), str(Path(exp) / "model.pth"), device="cpu", **decode_kw)
-
-    dense_s2t = load(dense_exp_dir(args.model, args.work_dir))
+    dense_s2t = load_speech2text(dense_exp_dir(args.model, args.work_dir))
     dense = dense_s2t.asr_model.eval()
     dense_params = encoder_linear_params(dense)
     candidates = [("dense", dense_s2t)]
     for (ta, tf), lite_name in zip(thetas, lite_names):
         cfg = LowRankConfig(theta_attention=ta, theta_feed_forward=tf)
-        s2t = copy.copy(dense_s2t)  # same tokenizer and decoder, compressed asr_model
-        s2t.asr_model = compress(dense, librispeech[: args.num_calib], cfg).model.eval()
-        candidates.append((lite_name, s2t))
-    candidates += [(n, load(e)) for n, e in zip(names, args.exps)]
+        compressed = compress(dense, librispeech[: args.num_calib], cfg).model.eval()
+        candidates.append((lite_name, with_model(dense_s2t, compressed)))  # same tokenizer and decoder
+    candidates += [(n, load_speech2text(e)) for n, e in zip(names, args.exps)]
 
     rows, base_errors = [], None
     for name, s2t in candidates:
         variants = [(name, s2t)]
         if name in args.int8:
-            q = copy.copy(s2t)
-            q.asr_model = copy.deepcopy(s2t.asr_model)
-            quantize_linears_(q.asr_model.encoder)
-            variants.append((f"{name} + int8", q))
+            variants.append((f"{name} + int8", with_model(s2t, int8_copy(s2t.asr_model))))
         variants += [(f"{n}, no loop guard", v) for n, v in variants if n in args.no_loop_guard]
         for row_name, v in variants:
             v.asr_model.eval()
-            guard = v.beam_search.full_scorers.get("decoder")  # the decoder module that beam search calls
-            kept = getattr(guard, "loop_repeats", None)
-            if row_name.endswith(", no loop guard"):
-                if kept is None:
-                    raise SystemExit(f"--no_loop_guard: {type(guard).__name__} has no loop guard (Whisper only)")
-                guard.loop_repeats = 0
-            try:
-                results = decode(v, eval_sets, os.path.join(args.out_dir, "hyps", row_name.replace(" ", "_")))
-            finally:
-                if kept is not None:
-                    guard.loop_repeats = kept
+            hyp_dir = os.path.join(args.out_dir, "hyps", row_name.replace(" ", "_"))
+            unguarded = row_name.endswith(", no loop guard")
+            with loop_guard_off(v) if unguarded else contextlib.nullcontext():
+                results = decode_sets(v, eval_sets, hyp_dir)
             if base_errors is None:
-                base_errors = {s: errs for s, (_, errs) in results.items()}
+                base_errors = {s: d.errors for s, d in results.items()}
             row = {"name": row_name, "params_pct": 100.0 * encoder_linear_params(s2t.asr_model) / dense_params,
                    "sets": {}}
-            for s, (score, errs) in results.items():
-                delta = None if row_name == "dense" else paired_bootstrap(base_errors[s], errs, args.samples)
+            for s, decoded in results.items():
+                score, errors = decoded.score, decoded.errors
+                delta = None if row_name == "dense" else paired_bootstrap(base_errors[s], errors, args.samples)
                 row["sets"][s] = {"err": score.err, "sub": score.sub, "del": score.dele, "ins": score.ins,
                                   "utts": score.snt, "words": score.wrd, "delta": delta}
             rows.append(row)
@@ -221,7 +132,7 @@ def main(argv=None):
             + f"; greedy decode (decode.yaml), Whisper normalizer; Δ dense: absolute WER points, 95% interval from "
             f"{args.samples} paired bootstrap resamples of utterances; {args.threads} threads; "
             f"run took {time.time() - started:.0f} s.")
-    save_tables(args.out_dir, "heldout", rows, sets, meta, markdown, plot)
+    save_tables(args.out_dir, "heldout", rows, sets, meta, heldout_markdown, heldout_plot)
 
 
 if __name__ == "__main__":

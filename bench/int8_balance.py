@@ -29,78 +29,28 @@ the linears left dense.
 import argparse
 import copy
 import os
-import sys
 from pathlib import Path
 
 import torch
 
+from espnet_lowrank.api import load_compressed
+from espnet_lowrank.apply import factorize_layers_
+from espnet_lowrank.balance import ALPHA, balance_factors_, statistics_rms
+from espnet_lowrank.config import LowRankConfig
+from espnet_lowrank.data import read_data_dir
+from espnet_lowrank.eval.int8 import encode, int8_error, measured_rms, relative_error
+from espnet_lowrank.eval.pool import CALIB_SET, dense_exp_dir, pool_and_unseen
+from espnet_lowrank.factorize import spectrum
+from espnet_lowrank.modules.lowrank_linear import LowRankConv1d, LowRankLinear
+from espnet_lowrank.nn_utils import set_submodule
+from espnet_lowrank.pipeline import calibrate_model, compress
+from espnet_lowrank.quantize import quantize_linears_
+from espnet_lowrank.recovery import recover_
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "bench"))
-
-from espnet_lowrank.api import load_compressed  # noqa: E402
-from espnet_lowrank.apply import factorize_layers_  # noqa: E402
-from espnet_lowrank.balance import ALPHA, balance_factors_, statistics_rms  # noqa: E402
-from espnet_lowrank.batches import batch_windows, pack  # noqa: E402
-from espnet_lowrank.config import LowRankConfig  # noqa: E402
-from espnet_lowrank.data import read_data_dir  # noqa: E402
-from espnet_lowrank.factorize import spectrum  # noqa: E402
-from espnet_lowrank.nn_utils import set_submodule  # noqa: E402
-from espnet_lowrank.pipeline import calibrate_model, compress  # noqa: E402
-from espnet_lowrank.quantize import quantize_linears_  # noqa: E402
-from espnet_lowrank.recovery import recover_  # noqa: E402
-
-
-def encode(model, utts):
-    with torch.no_grad():
-        return torch.cat([model.encode(s, n)[0] for s, n in batch_windows(pack(utts, None), 4)])
-
-
-def relative_error(model, utts, reference):
-    """‖encoder output − reference‖ / ‖reference‖ over ``utts``."""
-    return ((encode(model, utts) - reference).norm() / reference.norm()).item()
-
-
-def int8_error(model, utts, reference):
-    q = copy.deepcopy(model)
-    quantize_linears_(q.encoder)
-    return relative_error(q, utts, reference)
-
-
-def measured_rms(model, ranks, utts):
-    """Each bottleneck channel's RMS from a forward pass over ``utts``."""
-    sums, hooks = {}, []
-    for name in ranks:
-        layer = model.encoder.get_submodule(name)
-
-        def hook(mod, inp, out, name=name):
-            z = out.detach().flatten(0, -2).double()
-            s, n = sums.get(name, (0.0, 0))
-            sums[name] = (s + (z * z).sum(0), n + z.shape[0])
-        hooks.append(layer.down.register_forward_hook(hook))
-    encode(model, utts)
-    for h in hooks:
-        h.remove()
-    return {n: (s / c).sqrt() for n, (s, c) in sums.items()}
-
-
-def pool_and_unseen(data, pool_size):
-    """(bench/pareto.py's calibration pool of ``pool_size`` utterances, the
-    utterances in neither it nor any evaluation set: ``arctic_misc`` and the
-    LJSpeech ones the pool leaves out)."""
-    from pareto import CALIB_SET, calibration_pool
-
-    librispeech = read_data_dir(os.path.join(data, CALIB_SET))
-    pool = calibration_pool(librispeech, data, 32, ["arctic_cathy_a", "an4", "ljspeech"], pool_size)[:pool_size]
-    pooled = {u.utt_id for u in pool}
-    unseen = [u for s in ("arctic_misc", "ljspeech") for u in read_data_dir(os.path.join(data, s))
-              if u.utt_id not in pooled]
-    return pool, unseen
 
 
 def exp_dir_sweep(args):
-    from espnet_lowrank.modules.lowrank_linear import LowRankConv1d, LowRankLinear
-
     exp = Path(args.exp_dir)
     for d in filter(None, (args.exp_dir, args.dense_exp)):
         if not (Path(d) / "model.pth").is_file() or not (Path(d) / "config.yaml").is_file():
@@ -147,8 +97,6 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     if args.exp_dir:
         return exp_dir_sweep(args)
-    from pareto import CALIB_SET, dense_exp_dir
-
     dense, _ = load_compressed(str(dense_exp_dir(args.model, args.work_dir)))
     librispeech = read_data_dir(os.path.join(args.data, CALIB_SET))
     calib = librispeech[:32]

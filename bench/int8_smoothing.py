@@ -34,25 +34,23 @@ heldout_eval.py's int8 row, decoded the same way).
 import argparse
 import copy
 import os
-import sys
 from pathlib import Path
 
 import torch
 
+from espnet_lowrank import smoothing
+from espnet_lowrank.api import load_compressed
+from espnet_lowrank.batches import pack
+from espnet_lowrank.data import read_data_dir
+from espnet_lowrank.eval.decode import decode_sets, load_speech2text
+from espnet_lowrank.eval.int8 import encode, int8_error, relative_error
+from espnet_lowrank.eval.pool import CALIB_SET, heldout_sets, pool_and_unseen
+from espnet_lowrank.eval.tables import sdi
+from espnet_lowrank.families.whisper import FAMILY
+from espnet_lowrank.nn_utils import set_submodule
+from espnet_lowrank.quantize import quantize_linears_
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "bench"))
-
-from heldout_eval import decode, heldout_sets  # noqa: E402
-from int8_balance import encode, int8_error, pool_and_unseen, relative_error  # noqa: E402
-from pareto import CALIB_SET  # noqa: E402
-
-from espnet_lowrank import smoothing  # noqa: E402
-from espnet_lowrank.batches import pack  # noqa: E402
-from espnet_lowrank.data import read_data_dir  # noqa: E402
-from espnet_lowrank.families.whisper import FAMILY  # noqa: E402
-from espnet_lowrank.nn_utils import set_submodule  # noqa: E402
-from espnet_lowrank.quantize import quantize_linears_  # noqa: E402
 
 LABELS = {"attn_ln": "q/k/v", "mlp_ln": "fc1", "attn.value": "out", "mlp.1": "fc2"}  # by producer
 FC2 = 3  # smoothing.SITES["whisper"] index of GELU -> fc2
@@ -130,15 +128,9 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     pool, unseen = pool_and_unseen(args.data, args.pool_size)
     if args.error:
-        from espnet_lowrank.api import load_compressed
-
         model, _ = load_compressed(str(exp))
         return error_table(model.eval(), pool, unseen, args.betas, args.both)
-    import yaml
-    from espnet2.bin.asr_inference import Speech2Text
-
-    s2t = Speech2Text(str(exp / "config.yaml"), str(exp / "model.pth"), device="cpu",
-                      **yaml.safe_load((exp / "decode.yaml").read_text()))
+    s2t = load_speech2text(exp)
     if args.ln_beta is not None or args.fc2_beta is not None:
         ranges = input_ranges(s2t.asr_model, pool[:16])
         s2t.asr_model = smoothed(s2t.asr_model.eval(), ranges, args.ln_beta, args.fc2_beta)
@@ -149,9 +141,10 @@ def main(argv=None):
     row = f"{exp.name}_+_int8{suffix}"
     librispeech = read_data_dir(os.path.join(args.data, CALIB_SET), require_text=True)
     sets = heldout_sets(args.data, args.sets, librispeech, pool)
-    results = decode(s2t, sets, os.path.join(args.out_dir, "hyps", row))
-    for name, (score, _) in results.items():
-        print(f"{row} {name}: {score.err:.2f} ({score.sub:.1f} / {score.dele:.1f} / {score.ins:.1f})", flush=True)
+    results = decode_sets(s2t, sets, os.path.join(args.out_dir, "hyps", row))
+    for name, decoded in results.items():
+        s = decoded.score
+        print(f"{row} {name}: {sdi(s.err, s.sub, s.dele, s.ins)}", flush=True)
 
 
 if __name__ == "__main__":

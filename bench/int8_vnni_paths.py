@@ -27,20 +27,17 @@ import time
 from pathlib import Path
 
 import torch
-import yaml
+
+import espnet_lowrank.quantize as quantize
+from espnet_lowrank.audio import load_audio
+from espnet_lowrank.config import LowRankConfig
+from espnet_lowrank.data import read_data_dir
+from espnet_lowrank.eval.decode import load_speech2text, transcribe, with_model
+from espnet_lowrank.eval.pool import CALIB_SET, dense_exp_dir
+from espnet_lowrank.pipeline import calibrate_model, compress
+from espnet_lowrank.scoring import score_texts
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "bench"))
-
-from pareto import CALIB_SET, dense_exp_dir  # noqa: E402
-
-import espnet_lowrank.quantize as quantize  # noqa: E402
-from espnet_lowrank.audio import load_audio  # noqa: E402
-from espnet_lowrank.config import LowRankConfig  # noqa: E402
-from espnet_lowrank.data import read_data_dir  # noqa: E402
-from espnet_lowrank.pipeline import calibrate_model, compress  # noqa: E402
-from espnet_lowrank.scoring import score_texts  # noqa: E402
 
 FACTORED = dict(theta_attention=0.98, theta_feed_forward=0.995)
 PATHS = {"8-bit (VNNI)": True, "7-bit reduce_range (no VNNI)": False}
@@ -82,15 +79,12 @@ def main(argv=None):
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     started = time.time()
-    from espnet2.bin.asr_inference import Speech2Text
-
     print(f"# python bench/int8_vnni_paths.py {' '.join(argv if argv is not None else sys.argv[1:])}")
     cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
     print(f"# {cpu}; VNNI: {quantize._has_vnni()} (the path this CPU runs: FULL_RANGE={quantize.FULL_RANGE}); "
           f"torch {torch.__version__}, {args.threads} threads, {platform.machine()}")
     exp = dense_exp_dir("tiny.en", args.work_dir)
-    decode_kw = yaml.safe_load((exp / "decode.yaml").read_text())
-    dense_s2t = Speech2Text(str(exp / "config.yaml"), str(exp / "model.pth"), device="cpu", **decode_kw)
+    dense_s2t = load_speech2text(exp)
     dense = dense_s2t.asr_model.eval()
     librispeech = read_data_dir(os.path.join(args.data, CALIB_SET), require_text=True)
     # tests/test_int8.py: statistics on the first 4, error on the next 2
@@ -120,12 +114,10 @@ def main(argv=None):
         print("|---|---|" + "---|" * len(sets))
         for name, model in list(models.items())[: 1 if args.wer_dense_only else None]:
             for path, q in [("float", model)] + [(p, variants[(name, p)]) for p in PATHS]:
-                s2t = copy.copy(dense_s2t)
-                s2t.asr_model = q
+                s2t = with_model(dense_s2t, q)
                 cells = []
                 for utts in sets.values():
-                    with torch.no_grad():
-                        hyps = {u.utt_id: s2t(load_audio(u.wav_path))[0][0] for u in utts}
+                    hyps = transcribe(s2t, utts)
                     refs = {u.utt_id: u.text for u in utts}
                     cells.append(f"{score_texts(refs, hyps, normalize='whisper').err:.2f}")
                 print(f"| {name} | {path} | " + " | ".join(cells) + " |", flush=True)

@@ -33,36 +33,26 @@ float, or packed int8). Writes ``pareto.md``, ``pareto.json`` and
 
 import argparse
 import copy
-import itertools
 import json
 import logging
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
-import yaml
+
+from espnet_lowrank.config import LowRankConfig
+from espnet_lowrank.data import read_data_dir
+from espnet_lowrank.eval.decode import decode_sets, load_speech2text
+from espnet_lowrank.eval.plots import pareto_plot
+from espnet_lowrank.eval.pool import CALIB_SET, calibration_pool, dense_exp_dir
+from espnet_lowrank.eval.tables import pareto_markdown, save_tables
+from espnet_lowrank.measure import encoder_flops, encoder_linear_params, encoder_mb, paired_latency
+from espnet_lowrank.pipeline import calibrate_model, compress
+from espnet_lowrank.quantize import quantize_linears_
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from espnet_lowrank.audio import load_audio  # noqa: E402
-from espnet_lowrank.config import LowRankConfig  # noqa: E402
-from espnet_lowrank.data import read_data_dir  # noqa: E402
-from espnet_lowrank.measure import (  # noqa: E402
-    encoder_flops,
-    encoder_linear_params,
-    encoder_mb,
-    paired_latency,
-)
-from espnet_lowrank.pipeline import calibrate_model, compress  # noqa: E402
-from espnet_lowrank.quantize import quantize_linears_  # noqa: E402
-from espnet_lowrank.scoring import score_texts  # noqa: E402
-from espnet_lowrank.utils import atomic_write, atomic_write_text  # noqa: E402
-
-CALIB_SET = "librispeech_train-clean-100"
 WINDOW = 30.0
 
 
@@ -96,112 +86,13 @@ def get_parser():
     return p
 
 
-def calibration_pool(librispeech: list, data: str, num_calib: int, calib_extra, n_max: int,
-                     num_eval: int = 0):
-    """The first ``num_calib`` of ``librispeech`` (read once by the caller), then
-    (with ``calib_extra``) the utterances of those sets in turn; at least ``n_max``.
-    LibriSpeech itself may be an extra set: its utterances after the ``num_eval``
-    evaluation ones that follow the first ``num_calib``."""
-    pool = librispeech
-    if calib_extra:
-        extra = [librispeech[num_calib + num_eval:] if s == CALIB_SET else read_data_dir(os.path.join(data, s))
-                 for s in calib_extra]
-        pool = pool[:num_calib] + [u for row in itertools.zip_longest(*extra) for u in row if u is not None]
-        if n_max > len(pool):
-            raise SystemExit(f"a config asks for {n_max} calibration utterances; "
-                             f"--num_calib {num_calib} + --calib_extra give {len(pool)}")
-    return pool
-
-
-def dense_exp_dir(model: str, work_dir: str) -> Path:
-    if os.path.isdir(model):
-        return Path(model)
-    from espnet_lowrank.whisper.export import export_whisper
-
-    out = Path(work_dir) / f"whisper_{model}"
-    if not (out / "model.pth").is_file():
-        export_whisper(model, str(out))
-    return out
-
-
 def decode_wer(s2t, eval_sets, hyp_dir=None):
-    """Corpus WER per set; with ``hyp_dir``, also writes each set's hypotheses
-    (Kaldi ``text`` format) and returns sub/del/ins so hallucinations show."""
-    rows, detail = {}, {}
-    for name, utts in eval_sets.items():
-        refs = {u.utt_id: u.text for u in utts}
-        hyps = {}
-        with torch.no_grad():
-            for u in utts:
-                hyps[u.utt_id] = s2t(load_audio(u.wav_path))[0][0]
-        score = score_texts(refs, hyps, dataset=name, normalize="whisper")
-        rows[name] = score.err
-        detail[name] = {"sub": score.sub, "del": score.dele, "ins": score.ins, "s_err": score.s_err}
-        if hyp_dir is not None:
-            os.makedirs(hyp_dir, exist_ok=True)
-            Path(hyp_dir, f"{name}.txt").write_text("".join(f"{k} {v}\n" for k, v in sorted(hyps.items())))
-    return rows, detail
-
-
-def plot(rows, sets, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    xs = [("params_M", "encoder linear params (M)"), ("gflops", "encoder GFLOPs / 30 s"),
-          ("latency_ms", "CPU encoder latency (ms)")]
-    fig, axes = plt.subplots(len(sets), 3, figsize=(15, 4 * len(sets)), squeeze=False)
-    styles = {"dense": ("k", "*"), "liteasr": ("tab:blue", "o"), "budget": ("tab:orange", "s"),
-              "sequential": ("tab:green", "^"),
-              # rows of the removed least-squares refit, for --replot of older results
-              "sequential+refit_all": ("tab:red", "v"),
-              "sequential+refit_no_qk": ("tab:purple", "D"), "config": ("tab:brown", "P")}
-    for i, s in enumerate(sets):
-        for j, (key, label) in enumerate(xs):
-            ax = axes[i][j]
-            for kind, (color, marker) in styles.items():
-                for int8 in (False, True):
-                    pts = sorted((r[key], r["wer"][s]) for r in rows if r["kind"] == kind and r["int8"] == int8)
-                    if not pts:
-                        continue
-                    # "config" rows are unrelated YAMLs: points, not a curve
-                    line = "none" if kind == "config" else ("--" if int8 else "-")
-                    ax.plot(*zip(*pts), color=color, marker=marker, linestyle=line,
-                            mfc="none" if int8 else color, label=f"{kind}{' +int8' if int8 else ''}")
-            for r in rows:
-                ax.annotate(r["name"].replace("liteasr_", "θ").replace("budget_", "b"),
-                            (r[key], r["wer"][s]), fontsize=6)
-            ax.set_xlabel(label)
-            ax.set_ylabel(f"WER % ({s})")
-            ax.grid(alpha=0.3)
-            if i == 0 and j == 0:
-                ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110, format="png")
-    plt.close(fig)
-
-
-def _wer_cell(r, s) -> str:
-    if "wer_detail" not in r:
-        return f"{r['wer'][s]:.1f}"
-    d = r["wer_detail"][s]
-    return f"{r['wer'][s]:.1f} ({d['sub']:.1f} / {d['del']:.1f} / {d['ins']:.1f})"
-
-
-def markdown(rows, sets, meta) -> str:
-    head = ["name", "int8"] + [f"WER {s} (S / D / I)" for s in sets] + [
-        "enc lin params", "params %", "GFLOPs", "latency ms", "lat_ratio", "enc MB", "compress s"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    dense = rows[0]
-    for r in rows:
-        cs = r.get("compress_s")
-        cells = [r["name"], "yes" if r["int8"] else ""] + [_wer_cell(r, s) for s in sets] + [
-            f"{r['params']:,}", f"{100 * r['params'] / dense['params']:.1f}", f"{r['gflops']:.2f}",
-            f"{r['latency_ms']:.0f}", f"{r['lat_ratio']:.2f}", f"{r['enc_mb']:.1f}",
-            "" if cs is None else f"{cs:.0f}"]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n\n" + meta + "\n"
+    """Corpus WER per set, and each set's sub/del/ins (so hallucinations show);
+    with ``hyp_dir``, each set's hypotheses are written there too."""
+    decoded = decode_sets(s2t, eval_sets, hyp_dir)
+    return ({name: d.score.err for name, d in decoded.items()},
+            {name: {"sub": d.score.sub, "del": d.score.dele, "ins": d.score.ins, "s_err": d.score.s_err}
+             for name, d in decoded.items()})
 
 
 def main(argv=None):
@@ -210,17 +101,14 @@ def main(argv=None):
     if args.replot:
         saved = json.loads(Path(args.out_dir, "pareto.json").read_text())
         save_tables(args.out_dir, "pareto", saved["rows"], list(saved["rows"][0]["wer"]), saved["meta"],
-                    markdown, plot)
+                    pareto_markdown, pareto_plot)
         return
     if args.threads:
         torch.set_num_threads(args.threads)
-    from espnet2.bin.asr_inference import Speech2Text
-
     os.makedirs(args.out_dir, exist_ok=True)
     work = args.work_dir or tempfile.mkdtemp(prefix="pareto_")
     exp = dense_exp_dir(args.model, work)
-    decode = yaml.safe_load((exp / "decode.yaml").read_text())
-    s2t = Speech2Text(str(exp / "config.yaml"), str(exp / "model.pth"), device="cpu", **decode)
+    s2t = load_speech2text(exp)
     dense = s2t.asr_model.eval()
 
     librispeech = read_data_dir(os.path.join(args.data, CALIB_SET), require_text=True)
@@ -308,7 +196,7 @@ def main(argv=None):
         measure(name, kind, model, False, model, compress_s, report)
         if name in args.int8:
             q = copy.deepcopy(model)
-            t0 = time.perf_counter()
+            t0 = time.perf_counter()  # the copy is not part of the cost
             quantize_linears_(q.encoder)
             q_s = None if compress_s is None else compress_s + time.perf_counter() - t0
             measure(name, kind, q.eval(), True, model, q_s, report)
@@ -323,17 +211,7 @@ def main(argv=None):
         + f"; greedy decode (decode.yaml); latency: one {WINDOW:.0f} s window, median of "
         f"{args.repeats}, {torch.get_num_threads()} threads; run took {time.time() - started:.0f} s."
     )
-    save_tables(args.out_dir, "pareto", rows, list(eval_sets), meta, markdown, plot)
-
-
-def save_tables(out_dir, stem, rows, sets, meta, to_markdown, to_png):
-    """``stem``.md, .json and .png in ``out_dir`` (each written whole or not at
-    all); the markdown is also printed."""
-    md = to_markdown(rows, sets, meta)
-    atomic_write_text(os.path.join(out_dir, f"{stem}.md"), md)
-    atomic_write_text(os.path.join(out_dir, f"{stem}.json"), json.dumps({"rows": rows, "meta": meta}, indent=2))
-    atomic_write(os.path.join(out_dir, f"{stem}.png"), lambda tmp: to_png(rows, sets, tmp))
-    print(md)
+    save_tables(args.out_dir, "pareto", rows, list(eval_sets), meta, pareto_markdown, pareto_plot)
 
 
 if __name__ == "__main__":

@@ -20,46 +20,12 @@ decoding with the guard whenever the text re-tokenizes to the decoded tokens.
 
 import argparse
 import os
-import sys
+
+from espnet_lowrank.eval.hyps import loop_cutter, read_row
+from espnet_lowrank.eval.tables import delta, sdi
+from espnet_lowrank.scoring import paired_bootstrap, score_texts, utterance_errors
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
-
-from espnet_lowrank.scoring import paired_bootstrap, read_text_file, score_texts, utterance_errors  # noqa: E402
-
-
-def loop_cutter(model):
-    """text -> (the text the loop guard leaves, whether it cut)."""
-    from espnet_lowrank.whisper.loop_guard import LOOP_REPEATS, LOOP_TOKENS, ends_in_loop
-    from espnet_lowrank.whisper.tokenizer import get_whisper_tokenizer
-
-    tokenizer = get_whisper_tokenizer(51864 if model.endswith(".en") else 51865)
-
-    def cut(text):
-        ids = tokenizer.encode(" " + text.strip())
-        for end in range(1, len(ids) + 1):
-            if ends_in_loop(ids[:end], LOOP_REPEATS, LOOP_TOKENS):
-                return tokenizer.decode(ids[:end]).strip(), True
-        return text, False
-    return cut
-
-
-def read_row(run, row, data, cut=None):
-    """set -> (refs, hyps, how many cut) of one row's kept hypotheses; ``cut``
-    (see :func:`loop_cutter`) rewrites each hypothesis first."""
-    folder = os.path.join(run, "hyps", row)
-    if not os.path.isdir(folder):
-        raise SystemExit(f"{folder}: no such row (folders under {run}/hyps: "
-                         f"{sorted(os.listdir(os.path.join(run, 'hyps')))})")
-    out = {}
-    for name in sorted(f[:-4] for f in os.listdir(folder) if f.endswith(".txt")):
-        hyps, n_cut = read_text_file(os.path.join(folder, f"{name}.txt")), 0
-        if cut is not None:
-            cuts = {k: cut(v) for k, v in hyps.items()}
-            hyps, n_cut = {k: text for k, (text, _) in cuts.items()}, sum(was_cut for _, was_cut in cuts.values())
-        refs = {k: v for k, v in read_text_file(os.path.join(data, name, "text")).items() if k in hyps}
-        out[name] = (refs, hyps, n_cut)
-    return out
 
 
 def main(argv=None):
@@ -85,7 +51,7 @@ def main(argv=None):
         cells = []
         for name, (refs, hyps, n_cut) in read_row(args.run, row, args.data, cut).items():
             s = score_texts(refs, hyps, dataset=name, normalize="whisper")
-            cell = f"{name} {s.err:.2f} ({s.sub:.1f} / {s.dele:.1f} / {s.ins:.1f}), {s.snt} utts"
+            cell = f"{name} {sdi(s.err, s.sub, s.dele, s.ins)}, {s.snt} utts"
             if cut is not None:
                 cell += f", {n_cut} cut"
             if reference is not None:
@@ -96,7 +62,7 @@ def main(argv=None):
                         raise SystemExit(f"{args.against} and {row} hold different utterances of {name}")
                     d = paired_bootstrap(utterance_errors(*reference[name][:2]), utterance_errors(refs, hyps),
                                          args.samples)
-                    cell += f", Δ {args.against} {d[0]:+.2f} [{d[1]:+.2f}, {d[2]:+.2f}]"
+                    cell += f", Δ {args.against} {delta(d)}"
             cells.append(cell)
         print(f"{row}: " + " | ".join(cells))
 

@@ -13,33 +13,24 @@ it says); the probes run on the first ``NUM_WINDOWS`` windows, as in compress.
 
 import argparse
 import os
-import sys
 import time
 from pathlib import Path
 
 import torch
 
+from espnet_lowrank.artifact import load_asr_model
+from espnet_lowrank.batches import batch_windows
+from espnet_lowrank.budget import layer_probes
+from espnet_lowrank.config import LowRankConfig
+from espnet_lowrank.data import read_data_dir
+from espnet_lowrank.eval.pool import CALIB_SET, dense_exp_dir
+from espnet_lowrank.factorize import spectrum
+from espnet_lowrank.families import family_for
+from espnet_lowrank.pipeline import calibrate_model, pack
+from espnet_lowrank.progress import progress
+from espnet_lowrank.sensitivity import NUM_WINDOWS, _encoder_output, _projector, measure_sensitivity
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "bench"))
-
-from pareto import CALIB_SET, dense_exp_dir  # noqa: E402
-
-from espnet_lowrank.artifact import load_asr_model  # noqa: E402
-from espnet_lowrank.batches import batch_windows  # noqa: E402
-from espnet_lowrank.budget import layer_probes  # noqa: E402
-from espnet_lowrank.config import LowRankConfig  # noqa: E402
-from espnet_lowrank.data import read_data_dir  # noqa: E402
-from espnet_lowrank.factorize import spectrum  # noqa: E402
-from espnet_lowrank.families import family_for  # noqa: E402
-from espnet_lowrank.pipeline import calibrate_model, pack  # noqa: E402
-from espnet_lowrank.progress import progress  # noqa: E402
-from espnet_lowrank.sensitivity import (  # noqa: E402
-    NUM_WINDOWS,
-    _encoder_output,
-    _projector,
-    measure_sensitivity,
-)
 
 
 def whole_forward(model, batches, probes):

@@ -1,20 +1,20 @@
-"""bench/heldout_eval.py at a toy size: held-out selection, rows, paired deltas."""
+"""bench/heldout_eval.py at a toy size: held-out selection, rows, paired deltas;
+its table and figure (``espnet_lowrank.eval``); rescoring kept hypotheses
+(bench/score_hyps.py, bench/error_utterances.py)."""
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
+from espnet_lowrank.eval.plots import heldout_plot
+from espnet_lowrank.eval.pool import heldout_sets
+from espnet_lowrank.eval.tables import ci, delta, find, fmt, heldout_markdown, sdi, spread
+from espnet_lowrank.scoring import paired_bootstrap, utterance_errors
+from cli import bench_module, bench_script  # tests/ is on sys.path
 
 
-def test_heldout_sets_exclude_pool_ids_and_transcripts(monkeypatch, tmp_path):
-    monkeypatch.syspath_prepend(str(REPO / "bench"))
-    from heldout_eval import heldout_sets
-
+def test_heldout_sets_exclude_pool_ids_and_transcripts(tmp_path):
     from espnet_lowrank.data import Utterance, write_data_dir
 
     takes = [Utterance(f"a{i}", str(tmp_path / "x.flac"), "SAME PROMPT" if i < 2 else f"PROMPT {i}")
@@ -32,17 +32,15 @@ def test_heldout_sets_exclude_pool_ids_and_transcripts(monkeypatch, tmp_path):
         heldout_sets(str(tmp_path), ["arctic"], librispeech, takes)
 
 
-def test_heldout_eval_toy_run(dense_exp, lowrank_exp, shared_data_dir, tmp_path, monkeypatch):
-    monkeypatch.syspath_prepend(str(REPO / "bench"))
-    from heldout_eval import main
-
+def test_heldout_eval_toy_run(dense_exp, lowrank_exp, shared_data_dir, tmp_path):
+    main = bench_module("heldout_eval").main
     out = tmp_path / "heldout"
-    cmd = [sys.executable, str(REPO / "bench" / "heldout_eval.py"), "--model", str(dense_exp),
+    cmd = ["--model", str(dense_exp),
            "--exps", str(lowrank_exp), "--int8", lowrank_exp.name, "--sets", "vctk:2", "pocketsphinx:1",
            "--data", str(shared_data_dir), "--num_calib", "4", "--calib_extra", "--pool_size", "4",
            "--samples", "100", "--out_dir", str(out)]
     int8_row = f"{lowrank_exp.name} + int8"
-    subprocess.run(cmd + ["--no_loop_guard", int8_row], check=True, capture_output=True, cwd=str(tmp_path))
+    bench_script("heldout_eval", *cmd, "--no_loop_guard", int8_row, cwd=tmp_path, timeout=1800)
     rows = json.loads((out / "heldout.json").read_text())["rows"]
     assert [r["name"] for r in rows] == ["dense", lowrank_exp.name, int8_row, f"{int8_row}, no loop guard"]
     dense, low, guarded, unguarded = rows
@@ -62,17 +60,16 @@ def test_heldout_eval_toy_run(dense_exp, lowrank_exp, shared_data_dir, tmp_path,
     threads = torch.get_num_threads()  # main sets it for the process
     try:
         with pytest.raises(SystemExit, match="not an exp dir"):
-            main(cmd[2:-1] + [str(tmp_path / "x"), "--exps", str(tmp_path)])
+            main(cmd[:-1] + [str(tmp_path / "x"), "--exps", str(tmp_path)])
         with pytest.raises(SystemExit, match=r"--no_loop_guard names rows that are not run: \['dense \+ int8'\]"):
-            main(cmd[2:] + ["--no_loop_guard", "dense + int8"])
+            main(cmd + ["--no_loop_guard", "dense + int8"])
     finally:
         torch.set_num_threads(threads)
 
 
-def test_score_hyps_against_a_row(monkeypatch, tmp_path, capsys):
+def test_score_hyps_against_a_row(tmp_path, capsys):
     """bench/score_hyps.py --against: each row's paired difference to another row."""
-    monkeypatch.syspath_prepend(str(REPO / "bench"))
-    from score_hyps import main
+    main = bench_module("score_hyps").main
 
     data = tmp_path / "data" / "toy"
     data.mkdir(parents=True)
@@ -101,10 +98,9 @@ def test_score_hyps_against_a_row(monkeypatch, tmp_path, capsys):
               "--data", str(tmp_path / "data")])
 
 
-def test_score_hyps_loop_guard(monkeypatch, tmp_path, capsys):
+def test_score_hyps_loop_guard(tmp_path, capsys):
     """--loop_guard: a looping hypothesis is cut where the decoder's guard ends it."""
-    monkeypatch.syspath_prepend(str(REPO / "bench"))
-    from score_hyps import main
+    main = bench_module("score_hyps").main
 
     data = tmp_path / "data" / "toy"
     data.mkdir(parents=True)
@@ -119,11 +115,10 @@ def test_score_hyps_loop_guard(monkeypatch, tmp_path, capsys):
     assert "toy 114.29 (0.0 / 0.0 / 114.3), 2 utts, 1 cut" in capsys.readouterr().out
 
 
-def test_error_utterances_across_runs(monkeypatch, tmp_path, capsys):
+def test_error_utterances_across_runs(tmp_path, capsys):
     """bench/error_utterances.py: per-speaker errors and the utterances worse
     than each run's dense row in the most runs, counted by hand here."""
-    monkeypatch.syspath_prepend(str(REPO / "bench"))
-    from error_utterances import main
+    main = bench_module("error_utterances").main
 
     data = tmp_path / "data" / "toy"
     data.mkdir(parents=True)
@@ -146,3 +141,48 @@ def test_error_utterances_across_runs(monkeypatch, tmp_path, capsys):
     assert "b_1 (b): worse in 1" in out and "better than dense in the most rows: a_2 (1)" in out
     with pytest.raises(SystemExit, match="no hypotheses for other"):
         main(["--set", "other", "--data", str(tmp_path / "data"), str(tmp_path / "run1" / "hyps" / "cut")])
+
+
+def _heldout_row(name, err, d):
+    return {"name": name, "params_pct": 100.0 if d is None else 74.25,
+            "sets": {s: {"err": err, "sub": err - 1, "del": 0.25, "ins": 0.75, "utts": 2, "words": 9,
+                         "delta": d} for s in ("vctk", "pocketsphinx")}}
+
+
+HELDOUT = [_heldout_row("dense", 4.0, None), _heldout_row("cut", 5.5, (1.5, -0.25, 3.125))]
+
+
+def test_table_cells():
+    assert sdi(5.456, 4.0, 0.25, 1.25) == "5.46 (4.0 / 0.2 / 1.2)"
+    assert sdi(5.456, 4.0, 0.25, 1.25, digits=1, sep="/") == "5.5 (4.0/0.2/1.2)"
+    assert delta((1.5, -0.25, 3.125)) == "+1.50 [-0.25, +3.12]"
+    assert ci((1.5, -0.25, 3.125)) == "+1.50 [−0.25, +3.12]"  # typographic minus
+    assert (fmt(None), fmt(-1.0), fmt(2.0, sign=False)) == ("—", "−1.00", "2.00")
+    assert spread([1.0, -1.0, 3.0]) == "+1.00 (−1.00 … +3.00)"
+    rows = [{"kind": "a", "x": 1}, {"kind": "a", "x": 2}, {"kind": "b", "x": 1}]
+    assert find(rows, kind="a", x=1) == rows[:1] and find(rows) == rows
+
+
+def test_heldout_markdown_rows_and_deltas():
+    md = heldout_markdown(HELDOUT, ["vctk", "pocketsphinx"], "meta")
+    lines = md.splitlines()
+    assert lines[0] == "meta" and lines[1] == ""
+    assert lines[2] == ("| row | params % | vctk: WER (S / D / I) | Δ dense [95%] | "
+                        "pocketsphinx: WER (S / D / I) | Δ dense [95%] |")
+    assert lines[3] == "|" + "---|" * 6
+    assert lines[4] == "| dense | 100.0 | 4.00 (3.0 / 0.2 / 0.8) | — | 4.00 (3.0 / 0.2 / 0.8) | — |"
+    assert lines[5].startswith("| cut | 74.2 | 5.50 (4.5 / 0.2 / 0.8) | +1.50 [-0.25, +3.12] |")
+
+
+def test_heldout_plot_writes_a_png(tmp_path):
+    heldout_plot(HELDOUT, ["vctk", "pocketsphinx"], str(tmp_path / "heldout.png"))
+    assert (tmp_path / "heldout.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bootstrap_of_a_row_that_loses_one_word_in_two():
+    """The Δ of heldout_eval's table: a row worse on half the utterances by
+    one word each lies above zero, and its interval holds it."""
+    refs = {f"u{i}": "red green blue grey" for i in range(20)}
+    hyps = {k: ("red green blue" if i % 2 else v) for i, (k, v) in enumerate(refs.items())}
+    d, lo, hi = paired_bootstrap(utterance_errors(refs, refs), utterance_errors(refs, hyps), samples=300)
+    assert d == pytest.approx(12.5) and 0 < lo <= d <= hi

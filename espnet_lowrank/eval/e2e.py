@@ -14,10 +14,11 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
-import yaml
 
 from espnet_lowrank.batches import batch_windows, pack
 from espnet_lowrank.data import read_data_dir
+from espnet_lowrank.eval.decode import load_speech2text
+from espnet_lowrank.eval.tables import sdi
 from espnet_lowrank.quantize import quantize_linears_
 from espnet_lowrank.scoring import ScoreRow, score_texts
 
@@ -86,12 +87,7 @@ def espnet_variant(name: str, exp_dir: str, int8: bool = False) -> Variant:
     """An exp dir as it is deployed: ``Speech2Text`` with its config.yaml and
     decode.yaml; ``int8`` adds what ``deployment.int8`` ships: dynamic int8
     on the encoder's linears and, for Whisper, the decoder's."""
-    from espnet2.bin.asr_inference import Speech2Text
-
-    with open(os.path.join(exp_dir, "decode.yaml"), encoding="utf-8") as f:
-        decode = yaml.safe_load(f) or {}
-    s2t = Speech2Text(os.path.join(exp_dir, "config.yaml"), os.path.join(exp_dir, "model.pth"), device="cpu",
-                      **decode)
+    s2t = load_speech2text(exp_dir)
     if int8:  # in place: the beam search holds this model's decoder
         quantize_linears_(s2t.asr_model.encoder)
         if hasattr(s2t.asr_model.decoder, "quantize_"):
@@ -173,6 +169,6 @@ def markdown(rows: Sequence[Row]) -> str:
         cells = [r.name, f"{r.seconds:.1f}", f"{r.rtf:.3f}",
                  "—" if r.vs_dense is None else f"{r.vs_dense:.2f}",
                  "—" if r.encoder_share is None else f"{100 * r.encoder_share:.0f}%"]
-        cells += [f"{s.err:.2f} ({s.sub:.1f}/{s.dele:.1f}/{s.ins:.1f})" for s in r.scores.values()]
+        cells += [sdi(s.err, s.sub, s.dele, s.ins, sep="/") for s in r.scores.values()]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
