@@ -16,15 +16,12 @@ diary at commit c3cce98 (``git show c3cce98:bench/RESULTS.md``).
 Nothing here loads a model; the check runs in a second.
 """
 import argparse
-import hashlib
 import json
-import re
-import statistics
-import subprocess
 import sys
 from pathlib import Path
 
-import yaml
+from espnet_lowrank.eval.ledger import build_ledger
+from espnet_lowrank.eval.tables import ci, find, fmt, sdi, spread
 
 ROOT = Path(__file__).resolve().parent.parent
 LEDGER = ROOT / "bench" / "ledger.jsonl"
@@ -79,318 +76,13 @@ DIARY_TABLES = [
 ]
 
 
-def git(*args):
-    return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=True).stdout
-
-
-def added(path):
-    """(short commit, date) of the commit that added a committed file."""
-    out = git("log", "--diff-filter=A", "--format=%h %cs", "--", str(path)).split("\n")[0].split()
-    if not out:
-        out = git("log", "-1", "--format=%h %cs", "--", str(path)).split()
-    return out[0], out[1]
-
-
-def settings_hash(settings):
-    blob = json.dumps(settings, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(blob.encode()).hexdigest()[:12]
-
-
-def config_at(path, commit):
-    """Hash of a committed YAML's settings at a commit, or None."""
-    name = Path(path).name
-    candidates = [path] if not path.startswith("conf/lowrank") else []
-    candidates += [f"espnet_lowrank/conf/lowrank/{name}", f"conf/lowrank/{name}"]
-    for p in candidates:
-        try:
-            text = git("show", f"{commit}:{p}")
-        except subprocess.CalledProcessError:
-            continue
-        if "\n" not in text.strip() and text.strip().endswith(".yaml"):  # a symlink's target
-            continue
-        return settings_hash(yaml.safe_load(text))
-    return None
-
-
-def named_config(name, commit):
-    """(path, hash) of a config YAML named like a result row, as committed then; (None, None) if none."""
-    for path in (f"bench/configs/{name}.yaml", f"conf/lowrank/{name}.yaml"):
-        h = config_at(path, commit)
-        if h:
-            return path, h
-    return None, None
-
-
-def machine_of(runtime):
-    if not runtime:
-        return None
-    runtime = dict(runtime, cpu=str(runtime.get("cpu")).replace("Intel(R) Xeon(R) Processor", "Intel Xeon"))
-    pinned = sorted(k for k, v in (runtime.get("env") or {}).items() if v and k != "OMP_NUM_THREADS")
-    note = (", ISA pinned" if len(pinned) == 3 else f", {' and '.join(pinned)} set" if pinned else "")
-    return f"{runtime.get('cpu')}, {runtime.get('cpu_capability')}, {runtime.get('threads')} threads{note}"
-
-
-# --------------------------------------------------------------------- import
-def cost_rows():
-    rows = {}
-    files = list((ROOT / "bench/results").glob("cost_*/cost.json"))
-    files += list((ROOT / "bench/results").glob("arithmetic_env/*/cost.json"))
-    for f in sorted(files):
-        d = json.loads(f.read_text())
-        rel = f.relative_to(ROOT).as_posix()
-        commit, date = added(rel)
-        report = f.parent / "report.json"
-        cfg = d.get("config")
-        chash, hash_of = None, None
-        if cfg and not cfg.startswith("/"):
-            chash, hash_of = config_at(cfg, commit), f"{cfg} at {commit}"
-        if chash is None and report.exists():
-            chash, hash_of = settings_hash(json.loads(report.read_text())["config"]), "report.json config"
-        model = d.get("model", "")
-        model = "base" if model.endswith("whisper_base") else "tiny.en" if model.endswith("tiny.en") else model
-        key = f.parent.relative_to(ROOT / "bench/results").as_posix()
-        rows[key] = dict(
-            id=key, kind="cost", model=model, config=Path(cfg).stem if cfg else None,
-            config_path=cfg, config_hash=chash, config_hash_of=hash_of, commit=commit, date=date,
-            machine=machine_of(d.get("runtime")), cpus=d.get("cpus"),
-            params_kept_pct=round(d["kept_percent"], 2) if d.get("kept_percent") else None,
-            cost=dict(seconds=round(d["wall_s"]), peak_rss_mb=round(d["peak_rss_mb"]),
-                      steps={k: v for k, v in (d.get("steps") or {}).items()},
-                      recovery_loss=[d.get("recovery_loss_before"), d.get("recovery_loss_after")]),
-            source=rel,
-            recovery_best_step=d.get("recovery_best_step"),
-            command=f"python bench/compress_cost.py --config {cfg} --model {d.get('model')} --out_dir bench/results/{key}")
-    return rows
-
-
-def wer_entry(s):
-    e = dict(wer=round(s["err"], 4), sub=round(s["sub"], 4), dele=round(s["del"], 4), ins=round(s["ins"], 4),
-             utts=s.get("utts"), words=s.get("words"))
-    if s.get("delta"):
-        e["delta"] = [round(x, 4) for x in s["delta"]]
-        e["against"] = "dense"
-    return e
-
-
-def heldout_rows(costs):
-    runs = {}
-    for model, (config, rs) in SHIPPED.items():
-        for r in rs:
-            runs[(r["heldout"], r["row"])] = (model, config, r)
-    out = []
-    for f in sorted((ROOT / "bench/results").glob("*/heldout.json")):
-        d = json.loads(f.read_text())
-        rel = f.relative_to(ROOT).as_posix()
-        commit, date = added(rel)
-        folder = f.parent.name
-        model = re.match(r"Model `([^`]+)`", d["meta"]).group(1)
-        threads = re.search(r"(\d+) threads", d["meta"])
-        for row in d["rows"]:
-            name = row["name"]
-            base_name, int8 = (name[:-len(" + int8")], "plain") if name.endswith(" + int8") else (name, None)
-            if name.endswith(", no loop guard"):
-                base_name, int8 = name.split(" + int8")[0], "plain, no loop guard"
-            e = dict(id=f"{folder}:{name}", kind="heldout", model=model, name=name, int8=int8,
-                     commit=commit, date=date, threads=int(threads.group(1)) if threads else None,
-                     params_kept_pct=round(row["params_pct"], 2),
-                     sets={k: wer_entry(v) for k, v in row["sets"].items()}, source=rel, source_row=name)
-            if base_name == "dense":
-                e["role"] = "dense + int8" if int8 else "dense"
-            elif base_name.startswith("LiteASR mode"):
-                e["role"] = "liteasr"
-            elif (folder, base_name) in runs:
-                m, config, r = runs[(folder, base_name)]
-                c = costs.get(r["cost"], {})
-                e.update(role="shipped", config=config, run=r["run"], machine=c.get("machine"),
-                         config_hash=c.get("config_hash"), cost_source=c.get("source"))
-            else:
-                e["role"] = "other"
-                path, h = named_config(base_name, commit)
-                if path:
-                    e.update(config=Path(path).stem, config_path=path, config_hash=h)
-            e["command"] = (f"python bench/heldout_eval.py --model {model} --exps EXP_DIR ... "
-                            f"--sets librispeech_train-clean-100 vctk arctic_cathy_a:100 pocketsphinx "
-                            f"--out_dir bench/results/{folder}")
-            out.append(e)
-    return out
-
-
-RESCORE = re.compile(r"^(\S+): (.*)$")
-SETPART = re.compile(r"(\S+) ([\d.]+) \(([\d.]+) / ([\d.]+) / ([\d.]+)\), (\d+) utts, Δ (\S+) ([+-][\d.]+) \[([+-][\d.]+), ([+-][\d.]+)\]")
-
-
-def rescore_rows():
-    """score_hyps.py outputs kept in bench/results/*.txt: a row paired against another."""
-    smoothed = {}
-    for model, (config, rs) in SHIPPED.items():
-        for r in rs:
-            if "smoothed" in r:
-                smoothed[(r["smoothed"][0], r["smoothed"][1], r["smoothed"][2])] = (model, config, r)
-    out = []
-    for f in sorted((ROOT / "bench/results").glob("*.txt")):
-        rel = f.relative_to(ROOT).as_posix()
-        commit, date = added(rel)
-        command = None
-        for line in f.read_text().splitlines():
-            if line.startswith("$ python bench/score_hyps.py"):
-                command = line[2:]
-                continue
-            m = RESCORE.match(line)
-            if not m or "utts, Δ" not in line:
-                continue
-            name, parts = m.group(1), m.group(2).split(" | ")
-            sets, against = {}, None
-            for p in parts:
-                s = SETPART.match(p)
-                if not s:
-                    continue
-                against = s.group(7)
-                sets[s.group(1)] = dict(wer=float(s.group(2)), sub=float(s.group(3)), dele=float(s.group(4)),
-                                        ins=float(s.group(5)), utts=int(s.group(6)),
-                                        delta=[float(s.group(8)), float(s.group(9)), float(s.group(10))],
-                                        against=against)
-            model = "tiny.en" if "tiny" in name else "base"
-            if command is None:  # the file kept only the output: name the hypotheses it scored
-                runs = [d.parent.parent.name for d in (ROOT / "bench/results").glob(f"heldout_*/hyps/{name}")]
-                command = (f"python bench/score_hyps.py bench/results/{runs[0] if runs else 'heldout_X'} {name} "
-                           f"--against {against}  # reconstructed: {f.name} keeps only the output")
-            e = dict(id=f"{f.name}:{name}:vs:{against}", kind="rescore", model=model, name=name,
-                     int8="smoothed" if ("smoothing" in name or "smoothed" in name or f.name == "base_fourth_run.txt") and "int8" in name else ("plain" if "int8" in name else None),
-                     commit=commit, date=date, sets=sets, against=against, source=rel, source_row=name,
-                     command=command)
-            key = (f.name, name, against)
-            if key in smoothed:
-                m_, config, r = smoothed[key]
-                e.update(role="shipped", config=config, run=r["run"], int8="smoothed")
-            else:
-                e["role"] = "other"
-            out.append(e)
-    return out
-
-
-def pareto_rows():
-    out = []
-    for f in sorted((ROOT / "bench/results").glob("*/pareto.json")):
-        d = json.loads(f.read_text())
-        rel = f.relative_to(ROOT).as_posix()
-        commit, date = added(rel)
-        model = re.match(r"Model `([^`]+)`", d["meta"]).group(1) if isinstance(d, dict) else None
-        for i, row in enumerate(d["rows"]):
-            sets = {}
-            for k, w in (row.get("wer") or {}).items():
-                det = (row.get("wer_detail") or {}).get(k, {})
-                sets[k] = dict(wer=round(w, 4), sub=round(det["sub"], 4) if "sub" in det else None,
-                               dele=round(det["del"], 4) if "del" in det else None,
-                               ins=round(det["ins"], 4) if "ins" in det else None)
-            path, h = named_config(row["name"], commit) if row.get("kind") == "config" else (None, None)
-            out.append(dict(
-                id=f"{f.parent.name}:{i}:{row['name']}{' + int8' if row.get('int8') else ''}", kind="pareto",
-                config=Path(path).stem if path else None, config_path=path, config_hash=h,
-                model=model, name=row["name"], int8="plain" if row.get("int8") else None,
-                role="dense" if row["name"] == "dense" else "other", commit=commit, date=date, sets=sets,
-                params=row.get("params"), gflops=row.get("gflops"), lat_ratio=row.get("lat_ratio"),
-                enc_mb=row.get("enc_mb"), compress_s=row.get("compress_s"), source=rel, source_row=row["name"],
-                command=f"python bench/pareto.py --model {model} ... --out_dir bench/results/{f.parent.name}"))
-    return out
-
-
-def recipe_rows():
-    out = []
-    for rel in ["recipes/conformer/asr1/RESULTS.md", "recipes/whisper/asr1/RESULTS.md"]:
-        text = (ROOT / rel).read_text()
-        commit, date = git("log", "-1", "--format=%h %cs", "--", rel).split()
-        machine = re.search(r"- machine: (.*)", text).group(1)
-        command = re.search(r"- command: `(.*)`", text).group(1)
-        lines = text.split("## Summary")[1].strip().splitlines()
-        head = [c.strip() for c in lines[0].strip("|").split("|")]
-        for line in lines[2:]:
-            if not line.startswith("|"):
-                break
-            cells = dict(zip(head, [c.strip() for c in line.strip("|").split("|")]))
-            name = cells["model"]
-            sets = {k[4:]: dict(wer=float(v)) for k, v in cells.items() if k.startswith("WER ")}
-            recipe = rel.split("/")[1]
-            role = "dense" if name in ("asr_train_asr_conformer", "whisper_tiny.en") else "other"
-            if name.endswith("liteasr_0.95_0.97"):
-                role = "liteasr"
-            elif name.endswith("int8_reduced"):
-                role = "liteasr + int8"
-            elif name.endswith("lowrank_best"):
-                role = "shipped"
-            elif name == "whisper_tiny.en_lowrank":
-                role = "default"
-            num = lambda k: None if cells.get(k, "-") == "-" else float(cells[k].replace(",", ""))
-            out.append(dict(
-                id=f"{rel}:{name}", kind="recipe", model="conformer" if recipe == "conformer" else "tiny.en",
-                name=name, role=role, commit=commit, date=date, machine=machine, sets=sets,
-                params_kept_pct=round(100 * num("params ratio"), 1), enc_mb=num("enc. MB"),
-                flops_ratio=num("FLOPs ratio"), lat_ratio=num("latency ratio"),
-                cost=dict(seconds=num("compress time (s)"), peak_rss_mb=num("compress peak RSS (MB)")),
-                source=rel, source_row=name, command=f"(cd recipes/{recipe}/asr1 && {command})"))
-    return out
-
-
-def diary_rows():
-    text = git("show", f"{DIARY_COMMIT}:bench/RESULTS.md").splitlines()
-    out = []
-    for first, last, what, command in DIARY_TABLES:
-        first_row = "|".join(text[first - 1].split("|")[-6:-4])  # two numbers of the table's first row
-        commit, date = git("log", "--reverse", "--format=%h %cs", "-S", first_row, DIARY_COMMIT,
-                           "--", "bench/RESULTS.md").split("\n")[0].split()
-        head = None
-        for ln in range(first - 3, last):
-            line = text[ln]
-            cells = [c.strip().replace("*", "").replace("`", "") for c in line.strip().strip("|").split("|")]
-            if ln == first - 3:
-                head = cells
-                continue
-            if ln == first - 2:
-                continue
-            r = dict(zip(head, cells))
-            out.append(dict(
-                id=f"{what}:{ln + 1}", kind="speed", table=what, model=r.get("model"),
-                threads=int(r["threads"]), mode=r.get("mode", "eager"), input=r.get("input", "30 s"),
-                dense_ms=float(r["dense ms"]), compressed_ms=float(r["compressed ms"]),
-                lat_ratio=float(r["lat ratio"]), flop_ratio=float(r["FLOP ratio"]),
-                efficiency=float(r["efficiency"]), note=r.get("run", ""),
-                machine="AMD EPYC, 2 logical CPUs (shared VM)", commit=commit, date=date,
-                source=f"git show {DIARY_COMMIT}:bench/RESULTS.md (lines {first}-{last})", command=command))
-    return out
-
-
-def build_ledger():
-    costs = cost_rows()
-    rows = heldout_rows(costs) + rescore_rows() + list(costs.values()) + pareto_rows() + recipe_rows() + diary_rows()
-    for model, (config, rs) in SHIPPED.items():
-        for r in rs:
-            c = costs[r["cost"]]
-            c.update(role="shipped", config=config, run=r["run"])
-    return rows
-
-
 # --------------------------------------------------------------------- render
 def load():
     return [json.loads(line) for line in LEDGER.read_text().splitlines() if line.strip()]
 
 
-def fmt(x, sign=True):
-    return "—" if x is None else (f"{x:+.2f}" if sign else f"{x:.2f}").replace("-", "−")
-
-
-def ci(d):
-    return f"{fmt(d[0])} [{fmt(d[1])}, {fmt(d[2])}]"
-
-
 def wer_sdi(s):
-    return f"{fmt(s['wer'], False)} ({s['sub']:.1f} / {s['dele']:.1f} / {s['ins']:.1f})"
-
-
-def find(rows, **kw):
-    return [r for r in rows if all(r.get(k) == v for k, v in kw.items())]
-
-
-def spread(values):
-    return f"{fmt(statistics.mean(values))} ({fmt(min(values))} … {fmt(max(values))})"
+    return sdi(s["wer"], s["sub"], s["dele"], s["ins"])
 
 
 def model_table(rows, model):
@@ -403,9 +95,9 @@ def model_table(rows, model):
     floats = sorted(find(held, role="shipped", int8=None), key=lambda r: r["run"])
     cites = lambda r: f"{r['commit']}, {r['date']}"
     src = lambda r: f"`{Path(r['source']).parent.name if r['source'].startswith('bench/results/') and r['source'].count('/') > 2 else Path(r['source']).name}`"
-    out = [f"| row | kept % | " + " | ".join(SET_TITLE[s] for s in SETS) + " | commit, date | result |",
+    out = ["| row | kept % | " + " | ".join(SET_TITLE[s] for s in SETS) + " | commit, date | result |",
            "|---|---|" + "---|" * len(SETS) + "---|---|"]
-    out.append(f"| dense: WER (S / D / I) | 100 | " + " | ".join(wer_sdi(dense["sets"][s]) for s in SETS)
+    out.append("| dense: WER (S / D / I) | 100 | " + " | ".join(wer_sdi(dense["sets"][s]) for s in SETS)
                + f" | {cites(dense)} | {src(dense)} |")
     for label, r in [("dense + int8", dint8), (lite["name"], lite)]:
         out.append(f"| {label} | {r['params_kept_pct']:.1f} | " + " | ".join(ci(r["sets"][s]["delta"]) for s in SETS)
@@ -616,7 +308,7 @@ def main(argv=None):
                    help="rebuild bench/ledger.jsonl from the committed result files")
     a = p.parse_args(argv)
     if a.do_import:
-        rows = build_ledger()
+        rows = build_ledger(ROOT, SHIPPED, DIARY_COMMIT, DIARY_TABLES)
         LEDGER.write_text("".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in rows))
         print(f"{LEDGER.relative_to(ROOT)}: {len(rows)} rows")
     text = render(load())

@@ -4,9 +4,10 @@ Fast: no model loads, only JSON and text (the generator runs in a subprocess).
 """
 import json
 import re
-import subprocess
-import sys
 from pathlib import Path
+
+from espnet_lowrank.eval.ledger import machine_of, settings_hash, wer_entry
+from cli import bench_script, run_cli  # tests/ is on sys.path
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "RESULTS.md"
@@ -19,8 +20,7 @@ REF = re.compile(r"(?<![\w/])(?:bench/)?(RESULTS|DECISIONS)\.md\)?[,:]?\s*\(?\s*
 
 
 def test_results_md_is_what_the_generator_makes_from_the_ledger():
-    run = subprocess.run([sys.executable, "bench/make_results.py", "--check"], cwd=ROOT,
-                         capture_output=True, text=True, timeout=120)
+    run = bench_script("make_results", "--check", cwd=ROOT, timeout=120, check=False)
     assert run.returncode == 0, run.stderr
 
 
@@ -33,8 +33,7 @@ def test_results_md_is_short_and_names_the_diary():
 def test_every_ledger_row_names_a_committed_source():
     rows = [json.loads(line) for line in LEDGER.read_text().splitlines()]
     assert len({r["id"] for r in rows}) == len(rows)
-    tracked = set(subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True,
-                                 check=True).stdout.splitlines())
+    tracked = set(run_cli(["git", "ls-files"], cwd=ROOT).stdout.splitlines())
     for r in rows:
         for key in ("kind", "commit", "date", "source", "command"):
             assert r.get(key), (r["id"], key)
@@ -82,5 +81,20 @@ def test_decisions_name_result_files_and_commits_that_exist():
             commits = commits[:1]
         assert commits, line
         for c in commits:
-            ok = subprocess.run(["git", "cat-file", "-e", f"{c}^{{commit}}"], cwd=ROOT).returncode == 0
+            ok = run_cli(["git", "cat-file", "-e", f"{c}^{{commit}}"], cwd=ROOT, check=False).returncode == 0
             assert ok, (c, line)
+
+
+def test_ledger_cells_from_result_files():
+    """``espnet_lowrank.eval.ledger``'s small parts: a settings hash ignores key
+    order, a machine line names what was pinned, a held-out cell is rounded."""
+    assert settings_hash({"a": 1, "b": [2, 3]}) == settings_hash({"b": [2, 3], "a": 1})
+    assert len(settings_hash({})) == 12 and settings_hash({"a": 1}) != settings_hash({"a": 2})
+    runtime = {"cpu": "Intel(R) Xeon(R) Processor @ 2.1GHz", "cpu_capability": "AVX2", "threads": 2,
+               "env": {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": None, "OMP_NUM_THREADS": "2"}}
+    assert machine_of(runtime) == "Intel Xeon @ 2.1GHz, AVX2, 2 threads, ATEN_CPU_CAPABILITY set"
+    assert machine_of(None) is None
+    cell = {"err": 5.123456, "sub": 4.0, "del": 0.5, "ins": 0.623456, "utts": 3, "words": 40,
+            "delta": [1.00001, -0.5, 2.5]}
+    assert wer_entry(cell) == {"wer": 5.1235, "sub": 4.0, "dele": 0.5, "ins": 0.6235, "utts": 3, "words": 40,
+                               "delta": [1.0, -0.5, 2.5], "against": "dense"}
