@@ -20,6 +20,8 @@ import time
 
 import torch
 
+from espnet_lowrank.families import all_families
+
 MB = 2 ** 20
 
 
@@ -44,7 +46,6 @@ WHISPER = {
 
 
 def whisper_row(name: str) -> dict:
-    from espnet_lowrank.families import family_by_name
     from espnet_lowrank.whisper.espnet_whisper import LocalWhisperEncoder
 
     dims = WHISPER[name]
@@ -59,8 +60,6 @@ def whisper_row(name: str) -> dict:
 def conformer_row(blocks: int = 12, d: int = 512, units: int = 2048) -> dict:
     from espnet2.asr.encoder.conformer_encoder import ConformerEncoder
 
-    from espnet_lowrank.families import family_by_name
-
     encoder = ConformerEncoder(80, output_size=d, attention_heads=8, linear_units=units,
                                num_blocks=blocks, input_layer="conv2d", macaron_style=True,
                                rel_pos_type="latest", pos_enc_layer_type="rel_pos",
@@ -70,6 +69,11 @@ def conformer_row(blocks: int = 12, d: int = 512, units: int = 2048) -> dict:
     # A 6-block d=512 Transformer decoder over 5000 BPE units would add about 20 M weights.
     return _row(f"Conformer {blocks}x{d} (ff {units}; encoder only)", targets,
                 sum(p.numel() for p in encoder.parameters()), blocks)
+
+
+def family_by_name(name: str):
+    """The family adapter called ``name`` (whisper, conformer, ...)."""
+    return next(f for f in all_families().values() if f.name == name)
 
 
 def _row(name: str, targets: dict, params: int, blocks: int) -> dict:
