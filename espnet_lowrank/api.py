@@ -10,7 +10,6 @@ from espnet_lowrank.artifact import (
 )
 from espnet_lowrank.pipeline import CompressionResult
 from espnet_lowrank.report import compression_report_md, plot_ranks, plot_variance_spectra
-from espnet_lowrank.smoothing import scaled_activations
 
 
 def save_compressed(
@@ -30,15 +29,13 @@ def save_compressed(
         source_config_file: the dense config.yaml; its decode.yaml is reused.
         source_files: files that must never be inside ``output_dir``.
     """
-    deployment = result.config.deployment
     decisions = result.plan.decisions
     full = {d.name: min(d.d_in, d.d_out) for d in decisions}
     kept = {d.name: d.rank if d.rank is not None else full[d.name] for d in decisions}
     save_exp_dir(
         output_dir,
         result.model,
-        lowrank_train_config(train_config, result.plan.ranks, deployment.attention, deployment.int8,
-                             scaled_activations(result.model.encoder)),
+        lowrank_train_config(train_config, result.encoder_conf),
         default_decode_config(source_config_file, result.model),
         result.report,
         compression_report_md(result.report),

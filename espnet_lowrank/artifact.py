@@ -110,26 +110,20 @@ def load_asr_model(config_file: str, model_file: str, device: str = "cpu") -> Tu
     return model.to(device).eval(), config
 
 
-def lowrank_train_config(train_config: dict, ranks: Dict[str, int], attention: str,
-                         int8: bool = False, activation_scales: Optional[Dict[str, int]] = None) -> dict:
-    """The train config with ``encoder: lowrank`` wrapping the dense encoder."""
+def lowrank_train_config(train_config: dict, step_conf: Dict[str, object]) -> dict:
+    """The train config with ``encoder: lowrank`` wrapping the dense encoder,
+    and what the compression steps wrote (``CompressionResult.encoder_conf``)."""
     if str(train_config.get("encoder", "")).lower() == "lowrank":
         raise ValueError("the source model is already low-rank; compress its dense original")
     config = copy.deepcopy(train_config)
     config["encoder_conf"] = {
         "base": train_config["encoder"],
         "base_conf": copy.deepcopy(train_config.get("encoder_conf") or {}),
-        "plan": {name: int(rank) for name, rank in ranks.items()},
-        "attention": attention,
+        **copy.deepcopy(step_conf),
         "version": PLAN_VERSION,
     }
-    # Written only when on, so existing exp dirs keep their exact config.
-    if int8:
-        config["encoder_conf"]["int8"] = True
-        if config.get("decoder") == "whisper_local":  # its linears and vocabulary projection too
-            config["decoder_conf"] = {**(config.get("decoder_conf") or {}), "int8": True}
-    if activation_scales:  # deployment.int8_smoothing's run-time divisions (smoothing.py)
-        config["encoder_conf"]["activation_scales"] = {n: int(w) for n, w in activation_scales.items()}
+    if step_conf.get("int8") and config.get("decoder") == "whisper_local":  # its linears and vocabulary too
+        config["decoder_conf"] = {**(config.get("decoder_conf") or {}), "int8": True}
     config["encoder"] = "lowrank"
     return config
 

@@ -5,7 +5,7 @@ ValueError in one line that names the key. A message quotes at most about
 import math
 import re
 import reprlib
-from typing import Callable, Sequence
+from typing import Callable, Dict, Sequence
 
 MAX_QUOTED = 200
 _REPR = reprlib.Repr()
@@ -118,3 +118,16 @@ def expanded_size(value, limit: int) -> int:
         elif isinstance(item, (list, tuple)):
             stack.extend(item)
     return count
+
+
+def positive_widths(key: str, values) -> Dict[str, int]:
+    """``key``: module name -> positive integer (a rank, a width), checked so
+    that a hand-edited config.yaml fails in one line naming the entry."""
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise ValueError(f"{key}: expected a mapping of module name -> integer, got {got(values)}")
+    for name, width in values.items():
+        if isinstance(width, bool) or not isinstance(width, int) or width < 1:
+            raise ValueError(f"{key}[{name_of(name)}]: expected a positive integer, got {got(width)}")
+    return dict(values)

@@ -97,10 +97,10 @@ def markdown_kv_table(d: Mapping[str, object]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def build_report(source, compressed, family, config, plan, attention, calibration: dict,
-                 recovery: dict) -> dict:
+def build_report(source, compressed, family, config, plan, attention, measured: dict) -> dict:
     """report.json of a compression: the plan, per-layer decisions, size and
-    FLOPs of both encoders, and what calibration (and recovery) cost."""
+    FLOPs of both encoders, and what the steps measured (calibration cost,
+    recovery losses, int8 smoothing errors)."""
     return {
         "family": family.name,
         "config": config.to_dict(),
@@ -117,8 +117,7 @@ def build_report(source, compressed, family, config, plan, attention, calibratio
         "encoder_linear_params_compressed": encoder_linear_params(compressed),
         "encoder_flops_dense": encoder_flops(source, family.window_seconds),
         "encoder_flops_compressed": encoder_flops(compressed, family.window_seconds),
-        **calibration,
-        **recovery,
+        **measured,
     }
 
 

@@ -291,7 +291,7 @@ def test_stock_loader_refuses_a_model_pth_that_does_not_fit_the_plan(dense_exp, 
 
     train_config = read_yaml(str(dense_exp / "config.yaml"))
     plan = {"encoders.blocks.0.mlp.0": 64, "encoders.blocks.1.attn.query": 32}
-    config = lowrank_train_config(train_config, plan, "dense")
+    config = lowrank_train_config(train_config, {"plan": plan, "attention": "dense"})
     exp = tmp_path / "lowrank"
     exp.mkdir()
     (exp / "config.yaml").write_text(yaml.safe_dump(config))

@@ -128,7 +128,7 @@ def _lowrank_exp(dense_exp: Path, exp: Path, plan: dict) -> Path:
     from espnet_lowrank.artifact import lowrank_train_config, read_yaml
 
     exp.mkdir()
-    config = lowrank_train_config(read_yaml(str(dense_exp / "config.yaml")), {}, "dense")
+    config = lowrank_train_config(read_yaml(str(dense_exp / "config.yaml")), {"plan": {}, "attention": "dense"})
     config["encoder_conf"]["plan"] = plan
     (exp / "config.yaml").write_text(yaml.safe_dump(config))
     return exp

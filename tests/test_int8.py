@@ -207,7 +207,7 @@ def test_int8_smoothing_keeps_function_and_reloads_with_exactly_its_keys(dense, 
     from espnet_lowrank.artifact import KeyMismatchError
     from espnet_lowrank.batches import pack
     from espnet_lowrank.families.whisper import FAMILY
-    from espnet_lowrank.smoothing import CANDIDATES, input_ranges, smooth_
+    from espnet_lowrank.smoothing import CANDIDATES, input_ranges, scaled_activations, smooth_
 
     model = copy.deepcopy(factored.model).eval()
     smooth_(model.encoder, FAMILY, input_ranges(model, FAMILY, pack(librispeech[:NUM_CALIB], None), 2),
@@ -221,7 +221,10 @@ def test_int8_smoothing_keeps_function_and_reloads_with_exactly_its_keys(dense, 
     assert moved.abs().max() > 1e-2  # the weights did change
 
     out = tmp_path / "smoothed"
-    save_compressed(replace(factored, model=model), dense[1], str(out), source_config_file=str(dense_exp / "config.yaml"))
+    # the smoothing step writes its scales into encoder_conf; done by hand here
+    encoder_conf = {**factored.encoder_conf, "activation_scales": scaled_activations(model.encoder)}
+    save_compressed(replace(factored, model=model, encoder_conf=encoder_conf), dense[1], str(out),
+                    source_config_file=str(dense_exp / "config.yaml"))
     train_config = yaml.safe_load((out / "config.yaml").read_text())
     blocks = range(len(model.encoder.encoders.blocks))
     assert train_config["encoder_conf"]["activation_scales"] == {f"encoders.blocks.{i}.mlp.1": 1536 for i in blocks}

@@ -211,7 +211,7 @@ def test_recomputed_blocks_change_no_number(dense_exp, librispeech, tmp_path, mo
         assert sum("forward" in m.__dict__ for m in dense.encoder.modules()) == 4  # tiny.en's 4 blocks
     assert not any("forward" in m.__dict__ for m in dense.encoder.modules())
     asked = []
-    monkeypatch.setattr("espnet_lowrank.pipeline.return_freed_memory", lambda: asked.append(1) or True)
+    monkeypatch.setattr("espnet_lowrank.steps.recovery.return_freed_memory", lambda: asked.append(1) or True)
     results = {}
     for recompute in (False, True):
         config = LowRankConfig(theta_attention=0.95, theta_feed_forward=0.98, batch_size=2,

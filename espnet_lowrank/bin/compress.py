@@ -87,7 +87,7 @@ def main(cmd: Optional[List[str]] = None) -> None:
     # 3. The method config: explicit, or the family's default; then the checks that need the model.
     config_path = args.lowrank_config or str(default_config_path(family.name))
     config = config or _load_config(config_path, args.num_calib)
-    check_config(model.encoder, family, config)  # the audio is checked by compress
+    check_config(model, config)  # the audio is checked by compress
 
     # 4. Calibration only: save statistics for a later merge.
     if args.stats_out:
