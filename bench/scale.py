@@ -113,7 +113,7 @@ def measure(num: int, njs, rows: list) -> None:
                    read_data_dir(os.path.join(shared, "librispeech_train-clean-100"))[:num])
     args = ["--asr_train_config", os.path.join(work, "dense", "config.yaml"),
             "--asr_model_file", os.path.join(work, "dense", "model.pth"), "--lowrank_config", conf]
-    print(f"\ntiny.en, {num} utterances, batch {config.batch_size}, local backend, "
+    print(f"\ntiny.en, {num} utterances, batch {config.calibration.batch_size}, local backend, "
           f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at start")
     print("| jobs | wall s (calibration, jobs included) | job-seconds in the calibration loop (sum) "
           "| peak RSS per job (MB) | statistics file per job (MB) |")

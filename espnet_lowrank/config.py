@@ -206,14 +206,16 @@ _CHECKS: Dict[Tuple[str, str], Callable] = {
 
 
 
+@dataclass(frozen=True, init=False)
 class LowRankConfig:
-    """Options grouped in five frozen sections (``config.ranks.theta_attention``);
-    every option also reads under its flat YAML name (``config.theta_attention``,
-    ``config.recovery_lr``).
+    """Options grouped in five frozen sections (``config.ranks.theta_attention``).
 
-    ``LowRankConfig(theta_attention=0.98, recovery=Recovery(steps=100))``
-    takes sections (dataclasses or dicts) and flat keys alike; a config never
-    changes after it is made, ``config.replace(...)`` returns a new one.
+    ``LowRankConfig(ranks=Ranks(theta_attention=0.98), recovery={"steps": 100})``
+    takes sections as dataclasses or dicts. The flat names of older YAML files
+    (``theta_attention=0.98``, ``recovery_lr=1e-4``; ``FLAT_KEYS``) are read as
+    a migration, here and in ``from_yaml``; a config is read by section only.
+    A config never changes after it is made; ``config.replace(...)`` returns a
+    new, checked one.
     """
 
     targets: Targets
@@ -258,24 +260,6 @@ class LowRankConfig:
             elif key in SECTIONS:
                 del kept[key]  # a whole section object
         return type(self)(**kept, **given)
-
-    def __getattr__(self, name):
-        if name in FLAT_KEYS:
-            section, field_name = FLAT_KEYS[name]
-            return getattr(getattr(self, section), field_name)
-        raise AttributeError(f"LowRankConfig has no option {name!r}")
-
-    def __setattr__(self, name, value):
-        if name in FLAT_KEYS or name in SECTIONS:
-            raise AttributeError(f"LowRankConfig is immutable: use config.replace({name}=...), which "
-                                 "returns a checked copy")
-        raise AttributeError(f"LowRankConfig has no option {name!r}; known: {sorted(FLAT_KEYS)}")
-
-    def __eq__(self, other):
-        return isinstance(other, LowRankConfig) and self.sections() == other.sections()
-
-    def __repr__(self):
-        return f"LowRankConfig({self.sections()})"
 
     @classmethod
     def from_dict(cls, values) -> "LowRankConfig":

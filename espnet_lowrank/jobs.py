@@ -271,19 +271,20 @@ def split_calibration(
     """Calibrate over ``nj`` jobs (at most one per batch) running ``bin.compress``
     with ``compress_args``; returns their statistics files, to merge with ``+``.
 
-    The calibration set (``config.num_calib`` utterances, sorted as one job
-    sorts them) is cut at multiples of ``config.batch_size``, so every job
+    The calibration set (``calibration.num_calib`` utterances, sorted as one job
+    sorts them) is cut at multiples of ``calibration.batch_size``, so every job
     sees exactly the batches one job would (same padding, same statistics).
     Parts, logs and statistics go to ``work_dir``; parts finished by an
     earlier run on the same inputs are reused.
     """
-    if config.sequential:
+    if config.calibration.sequential:
         raise ValueError("sequential calibration runs in one job (it re-reads the audio per "
                          "block); drop --nj or use a one-pass config")
-    utts = select(read_data_dir(calib_data), config.num_calib)
+    utts = select(read_data_dir(calib_data), config.calibration.num_calib)
     if not utts:
         raise ValueError(f"the calibration set {calib_data} is empty")
-    batches = [utts[i:i + config.batch_size] for i in range(0, len(utts), config.batch_size)]
+    batch = config.calibration.batch_size
+    batches = [utts[i:i + batch] for i in range(0, len(utts), batch)]
     nj = max(1, min(nj, len(batches)))
     size, extra = divmod(len(batches), nj)
     split_dir = os.path.join(work_dir, f"split{nj}")

@@ -57,7 +57,7 @@ def test_budget_is_honored_within_one_step(budget):
     plan = allocate_ranks(spectra, layers, budget, config)
     kept, dense = plan_cost(plan)
     assert kept <= budget * dense * (1 + 1e-9)
-    step = max(2 * config.rank_multiple * (d_in + d_out) for _, d_in, d_out in layers.values())
+    step = max(2 * config.ranks.rank_multiple * (d_in + d_out) for _, d_in, d_out in layers.values())
     assert budget * dense - kept < step, (kept, dense)
     for name, rank in plan.ranks.items():
         _, d_in, d_out = layers[name]

@@ -22,8 +22,8 @@ CONFS = ("whisper_tiny_liteasr.yaml", "whisper_tiny_best.yaml", "whisper_base_be
 def test_contract_configs_parse(name):
     config = LowRankConfig.from_yaml(str(REPO / "conf" / "lowrank" / name))
     if "liteasr" in name:
-        assert config.budget is None  # θ pair, one pass
-        assert config.target_modules is None and not config.exclude_modules  # all encoder linears
+        assert config.ranks.budget is None  # θ pair, one pass
+        assert config.targets.target_modules is None and not config.targets.exclude_modules  # all encoder linears
 
 
 def test_calibration_pool_takes_librispeech_after_the_evaluation_utterances():

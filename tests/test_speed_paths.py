@@ -165,7 +165,7 @@ def test_budget_plan_runs_through_the_fast_paths(dispatch):
     targets = family.target_layers(encoder)
     spectra = {n: spectrum(stats[n]) for n in targets}
     config = LowRankConfig(budget=0.5, rank_multiple=4)
-    plan = allocate_ranks(spectra, targets, config.budget, config)
+    plan = allocate_ranks(spectra, targets, config.ranks.budget, config)
     kept, dense = plan_cost(plan)
     assert plan.ranks and kept <= 0.5 * dense * (1 + 1e-9)
     with pytest.raises(ValueError, match="budget"):

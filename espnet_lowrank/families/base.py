@@ -67,9 +67,9 @@ class EncoderFamily:
             role = self.role_of(name)
             if role is None:
                 continue
-            if config.target_modules is not None and not re.fullmatch(config.target_modules, name):
+            if config.targets.target_modules is not None and not re.fullmatch(config.targets.target_modules, name):
                 continue
-            if any(re.fullmatch(p, name) for p in config.exclude_modules):
+            if any(re.fullmatch(p, name) for p in config.targets.exclude_modules):
                 continue
             d_in, d_out = layer_dims(module)
             targets[name] = (role, d_in, d_out)

@@ -105,7 +105,7 @@ def cmd_needs_audio(args) -> None:
     from espnet_lowrank.config import LowRankConfig
 
     config = LowRankConfig.from_yaml(args.config)
-    print("yes" if config.sequential or config.recovery_steps else "no")
+    print("yes" if config.calibration.sequential or config.recovery.steps else "no")
 
 
 # ---------------------------------------------------------------- stage 1
