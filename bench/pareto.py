@@ -44,16 +44,15 @@ import torch
 
 from espnet_lowrank.config import LowRankConfig
 from espnet_lowrank.data import read_data_dir
-from espnet_lowrank.eval.decode import decode_sets, load_speech2text
+from espnet_lowrank.eval.decode import load_speech2text
+from espnet_lowrank.eval.pareto import WINDOW, compress_row, measure_row, row_configs
 from espnet_lowrank.eval.plots import pareto_plot
-from espnet_lowrank.eval.pool import CALIB_SET, calibration_pool, dense_exp_dir
+from espnet_lowrank.eval.pool import CALIB_SET, calibration_pool, dense_exp_dir, first_utterances
 from espnet_lowrank.eval.tables import pareto_markdown, save_tables
-from espnet_lowrank.measure import encoder_flops, encoder_linear_params, encoder_mb, paired_latency
-from espnet_lowrank.pipeline import calibrate_model, compress
+from espnet_lowrank.pipeline import calibrate_model
 from espnet_lowrank.quantize import quantize_linears_
 
 REPO = Path(__file__).resolve().parents[1]
-WINDOW = 30.0
 
 
 def get_parser():
@@ -86,15 +85,6 @@ def get_parser():
     return p
 
 
-def decode_wer(s2t, eval_sets, hyp_dir=None):
-    """Corpus WER per set, and each set's sub/del/ins (so hallucinations show);
-    with ``hyp_dir``, each set's hypotheses are written there too."""
-    decoded = decode_sets(s2t, eval_sets, hyp_dir)
-    return ({name: d.score.err for name, d in decoded.items()},
-            {name: {"sub": d.score.sub, "del": d.score.dele, "ins": d.score.ins, "s_err": d.score.s_err}
-             for name, d in decoded.items()})
-
-
 def main(argv=None):
     args = get_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
@@ -125,11 +115,7 @@ def main(argv=None):
         eval_start = args.num_calib
     calib_all = calibration_pool(librispeech, args.data, args.num_calib, args.calib_extra, n_calib_max,
                                  args.num_eval)
-    eval_sets = {}
-    for s in args.sets:
-        utts = librispeech if s == CALIB_SET else read_data_dir(os.path.join(args.data, s), require_text=True)
-        start = eval_start if s == CALIB_SET else 0
-        eval_sets[s] = utts[start: start + args.num_eval]
+    eval_sets = first_utterances(librispeech, args.data, args.sets, eval_start, args.num_eval)
     calib_ids = {u.utt_id for u in calib_all[:n_calib_max]}
     assert not any(u.utt_id in calib_ids for us in eval_sets.values() for u in us)
 
@@ -137,42 +123,21 @@ def main(argv=None):
     t0 = time.perf_counter()
     stats = calibrate_model(dense, calib, LowRankConfig())
     stats_s = time.perf_counter() - t0
-    configs = [("dense", "dense", None)]
-    for pair in args.thetas:
-        ta, tf = (float(x) for x in pair.split(","))
-        configs.append((f"liteasr_{ta}_{tf}", "liteasr", LowRankConfig(theta_attention=ta, theta_feed_forward=tf)))
-    for b in args.budgets:
-        configs.append((f"budget_{b}", "budget", LowRankConfig(budget=b)))
-    for pair in args.sequential_thetas:
-        ta, tf = (float(x) for x in pair.split(","))
-        configs.append((f"sequential_{ta}_{tf}", "sequential",
-                        LowRankConfig(theta_attention=ta, theta_feed_forward=tf, sequential=True,
-                                      num_calib=args.num_calib)))
-
-    for path, cfg in yaml_cfgs:
-        if cfg.calibration.num_calib is None:
-            cfg = cfg.replace(num_calib=args.num_calib)
-        configs.append((Path(path).stem, "config", cfg))
-
+    configs = row_configs(args.thetas, args.budgets, args.sequential_thetas,
+                          [(Path(path).stem, cfg) for path, cfg in yaml_cfgs], args.num_calib)
     rows = []
 
     def measure(name, kind, model, int8, float_model, compress_s=None, report=None):
-        s2t.asr_model = model
-        wer, detail = decode_wer(s2t, eval_sets, os.path.join(args.out_dir, "hyps", name + ("_int8" if int8 else "")))
-        d_ms, c_ms = paired_latency(dense, model, WINDOW, repeats=args.repeats)
-        row = {
-            "name": name, "kind": kind, "int8": int8, "wer": wer, "wer_detail": detail,
-            "params": encoder_linear_params(float_model),
-            "gflops": encoder_flops(float_model, WINDOW) / 1e9,
-            "latency_ms": 1000 * c_ms, "lat_ratio": c_ms / d_ms, "enc_mb": encoder_mb(model),
-            "compress_s": compress_s,
-        }
+        hyp_dir = os.path.join(args.out_dir, "hyps", name + ("_int8" if int8 else ""))
+        row = {"name": name, "kind": kind, "int8": int8,
+               **measure_row(s2t, dense, model, float_model, eval_sets, hyp_dir, args.repeats),
+               "compress_s": compress_s}
         row["params_M"] = row["params"] / 1e6
         if report:  # what recovery did (the step its kept factors are from) and each step's cost
             row["recovery"] = {k: v for k, v in report.items() if k.startswith("recovery")}
             row["steps"] = report.get("steps")
         rows.append(row)
-        print(f"{name}{' +int8' if int8 else ''}: WER {wer}, params {row['params']:,}, "
+        print(f"{name}{' +int8' if int8 else ''}: WER {row['wer']}, params {row['params']:,}, "
               f"{row['gflops']:.2f} GFLOPs, {row['latency_ms']:.0f} ms ({row['lat_ratio']:.2f}x), "
               f"{row['enc_mb']:.1f} MB  [{time.time() - started:.0f}s]", flush=True)
 
@@ -181,18 +146,7 @@ def main(argv=None):
         if cfg is None:
             model = dense
         else:
-            t0 = time.perf_counter()
-            c = cfg.calibration
-            # the shared statistics are one unpacked pass over --num_calib utterances;
-            # a budget also measures sensitivity on the audio
-            if (c.sequential or cfg.recovery.steps or c.pack_seconds or c.num_calib != args.num_calib
-                    or cfg.ranks.budget is not None):
-                result = compress(dense, calib_all[: cfg.calibration.num_calib or args.num_calib], cfg)
-                compress_s = time.perf_counter() - t0
-            else:
-                result = compress(dense, config=cfg, stats=stats)
-                compress_s = time.perf_counter() - t0 + stats_s  # the shared calibration pass counts
-            model, report = result.model, result.report
+            model, compress_s, report = compress_row(dense, cfg, calib_all, args.num_calib, stats, stats_s)
         measure(name, kind, model, False, model, compress_s, report)
         if name in args.int8:
             q = copy.deepcopy(model)

@@ -48,6 +48,17 @@ def heldout_sets(data, sets, librispeech, pool):
     return out
 
 
+def first_utterances(librispeech, data, sets, start, num):
+    """name -> the first ``num`` utterances (with text) of each set;
+    LibriSpeech's from ``start`` on, after its calibration ones."""
+    out = {}
+    for s in sets:
+        utts = librispeech if s == CALIB_SET else read_data_dir(os.path.join(data, s), require_text=True)
+        first = start if s == CALIB_SET else 0
+        out[s] = utts[first: first + num]
+    return out
+
+
 def pool_and_unseen(data, pool_size):
     """(the calibration pool of ``pool_size`` utterances, the utterances in
     neither it nor any evaluation set: ``arctic_misc`` and the LJSpeech ones
