@@ -3,14 +3,18 @@
 The first exp dir is the dense reference. Each exp dir holds
 ``decode_<set>/1best_recog/text``. Size and FLOPs come from the models
 themselves; the encoder latency of every model is measured here, alternating
-with the dense one, in this run. The CLI is ``python -m espnet_lowrank.bin.results``.
+with the dense one, in this run. End-to-end decoding time comes from the stock
+``asr_inference`` logs of stage 12, as ESPnet's ``calculate_rtf.py`` reads
+them. The CLI is ``python -m espnet_lowrank.bin.results``.
 """
 
 import datetime
+import glob
 import json
 import os
 from typing import List, Optional
 
+import soundfile
 import torch
 
 from espnet_lowrank.artifact import load_asr_model
@@ -20,6 +24,32 @@ from espnet_lowrank.measure import cpu_model, encoder_flops, encoder_linear_para
 from espnet_lowrank.report import plot_wer_vs_size
 from espnet_lowrank.scoring import markdown_table, read_text_file, score_texts
 from espnet_lowrank.utils import atomic_write_text
+
+
+# asr_inference's log lines that open and close one utterance (calculate_rtf.py's markers)
+START, END = "INFO: speech length: ", "INFO: best hypo: "
+
+
+def decoding_seconds(decode_dir: str) -> Optional[float]:
+    """Seconds spent decoding, summed over utterances: from each utterance's
+    "speech length" line to its "best hypo" line in ``decode_dir``'s
+    ``logdir/asr_inference.*.log`` (model loading not counted); None without logs."""
+    total, found = 0.0, False
+    for log in sorted(glob.glob(os.path.join(decode_dir, "logdir", "asr_inference.*.log"))):
+        start = None
+        with open(log, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if START in line or END in line:
+                    stamp = datetime.datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f")
+                    if START in line:
+                        start = stamp
+                    elif start is not None:
+                        total, found, start = total + (stamp - start).total_seconds(), True, None
+    return total if found else None
+
+
+def audio_seconds(utts) -> float:
+    return sum(soundfile.info(u.wav_path).duration for u in utts)
 
 
 def machine_line() -> str:
@@ -45,12 +75,15 @@ def write_results(
     seconds = latency_seconds or family.window_seconds
 
     # Per-set ESPnet tables.
-    sections, wers = [], {exp: {} for exp in exps}
+    sections, wers, decode_s, audio_s = [], {exp: {} for exp in exps}, {exp: [] for exp in exps}, 0.0
     for test_set in test_sets:
         name = os.path.basename(os.path.normpath(test_set))
-        refs = {u.utt_id: u.text for u in read_data_dir(test_set, require_text=True)}
+        utts = read_data_dir(test_set, require_text=True)
+        refs = {u.utt_id: u.text for u in utts}
+        audio_s += audio_seconds(utts)
         rows = []
         for exp in exps:
+            decode_s[exp].append(decoding_seconds(os.path.join(exp, f"decode_{name}")))
             hyps = read_text_file(os.path.join(exp, f"decode_{name}", "1best_recog", "text"))
             row = score_texts(refs, hyps, dataset=f"{os.path.basename(exp)}/decode_{name}",
                               normalize=normalize)
@@ -63,9 +96,10 @@ def write_results(
     dense_params = encoder_linear_params(dense)
     dense_flops = encoder_flops(dense, family.window_seconds)
     summary = ["| model | " + " | ".join(f"WER {os.path.basename(os.path.normpath(t))}" for t in test_sets)
-               + " | enc. linear params | params ratio | enc. MB | enc. GFLOPs | FLOPs ratio | enc. latency (s)"
+               + " | decode time (s) | RTF | decode time ratio | enc. linear params | params ratio | enc. MB | enc. GFLOPs | FLOPs ratio | enc. latency (s)"
                " | latency ratio | compress time (s) | compress peak RSS (MB) |",
-               "|---|" + "---:|" * (len(test_sets) + 9)]
+               "|---|" + "---:|" * (len(test_sets) + 12)]
+    dense_decode = None if None in decode_s[dense_exp] else sum(decode_s[dense_exp])
     points = []
     for exp in exps:
         model = models[exp]
@@ -85,10 +119,13 @@ def write_results(
         if compress_s is not None:
             compress_s = f"{compress_s + sum(v['seconds'] for k, v in steps.items() if k != 'calibration'):.1f}"
         rss = max([report.get("calibration_peak_rss_mb") or 0] + [v["peak_rss_mb"] for v in steps.values()])
+        decode = None if None in decode_s[exp] else sum(decode_s[exp])
+        timing = (f"{decode:.1f} | {decode / audio_s:.3f} | "
+                  + (f"{decode / dense_decode:.3f}" if dense_decode else "-")) if decode else "- | - | -"
         summary.append(
             f"| {os.path.basename(exp)} | "
             + " | ".join(f"{wers[exp][os.path.basename(os.path.normpath(t))]:.1f}" for t in test_sets)
-            + f" | {params:,} | {params / dense_params:.3f} | {encoder_mb(model):.1f} | {flops / 1e9:.2f}"
+            + f" | {timing} | {params:,} | {params / dense_params:.3f} | {encoder_mb(model):.1f} | {flops / 1e9:.2f}"
             f" | {flops / dense_flops:.3f}"
             f" | {latency:.3f} | {latency_ratio:.3f} | {compress_s or '-'} | {rss or '-'} |"
         )
@@ -104,6 +141,10 @@ def write_results(
         f"- machine: {machine_line()}",
         f"- command: `{command}`",
         f"- WER: corpus WER (%), text normalizer: {normalize}",
+        f"- decode time: stage 12's stock asr_inference, summed over every utterance of every test set "
+        f"({audio_s:.0f} s of audio), each from its \"speech length\" to its \"best hypo\" log line "
+        "(ESPnet's calculate_rtf.py markers; model loading not counted); RTF = decode time / audio; "
+        "the models decode one after another, so the ratio carries run-to-run noise",
         f"- FLOPs: encoder forward on {family.window_seconds:g} s of audio; latency: median of "
         f"{latency_repeats} runs on {seconds:g} s, alternating with the dense model",
         "",

@@ -4,7 +4,8 @@
 #       ../shared/data/vctk is decoded as a real test set too when it is there
 #  12   export the dense Whisper model, compress it, decode every test set
 #       (dense and compressed) with the stock espnet2.bin.asr_inference
-#  13   score with jiwer; write RESULTS.md (WER, size, FLOPs, CPU latency ratio)
+#  13   score with jiwer; write RESULTS.md (WER, end-to-end decode time and RTF, size, FLOPs,
+#       CPU latency ratio)
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -13,7 +14,7 @@ stop_stage=13
 nj=1
 backend=local             # local | slurm
 model=tiny.en             # tiny.en | base | a CT2 / openai .pt / HF checkpoint path
-lowrank_config=           # default: conf/lowrank/whisper.yaml
+lowrank_config=           # default: conf/lowrank/whisper_int8.yaml (the default with int8)
 inference_config=         # default: the exp dir's decode.yaml
 asr_exp=                  # default: exp/whisper_<model>
 inference_asr_model=      # default: <exp>/model.pth
@@ -32,7 +33,7 @@ if [ "${tiny}" = true ]; then num_calib=4; num_test=4; fi
 tag=$(basename "${model}")
 asr_exp=${asr_exp:-exp/whisper_${tag}}
 lowrank_exp=${asr_exp}_lowrank
-lowrank_config=${lowrank_config:-../../../conf/lowrank/whisper.yaml}
+lowrank_config=${lowrank_config:-../../../conf/lowrank/whisper_int8.yaml}
 
 log() { echo "$(date '+%H:%M:%S') [stage ${1}] ${*:2}" >&2; }
 
