@@ -18,12 +18,15 @@ REPO = Path(__file__).resolve().parents[1]
 CONFS = ("whisper_tiny_liteasr.yaml", "whisper_tiny_best.yaml", "whisper_base_best.yaml")
 
 
-@pytest.mark.parametrize("name", CONFS)
+@pytest.mark.parametrize("name", CONFS + ("whisper_int8.yaml",))
 def test_contract_configs_parse(name):
     config = LowRankConfig.from_yaml(str(REPO / "conf" / "lowrank" / name))
     if "liteasr" in name:
         assert config.ranks.budget is None  # θ pair, one pass
         assert config.targets.target_modules is None and not config.targets.exclude_modules  # all encoder linears
+    if name == "whisper_int8.yaml":  # the main job's: the default with int8 on, nothing else changed
+        default = LowRankConfig.from_yaml(str(REPO / "conf" / "lowrank" / "whisper.yaml"))
+        assert config.deployment.int8 and config == default.replace(int8=True)
 
 
 def test_calibration_pool_takes_librispeech_after_the_evaluation_utterances():
