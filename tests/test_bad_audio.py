@@ -18,6 +18,7 @@ from espnet_lowrank.audio import check_calibration_audio, load_audio
 from espnet_lowrank.batches import batch_windows
 from espnet_lowrank.calibration import calibrate
 from espnet_lowrank.data import Utterance, read_data_dir
+from cli import run_cli  # tests/ is on sys.path
 
 SR = 16000
 
@@ -222,7 +223,6 @@ def test_fifo_directory_and_device_are_not_regular_files(tmp_path, no_hang):
 
 def test_whisper_recipe_data_step_never_deletes_a_folder_it_did_not_make(tmp_path):
     import shutil
-    import subprocess
     import sys
     from pathlib import Path
 
@@ -240,9 +240,8 @@ def test_whisper_recipe_data_step_never_deletes_a_folder_it_did_not_make(tmp_pat
     mine.write_text("the user's")
 
     def data_sh():
-        return subprocess.run(["bash", "local/data.sh", "--real_data", str(src), "--num_calib", "1",
-                               "--num_test", "1", "--python", sys.executable],
-                              cwd=recipe, capture_output=True, text=True, timeout=300)
+        return run_cli(["bash", "local/data.sh", "--real_data", src, "--num_calib", "1",
+                        "--num_test", "1", "--python", sys.executable], cwd=recipe, check=False)
 
     proc = data_sh()
     assert proc.returncode != 0 and "data/calib exists but was not made by this recipe" in proc.stderr, proc.stderr

@@ -6,7 +6,6 @@ import os
 import shutil
 import signal
 import stat
-import subprocess
 import sys
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import yaml
 from espnet_lowrank.bin import compress as compress_cli
 from espnet_lowrank.jobs import WORK_MARKER, remove_work_dir, work_dir_for
 from espnet_lowrank.utils import atomic_output_dir
+from cli import run_cli  # tests/ is on sys.path
 
 ROOT = Path(__file__).resolve().parents[1]
 LITEASR = ROOT / "conf" / "lowrank" / "whisper_tiny_liteasr.yaml"
@@ -72,10 +72,10 @@ def test_split_calibration_leaves_a_source_in_output_dot_calib_alone(dense_exp, 
                                       "calibration": {"num_calib": 2, "batch_size": 1}}))
     out = tmp_path / "src"
     env = dict(os.environ, ESPNET_LOWRANK_NO_TQDM="1")
-    proc = subprocess.run([sys.executable, "-m", "espnet_lowrank.bin.compress",
-                           "--asr_train_config", str(src / "config.yaml"), "--asr_model_file", str(src / "model.pth"),
-                           "--calib_data", str(calib), "--lowrank_config", str(config), "--nj", "2",
-                           "--output_dir", str(out)], capture_output=True, text=True, env=env, timeout=900)
+    proc = run_cli([sys.executable, "-m", "espnet_lowrank.bin.compress",
+                    "--asr_train_config", src / "config.yaml", "--asr_model_file", src / "model.pth",
+                    "--calib_data", calib, "--lowrank_config", config, "--nj", "2",
+                    "--output_dir", out], env=env, timeout=900, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert {p.name: p.read_bytes() for p in src.iterdir() if p.is_file()} == before
     assert (out / "model.pth").is_file()
@@ -115,8 +115,7 @@ else:
 @pytest.mark.parametrize("how", ["dir", "file"])
 def test_a_full_disk_is_one_line_naming_the_output(how, tmp_path):
     out = tmp_path / ("exp" if how == "dir" else "stats.pt")
-    proc = subprocess.run([sys.executable, "-c", _FULL_DISK, how, str(out)], capture_output=True, text=True,
-                          timeout=300)
+    proc = run_cli([sys.executable, "-c", _FULL_DISK, how, out], check=False)
     assert proc.returncode != 0
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("espnet_lowrank.utils.OutputWriteError: cannot write"), proc.stderr[-2000:]

@@ -4,7 +4,6 @@ method YAMLs from another directory and offers the console scripts."""
 
 import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -68,8 +67,7 @@ def test_default_configs_come_from_the_installed_package(installed, tmp_path):
 
 def test_unknown_family_names_the_shipped_configs(installed, tmp_path):
     code = "from espnet_lowrank.conf import default_config_path\ndefault_config_path('nope')\n"
-    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=_env(installed),
-                          capture_output=True, text=True, timeout=300)
+    proc = run_cli([sys.executable, "-c", code], cwd=tmp_path, env=_env(installed), check=False)
     assert proc.returncode != 0
     assert "no default low-rank config for family 'nope'" in proc.stderr
     assert "whisper" in proc.stderr.splitlines()[-1]

@@ -3,7 +3,6 @@ recovery, on real tiny.en and real speech."""
 
 import json
 import platform
-import subprocess
 import sys
 import textwrap
 
@@ -14,6 +13,7 @@ from espnet_lowrank.api import load_compressed, save_compressed
 from espnet_lowrank.artifact import load_asr_model
 from espnet_lowrank.config import LowRankConfig
 from espnet_lowrank.pipeline import calibrate_model, compress
+from cli import run_cli  # tests/ is on sys.path
 
 
 def test_sequential_on_tiny_en(dense_exp, librispeech, tmp_path):
@@ -260,7 +260,7 @@ def test_return_freed_memory_maps_large_buffers():
         done = return_freed_memory()
         print(json.dumps([before, done, mapped_by_second_buffer()]))
     """)
-    out = subprocess.run([sys.executable, "-c", script], check=True, capture_output=True, text=True).stdout
+    out = run_cli([sys.executable, "-c", script], timeout=600).stdout
     before, done, after = json.loads(out.strip().splitlines()[-1])
     assert (before, done) == (0, True)
     assert after >= 12 << 20

@@ -4,7 +4,6 @@ decoded by the stock ``espnet2.bin.asr_inference``."""
 
 import hashlib
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from espnet_lowrank.config import LowRankConfig
 from espnet_lowrank.data import read_data_dir, write_data_dir
 from espnet_lowrank.measure import ARITHMETIC_ENV, runtime_facts
 from espnet_lowrank.pipeline import compress
+from cli import run_cli  # tests/ is on sys.path
 
 LIBRISPEECH = "librispeech_train-clean-100"
 NUM_CALIB = 8
@@ -158,15 +158,10 @@ def test_stock_cli_decodes_real_speech(lowrank_exp, librispeech, tmp_path):
     wav_scp = tmp_path / "wav.scp"
     wav_scp.write_text("".join(f"{u.utt_id} {u.wav_path}\n" for u in utts))
     out = tmp_path / "decode"
-    subprocess.run(
-        [sys.executable, "-m", "espnet2.bin.asr_inference", "--ngpu", "0",
-         "--data_path_and_name_and_type", f"{wav_scp},speech,sound",
-         "--asr_train_config", str(lowrank_exp / "config.yaml"),
-         "--asr_model_file", str(lowrank_exp / "model.pth"),
-         "--config", str(lowrank_exp / "decode.yaml"),
-         "--output_dir", str(out)],
-        check=True, capture_output=True,
-    )
+    run_cli([sys.executable, "-m", "espnet2.bin.asr_inference", "--ngpu", "0",
+             "--data_path_and_name_and_type", f"{wav_scp},speech,sound",
+             "--asr_train_config", lowrank_exp / "config.yaml", "--asr_model_file", lowrank_exp / "model.pth",
+             "--config", lowrank_exp / "decode.yaml", "--output_dir", out], timeout=900)
     from espnet_lowrank.scoring import read_text_file, score_texts
 
     hyps = read_text_file(str(out / "1best_recog" / "text"))
@@ -287,5 +282,5 @@ def test_import_hook_is_lazy_and_registers():
         "import espnet2.tasks.asr as a; "
         "print('lowrank' in a.encoder_choices.classes, 'whisper_local' in a.decoder_choices.classes)"
     )
-    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
+    out = run_cli([sys.executable, "-c", code], timeout=600)
     assert out.stdout.split()[-2:] == ["True", "True"]

@@ -2,7 +2,6 @@
 parity of ESPnet's asr_inference with openai-whisper greedy decoding."""
 
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from espnet_lowrank.whisper import checkpoints as ck
 from espnet_lowrank.whisper.espnet_whisper import LocalWhisperDecoder, LocalWhisperEncoder
 
 from test_whisper_checkpoints import read_utts
+from cli import run_cli  # tests/ is on sys.path
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -150,8 +150,7 @@ def test_tokenizer_patch_is_explicit():
         "ew.LocalWhisperDecoder(51864, 16, n_ctx=4, n_state=16, n_head=2, n_layer=1)\n"
         "print('patched:', 'tokenizer' in Tokenizer.__dict__)\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
-                          text=True, timeout=300)
+    proc = run_cli([sys.executable, "-c", code], cwd=REPO, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     # ESPnet prints its own notes to stdout
     assert [l for l in proc.stdout.splitlines() if l.startswith("patched:")] == [
@@ -265,7 +264,7 @@ def test_asr_inference_cli(tiny_exp, shared_data_dir, tmp_path):
         "--data_path_and_name_and_type", f"{wav_scp},speech,sound",
         "--output_dir", str(out), "--ngpu", "0",
     ]
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    proc = run_cli(cmd, cwd=REPO, timeout=600, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     hyps = {}
     for line in (out / "1best_recog" / "text").read_text(encoding="utf-8").splitlines():
