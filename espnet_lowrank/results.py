@@ -12,12 +12,14 @@ import datetime
 import glob
 import json
 import os
+import re
+import subprocess
 from typing import List, Optional
 
 import soundfile
 import torch
 
-from espnet_lowrank.artifact import load_asr_model
+from espnet_lowrank.artifact import build_asr_model, load_asr_model, read_state_dict, read_yaml
 from espnet_lowrank.data import read_data_dir
 from espnet_lowrank.families import family_for
 from espnet_lowrank.measure import cpu_model, encoder_flops, encoder_linear_params, encoder_mb, paired_latency
@@ -26,8 +28,9 @@ from espnet_lowrank.scoring import markdown_table, read_text_file, score_texts
 from espnet_lowrank.utils import atomic_write_text
 
 
-# asr_inference's log lines that open and close one utterance (calculate_rtf.py's markers)
-START, END = "INFO: speech length: ", "INFO: best hypo: "
+# asr_inference's log lines that open and close one utterance (calculate_rtf.py's markers),
+# found anywhere in a line: a progress bar may share it
+MARK = re.compile(r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) \([^)]*\) INFO: (speech length|best hypo): ")
 
 
 def decoding_seconds(decode_dir: str) -> Optional[float]:
@@ -39,9 +42,9 @@ def decoding_seconds(decode_dir: str) -> Optional[float]:
         start = None
         with open(log, encoding="utf-8", errors="replace") as f:
             for line in f:
-                if START in line or END in line:
-                    stamp = datetime.datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f")
-                    if START in line:
+                for stamp, marker in MARK.findall(line):
+                    stamp = datetime.datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f")
+                    if marker == "speech length":
                         start = stamp
                     elif start is not None:
                         total, found, start = total + (stamp - start).total_seconds(), True, None
@@ -50,6 +53,29 @@ def decoding_seconds(decode_dir: str) -> Optional[float]:
 
 def audio_seconds(utts) -> float:
     return sum(soundfile.info(u.wav_path).duration for u in utts)
+
+
+def float_flops(exp: str, model, seconds: float) -> int:
+    """Encoder FLOPs of ``exp``; an int8 exp dir is counted as its float model,
+    since the FLOP counter does not see int8 kernels."""
+    config = read_yaml(os.path.join(exp, "config.yaml"))
+    if not (config.get("encoder_conf") or {}).get("int8"):
+        return encoder_flops(model, seconds)
+    config["encoder_conf"]["int8"] = False
+    config["decoder_conf"] = {**(config.get("decoder_conf") or {}), "int8": False}
+    float_model = build_asr_model(config)
+    float_model.load_state_dict(read_state_dict(os.path.join(exp, "model.pth")), strict=True)
+    return encoder_flops(float_model.eval(), seconds)
+
+
+def plugin_commit() -> str:
+    """The plugin checkout's commit, or "-" outside a git checkout."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10,
+                             cwd=os.path.dirname(os.path.abspath(__file__)))
+        return out.stdout.strip() or "-"
+    except (OSError, subprocess.SubprocessError):
+        return "-"
 
 
 def machine_line() -> str:
@@ -94,7 +120,7 @@ def write_results(
     # Size, FLOPs, latency, calibration cost.
     dense = models[dense_exp]
     dense_params = encoder_linear_params(dense)
-    dense_flops = encoder_flops(dense, family.window_seconds)
+    dense_flops = float_flops(dense_exp, dense, family.window_seconds)
     summary = ["| model | " + " | ".join(f"WER {os.path.basename(os.path.normpath(t))}" for t in test_sets)
                + " | decode time (s) | RTF | decode time ratio | enc. linear params | params ratio | enc. MB | enc. GFLOPs | FLOPs ratio | enc. latency (s)"
                " | latency ratio | compress time (s) | compress peak RSS (MB) |",
@@ -104,7 +130,7 @@ def write_results(
     for exp in exps:
         model = models[exp]
         params = encoder_linear_params(model)
-        flops = encoder_flops(model, family.window_seconds)
+        flops = float_flops(exp, model, family.window_seconds)
         if exp == dense_exp:
             latency_dense, latency = paired_latency(dense, dense, seconds, latency_repeats)
             latency_ratio = 1.0
@@ -137,7 +163,7 @@ def write_results(
     text = "\n".join([
         "# RESULTS",
         "",
-        f"- date: {datetime.date.today().isoformat()}",
+        f"- date: {datetime.date.today().isoformat()}, plugin commit {plugin_commit()}",
         f"- machine: {machine_line()}",
         f"- command: `{command}`",
         f"- WER: corpus WER (%), text normalizer: {normalize}",
@@ -145,7 +171,8 @@ def write_results(
         f"({audio_s:.0f} s of audio), each from its \"speech length\" to its \"best hypo\" log line "
         "(ESPnet's calculate_rtf.py markers; model loading not counted); RTF = decode time / audio; "
         "the models decode one after another, so the ratio carries run-to-run noise",
-        f"- FLOPs: encoder forward on {family.window_seconds:g} s of audio; latency: median of "
+        f"- FLOPs: encoder forward on {family.window_seconds:g} s of audio (int8 exp dirs: their float "
+        "model's, as the counter does not see int8 kernels); latency: median of "
         f"{latency_repeats} runs on {seconds:g} s, alternating with the dense model",
         "",
         "## Summary",

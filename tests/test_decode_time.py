@@ -1,5 +1,5 @@
 """Stage 13's end-to-end decoding time, read from the stock asr_inference logs
-the way ESPnet's calculate_rtf.py does."""
+the way ESPnet's calculate_rtf.py does (a progress bar may share a log line)."""
 
 from espnet_lowrank.results import decoding_seconds
 
@@ -9,7 +9,7 @@ LOG = """\
 2026-12-07 06:14:42,426 (beam_search:428) INFO: decoder input length: 96
 2026-12-07 06:14:42,576 (beam_search:483) INFO: best hypo: ONE TWO
 
-2026-12-07 06:14:42,586 (asr_inference:522) INFO: speech length: 64321
+decoding:   6%|▋       | 1/16 [00:01<00:20]2026-12-07 06:14:42,586 (asr_inference:522) INFO: speech length: 64321
 2026-12-07 06:14:43,836 (beam_search:483) INFO: best hypo: THREE
 """
 
