@@ -12,6 +12,9 @@
 #       --nj jobs, statistics merged), then decode every test set with the dense and the
 #       compressed models (stock espnet2.bin.asr_inference over --nj jobs)
 #  13   score (basic normalizer) and write RESULTS.md (+ WER-vs-size PNG)
+# --setup speaker: the speaker-dependent setup (README.md): stages 1-11 are local/speaker.sh
+# (one ARCTIC speaker, whole prompts held out, speed perturbation, joint CTC/attention, LSTM LM;
+# stage 11 in the background: local/train_background.sh), stages 12-13 below on its model.
 # --tiny true runs every stage on a handful of utterances with a 2-block Conformer (CI;
 # tests/test_conformer_recipe.py). The full setup (conf/train_asr_conformer.yaml, a 5.4M-param
 # Conformer, on ~1.5 h of real speech from ../../../../shared/data plus ~2.4 h of Piper speech)
@@ -28,6 +31,7 @@ stop_stage=13
 nj=1
 backend=local              # local | slurm (jobs of stage 12)
 tiny=false
+setup=default              # default | speaker (stages 1-11: local/speaker.sh)
 asr_config=                # default: conf/train_asr_conformer.yaml (tiny: conf/train_tiny.yaml)
 asr_exp=                   # default: exp/asr_<config name>
 inference_config=          # default: conf/decode_asr.yaml (tiny: conf/decode_tiny.yaml)
@@ -50,7 +54,7 @@ max_wav_duration=20
 ngpu=0
 results=                   # default: RESULTS.md (tiny: exp/RESULTS.md)
 python=python
-__recipe_options="stage stop_stage nj backend tiny asr_config asr_exp inference_config inference_asr_model decode_dense lowrank_config lowrank_configs thetas num_calib calib_data test_sets train_data test_real_data data_opts nbpe min_wav_duration max_wav_duration ngpu results python"
+__recipe_options="stage stop_stage nj backend tiny setup asr_config asr_exp inference_config inference_asr_model decode_dense lowrank_config lowrank_configs thetas num_calib calib_data test_sets train_data test_real_data data_opts nbpe min_wav_duration max_wav_duration ngpu results python"
 . ../../common/parse_options.sh
 
 root=$(cd ../../.. && pwd)
@@ -62,6 +66,23 @@ if [ "${tiny}" = true ]; then
     nbpe=40
     data_opts="--tiny true ${data_opts}"
     test_sets=${test_sets:-test_synth test_real}
+fi
+if [ "${setup}" = speaker ]; then
+    asr_config=${asr_config:-conf/train_asr_conformer_sd.yaml}
+    inference_config=${inference_config:-conf/decode_asr_sd.yaml}
+    test_sets=${test_sets:-sd/test_real_seen}
+    calib_data=${calib_data:-dump/sd/raw/train}
+    results=${results:-exp/RESULTS_sd.md}
+    if [ ${stage} -le 11 ]; then
+        local/speaker.sh --stage "${stage}" --stop_stage "$((stop_stage < 11 ? stop_stage : 11))" \
+            --asr_config "${asr_config}" --nbpe "${nbpe}" --min_wav_duration "${min_wav_duration}" \
+            --max_wav_duration "${max_wav_duration}" --ngpu "${ngpu}" --python "${python}" \
+            ${asr_exp:+--asr_exp "${asr_exp}"}
+        [ ${stop_stage} -gt 11 ] || exit 0
+        stage=12
+    fi
+elif [ "${setup}" != default ]; then
+    echo "$0: ERROR: --setup ${setup}: default or speaker" >&2; exit 1
 fi
 test_sets=${test_sets:-test_synth test_real test_real_seen}
 asr_config=${asr_config:-conf/train_asr_conformer.yaml}
