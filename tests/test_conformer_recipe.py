@@ -90,6 +90,12 @@ def test_tiny_recipe_stages_1_to_13(tiny_recipe):
                 "asr_train_tiny/decode_test_synth", "asr_train_tiny_lowrank/decode_test_real"):
         assert row in results, results
     assert (tiny_recipe / "exp" / "wer_vs_size.png").is_file()
+    # end-to-end decoding time and RTF from stage 12's asr_inference logs, for both models
+    lines = results.splitlines()
+    header = [c.strip() for c in next(x for x in lines if x.startswith("| model |")).split("|")]
+    for name in ("asr_train_tiny", "asr_train_tiny_lowrank"):
+        row = [c.strip() for c in next(x for x in lines if x.startswith(f"| {name} |")).split("|")]
+        assert float(row[header.index("decode time (s)")]) > 0 and float(row[header.index("RTF")]) > 0, row
     dense = tiny_recipe / "exp" / "asr_train_tiny"
     assert (dense / "config.yaml").is_file() and (dense / "model.pth").is_file()
     report = json.loads((tiny_recipe / "exp" / "asr_train_tiny_lowrank" / "report.json").read_text())
@@ -185,3 +191,41 @@ def test_fresh_clone_runs_stages_12_13_from_the_shipped_model(shipped_conformer_
     proc = _run(recipe, "--stage", "12", "--stop_stage", "12", "--test_sets", str(heldout),
                 shared=shared_data_dir, timeout=120)
     assert proc.returncode != 0 and "no calibration speech at dump/raw/train" in proc.stderr, proc.stderr[-2000:]
+
+
+# ---------------------------------------------------------------- speaker-dependent setup
+def test_speaker_setup_holds_out_whole_prompts(tmp_path, shared_data_dir):
+    """run.sh --setup speaker, stages 1-3 on a few ARCTIC takes: every take of a dev/test
+    prompt (and any training take with a held-out transcript) stays out of training; speed
+    perturbation adds sp0.9-/sp1.1- copies 1/0.9 and 1/1.1 times as long."""
+    import soundfile as sf
+
+    from espnet_lowrank.data import Utterance, read_data_dir, write_data_dir
+
+    src = read_data_dir(str(shared_data_dir / "arctic_cathy_a"), require_text=True)
+    keep = [u for u in src if u.utt_id.split("_")[2] in ("a0001", "a0002", "a0525", "a0561", "a0593")]
+    test_take = next(u for u in keep if "_a0561_" in u.utt_id)
+    # A training-range prompt id reading a test sentence: dropped from train by its text.
+    keep.append(Utterance("cathy_arctic_a0003_1", test_take.wav_path, test_take.text, "cathy"))
+    shared = tmp_path / "shared"
+    write_data_dir(str(shared / "arctic_cathy_a"), keep)
+    recipe = _copy_recipe(tmp_path / "repo")
+    proc = _run(recipe, "--setup", "speaker", "--stage", "1", "--stop_stage", "3", shared=shared, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    def prompts(d):
+        return {u.utt_id: int(u.utt_id.split("_a")[-1][:4]) for u in read_data_dir(str(recipe / d), require_text=True)}
+
+    train, dev, test = prompts("data/sd/train"), prompts("data/sd/dev"), prompts("data/sd/test_real_seen")
+    assert set(train.values()) == {1, 2}
+    assert set(dev.values()) == {525} and set(test.values()) == {561, 593}
+    n_takes = lambda p: sum(f"_a{p:04d}_" in u.utt_id for u in keep)  # noqa: E731
+    assert len(dev) == n_takes(525) and len(test) == n_takes(561) + n_takes(593)
+    assert "1 training takes dropped" in proc.stderr
+    sp = {u.utt_id: u for u in read_data_dir(str(recipe / "dump/sd/raw/train_sp"), require_text=True)}
+    assert len(sp) == 3 * len(train)
+    for uid in train:
+        n = sf.info(sp[uid].wav_path).frames
+        for f in (0.9, 1.1):
+            assert sp[f"sp{f:g}-{uid}"].text == sp[uid].text
+            assert abs(sf.info(sp[f"sp{f:g}-{uid}"].wav_path).frames - n / f) < 0.01 * n

@@ -249,7 +249,7 @@ if [ ${stage} -le 12 ] && [ ${stop_stage} -ge 12 ]; then
     for conf in ${lowrank_configs}; do
         lowrank_exp=$(lowrank_exp_of "${conf}")
         batch_size=$(tools check_lowrank "${conf}")
-        n=${num_calib:-$(${python} -c "import sys; from espnet_lowrank.config import LowRankConfig as C; print(C.from_yaml(sys.argv[1]).num_calib or 64)" "${conf}")}
+        n=${num_calib:-$(${python} -c "import sys; from espnet_lowrank.config import LowRankConfig as C; print(C.from_yaml(sys.argv[1]).calibration.num_calib or 64)" "${conf}")}
         # Calibration: n training utterances (never dev/test), split at batch boundaries.
         # Part statistics stay: a rerun reuses those whose inputs are unchanged (jobs.py).
         require_generated "${calib_dir}" || exit 1

@@ -94,7 +94,7 @@ def cmd_check_lowrank(args) -> None:
         if not os.path.isfile(path):
             die(f"low-rank config not found: {path}")
         try:
-            print(LowRankConfig.from_yaml(path).batch_size)
+            print(LowRankConfig.from_yaml(path).calibration.batch_size)
         except (ValueError, TypeError, yaml.YAMLError) as e:
             die(f"bad low-rank config {path}: {e}")
 
