@@ -1,6 +1,7 @@
 #!/usr/bin/env python
-"""End-to-end transcription time and WER of Whisper exp dirs against their
-dense model and faster-whisper on the same weights, at 1 and 2 threads.
+"""End-to-end transcription time and WER of exp dirs against their dense
+model (Whisper: and faster-whisper on the same weights), at 1 and 2 threads
+and, with ``--beams``, at several beam sizes (an ESPnet Conformer).
 
     python bench/e2e_speed.py --dense exp/whisper_tiny.en --exps exp/whisper_tiny_best \\
         --int8 dense whisper_tiny_best --sets ../shared/data/vctk ../shared/data/pocketsphinx \\
@@ -37,6 +38,9 @@ def get_parser():
                    help="a CTranslate2 model dir, or a packaged Whisper name; 'none' drops the peer rows")
     p.add_argument("--sets", nargs="*", default=[], help="short-utterance sets: DIR, DIR:N or DIR:A-B")
     p.add_argument("--long_form", nargs="*", default=[], help="sets packed into 30 s windows")
+    p.add_argument("--beams", nargs="*", type=int, default=[],
+                   help="beam sizes for the exp dirs' rows (default: each decode.yaml's); ratios are to the "
+                        "first row, the dense model at the first beam")
     p.add_argument("--threads", nargs="+", type=int, default=[1, 2])
     p.add_argument("--rounds", type=int, default=1)
     p.add_argument("--out_dir", required=True)
@@ -72,15 +76,18 @@ def main(argv=None):
     results = {}
     for threads in args.threads:
         torch.set_num_threads(threads)
-        variants = [espnet_variant("dense", args.dense)]
-        variants += [espnet_variant(n, e) for n, e in zip(names, args.exps)]
-        variants += [espnet_variant(f"{n} + int8", e, int8=True)
-                     for n, e in [("dense", args.dense)] + list(zip(names, args.exps)) if n in args.int8]
+        variants = []
+        for beam in args.beams or [None]:
+            tag = "" if beam is None else f", beam {beam}"
+            variants += [espnet_variant(f"dense{tag}", args.dense, beam_size=beam)]
+            variants += [espnet_variant(f"{n}{tag}", e, beam_size=beam) for n, e in zip(names, args.exps)]
+            variants += [espnet_variant(f"{n} + int8{tag}", e, int8=True, beam_size=beam)
+                         for n, e in [("dense", args.dense)] + list(zip(names, args.exps)) if n in args.int8]
         if peer:
             variants += [faster_whisper_variant(f"faster-whisper {t}", peer, t, threads)
                          for t in ("float32", "int8")]
         run_rounds(variants, items, args.rounds, progress=progress)
-        rows = rows_of(variants, items, args.rounds)
+        rows = rows_of(variants, items, args.rounds, dense=variants[0].name)
         table = markdown(rows)
         print(f"\n{threads} thread(s)\n{table}", flush=True)
         report.append(f"\n## {threads} thread(s)\n\n{table}")

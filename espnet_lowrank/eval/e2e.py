@@ -83,11 +83,12 @@ class Variant:
     hyps: Dict[str, str] = field(default_factory=dict)
 
 
-def espnet_variant(name: str, exp_dir: str, int8: bool = False) -> Variant:
+def espnet_variant(name: str, exp_dir: str, int8: bool = False, beam_size: Optional[int] = None) -> Variant:
     """An exp dir as it is deployed: ``Speech2Text`` with its config.yaml and
-    decode.yaml; ``int8`` adds what ``deployment.int8`` ships: dynamic int8
-    on the encoder's linears and, for Whisper, the decoder's."""
-    s2t = load_speech2text(exp_dir)
+    decode.yaml (``beam_size`` replacing its beam); ``int8`` adds what
+    ``deployment.int8`` ships: dynamic int8 on the encoder's linears and, for
+    Whisper, the decoder's."""
+    s2t = load_speech2text(exp_dir, **({} if beam_size is None else {"beam_size": beam_size}))
     if int8:  # in place: the beam search holds this model's decoder
         quantize_linears_(s2t.asr_model.encoder)
         if hasattr(s2t.asr_model.decoder, "quantize_"):
