@@ -7,7 +7,8 @@
 #   2   format -> dump/sd/raw/<set> (absolute wav paths, utt2num_samples)
 #   3   speed perturbation 0.9/1.0/1.1 (resampling, ESPnet's sp<f>- ids) -> dump/sd/raw/train_sp
 #   4   drop train_sp/dev utterances outside [min_wav_duration, max_wav_duration]
-#   5   BPE (sentencepiece unigram, training transcripts only) -> data/sd/token_list/bpe_unigram<nbpe>
+#   5   BPE (sentencepiece unigram, training transcripts only) -> data/sd/token_list/bpe_unigram<nbpe>,
+#       or --bpe_from DIR: copy that exp dir's BPE (to fine-tune its model) -> data/sd/token_list/<DIR name>
 #   6   LM text: training transcripts + text_corpora VCTK/LJSpeech sentences, never a dev/test
 #       sentence (the ARCTIC prompt list is not read) -> dump/sd/lm/{train,dev}.txt
 #   7   LM statistics (espnet2.bin.lm_train --collect_stats true) -> exp/lm_stats_sd
@@ -25,6 +26,7 @@ dev_prompts=520-559
 test_prompts=560-593
 speed_factors="0.9 1.1"    # besides 1.0
 nbpe=150
+bpe_from=                  # an exp dir (bpe.model, config.yaml): reuse its BPE instead of training one
 min_wav_duration=0.1
 max_wav_duration=20
 asr_config=conf/train_asr_conformer_sd.yaml
@@ -35,7 +37,7 @@ lm_args=                   # extra lm_train options, e.g. "--max_epoch 1 --num_i
 asr_args=                  # extra asr_train options
 ngpu=0
 python=python
-__recipe_options="stage stop_stage src dev_prompts test_prompts speed_factors nbpe min_wav_duration max_wav_duration asr_config asr_exp lm_config lm_exp lm_args asr_args ngpu python"
+__recipe_options="stage stop_stage src dev_prompts test_prompts speed_factors nbpe bpe_from min_wav_duration max_wav_duration asr_config asr_exp lm_config lm_exp lm_args asr_args ngpu python"
 . ../../common/parse_options.sh
 . ../../common/generated.sh
 
@@ -46,6 +48,7 @@ lm_exp=${lm_exp:-exp/lm_$(basename "${lm_config}" .yaml)}
 asr_stats=exp/asr_stats_$(basename "${asr_config}" .yaml)
 lm_stats=exp/lm_stats_$(basename "${lm_config}" .yaml)
 token_dir=data/sd/token_list/bpe_unigram${nbpe}
+[ -z "${bpe_from}" ] || token_dir=data/sd/token_list/$(basename "${bpe_from}")
 bpemodel=${token_dir}/bpe.model
 token_list=${token_dir}/tokens.txt
 raw=dump/sd/raw
@@ -91,7 +94,15 @@ if [ ${stage} -le 4 ] && [ ${stop_stage} -ge 4 ]; then
     st minutes "${raw}/train_sp" "${raw}/dev" "${raw}/test_real_seen"
 fi
 
-if [ ${stage} -le 5 ] && [ ${stop_stage} -ge 5 ]; then
+if [ ${stage} -le 5 ] && [ ${stop_stage} -ge 5 ] && [ -n "${bpe_from}" ]; then
+    log 5 "BPE and token list of ${bpe_from} -> ${token_dir}"
+    mkdir -p "${token_dir}"
+    cp "${bpe_from}/bpe.model" "${bpemodel}"
+    ${python} -c "
+import sys, yaml
+print('\\n'.join(yaml.safe_load(open(sys.argv[1]))['token_list']))
+" "${bpe_from}/config.yaml" > "${token_list}"
+elif [ ${stage} -le 5 ] && [ ${stop_stage} -ge 5 ]; then
     log 5 "BPE (unigram, ${nbpe}) and token list from ${raw}/train/text (training transcripts only)"
     mkdir -p "${token_dir}"
     cut -d' ' -f2- "${raw}/train/text" > "${token_dir}/train.txt"
@@ -160,13 +171,16 @@ if [ ${stage} -le 10 ] && [ ${stop_stage} -ge 10 ]; then
 fi
 
 if [ ${stage} -le 11 ] && [ ${stop_stage} -ge 11 ]; then
+    # A fine-tuned model keeps the feature statistics its encoder was trained with.
+    feats_stats=${PWD}/${asr_stats}/train/feats_stats.npz
+    [ -z "${bpe_from}" ] || feats_stats=${PWD}/${bpe_from}/feats_stats.npz
     log 11 "ASR training ${asr_config} -> ${asr_exp} (log: ${asr_exp}/train.log)"
     mkdir -p "${asr_exp}"
     # Appended: with --resume true a rerun continues the same log (summarize_training.py reads it).
     # shellcheck disable=SC2086
     ${python} -m espnet_lowrank.launch -m espnet2.bin.asr_train "${token_opts[@]}" --use_preprocessor true \
         --config "${asr_config}" --frontend_conf fs=16k \
-        --normalize global_mvn --normalize_conf "stats_file=${PWD}/${asr_stats}/train/feats_stats.npz" \
+        --normalize global_mvn --normalize_conf "stats_file=${feats_stats}" \
         "${asr_data[@]}" \
         --train_shape_file "${asr_stats}/train/speech_shape" --train_shape_file "${asr_stats}/train/text_shape.bpe" \
         --valid_shape_file "${asr_stats}/valid/speech_shape" --valid_shape_file "${asr_stats}/valid/text_shape.bpe" \
