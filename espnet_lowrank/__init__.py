@@ -1,7 +1,6 @@
 """espnet_lowrank: post-training low-rank compression of ESPnet ASR encoders.
 
-Public verbs (imported lazily, so that ``import espnet_lowrank`` stays cheap
-and never imports ESPnet):
+Public verbs (imported lazily, so that ``import espnet_lowrank`` stays cheap and never imports ESPnet):
 
 - ``compress(model, calib_data, config)`` -> CompressionResult
 - ``calibrate_model(model, calib_data, config)`` -> StatsSet

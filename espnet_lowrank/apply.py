@@ -1,10 +1,9 @@
-"""Swapping modules in place: dense projections -> low-rank factors, and
-attention -> rank-space attention. Module paths never change, so the
-state-dict keys follow from the plan (``...w_1.weight`` -> ``...w_1.down.weight``,
-``...w_1.up.weight``, ``...w_1.up.bias``).
-"""
+"""Swapping modules in place: dense projections -> low-rank factors, attention -> rank-space attention.
+Module paths never change, so the state-dict keys follow from the plan (``...w_1.weight`` ->
+``...w_1.down.weight``, ``...w_1.up.weight``, ``...w_1.up.bias``)."""
 
 import logging
+from collections import Counter
 from typing import Dict
 
 from torch import nn
@@ -12,7 +11,7 @@ from torch import nn
 from espnet_lowrank.factorize import Spectrum, factor_weights
 from espnet_lowrank.families.base import EncoderFamily
 from espnet_lowrank.handlers import is_lowrank, layer_dims, lowrank_class_for, weight_and_bias
-from espnet_lowrank.modules.folding import attention_flops
+from espnet_lowrank.modules.folding import reduced_is_cheaper
 from espnet_lowrank.nn_utils import set_submodule
 
 logger = logging.getLogger(__name__)
@@ -32,8 +31,8 @@ def _planned_layer(encoder: nn.Module, name: str, rank: int) -> nn.Module:
 
 
 def build_lowrank_layers_(encoder: nn.Module, ranks: Dict[str, int]) -> None:
-    """Replace each planned layer by an (uninitialized) low-rank layer of the
-    planned rank; the weights come later from a state dict."""
+    """Replace each planned layer by an (uninitialized) low-rank layer of the planned rank; the weights
+    come later from a state dict."""
     for name, rank in ranks.items():
         layer = _planned_layer(encoder, name, rank)
         if is_lowrank(layer):
@@ -44,9 +43,7 @@ def build_lowrank_layers_(encoder: nn.Module, ranks: Dict[str, int]) -> None:
         set_submodule(encoder, name, new.to(device=w.device, dtype=w.dtype))
 
 
-def factorize_layers_(
-    encoder: nn.Module, ranks: Dict[str, int], spectra: Dict[str, Spectrum]
-) -> None:
+def factorize_layers_(encoder: nn.Module, ranks: Dict[str, int], spectra: Dict[str, Spectrum]) -> None:
     """Replace each planned dense layer by its PCA factors."""
     for name, rank in ranks.items():
         layer = _planned_layer(encoder, name, rank)
@@ -57,31 +54,17 @@ def factorize_layers_(
         set_submodule(encoder, name, new)
 
 
-def choose_attention_(
-    encoder: nn.Module, family: EncoderFamily, mode: str, frames: int
-) -> Dict[str, str]:
-    """Swap attention modules for the rank-space version where ``mode`` asks
-    for it ("reduced"), or where it needs fewer FLOPs over ``frames`` frames
-    ("auto"). Returns module name -> "reduced" | "dense"."""
+def choose_attention_(encoder: nn.Module, family: EncoderFamily, mode: str, frames: int) -> Dict[str, str]:
+    """Swap attention modules for the rank-space version where ``mode`` asks for it ("reduced"), or where
+    it needs fewer FLOPs over ``frames`` frames ("auto"). Returns module name -> "reduced" | "dense"."""
     chosen = {}
     for name, attn in family.attention_modules(encoder).items():
         # Dense mode never asks for the parts: any attention type may stay dense.
-        if mode == "dense":
-            chosen[name] = "dense"
-            continue
-        query, key, value, out, n_head = family.attention_parts(attn)
-        if mode == "auto":
-            reduced = attention_flops(query, key, value, out, n_head, frames, reduced=True)
-            dense = attention_flops(query, key, value, out, n_head, frames, reduced=False)
-            if reduced >= dense:
-                chosen[name] = "dense"
-                continue
-        set_submodule(encoder, name, family.reduced_attention(attn))
-        chosen[name] = "reduced"
-    logger.info(
-        "attention: %d reduced, %d dense",
-        sum(v == "reduced" for v in chosen.values()),
-        sum(v == "dense" for v in chosen.values()),
-    )
+        parts = family.attention_parts(attn) if mode != "dense" else None
+        reduce = mode == "reduced" or (mode == "auto" and reduced_is_cheaper(*parts, frames))
+        if reduce:
+            set_submodule(encoder, name, family.reduced_attention(attn))
+        chosen[name] = "reduced" if reduce else "dense"
+    counts = Counter(chosen.values())
+    logger.info("attention: %d reduced, %d dense", counts["reduced"], counts["dense"])
     return chosen
-

@@ -1,21 +1,14 @@
-"""Rank-space balancing: rescale each factor pair so that dynamic int8 keeps
-the small principal components, without changing what the layer computes.
+"""Rank-space balancing: rescale each factor pair so that dynamic int8 keeps the small principal
+components, without changing what the layer computes.
 
-The bottleneck activation z = W1 x of a PCA-factored layer has one channel per
-principal component, and their scales fall with the eigenvalues by orders of
-magnitude. Dynamic int8 quantizes each activation tensor with one scale, so
-the small components round to zero (tiny.en at 76 % kept: +2.6 / +3.7 WER
-from int8, against +0.3 / +0.2 on the dense encoder). Dividing row i of W1 by
-s_i and multiplying column i of W2 by s_i keeps W2 W1 and moves range from the
-activation into W2's columns, which int8 scales per output channel. With
-SmoothQuant's migration, s_i = rms_i^α / max|W2[:, i]|^(1−α), α = 0.7 gave the
-lowest int8 error of the tiny.en encoder (α 0.5 / 0.7 / 0.85, one-pass and
-after recovery; bench/DECISIONS.md).
-
-rms_i comes from the calibration statistics, so no extra pass is needed:
-z = Vᵀ W x = Vᵀ (y − b), hence E[z_i²] = λ_i + (v_iᵀ (μ − b))². After
-recovery the factors have moved, but the same scales measured as well as
-scales from a forward pass.
+The bottleneck z = W1 x has one channel per principal component, and their scales fall with the
+eigenvalues by orders of magnitude; dynamic int8 quantizes an activation tensor with one scale, so the
+small ones round to zero (tiny.en at 76 % kept: +2.6 / +3.7 WER from int8, against +0.3 / +0.2 dense).
+Dividing row i of W1 by s_i and multiplying column i of W2 by it keeps W2 W1 and moves range into W2's
+columns, which int8 scales per output channel. SmoothQuant's s_i = rms_i^α / max|W2[:, i]|^(1−α) with
+α = 0.7 gave the lowest int8 error of the tiny.en encoder (α 0.5 / 0.7 / 0.85, one-pass and after
+recovery; bench/DECISIONS.md). rms_i needs no extra pass: z = Vᵀ (y − b), so E[z_i²] = λ_i +
+(v_iᵀ (μ − b))²; after recovery these scales measured as well as scales from a forward pass.
 """
 
 from typing import Dict
@@ -29,20 +22,17 @@ from espnet_lowrank.handlers import weight_and_bias
 ALPHA = 0.7
 
 
-def rank_space_rms(spec: Spectrum, bias, rank: int) -> torch.Tensor:
-    """RMS over the calibration frames of each bottleneck channel, (rank,)."""
-    v = spec.eigenvectors[:, :rank]
-    b = torch.zeros_like(spec.mean) if bias is None else bias.detach().to(spec.mean)
-    offset = v.T @ (spec.mean - b)
-    return (spec.eigenvalues[:rank] + offset ** 2).sqrt()
-
-
 def statistics_rms(dense_encoder: nn.Module, ranks: Dict[str, int],
                    spectra: Dict[str, Spectrum]) -> Dict[str, torch.Tensor]:
-    """Per planned layer, the bottleneck RMS from the calibration statistics;
-    ``dense_encoder`` supplies the dense biases they were taken with."""
-    return {name: rank_space_rms(spectra[name], weight_and_bias(dense_encoder.get_submodule(name))[1], rank)
-            for name, rank in ranks.items()}
+    """Per planned layer, each bottleneck channel's RMS over the calibration frames, (rank,);
+    ``dense_encoder`` supplies the dense biases the statistics were taken with."""
+    rms = {}
+    for name, rank in ranks.items():
+        spec, bias = spectra[name], weight_and_bias(dense_encoder.get_submodule(name))[1]
+        b = torch.zeros_like(spec.mean) if bias is None else bias.detach().to(spec.mean)
+        offset = spec.eigenvectors[:, :rank].T @ (spec.mean - b)
+        rms[name] = (spec.eigenvalues[:rank] + offset ** 2).sqrt()
+    return rms
 
 
 def _floored(x: torch.Tensor) -> torch.Tensor:
@@ -52,8 +42,7 @@ def _floored(x: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def balance_factors_(encoder: nn.Module, rms: Dict[str, torch.Tensor], alpha: float = ALPHA) -> None:
-    """Rescale the factors of every layer named in ``rms`` (its bottleneck
-    RMS per channel, e.g. from :func:`statistics_rms`) in place."""
+    """Rescale in place the factors of every layer named in ``rms`` (its bottleneck RMS per channel)."""
     for name, channel_rms in rms.items():
         layer = encoder.get_submodule(name)
         rank = channel_rms.numel()

@@ -1,25 +1,13 @@
-"""Global rank allocation under a cost budget.
+"""Global rank allocation: instead of one θ per role (``plan.make_plan``), keep a fraction ``budget`` of the
+target layers' dense cost (FLOPs per frame: 2 k (d_in + d_out) factored, 2 d_in d_out dense) and spend it
+where it buys the most.
 
-Instead of one explained-variance threshold per role (``plan.make_plan``),
-keep a fraction ``budget`` of the target layers' dense cost and spend it
-where it buys the most:
-
-* every layer starts dense (cost ``d_in d_out``, nothing lost);
-* repeatedly take the rank cut, in steps of ``config.ranks.rank_multiple``, that
-  loses the least per unit of cost saved, until the kept cost is at most
-  ``budget`` times the dense cost. What a cut loses is measured
-  (``sensitivity.py``): the encoder-output error with that layer alone cut to
-  that rank. (Each layer's own discarded variance was the criterion before and
-  lost badly at equal size: bench/DECISIONS.md, "budget by measured
-  sensitivity".)
-* then give rank back, step by step, where it saves the most loss per unit
-  of cost, as long as the budget still holds — so the kept cost ends within one
-  rounding step of the budget.
-
-A layer is dense whenever factoring would not save (``k (d_in + d_out) >=
-d_in d_out``). The cost is FLOPs per frame: 2 k (d_in + d_out) for two
-factors, 2 d_in d_out dense. Ties break by layer order, so the result is
-deterministic.
+Every layer starts dense; repeatedly take the rank cut (in steps of ``ranks.rank_multiple``) that loses
+the least per unit of cost saved until the budget holds, then give rank back where it saves the most loss
+per unit of cost while the budget still holds, so the kept cost ends within one rounding step of it. What a
+cut loses is measured (``sensitivity.py``: the encoder-output error with that layer alone cut to that
+rank); each layer's own discarded variance lost badly at equal size (bench/DECISIONS.md, "budget by
+measured sensitivity"). A layer stays dense where factoring would not save; ties break by layer order.
 """
 
 import logging
@@ -38,8 +26,8 @@ def flops(d_in: int, d_out: int, rank: Optional[int]) -> float:
 
 
 def candidate_ranks(d_in: int, d_out: int, multiple: int) -> List[int]:
-    """Factored ranks worth having, ascending: multiples of ``multiple`` (and
-    the full rank) below the break-even k (d_in + d_out) < d_in d_out."""
+    """Factored ranks worth having, ascending: multiples of ``multiple`` (and the full rank) below the
+    break-even k (d_in + d_out) < d_in d_out."""
     full = min(d_in, d_out)
     ranks = list(range(multiple, full + 1, multiple))
     if not ranks or ranks[-1] != full:
@@ -55,7 +43,8 @@ class _Layer:
         if fixed is not None:
             self.options = [(fixed, flops(d_in, d_out, fixed), 0.0)]  # never moved
         else:
-            self.options = [(k, flops(d_in, d_out, k), measured[k]) for k in candidate_ranks(d_in, d_out, multiple)]
+            ranks = candidate_ranks(d_in, d_out, multiple)
+            self.options = [(k, flops(d_in, d_out, k), measured[k]) for k in ranks]
             self.options.append((None, flops(d_in, d_out, None), 0.0))
         self.fixed = fixed is not None
         self.at = len(self.options) - 1  # start dense (or at the fixed rank)
@@ -75,17 +64,16 @@ class _Layer:
 
 def layer_probes(spectra: Dict[str, Spectrum], layers: Dict[str, Tuple[str, int, int]],
                  config: LowRankConfig) -> Dict[str, Tuple[Spectrum, List[int]]]:
-    """The ranks :func:`allocate_ranks` may give each layer (rank_pattern layers
-    excluded): what ``sensitivity.measure_sensitivity`` probes."""
+    """The ranks :func:`allocate_ranks` may give each layer (rank_pattern layers excluded): what
+    ``sensitivity.measure_sensitivity`` probes."""
     return {name: (spectra[name], candidate_ranks(d_in, d_out, config.ranks.rank_multiple))
             for name, (_, d_in, d_out) in layers.items()
             if fixed_rank(name, config.targets.rank_pattern) is None}
 
 
 def _best_cut(layer: _Layer) -> Optional[Tuple[float, int]]:
-    """(loss per cost saved, target index) of the best cut below the
-    current option; looks past steps that save little (e.g. dense -> the
-    break-even rank) so that a layer is not starved by its first step."""
+    """(loss per cost saved, target index) of the best cut below the current option; looks past steps that
+    save little (e.g. dense -> the break-even rank) so that a layer is not starved by its first step."""
     best = None
     cost, lost = layer.cost, layer.lost
     for i in range(layer.at - 1, -1, -1):
@@ -99,22 +87,12 @@ def _best_cut(layer: _Layer) -> Optional[Tuple[float, int]]:
     return best
 
 
-def allocate_ranks(
-    spectra: Dict[str, Spectrum],
-    layers: Dict[str, Tuple[str, int, int]],
-    budget: float,
-    config: Optional[LowRankConfig],
-    measured: Dict[str, Dict[int, float]],
-) -> RankPlan:
-    """Ranks that keep ``budget`` (in (0, 1]) of the dense FLOPs of ``layers``
-    (name -> (role, d_in, d_out)): a cut to rank k costs ``measured[name][k]``
-    (name -> {rank: error} at the :func:`layer_probes` ranks). The calibration
-    ``spectra`` give each decision's explained variance for the report.
-
-    ``config`` gives the step (``rank_multiple``) and fixed ranks
-    (``rank_pattern``: counted, never changed); θ is only reported. A budget
-    below what the smallest ranks cost raises ValueError.
-    """
+def allocate_ranks(spectra: Dict[str, Spectrum], layers: Dict[str, Tuple[str, int, int]], budget: float,
+                   config: Optional[LowRankConfig], measured: Dict[str, Dict[int, float]]) -> RankPlan:
+    """Ranks that keep ``budget`` (in (0, 1]) of the dense FLOPs of ``layers`` (name -> (role, d_in, d_out));
+    a cut to rank k loses ``measured[name][k]`` (at the :func:`layer_probes` ranks). ``spectra`` give the
+    reported explained variance; ``config`` the step and the fixed ranks (``rank_pattern``: counted, never
+    changed); θ is only reported. A budget below what the smallest ranks cost raises ValueError."""
     config = config or LowRankConfig()
     if not 0.0 < budget <= 1.0:
         raise ValueError(f"budget must be in (0, 1], got {budget}")

@@ -1,14 +1,8 @@
 """Factorization: y = W x + b  ->  y ≈ W2 (W1 x) + b′ from centered PCA of y.
 
-With μ the output mean and V_k the top-k eigenvectors of the output
-covariance (the principal directions of y),
-
-    W1 = V_kᵀ W          (k, d_in)
-    W2 = V_k             (d_out, k)
-    b′ = μ + V_k V_kᵀ (b − μ)
-
-so that ŷ = μ + V_k V_kᵀ (y − μ), the best rank-k reconstruction of y in
-the mean-squared sense over the calibration frames.
+With μ the output mean and V_k the top-k eigenvectors of the output covariance, W1 = V_kᵀ W (k, d_in),
+W2 = V_k (d_out, k) and b′ = μ + V_k V_kᵀ (b − μ), so that ŷ = μ + V_k V_kᵀ (y − μ), the best rank-k
+reconstruction of y in the mean-squared sense over the calibration frames.
 """
 
 from dataclasses import dataclass
@@ -44,28 +38,15 @@ class Spectrum:
 
 
 def spectrum(stats: OutputStats) -> Spectrum:
-    return spectrum_from_covariance(stats.covariance(), stats.mean)
-
-
-def spectrum_from_covariance(cov: torch.Tensor, mean: torch.Tensor) -> Spectrum:
-    cov = 0.5 * (cov + cov.T)  # exact symmetry for eigh
-    eigenvalues, eigenvectors = torch.linalg.eigh(cov)
+    cov = stats.covariance()
+    eigenvalues, eigenvectors = torch.linalg.eigh(0.5 * (cov + cov.T))  # exact symmetry for eigh
     order = torch.argsort(eigenvalues, descending=True)
-    return Spectrum(eigenvalues[order].clamp_min(0.0), eigenvectors[:, order], mean)
+    return Spectrum(eigenvalues[order].clamp_min(0.0), eigenvectors[:, order], stats.mean)
 
 
-def factor_weights(
-    weight: torch.Tensor,
-    bias: Optional[torch.Tensor],
-    spec: Spectrum,
-    rank: int,
-) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Return (W1, W2, b′) in float64 for a dense layer (weight (d_out, d_in)).
-
-    Raises:
-        ValueError: if ``rank`` exceeds the layer's dimensions.
-        FloatingPointError: if the factors are not finite.
-    """
+def factor_weights(weight: torch.Tensor, bias: Optional[torch.Tensor], spec: Spectrum,
+                   rank: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(W1, W2, b′) in float64 for a dense layer (weight (d_out, d_in)); FloatingPointError if not finite."""
     d_out, d_in = weight.shape
     if not 0 < rank <= min(d_in, d_out):
         raise ValueError(f"rank {rank} is larger than the layer ({d_out}x{d_in}) allows")
@@ -74,16 +55,11 @@ def factor_weights(
                          f"{d_out} outputs")
     w = weight.detach().to(device=spec.eigenvectors.device, dtype=torch.float64)
     v = spec.eigenvectors[:, :rank]
-    mean = spec.mean
-    b = (
-        bias.detach().to(device=v.device, dtype=torch.float64)
-        if bias is not None
-        else torch.zeros(d_out, dtype=torch.float64, device=v.device)
-    )
+    b = torch.zeros(d_out) if bias is None else bias.detach()
+    b = b.to(device=v.device, dtype=torch.float64)
     w1 = v.T @ w
-    w2 = v
-    b_new = mean + v @ (v.T @ (b - mean))
-    for name, t in (("W1", w1), ("W2", w2), ("bias", b_new)):
+    b_new = spec.mean + v @ (v.T @ (b - spec.mean))
+    for name, t in (("W1", w1), ("W2", v), ("bias", b_new)):
         if not torch.isfinite(t).all():
             raise FloatingPointError(f"non-finite {name} in the factorization")
-    return w1, w2, b_new
+    return w1, v, b_new

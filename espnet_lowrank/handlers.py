@@ -1,21 +1,12 @@
-"""Module type -> handler: how the plugin reads, factors, folds and quantizes
-each kind of module it touches.
+"""Module type -> handler: how the plugin reads, factors, folds and quantizes each kind of module.
 
-Lookup walks the module's MRO, so subclasses find their base's handler
-(``whisper.model.Linear`` -> ``nn.Linear``, ESPnet's relative-position
-attention before plain multi-head). Classes of optional packages (ESPnet,
-openai-whisper) are keyed by their ``"module.QualName"`` path, so importing
-this file imports neither; this package's modules (``modules/``, which import
-nothing of the package) are imported here.
-An unsupported type raises an error that lists the supported ones.
-
-int8 policy (``quantize.quantize_linears_``): "quantize" swaps the module for
-a dynamic int8 linear; "float" keeps it and everything under it float
-(rank-space attention reads its projections' weights to fold them); no
-policy looks inside.
+Lookup walks the MRO, so subclasses find their base's handler (``whisper.model.Linear`` -> ``nn.Linear``).
+Optional packages' classes (ESPnet, openai-whisper) are keyed by their ``"module.QualName"`` path, so this
+file imports neither. An unsupported type raises an error that lists the supported ones.
 """
 
 from dataclasses import dataclass
+from functools import partial
 from typing import Callable, Dict, Optional, Tuple
 
 from torch import nn
@@ -30,30 +21,20 @@ AttentionParts = Tuple[nn.Module, nn.Module, nn.Module, nn.Module, int]
 
 @dataclass(frozen=True)
 class Handler:
-    """What the plugin may do with one module type.
+    """What the plugin may do with one module type."""
 
-    Attributes:
-        kind: "projection" or "attention".
-        supports: extra shape check (a 3x3 Conv1d is not a projection).
-        dims: (d_in, d_out) of a projection.
-        weight_and_bias: dense (W (d_out, d_in), b or None); None if the
-            module is already factored.
-        lowrank: the factored class that replaces it, or None.
-        parts: (query, key, value, out, n_head) of an attention module.
-        reduced: builds the rank-space attention from an attention module.
-        int8: "quantize", "float", or None (look inside).
-        note: shown after the class path in the list of supported types.
-    """
-
-    kind: str
-    supports: Callable[[nn.Module], bool] = lambda m: True
-    dims: Optional[Callable[[nn.Module], Tuple[int, int]]] = None
+    kind: str  # "projection" or "attention"
+    supports: Callable[[nn.Module], bool] = lambda m: True  # extra check: a 3x3 Conv1d is no projection
+    dims: Optional[Callable[[nn.Module], Tuple[int, int]]] = None  # (d_in, d_out) of a projection
+    # dense (W (d_out, d_in), b or None); None for an already factored module
     weight_and_bias: Optional[Callable[[nn.Module], tuple]] = None
-    lowrank: Optional[type] = None
+    lowrank: Optional[type] = None  # the factored class that replaces it
     parts: Optional[Callable[[nn.Module], AttentionParts]] = None
-    reduced: Optional[Callable[[nn.Module], nn.Module]] = None
+    reduced: Optional[Callable[[nn.Module], nn.Module]] = None  # builds the rank-space attention
+    # quantize_linears_: "quantize" swaps it for a dynamic int8 linear; "float" keeps it and everything under
+    # it float (rank-space attention reads its projections' weights to fold them); None looks inside.
     int8: Optional[str] = None
-    note: str = ""
+    note: str = ""  # shown after the class path in the list of supported types
 
 
 _REGISTRY: Dict[str, Handler] = {}
@@ -75,8 +56,7 @@ def find_handler(module: nn.Module) -> Optional[Handler]:
     cls = type(module)
     if cls not in _BY_TYPE:
         _BY_TYPE[cls] = next((_path(c) for c in cls.__mro__ if _path(c) in _REGISTRY), None)
-    key = _BY_TYPE[cls]
-    handler = _REGISTRY[key] if key is not None else None
+    handler = _REGISTRY.get(_BY_TYPE[cls])
     return handler if handler is not None and handler.supports(module) else None
 
 
@@ -86,8 +66,7 @@ def supported(kind: str, need: str) -> str:
 
 
 def handler_for(module: nn.Module, kind: str, need: str, action: str) -> Handler:
-    """The handler of ``module`` that can do ``need``; else a TypeError naming
-    the supported types."""
+    """The handler of ``module`` that can do ``need``; else a TypeError naming the supported types."""
     handler = find_handler(module)
     if handler is None or handler.kind != kind or getattr(handler, need) is None:
         raise TypeError(f"cannot {action} {type(module).__name__}; supported: {supported(kind, need)}")
@@ -162,29 +141,20 @@ def _espnet_parts(attn):
     return attn.linear_q, attn.linear_k, attn.linear_v, attn.linear_out, attn.h
 
 
-def _whisper_reduced(attn):
-    return WhisperReducedAttention(*_whisper_parts(attn))
-
-
-def _relpos_reduced(legacy: bool):
-    return lambda attn: ReducedRelPositionAttention.from_dense(attn, legacy=legacy)
-
-
-def _itself(attn):
-    return attn
-
-
 _ESPNET_ATTENTION = "espnet.nets.pytorch_backend.transformer.attention."
 register("whisper.model.MultiHeadAttention", Handler(
-    kind="attention", parts=_whisper_parts, reduced=_whisper_reduced))
+    kind="attention", parts=_whisper_parts,
+    reduced=lambda attn: WhisperReducedAttention(*_whisper_parts(attn))))
 register(_ESPNET_ATTENTION + "MultiHeadedAttention", Handler(
     kind="attention", parts=_espnet_parts, reduced=ReducedMultiHeadedAttention.from_dense))
 register(_ESPNET_ATTENTION + "RelPositionMultiHeadedAttention", Handler(
-    kind="attention", parts=_espnet_parts, reduced=_relpos_reduced(legacy=False)))
+    kind="attention", parts=_espnet_parts,
+    reduced=partial(ReducedRelPositionAttention.from_dense, legacy=False)))
 register(_ESPNET_ATTENTION + "LegacyRelPositionMultiHeadedAttention", Handler(
-    kind="attention", parts=_espnet_parts, reduced=_relpos_reduced(legacy=True)))
+    kind="attention", parts=_espnet_parts,
+    reduced=partial(ReducedRelPositionAttention.from_dense, legacy=True)))
 # Rank-space attention reads its projections' float weights: int8 must skip it.
 register(_path(ReducedSelfAttention), Handler(
-    kind="attention", parts=_whisper_parts, reduced=_itself, int8="float"))
+    kind="attention", parts=_whisper_parts, reduced=lambda attn: attn, int8="float"))
 register(_path(ReducedMultiHeadedAttention), Handler(
-    kind="attention", parts=_espnet_parts, reduced=_itself, int8="float"))
+    kind="attention", parts=_espnet_parts, reduced=lambda attn: attn, int8="float"))

@@ -1,10 +1,6 @@
-"""Run an ESPnet CLI with the plugin registered; usable as asr.sh's ``--python``.
-
-    python -m espnet_lowrank.launch -m espnet2.bin.asr_inference ARGS...
-
-Decoding with ``espnet2.bin.asr_inference`` also shows a tqdm bar over the
-utterances (the stock CLI has none).
-"""
+"""Run an ESPnet CLI with the plugin registered; usable as asr.sh's ``--python``:
+``python -m espnet_lowrank.launch -m espnet2.bin.asr_inference ARGS...``. Decoding also shows a tqdm bar
+over the utterances (the stock CLI has none)."""
 
 import functools
 import importlib
@@ -49,14 +45,13 @@ def main(argv=None) -> None:
 
     install()
     module = importlib.import_module(module_name) if module_name.startswith("espnet2.bin.") else None
+    sys.argv = [module_name] + args
     if module is not None and hasattr(module, "main"):
         if module_name == "espnet2.bin.asr_inference":
             _show_decoding_progress(module, args)
-        sys.argv = [module_name] + args
         module.main(args)
-        return
-    sys.argv = [module_name] + args
-    runpy.run_module(module_name, run_name="__main__", alter_sys=True)
+    else:
+        runpy.run_module(module_name, run_name="__main__", alter_sys=True)
 
 
 if __name__ == "__main__":

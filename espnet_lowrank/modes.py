@@ -1,9 +1,5 @@
-"""Train/eval modes saved per submodule and restored exactly.
-
-``model.train(was_training)`` sets every submodule to one flag, which loses
-mixed modes (a frozen frontend in eval inside a model in train mode, say).
-These helpers record each submodule's own ``training`` flag instead.
-"""
+"""Train/eval modes saved per submodule and restored exactly: ``model.train(was_training)`` sets every
+submodule to one flag, which loses mixed modes (a frozen frontend in eval inside a training model)."""
 
 from contextlib import contextmanager
 from typing import Dict, Iterator
@@ -17,8 +13,7 @@ def training_modes(module: nn.Module) -> Dict[str, bool]:
 
 
 def restore_modes(module: nn.Module, modes: Dict[str, bool]) -> None:
-    """Set back the flags recorded by ``training_modes``; submodules added
-    since keep their current mode."""
+    """Set back the flags recorded by ``training_modes``; submodules added since keep their mode."""
     for name, m in module.named_modules():
         if name in modes:
             m.training = modes[name]
@@ -26,8 +21,7 @@ def restore_modes(module: nn.Module, modes: Dict[str, bool]) -> None:
 
 @contextmanager
 def kept_modes(module: nn.Module) -> Iterator[nn.Module]:
-    """``with kept_modes(model): model.eval(); ...`` restores every
-    submodule's mode on exit, exceptions included."""
+    """``with kept_modes(model): model.eval(); ...`` restores every submodule's mode on exit."""
     modes = training_modes(module)
     try:
         yield module

@@ -6,8 +6,7 @@ from torch import nn
 
 
 def set_submodule(root: nn.Module, name: str, new: nn.Module) -> None:
-    """Put ``new`` at the dotted path ``name`` under ``root`` (the same path, so
-    the state-dict keys follow from the name)."""
+    """Put ``new`` at the dotted path ``name`` under ``root`` (so the state-dict keys follow the name)."""
     parent_name, _, child = name.rpartition(".")
     parent = root.get_submodule(parent_name) if parent_name else root
     setattr(parent, child, new)

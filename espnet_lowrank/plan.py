@@ -1,9 +1,5 @@
-"""Rank planning: from output spectra and the config to per-layer ranks.
-
-The plan is a plain ``{module name: rank}`` mapping, written into the YAML
-that ESPnet reads. Layers missing from it stay dense. This module never
-touches a model.
-"""
+"""Rank planning: from output spectra and the config to a plain ``{module name: rank}`` plan, written
+into the YAML that ESPnet reads; layers missing from it stay dense. Never touches a model."""
 
 import math
 import re
@@ -42,15 +38,6 @@ class RankPlan:
     decisions: List[LayerDecision] = field(default_factory=list)
 
 
-def round_up(k: int, multiple: int) -> int:
-    return int(math.ceil(k / multiple) * multiple)
-
-
-def is_worth_factoring(rank: int, d_in: int, d_out: int) -> bool:
-    """Two factors cost k (d_in + d_out); the dense layer d_in d_out."""
-    return rank * (d_in + d_out) < d_in * d_out
-
-
 def fixed_rank(name: str, rank_pattern: Dict[str, int]) -> Optional[int]:
     for pattern, rank in rank_pattern.items():
         if re.fullmatch(pattern, name):
@@ -58,23 +45,9 @@ def fixed_rank(name: str, rank_pattern: Dict[str, int]) -> Optional[int]:
     return None
 
 
-def make_plan(
-    spectra: Dict[str, Spectrum],
-    layers: Dict[str, Tuple[str, int, int]],
-    config: LowRankConfig,
-) -> RankPlan:
-    """Choose a rank per layer.
-
-    Args:
-        spectra: layer name -> output spectrum from calibration.
-        layers: layer name -> (role, d_in, d_out); role is "attention" or
-            "feed_forward" and selects θ.
-        config: thresholds, rounding and overrides.
-
-    Raises:
-        ValueError: a layer without statistics, or a fixed rank larger than
-            the layer.
-    """
+def make_plan(spectra: Dict[str, Spectrum], layers: Dict[str, Tuple[str, int, int]],
+              config: LowRankConfig) -> RankPlan:
+    """A rank per layer (name -> (role, d_in, d_out); the role, "attention" or "feed_forward", selects θ)."""
     ranks: Dict[str, int] = {}
     decisions: List[LayerDecision] = []
     for name, (role, d_in, d_out) in layers.items():
@@ -91,16 +64,15 @@ def make_plan(
                                  f"{d_out}x{d_in} (max rank {full})")
             rank, reason = fixed, "rank_pattern"
         else:
-            rank, reason = min(round_up(from_theta, config.ranks.rank_multiple), full), f"theta={theta}"
+            multiple = config.ranks.rank_multiple
+            rank, reason = min(math.ceil(from_theta / multiple) * multiple, full), f"theta={theta}"
         kept: Optional[int] = rank
-        # A fixed rank is an explicit request (e.g. full rank, to test the swap):
-        # kept even where the dense layer is smaller.
-        if fixed is None and not is_worth_factoring(rank, d_in, d_out):
+        # Two factors cost k (d_in + d_out), the dense layer d_in d_out. A fixed rank is an explicit
+        # request (e.g. full rank, to test the swap): kept even where the dense layer is smaller.
+        if fixed is None and rank * (d_in + d_out) >= d_in * d_out:
             kept, reason = None, f"{reason}; dense is smaller"
         explained = float(spec.explained_variance()[rank - 1])
-        decisions.append(
-            LayerDecision(name, role, d_in, d_out, kept, from_theta, explained, reason)
-        )
+        decisions.append(LayerDecision(name, role, d_in, d_out, kept, from_theta, explained, reason))
         if kept is not None:
             ranks[name] = kept
     return RankPlan(ranks, decisions)

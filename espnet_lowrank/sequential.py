@@ -1,13 +1,7 @@
-"""Layer groups for sequential calibration (``sequential: true``).
-
-One-pass LiteASR calibrates every layer on the dense model's activations, so
-a later layer's basis fits inputs it never sees once the earlier layers are
-truncated. Sequentially, the driver (``espnet_lowrank.pipeline``) calibrates
-one group at a time, in forward order, on the partly compressed model, so
-each basis adapts to the error it receives.
-
-A group is a run of target layers that read the same input tensor (q/k/v of
-one attention); the others (``out``, ``fc1``, ``fc2``, ...) are groups of one.
+"""Layer groups for sequential calibration (``sequential: true``): one-pass LiteASR fits a later layer's
+basis to dense inputs it never sees once earlier layers are truncated, so groups are calibrated one at a
+time, in forward order, on the partly compressed model. A group is a run of target layers that read the
+same input tensor (q/k/v of one attention); the others (``out``, ``fc1``, ...) are groups of one.
 """
 
 from typing import List

@@ -1,10 +1,6 @@
-"""Whisper's self-attention computed in the reduced (rank) dimension: the
-Whisper adapter over the folding core (``modules/folding.py``), with the fast
-paths that Whisper's 1500 frames pay for.
-
-The folded path pays off when the ranks are small against the head width;
-``attention_flops`` compares it with the plain path so callers can choose.
-"""
+"""Whisper's encoder self-attention in the rank space: the Whisper adapter over the folding core
+(``modules/folding.py``), with the fast paths that Whisper's 1500 frames pay for. The folded path pays
+off when the ranks are small against the head width; ``attention_flops`` compares it with the plain one."""
 
 import time
 from typing import Dict, Optional
@@ -13,64 +9,53 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from espnet_lowrank.modules.folding import (  # noqa: F401 (attention_flops is public here)
-    attention_flops,
-    check_heads,
-    factors,
-    fold_scores,
-    fold_values,
-    out_rank,
-    project_out,
-    rank_input,
-    rank_of,
-)
+from espnet_lowrank.modules.folding import (attention_flops, check_heads, factors, fold_scores, fold_values,
+                                            out_rank, project_out, rank_input, rank_of)
 
-# How ReducedSelfAttention computes in eval mode without gradients:
-# "flops": the path with fewer FLOPs (deterministic, the default);
-# "reduced": always rank space; "measure": time the rank-space and the plain
-# path once per (shapes, ranks, device, dtype, threads) and keep the faster
-# (cached in-process, so runs may differ). Training and autograd always take
-# the rank-space path.
+# How ReducedSelfAttention computes in eval mode without gradients: "flops" takes the path with fewer
+# FLOPs (deterministic, the default); "reduced" always rank space; "measure" times both paths once per
+# (shapes, ranks, device, dtype, threads) and keeps the faster (cached in-process, so runs may differ).
+# Training and autograd always take the rank-space path.
 DISPATCH_MODES = ("flops", "reduced", "measure")
-# (dispatch key) -> "reduced" | "dense"; filled on first use in "measure" mode.
-_DISPATCH_CACHE: Dict[tuple, str] = {}
+_DISPATCH_CACHE: Dict[tuple, str] = {}  # dispatch key -> "reduced" | "dense", filled in "measure" mode
 
 
-def _time_ms(fn, repeats: int = 3) -> float:
-    fn()  # warm-up
+def _check_dispatch(dispatch: str) -> None:
+    if dispatch not in DISPATCH_MODES:
+        raise ValueError(f"unknown attention dispatch {dispatch!r}; expected one of {DISPATCH_MODES}")
+
+
+def _sdpa_mask(key_padding_mask: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    return None if key_padding_mask is None else key_padding_mask[:, None, None, :].bool()
+
+
+def _time_ms(forward, x: torch.Tensor, key_padding_mask, repeats: int = 3) -> float:
+    """Median time of ``repeats`` calls after one warm-up call."""
     times = []
-    for _ in range(repeats):
+    for _ in range(repeats + 1):
         start = time.perf_counter()
-        fn()
+        forward(x, key_padding_mask)
+        if x.is_cuda:
+            torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
-    return 1000 * sorted(times)[len(times) // 2]
+    return 1000 * sorted(times[1:])[repeats // 2]
 
 
 class ReducedSelfAttention(nn.Module):
     """Multi-head self-attention whose scores and values live in rank space.
 
-    Holds the four projections under their original names, so the state-dict
-    keys are those of the plain attention with low-rank projections.
-
-    Speed: the three down-projections run as one GEMM; the shared rank-space
-    keys serve all heads at once (the heads' queries are stacked as rows of a
-    single-head SDPA, so keys and values are never expanded per head); in
-    eval mode the folded matrices are cached until a weight changes; and the
-    plain path is taken instead where ``dispatch`` says it is cheaper.
-
-    Args:
-        query, key, value, out: ``nn.Linear`` or ``LowRankLinear`` (d -> d).
-        n_head: number of heads; d must be divisible by it.
-        dispatch: one of ``DISPATCH_MODES`` (a plain attribute; callers may
-            change it, e.g. through ``set_attention_options_``).
+    The projections (``nn.Linear`` or ``LowRankLinear``, d -> d) keep their names, so the state-dict keys
+    are those of the plain attention. Speed: the three down-projections run as one GEMM; the heads'
+    queries are the rows of one single-head SDPA over the shared rank-space keys (never expanded per
+    head); eval mode caches the folded matrices until a weight changes; and the plain path is taken
+    where ``dispatch`` (one of ``DISPATCH_MODES``, a plain attribute callers may change) says so.
     """
 
     def __init__(self, query: nn.Module, key: nn.Module, value: nn.Module, out: nn.Module, n_head: int,
                  dispatch: str = "flops"):
         super().__init__()
         check_heads(query.out_features, n_head)
-        if dispatch not in DISPATCH_MODES:
-            raise ValueError(f"unknown attention dispatch {dispatch!r}; expected one of {DISPATCH_MODES}")
+        _check_dispatch(dispatch)
         self.query, self.key, self.value, self.out = query, key, value, out
         self.n_head = n_head
         self.dispatch = dispatch
@@ -78,9 +63,8 @@ class ReducedSelfAttention(nn.Module):
         self._cache = None
 
     def _prepared(self, dtype: torch.dtype):
-        """(W_down (kq+kk+kv, d) or None, split sizes, M', c', N', c_o) laid out
-        for the fast forward; cached in eval mode without autograd, keyed on
-        every parameter's identity, storage and in-place version."""
+        """(W_down (kq+kk+kv, d) or None, split sizes, M', c', N', c_o) laid out for the fast forward;
+        cached in eval mode without autograd, keyed on every parameter's identity, storage and version."""
         cacheable = not self.training and not torch.is_grad_enabled()
         key = None
         if cacheable:
@@ -104,17 +88,6 @@ class ReducedSelfAttention(nn.Module):
             self._cache_key, self._cache = key, prepared
         return prepared
 
-    def _attend(self, queries, k1, v1, key_padding_mask):
-        """(b, h, t, kk) folded queries over shared keys (b, t, kk) and values (b, t, kv)."""
-        b, h, t, kk = queries.shape
-        # Keys and values are shared by the heads: stack the heads' queries
-        # as rows of one single-head attention, (b, 1, h t, kk).
-        attn_mask = None if key_padding_mask is None else key_padding_mask[:, None, None, :].bool()
-        z = F.scaled_dot_product_attention(
-            queries.reshape(b, 1, h * t, kk), k1.unsqueeze(1), v1.unsqueeze(1), attn_mask=attn_mask, scale=1.0
-        )
-        return z.view(b, h, t, -1)
-
     def _reduced_forward(self, x: torch.Tensor, key_padding_mask: Optional[torch.Tensor]) -> torch.Tensor:
         b, t, _ = x.shape
         h = self.n_head
@@ -126,73 +99,43 @@ class ReducedSelfAttention(nn.Module):
         queries = q1 @ m_flat  # (b, t, h kk)
         if c_flat is not None:
             queries = queries + c_flat
-        queries = queries.view(b, t, h, kk).transpose(1, 2)  # (b, h, t, kk)
-        z = self._attend(queries, k1, v1, key_padding_mask)  # (b, h, t, kv)
-        z = z.transpose(1, 2).reshape(b, t, h * kv)
+        # The heads share keys and values: their queries are the rows of one head, (b, 1, h t, kk).
+        queries = queries.view(b, t, h, kk).transpose(1, 2).reshape(b, 1, h * t, kk)
+        z = F.scaled_dot_product_attention(queries, k1.unsqueeze(1), v1.unsqueeze(1),
+                                           attn_mask=_sdpa_mask(key_padding_mask), scale=1.0)
+        z = z.view(b, h, t, kv).transpose(1, 2).reshape(b, t, h * kv)
         y = z @ n_flat if c_o is None else torch.addmm(c_o, z.reshape(b * t, h * kv), n_flat).view(b, t, -1)
         return project_out(self.out, y)
 
     def _dense_forward(self, x: torch.Tensor, key_padding_mask: Optional[torch.Tensor]) -> torch.Tensor:
-        """The plain path: project, attend per head, project out."""
         b, t, d = x.shape
-        h = self.n_head
-
-        def heads(y):
-            return y.view(b, t, h, d // h).transpose(1, 2)
-
-        attn_mask = None
-        if key_padding_mask is not None:
-            attn_mask = key_padding_mask[:, None, None, :].bool()
-        z = F.scaled_dot_product_attention(
-            heads(self.query(x)), heads(self.key(x)), heads(self.value(x)), attn_mask=attn_mask
-        )
+        heads = (p(x).view(b, t, self.n_head, -1).transpose(1, 2) for p in (self.query, self.key, self.value))
+        z = F.scaled_dot_product_attention(*heads, attn_mask=_sdpa_mask(key_padding_mask))
         return self.out(z.transpose(1, 2).reshape(b, t, d))
 
     def _path(self, x: torch.Tensor, key_padding_mask: Optional[torch.Tensor]) -> str:
         if self.training or torch.is_grad_enabled() or self.dispatch == "reduced":
             return "reduced"
         if self.dispatch == "flops":
-            t = x.shape[1]
-            reduced = attention_flops(self.query, self.key, self.value, self.out, self.n_head, t, reduced=True)
-            dense = attention_flops(self.query, self.key, self.value, self.out, self.n_head, t, reduced=False)
-            return "reduced" if reduced < dense else "dense"
+            parts = (self.query, self.key, self.value, self.out, self.n_head, x.shape[1])
+            cheaper = attention_flops(*parts, reduced=True) < attention_flops(*parts, reduced=False)
+            return "reduced" if cheaper else "dense"
         key = (
             tuple(x.shape), key_padding_mask is not None, self.n_head,
             tuple(rank_of(p) for p in (self.query, self.key, self.value)), out_rank(self.out),
             x.device.type, x.dtype, torch.get_num_threads(),
         )
-        path = _DISPATCH_CACHE.get(key)
-        if path is None:
-            sync = torch.cuda.synchronize if x.is_cuda else (lambda: None)
-
-            def timed(fn):
-                def run():
-                    fn(x, key_padding_mask)
-                    sync()
-                return _time_ms(run)
-
-            reduced_ms = timed(self._reduced_forward)
-            dense_ms = timed(self._dense_forward)
-            path = "reduced" if reduced_ms <= dense_ms else "dense"
-            _DISPATCH_CACHE[key] = path
-        return path
+        if key not in _DISPATCH_CACHE:
+            reduced_ms = _time_ms(self._reduced_forward, x, key_padding_mask)
+            dense_ms = _time_ms(self._dense_forward, x, key_padding_mask)
+            _DISPATCH_CACHE[key] = "reduced" if reduced_ms <= dense_ms else "dense"
+        return _DISPATCH_CACHE[key]
 
     def forward(self, x: torch.Tensor, key_padding_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Self-attention over x.
-
-        Args:
-            x: (#batch, T, d).
-            key_padding_mask: (#batch, T) bool, True where a frame is valid.
-
-        Returns:
-            (#batch, T, d).
-        """
+        """x (#batch, T, d) -> (#batch, T, d); key_padding_mask (#batch, T) bool, True where valid."""
         if self._path(x, key_padding_mask) == "dense":
             return self._dense_forward(x, key_padding_mask)
         return self._reduced_forward(x, key_padding_mask)
-
-    def flops(self, frames: int) -> int:
-        return attention_flops(self.query, self.key, self.value, self.out, self.n_head, frames, reduced=True)
 
 
 class WhisperReducedAttention(ReducedSelfAttention):
@@ -205,13 +148,9 @@ class WhisperReducedAttention(ReducedSelfAttention):
 
 
 def set_attention_options_(module: nn.Module, dispatch: str) -> int:
-    """Set ``dispatch`` on every ``ReducedSelfAttention`` under ``module``;
-    returns how many were set."""
-    if dispatch not in DISPATCH_MODES:
-        raise ValueError(f"unknown attention dispatch {dispatch!r}; expected one of {DISPATCH_MODES}")
-    count = 0
-    for m in module.modules():
-        if isinstance(m, ReducedSelfAttention):
-            m.dispatch = dispatch
-            count += 1
-    return count
+    """Set ``dispatch`` on every ``ReducedSelfAttention`` under ``module``; returns how many."""
+    _check_dispatch(dispatch)
+    reduced = [m for m in module.modules() if isinstance(m, ReducedSelfAttention)]
+    for m in reduced:
+        m.dispatch = dispatch
+    return len(reduced)

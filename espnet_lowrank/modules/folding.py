@@ -1,17 +1,10 @@
-"""The folding core of rank-space attention, shared by the Whisper adapter
-(``attention.ReducedSelfAttention``) and the ESPnet adapters
-(``relpos_attention``).
+"""The folding core of rank-space attention, shared by the Whisper (``attention``) and ESPnet
+(``relpos_attention``) adapters.
 
-Every projection is read as up ∘ down: x -> W2 (W1 x) + b, with W1 (k, d_in)
-and W2 (d_out, k); a projection left dense is the pair (identity, W) on the
-input side, or (W, identity) on the output side. With q = W_q2 Q1 + b_q and
-k = W_k2 K1 + b_k the scores of head h are
-
-    q_h k_hᵀ = (Q1 W_q2,hᵀ + b_q,h) W_k2,h K1ᵀ + (terms constant along keys)
-
-and softmax drops the constant terms, so the queries meet the shared
-rank-space keys K1 through one folded matrix M_h = W_q2,hᵀ W_k2,h. The values
-stay in rank space too: P_h (V1 W_v2,hᵀ + b_v,h) W_o1,hᵀ =
+Every projection is up ∘ down, x -> W2 (W1 x) + b, with W1 (k, d_in) and W2 (d_out, k); a dense one is
+(identity, W) on the input side, (W, identity) on the output side. Softmax drops terms constant along
+keys, so head h's scores (Q1 W_q2,hᵀ + b_q,h) W_k2,h K1ᵀ meet the shared rank-space keys K1 through
+M_h = W_q2,hᵀ W_k2,h; values stay in rank space too: P_h (V1 W_v2,hᵀ + b_v,h) W_o1,hᵀ =
 (P_h V1) N_h + rowsum(P_h) b_v,h W_o1,hᵀ with N_h = W_v2,hᵀ W_o1,hᵀ.
 """
 
@@ -23,9 +16,8 @@ from torch import nn
 
 
 def factors(proj: nn.Module):
-    """(W1 (k, d_in) or None for identity, W2 (d_out, k), bias or None) of a
-    projection: a low-rank module's own ``factors()``, or a dense ``nn.Linear``
-    as (identity, W, b). Anything else cannot be folded."""
+    """(W1 (k, d_in) or None for identity, W2 (d_out, k), bias or None); a dense ``nn.Linear`` is
+    (identity, W, b), anything else without ``factors()`` cannot be folded."""
     if hasattr(proj, "factors"):
         return proj.factors()
     if isinstance(proj, nn.Linear):
@@ -54,17 +46,9 @@ def out_rank(proj: nn.Module) -> Optional[int]:
 
 def fold_scores(query: nn.Module, other: nn.Module, n_head: int,
                 extra_bias: Optional[torch.Tensor] = None):
-    """Queries folded against the rank-space side of ``other`` (keys or positions).
-
-    Args:
-        query, other: the two projections (d -> d).
-        n_head: number of heads.
-        extra_bias: (H, d_k) added to the query bias (ESPnet's pos_bias_u/v).
-
-    Returns:
-        M (H, kq, kp) and c (H, kp) or None (no bias at all), both scaled by
-        d_k^-1/2 for softmax.
-    """
+    """M (H, kq, kp) and c (H, kp) or None (no bias at all), both scaled by d_k^-1/2: the queries folded
+    against the rank-space side of ``other`` (keys or positions); ``extra_bias`` (H, d_k) is added to the
+    query bias (ESPnet's pos_bias_u/v)."""
     _, wq2, bq = factors(query)
     _, w2, _ = factors(other)
     d_k = wq2.shape[0] // n_head
@@ -98,28 +82,26 @@ def project_out(out: nn.Module, y: torch.Tensor) -> torch.Tensor:
     return y if bias is None else y + bias
 
 
-def _projection_flops(proj: nn.Module, frames: int) -> int:
-    w1, w2, _ = factors(proj)
-    return 2 * frames * (w2.numel() + (0 if w1 is None else w1.numel()))
-
-
 def attention_flops(query, key, value, out, n_head: int, frames: int, reduced: bool) -> int:
     """Multiply-add FLOPs (x2) of one self-attention over ``frames`` frames."""
     d = query.out_features
     if not reduced:
-        projections = sum(_projection_flops(p, frames) for p in (query, key, value, out))
-        return projections + 2 * 2 * frames * frames * d
+        weights = sum(w.numel() for p in (query, key, value, out) for w in factors(p)[:2] if w is not None)
+        return 2 * frames * weights + 2 * 2 * frames * frames * d
     kq, kk, kv = rank_of(query), rank_of(key), rank_of(value)
     ko = out_rank(out) or d
-    downs = 0
-    for p in (query, key, value):
-        w1, _, _ = factors(p)
-        downs += 0 if w1 is None else 2 * frames * w1.numel()
+    w1s = [factors(p)[0] for p in (query, key, value)]
+    downs = sum(2 * frames * w1.numel() for w1 in w1s if w1 is not None)
     folded_queries = 2 * frames * kq * n_head * kk
     scores_and_values = 2 * n_head * frames * frames * (kk + kv)
     folded_values = 2 * frames * n_head * kv * ko
     out_up = 0 if out_rank(out) is None else 2 * frames * ko * d
     return downs + folded_queries + scores_and_values + folded_values + out_up
+
+
+def reduced_is_cheaper(query, key, value, out, n_head: int, frames: int) -> bool:
+    parts = (query, key, value, out, n_head, frames)
+    return attention_flops(*parts, reduced=True) < attention_flops(*parts, reduced=False)
 
 
 def check_heads(d: int, n_head: int) -> None:

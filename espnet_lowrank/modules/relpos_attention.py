@@ -1,29 +1,11 @@
-"""ESPnet self-attention computed in the reduced (rank) dimension: the ESPnet
-adapters over the folding core (``modules/folding.py``).
+"""ESPnet encoder self-attention in the rank space: drop-ins for ``MultiHeadedAttention`` and the
+relative-position variants ("rel_selfattn", "legacy_rel_selfattn") over the folding core
+(``modules/folding.py``); the projections keep their ESPnet names, so the state-dict keys do too.
 
-Drop-ins for ESPnet's ``MultiHeadedAttention`` and its relative-position
-variants (``RelPositionMultiHeadedAttention``, "rel_selfattn";
-``LegacyRelPositionMultiHeadedAttention``, "legacy_rel_selfattn").
-
-With q = W_q2 Q1 + b_q, k = W_k2 K1 + b_k, p = W_p2 P1 + b_p (P1 = W_p1 pos_emb)
-the dense scores of head h are, up to 1/sqrt(d_k),
-
-    content  (q_h + u_h) k_hᵀ = (Q1 W_q2,hᵀ + b_q,h + u_h) W_k2,h K1ᵀ + const along keys
-    position (q_h + v_h) p_hᵀ = (Q1 W_q2,hᵀ + b_q,h + v_h) W_p2,h P1ᵀ + (q_h + v_h)·b_p,h
-
-The key bias only adds a constant along keys and softmax drops it. The
-position bias term is *not* dropped: rel_shift mixes neighbouring rows (and
-the legacy shift pads zeros), so it is added exactly, as a per-query scalar,
-before the shift. Values stay in rank space: P (V1 W_v2ᵀ + b_v) W_outᵀ =
-Σ_h (P_h V1) W_v2,hᵀ W_out,hᵀ + rowsum(P_h) b_v,h W_out,hᵀ, with the product
-W_v2,hᵀ W_out,hᵀ folded per head (rowsum is 1 except for fully masked rows or
-under dropout, so it is kept to stay exact). A projection left dense is the
-factor pair (identity, W).
-
-The projections stay children under their ESPnet names (``linear_q``,
-``linear_k``, ``linear_v``, ``linear_out``, ``linear_pos``, ``pos_bias_u``,
-``pos_bias_v``), so the state-dict keys are those of the dense module with
-low-rank projections.
+Position scores (q_h + v_h) p_hᵀ with p = W_p2 P1 + b_p fold like the content scores, but the position
+bias term (q_h + v_h)·b_p,h is *not* dropped: rel_shift mixes neighbouring rows (and the legacy shift pads
+zeros), so it is added exactly, as a per-query scalar, before the shift. The value bias is kept times
+rowsum(P_h), which is 1 except for fully masked rows or under dropout.
 """
 
 from typing import Optional
@@ -41,22 +23,6 @@ def _check_self_attention(query, key, value) -> None:
                          "the same tensor (cross-attention or cached decoding is not supported)")
 
 
-def _rel_shift(x: torch.Tensor, zero_triu: bool, legacy: bool) -> torch.Tensor:
-    """ESPnet's rel_shift of (B, H, T1, T2) position scores: the latest
-    (T2 = 2*T1-1 -> T1) or the legacy one (T2 = T1)."""
-    zero_pad = torch.zeros((*x.size()[:3], 1), device=x.device, dtype=x.dtype)
-    x_padded = torch.cat([zero_pad, x], dim=-1)
-    x_padded = x_padded.view(*x.size()[:2], x.size(3) + 1, x.size(2))
-    x = x_padded[:, :, 1:].view_as(x)
-    if not legacy:
-        x = x[:, :, :, : x.size(-1) // 2 + 1]
-    if zero_triu:
-        # The legacy dense code builds this on the CPU; same values, any device here.
-        ones = torch.ones((x.size(2), x.size(3)), device=x.device, dtype=x.dtype)
-        x = x * torch.tril(ones, x.size(3) - x.size(2))[None, None, :, :]
-    return x
-
-
 class ReducedMultiHeadedAttention(nn.Module):
     """Drop-in for ESPnet's ``MultiHeadedAttention`` in encoder self-attention;
     the projections are ``nn.Linear`` or ``LowRankLinear`` (d -> d)."""
@@ -65,7 +31,8 @@ class ReducedMultiHeadedAttention(nn.Module):
         super().__init__()
         d = linear_q.out_features
         check_heads(d, n_head)
-        self.linear_q, self.linear_k, self.linear_v, self.linear_out = linear_q, linear_k, linear_v, linear_out
+        self.linear_q, self.linear_k = linear_q, linear_k
+        self.linear_v, self.linear_out = linear_v, linear_out
         self.h = n_head
         self.d_k = d // n_head
         self.dropout = nn.Dropout(p=dropout_rate)
@@ -77,8 +44,6 @@ class ReducedMultiHeadedAttention(nn.Module):
         _check_plain(attn)
         return cls(attn.linear_q, attn.linear_k, attn.linear_v, attn.linear_out, attn.h,
                    getattr(attn, "dropout_rate", 0.0))
-
-    # -- forward pieces ----------------------------------------------------
 
     def _content_scores(self, q1: torch.Tensor, k1: torch.Tensor, extra_bias=None) -> torch.Tensor:
         """(B, H, T, T) scaled content scores from Q1 (B, T, kq), K1 (B, T, kk)."""
@@ -92,9 +57,8 @@ class ReducedMultiHeadedAttention(nn.Module):
         return queries if c is None else queries + c.to(q1.dtype)[None, :, None, :]
 
     def _attend(self, scores: torch.Tensor, v1: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
-        """ESPnet's forward_attention with the values left in rank space:
-        scores (B, H, T1, T2), v1 (B, T2, kv), mask (B, 1 or T1, T2) non-zero
-        where valid, or None -> (B, T1, d)."""
+        """ESPnet's forward_attention with the values left in rank space: scores (B, H, T1, T2),
+        v1 (B, T2, kv), mask (B, 1 or T1, T2) non-zero where valid, or None -> (B, T1, d)."""
         if mask is not None:
             mask = mask.unsqueeze(1).eq(0)
             scores = scores.masked_fill(mask, torch.finfo(scores.dtype).min)
@@ -110,8 +74,7 @@ class ReducedMultiHeadedAttention(nn.Module):
         return project_out(self.linear_out, y)
 
     def forward(self, query, key, value, mask, expand_kv: bool = False):
-        """Self-attention over ``query`` (B, T, d), which must also be key and
-        value; mask (B, 1 or T, T) non-zero where valid, or None."""
+        """Self-attention over ``query`` (B, T, d), which must also be key and value."""
         _check_self_attention(query, key, value)
         if expand_kv:
             raise ValueError("reduced attention does not support expand_kv (decoder-only option)")
@@ -121,13 +84,9 @@ class ReducedMultiHeadedAttention(nn.Module):
 
 
 class ReducedRelPositionAttention(ReducedMultiHeadedAttention):
-    """Drop-in for ESPnet's ``RelPositionMultiHeadedAttention`` (``legacy=False``)
-    or ``LegacyRelPositionMultiHeadedAttention`` (``legacy=True``).
-
-    ``linear_pos`` is bias-free when dense but has a bias once factored (b′ of
-    the PCA swap), which is kept exactly; ``pos_bias_u``/``pos_bias_v`` are
-    the dense module's (H, d_k) parameters.
-    """
+    """Drop-in for ESPnet's ``RelPositionMultiHeadedAttention`` (``legacy=False``) or
+    ``LegacyRelPositionMultiHeadedAttention`` (``legacy=True``). ``linear_pos`` is bias-free when dense
+    but has a bias once factored (b′ of the PCA swap), which is kept exactly."""
 
     def __init__(self, linear_q, linear_k, linear_v, linear_out, linear_pos,
                  pos_bias_u: nn.Parameter, pos_bias_v: nn.Parameter, n_head: int,
@@ -147,11 +106,21 @@ class ReducedRelPositionAttention(ReducedMultiHeadedAttention):
                    attn.zero_triu, legacy=legacy)
 
     def rel_shift(self, x: torch.Tensor) -> torch.Tensor:
-        return _rel_shift(x, self.zero_triu, self.legacy)
+        """ESPnet's rel_shift of (B, H, T1, T2) position scores: the latest (T2 = 2*T1-1 -> T1) or the
+        legacy one (T2 = T1)."""
+        zero_pad = torch.zeros((*x.size()[:3], 1), device=x.device, dtype=x.dtype)
+        x_padded = torch.cat([zero_pad, x], dim=-1).view(*x.size()[:2], x.size(3) + 1, x.size(2))
+        x = x_padded[:, :, 1:].view_as(x)
+        if not self.legacy:
+            x = x[:, :, :, : x.size(-1) // 2 + 1]
+        if self.zero_triu:
+            # The legacy dense code builds this on the CPU; same values, any device here.
+            ones = torch.ones((x.size(2), x.size(3)), device=x.device, dtype=x.dtype)
+            x = x * torch.tril(ones, x.size(3) - x.size(2))[None, None, :, :]
+        return x
 
     def _position_scores(self, q1: torch.Tensor, pos_emb: torch.Tensor) -> torch.Tensor:
-        """(B, H, T1, Tp) scaled position scores before rel_shift, from q1
-        (B, T1, kq) and pos_emb (1 or B, Tp, d), Tp = 2*T1-1 (latest) or T1 (legacy)."""
+        """(B, H, T1, Tp) scaled position scores before rel_shift; pos_emb (1 or B, Tp, d)."""
         dtype = q1.dtype
         m, c = fold_scores(self.linear_q, self.linear_pos, self.h, self.pos_bias_v)
         p1 = _down(self.linear_pos, pos_emb)  # (Bp, Tp, kp)
@@ -166,12 +135,12 @@ class ReducedRelPositionAttention(ReducedMultiHeadedAttention):
             bp_h = bp.reshape(self.h, self.d_k)
             g = scale * torch.einsum("hdq,hd->hq", wq2_h, bp_h)
             s = scale * (qv_bias * bp_h).sum(-1)
-            scores = scores + (torch.einsum("btq,hq->bht", q1, g.to(dtype)) + s.to(dtype)[None, :, None])[..., None]
+            per_query = torch.einsum("btq,hq->bht", q1, g.to(dtype)) + s.to(dtype)[None, :, None]
+            scores = scores + per_query[..., None]
         return scores
 
     def forward(self, query, key, value, pos_emb, mask):
-        """Self-attention with relative positions: query = key = value (B, T, d),
-        pos_emb (1 or B, 2*T-1 or T (legacy), d), mask as in the plain module."""
+        """Self-attention with relative positions; pos_emb (1 or B, 2*T-1 or T (legacy), d)."""
         _check_self_attention(query, key, value)
         x = query
         q1 = _down(self.linear_q, x)

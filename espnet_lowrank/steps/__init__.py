@@ -1,7 +1,5 @@
-"""The compression steps, in the order ``compress`` applies them and
-``LowRankEncoder`` rebuilds them. Adding a method: one file here with a
-``Step`` subclass, its place in ``STEPS``, its config section
-(``config.py``) and its tests."""
+"""The compression steps, in the order ``compress`` applies and ``LowRankEncoder`` rebuilds them. A new
+method: one file here with a ``Step`` subclass, its place in ``STEPS``, its ``config.py`` section, tests."""
 
 from espnet_lowrank.steps.attention import Attention
 from espnet_lowrank.steps.base import CalibData, Run, Step

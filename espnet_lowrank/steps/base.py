@@ -1,9 +1,6 @@
-"""What a compression step is, and the state the steps hand on.
-
-A step is checked against the model before any work (``check``), applied to
-the copy in order (``apply``), says what it writes into the exp dir's
-``encoder_conf`` (``encoder_conf``), and rebuilds its part of the encoder
-when ``LowRankEncoder`` loads that config (``rebuild``).
+"""What a compression step is, and the state the steps hand on. A step is checked before any work
+(``check``), applied to the copy in order (``apply``), writes its keys of the exp dir's ``encoder_conf``
+(``encoder_conf``) and rebuilds its part of the encoder from them when ``LowRankEncoder`` loads (``rebuild``).
 """
 
 from dataclasses import dataclass, field
@@ -73,5 +70,4 @@ class Step:
         return {}
 
     def rebuild(self, encoder: nn.Module, family: EncoderFamily, conf: dict) -> None:
-        """Rebuild this step's modules in a freshly built dense ``encoder`` from
-        ``conf`` (this step's keys of encoder_conf), before model.pth loads."""
+        """Rebuild this step's modules in a freshly built dense ``encoder`` before model.pth loads."""

@@ -1,11 +1,8 @@
 """Calibration, rank plan and factorization: the step that makes the factors.
 
-One-pass LiteASR is one layer group: every target layer calibrated in one
-pass over the dense model. ``calibration.sequential`` makes a group per run of
-layers that read the same input (``sequential.input_groups``), in forward
-order, each calibrated on the copy whose earlier groups are already factored,
-with the forward stopped after the group. ``ranks.budget`` first allocates
-ranks over all layers by measured sensitivity; the groups then factor at them.
+One-pass LiteASR is one layer group calibrated on the dense model; ``calibration.sequential`` calibrates
+a group per ``sequential.input_groups`` run, in forward order, on the copy whose earlier groups are
+already factored. ``ranks.budget`` first allocates ranks over all layers; the groups then factor at them.
 """
 
 import re
@@ -29,8 +26,7 @@ from espnet_lowrank.steps.base import Run, Step
 
 
 def calibrate_layers(run: Run, model, layers: List[str], windows, stop_after: bool) -> StatsSet:
-    """Output statistics of ``layers`` of ``model`` over ``windows`` (CPU,
-    float64), in eval mode; the model's train/eval modes are restored."""
+    """Output statistics (CPU, float64) of ``layers`` of ``model`` over ``windows``, in eval mode."""
     started = time.perf_counter()
     with kept_modes(model):
         model.eval()
@@ -42,12 +38,6 @@ def calibrate_layers(run: Run, model, layers: List[str], windows, stop_after: bo
     stats.seconds = time.perf_counter() - started
     stats.peak_rss_mb = peak_rss_mb()
     return stats
-
-
-def _part(plan: RankPlan, names) -> RankPlan:
-    names = set(names)
-    return RankPlan({n: r for n, r in plan.ranks.items() if n in names},
-                    [d for d in plan.decisions if d.name in names])
 
 
 class Factors(Step):
@@ -91,8 +81,11 @@ class Factors(Step):
             stats_mb = max(stats_mb, sum(group_stats[n].gram.numel() * 8 for n in group) / 2 ** 20)
             with run.costs.step("plan_and_factorization"):
                 spectra = {n: spectrum(group_stats[n]) for n in group}
-                plan = (_part(budget_plan, group) if budget_plan is not None
-                        else make_plan(spectra, {n: targets[n] for n in group}, config))
+                if budget_plan is None:
+                    plan = make_plan(spectra, {n: targets[n] for n in group}, config)
+                else:
+                    plan = RankPlan({n: r for n, r in budget_plan.ranks.items() if n in group},
+                                    [d for d in budget_plan.decisions if d.name in group])
                 factorize_layers_(current.encoder, plan.ranks, spectra)
             run.spectra.update(spectra)
             decisions.extend(plan.decisions)
@@ -110,9 +103,8 @@ class Factors(Step):
 
     @staticmethod
     def _budget_plan(run: Run, stats: Optional[StatsSet]):
-        """(global budget plan, the one-pass statistics it came from): every
-        target layer calibrated on the dense copy, each layer's sensitivity
-        measured on the first calibration windows, ranks allocated."""
+        """(global budget plan, the one-pass statistics it came from): sensitivity measured on the first
+        calibration windows of the dense copy."""
         if stats is None:
             stats = calibrate_layers(run, run.model, list(run.targets), run.windows, stop_after=False)
         spectra = {n: spectrum(stats[n]) for n in run.targets}
@@ -128,8 +120,8 @@ class Factors(Step):
 
 
 class BalanceFactors(Step):
-    """Scale each factor pair so that the small components survive dynamic
-    int8 (``balance.py``); exact in float, so it always runs, after recovery."""
+    """Scale each factor pair so that the small components survive dynamic int8 (``balance.py``); exact in
+    float, so it always runs, after recovery."""
 
     name = "balance"
 

@@ -1,6 +1,7 @@
 """Recovery: distil the factors toward the dense model on calibration audio."""
 
 import logging
+from functools import partial
 
 from espnet_lowrank.modes import kept_modes
 from espnet_lowrank.recovery import compared_output, recover_, recover_blocks_, return_freed_memory
@@ -29,18 +30,16 @@ class Recovery(Step):
         if r.return_freed_memory and not return_freed_memory():
             logger.warning("recovery.return_freed_memory: no glibc mallopt here, or it refused the setting; "
                            "memory as it is")
-        recompute = family.blocks if r.recompute_blocks else None
-        common = dict(pack_seconds=c.pack_seconds, max_seconds=family.input_seconds)
+        common = dict(lr=r.lr, batch_size=c.batch_size, pack_seconds=c.pack_seconds,
+                      max_seconds=family.input_seconds)
         with run.costs.step("recovery"), kept_modes(run.source):
             source = run.source.eval()
+            end_to_end = partial(recover_, run.model, source, run.utts, objective=r.objective,
+                                 recompute_blocks=family.blocks if r.recompute_blocks else None, **common)
             if r.scope == "end_to_end":
-                report = recover_(run.model, source, run.utts, r.steps, r.lr, c.batch_size, r.objective,
-                                  recompute_blocks=recompute, **common)
+                report = end_to_end(r.steps)
             else:
-                report = recover_blocks_(run.model, source, run.utts, family.blocks, r.steps, r.lr,
-                                         c.batch_size, **common)
+                report = recover_blocks_(run.model, source, run.utts, family.blocks, r.steps, **common)
                 if r.final_steps:
-                    report["recovery_final"] = recover_(run.model, source, run.utts, r.final_steps, r.lr,
-                                                        c.batch_size, r.objective, recompute_blocks=recompute,
-                                                        **common)
+                    report["recovery_final"] = end_to_end(r.final_steps)
         run.report.update(report)
