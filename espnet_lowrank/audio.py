@@ -1,6 +1,5 @@
-"""Audio files read as Whisper and ESPnet need them: mono float32 at 16 kHz,
-only the frames a model can use, and calibration audio checked before the
-expensive work."""
+"""Audio read as Whisper and ESPnet need it (mono float32 at 16 kHz, only the frames a model can
+use), and calibration audio checked before the expensive work."""
 
 import logging
 import math
@@ -13,7 +12,6 @@ from espnet_lowrank.data import Utterance, file_kind, listed
 
 logger = logging.getLogger(__name__)
 
-
 # Sample rates outside this range are a broken header, not audio: a 1 Hz
 # header would make a 32 KB file 256 M samples once resampled.
 MIN_SAMPLE_RATE = 4000
@@ -21,8 +19,7 @@ MAX_SAMPLE_RATE = 192000
 
 
 def _open_audio_info(path: str):
-    """soundfile's info for ``path``, after checking it is a regular file (a
-    FIFO is never opened) with a sane sample rate."""
+    """soundfile's info for a regular file (a FIFO is never opened) with a sane sample rate."""
     import soundfile as sf
 
     kind = file_kind(path)
@@ -35,22 +32,18 @@ def _open_audio_info(path: str):
     except Exception as e:  # soundfile raises LibsndfileError / RuntimeError
         raise ValueError(f"cannot read audio file {path} (corrupt or unsupported format): {e}") from e
     if not MIN_SAMPLE_RATE <= info.samplerate <= MAX_SAMPLE_RATE:
-        raise ValueError(f"audio file {path} has a sample rate of {info.samplerate} Hz in its header, outside "
-                         f"{MIN_SAMPLE_RATE}-{MAX_SAMPLE_RATE} Hz: a broken header, refused")
+        raise ValueError(f"audio file {path} has a sample rate of {info.samplerate} Hz in its header, "
+                         f"outside {MIN_SAMPLE_RATE}-{MAX_SAMPLE_RATE} Hz: a broken header, refused")
     return info
 
 
 def load_audio(path: str, sample_rate: int = 16000, max_seconds: Optional[float] = None) -> np.ndarray:
-    """A soundfile-readable file as float32 mono (channels averaged) at
-    ``sample_rate`` (resampled by torchaudio). With ``max_seconds``, only its
-    first ``max_seconds`` are read and returned (what a model with a fixed
-    input window, e.g. Whisper's 30 s, can use). Raises FileNotFoundError,
-    or ValueError for a path that is not a regular file, a sample rate
-    outside 4-192 kHz, or a corrupt, empty or non-finite file."""
+    """Float32 mono (channels averaged) at ``sample_rate``, only the first ``max_seconds`` read (what a
+    fixed input window, e.g. Whisper's 30 s, can use). Raises FileNotFoundError, or ValueError for a
+    non-regular file, a sample rate outside 4-192 kHz, or a corrupt, empty or non-finite file."""
     import soundfile as sf
 
-    info = _open_audio_info(path)
-    sr = info.samplerate
+    sr = _open_audio_info(path).samplerate
     frames = -1
     if max_seconds is not None:
         if max_seconds <= 0:
@@ -67,13 +60,9 @@ def load_audio(path: str, sample_rate: int = 16000, max_seconds: Optional[float]
     if not np.all(np.isfinite(audio)):
         raise ValueError(f"audio file {path} contains non-finite samples (NaN/Inf)")
     if sr != sample_rate:
-        try:
-            import torchaudio.functional as AF
+        import torchaudio.functional as AF  # an install requirement, imported only to resample
 
-            audio = AF.resample(torch.from_numpy(audio), sr, sample_rate).numpy()
-        except ImportError as e:  # pragma: no cover - torchaudio ships with espnet
-            raise ValueError(f"{path} has sample rate {sr} Hz, expected {sample_rate} Hz, "
-                             "and torchaudio is not available to resample") from e
+        audio = AF.resample(torch.from_numpy(audio), sr, sample_rate).numpy()
         logger.debug("resampled %s from %d to %d Hz", path, sr, sample_rate)
     if max_seconds is not None:
         audio = audio[: int(round(max_seconds * sample_rate))]
@@ -88,9 +77,8 @@ SILENT_PEAK = 1e-4
 
 
 def _scan_audio(path: str, max_seconds: Optional[float]) -> Tuple[float, float, float]:
-    """(seconds read, seconds in the file, peak of the channel mean) of
-    ``path``'s first ``max_seconds`` (all of it: None), read in blocks so that
-    memory does not grow with the file; raises as :func:`load_audio` does."""
+    """(seconds read, seconds in the file, peak of the channel mean) of the first ``max_seconds``
+    (None: all), read in blocks so memory does not grow with the file; raises as :func:`load_audio`."""
     import soundfile as sf
 
     info = _open_audio_info(path)
@@ -114,17 +102,11 @@ def _scan_audio(path: str, max_seconds: Optional[float]) -> Tuple[float, float, 
     return n / sr, info.frames / sr, peak
 
 
-def check_calibration_audio(utts: Sequence[Utterance], sample_rate: int = 16000,
-                            max_seconds: Optional[float] = None) -> float:
-    """Read every calibration file once, before the expensive work, in blocks
-    (memory does not grow with a file's length): unreadable audio raises
-    (naming the file), very short or silent files are logged, and a set with
-    less than ``MIN_CALIBRATION_SPEECH_SECONDS`` of non-silent audio is
-    refused. With ``max_seconds`` (a model's fixed input window), only that
-    much of each file is read, and one line says how many files are longer.
-    Returns the seconds of non-silent audio (within ``max_seconds``)."""
-    speech_seconds = 0.0
-    longer = []
+def check_calibration_audio(utts: Sequence[Utterance], max_seconds: Optional[float] = None) -> float:
+    """Seconds of non-silent audio (within ``max_seconds``, a model's input window) in the set,
+    read once in blocks: unreadable audio raises naming the file, short, silent or (one line)
+    longer files are logged, and less than ``MIN_CALIBRATION_SPEECH_SECONDS`` is refused."""
+    speech_seconds, longer = 0.0, []
     for u in utts:
         seconds, total, peak = _scan_audio(u.wav_path, max_seconds)
         if max_seconds is not None and total > max_seconds:
@@ -139,8 +121,7 @@ def check_calibration_audio(utts: Sequence[Utterance], sample_rate: int = 16000,
         logger.warning("%d of %d calibration utterances are longer than %g s; only their first %g s are "
                        "used (%s)", len(longer), len(utts), max_seconds, max_seconds, listed(longer))
     if speech_seconds < MIN_CALIBRATION_SPEECH_SECONDS:
-        raise ValueError(
-            f"the calibration set has only {speech_seconds:.3f} s of non-silent audio in {len(utts)} "
-            f"utterances; at least {MIN_CALIBRATION_SPEECH_SECONDS} s is needed to estimate the statistics"
-        )
+        raise ValueError(f"the calibration set has only {speech_seconds:.3f} s of non-silent audio in "
+                         f"{len(utts)} utterances; at least {MIN_CALIBRATION_SPEECH_SECONDS} s is needed "
+                         "to estimate the statistics")
     return speech_seconds

@@ -13,7 +13,6 @@ from espnet_lowrank.data import Utterance, listed, read_data_dir, select
 
 logger = logging.getLogger(__name__)
 
-
 # Silence between the utterances of a packed window (``pack_seconds``).
 PACK_GAP_SECONDS = 0.2
 
@@ -50,10 +49,8 @@ def iter_batches(
     utts: Sequence[Utterance], batch_size: int, sample_rate: int = 16000,
     pack_seconds: Optional[float] = None, max_seconds: Optional[float] = None,
 ) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
-    """``(speech (B, max_samples) float32 zero-padded, lengths (B,) int64)``
-    batches of at most ``batch_size`` rows, in the given order. A row is one
-    utterance, or with ``pack_seconds`` a window of consecutive ones (:func:`pack`),
-    cut to ``max_seconds`` (only that much audio is read)."""
+    """``(speech (B, max_samples) float32 zero-padded, lengths (B,) int64)`` batches of at most
+    ``batch_size`` rows in order, a row being one utterance or with ``pack_seconds`` a window."""
     return batch_windows(pack(utts, pack_seconds), batch_size, sample_rate, max_seconds)
 
 
@@ -63,9 +60,8 @@ _last_batch: Tuple[Tuple[int, ...], List[str]] = ((), [])
 
 
 def describe_batch(speech: torch.Tensor) -> str:
-    """``"utt_id (path), ..."`` of the batch :func:`batch_windows` yielded
-    last, if ``speech`` has its shape (batches are consumed as they come);
-    "" when unknown."""
+    """``"utt_id (path), ..."`` of the batch :func:`batch_windows` yielded last, if ``speech`` has
+    its shape (batches are consumed as they come); "" when unknown."""
     shape, names = _last_batch
     return listed(names) if names and tuple(speech.shape) == shape else ""
 
@@ -74,9 +70,8 @@ def batch_windows(
     windows: Sequence[List[Utterance]], batch_size: int, sample_rate: int = 16000,
     max_seconds: Optional[float] = None,
 ) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
-    """:func:`iter_batches` on windows already made by :func:`pack`: each
-    window's audio, 0.2 s of silence between its utterances, is one row; with
-    ``max_seconds`` a row is cut there, and only the audio it keeps is read."""
+    """:func:`iter_batches` on windows made by :func:`pack`, one row each (0.2 s of silence between
+    utterances); with ``max_seconds`` a row is cut there, and only the audio it keeps is read."""
     global _last_batch
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -93,24 +88,22 @@ def batch_windows(
                 left = None if limit is None else limit - filled
                 if left is not None and left <= 0:
                     break
-                parts.append(load_audio(u.wav_path, sample_rate, None if left is None else left / sample_rate))
+                seconds = None if left is None else left / sample_rate
+                parts.append(load_audio(u.wav_path, sample_rate, seconds))
                 filled += len(parts[-1])
                 names.append(f"{u.utt_id} ({u.wav_path})")
             row = np.concatenate(parts)
             chunk.append(row if limit is None else row[:limit])
         lengths = torch.tensor([len(a) for a in chunk], dtype=torch.int64)
-        speech = torch.zeros(len(chunk), int(lengths.max()), dtype=torch.float32)
-        for i, a in enumerate(chunk):
-            speech[i, : len(a)] = torch.from_numpy(a)
+        speech = torch.nn.utils.rnn.pad_sequence([torch.from_numpy(a) for a in chunk], batch_first=True)
         _last_batch = (tuple(speech.shape), names)
         yield speech, lengths
 
 
 def calibration_utterances(calib_data: Union[str, Sequence[Utterance]], num_calib: Optional[int],
                            max_seconds: Optional[float] = None) -> List[Utterance]:
-    """The calibration set: a data dir or a list of utterances, ``num_calib``
-    of them, its audio checked (``check_calibration_audio``; with
-    ``max_seconds``, the model's input window, only that much of each file)."""
+    """``num_calib`` utterances of a data dir or list, their audio checked (with ``max_seconds``,
+    the model's input window, only that much of each file)."""
     utts = read_data_dir(calib_data) if isinstance(calib_data, str) else list(calib_data)
     utts = select(utts, num_calib)
     if not utts:

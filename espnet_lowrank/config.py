@@ -1,21 +1,6 @@
-"""Method options, grouped by concern, checked when they are made.
-
-A ``--lowrank_config`` YAML may give the sections::
-
-    targets:     {target_modules, exclude_modules, rank_pattern}   # which layers
-    ranks:       {theta_attention, theta_feed_forward, rank_multiple, budget}
-    calibration: {num_calib, batch_size, sequential, seed, pack_seconds}
-    recovery:    {steps, lr, objective, scope, final_steps, recompute_blocks, return_freed_memory}
-    deployment:  {attention, int8, int8_smoothing}
-
-or the same options as flat keys (``theta_attention: 0.98``,
-``recovery_lr: 1.0e-4``), as older files do, and ``version: 1``. Every check lives here: types
-(YAML reads ``1e-4`` as a string, so a string is never taken for a number,
-nor ``"no"`` for a boolean), bounds, unknown keys and combinations, each
-refused in one line that names the key.
-
-Sections are frozen and checked when made, so a config is valid for its
-whole life: a change is a new object (``config.replace(num_calib=8)``).
+"""Method options in five frozen sections, checked when made and so valid for a config's whole life,
+read from a ``--lowrank_config`` YAML by section or by the flat keys of older files. A bad value is
+refused in one line naming the key; YAML reads ``1e-4`` as a string, which is never taken for a number.
 """
 
 import dataclasses
@@ -41,14 +26,18 @@ MAX_FILE_BYTES = 1 << 20
 MAX_VALUES = 10_000
 
 
+def _option(default, check: Callable):
+    """A field whose value ``check(key, value)`` checks and normalizes (e.g. ints to floats)."""
+    return field(default=default, metadata={"check": check})
+
+
 class _Section:
-    """A frozen group of options; every value is checked (and normalized,
-    e.g. ints to floats) when the group is made."""
+    """A frozen group of options, each checked when the group is made."""
 
     def __post_init__(self):
         section = _SECTION_NAME[type(self)]
         for f in dataclasses.fields(self):
-            value = _CHECKS[(section, f.name)](f"{section}.{f.name}", getattr(self, f.name))
+            value = f.metadata["check"](f"{section}.{f.name}", getattr(self, f.name))
             object.__setattr__(self, f.name, value)
 
 
@@ -56,80 +45,60 @@ class _Section:
 class Targets(_Section):
     """Which encoder layers are factored."""
 
-    target_modules: Optional[str] = field(
-        default=None, metadata={"help": "regex (fullmatch) over encoder module names; default: the family's"})
-    exclude_modules: Tuple[str, ...] = field(
-        default=(), metadata={"help": "regexes of module names to leave dense"})
-    rank_pattern: Dict[str, int] = field(
-        default_factory=dict,
-        metadata={"help": "regex -> fixed rank, overriding θ (kept even where dense is smaller)"})
+    # regex (fullmatch) over encoder module names (default: the family's), and regexes of ones left dense
+    target_modules: Optional[str] = _option(None, optional(regex))
+    exclude_modules: Tuple[str, ...] = _option((), regex_list)
+    # regex -> fixed rank, overriding θ (kept even where dense is smaller)
+    rank_pattern: Dict[str, int] = field(default_factory=dict, metadata={"check": rank_pattern})
 
 
 @dataclass(frozen=True)
 class Ranks(_Section):
     """How ranks are chosen: θ per role, or one global FLOPs budget."""
 
-    theta_attention: float = field(
-        default=0.99, metadata={"help": "explained variance kept by attention projections"})
-    theta_feed_forward: float = field(
-        default=0.999, metadata={"help": "explained variance kept by feed-forward layers"})
-    rank_multiple: int = field(default=16, metadata={"help": "ranks are rounded up to a multiple of this"})
-    budget: Optional[float] = field(
-        default=None,
-        metadata={"help": "keep this fraction of the target layers' dense FLOPs, ranks allocated "
-                          "globally by measured sensitivity (espnet_lowrank.budget); replaces θ"})
+    # explained variance kept by attention projections, and by feed-forward layers
+    theta_attention: float = _option(0.99, number(0.0, 1.0))
+    theta_feed_forward: float = _option(0.999, number(0.0, 1.0))
+    rank_multiple: int = _option(16, integer(1))  # ranks are rounded up to a multiple of this
+    # keep this fraction of the target layers' dense FLOPs, ranks allocated globally by
+    # measured sensitivity (espnet_lowrank.budget); replaces θ
+    budget: Optional[float] = _option(None, optional(number(0.0, 1.0)))
 
 
 @dataclass(frozen=True)
 class Calibration(_Section):
-    num_calib: Optional[int] = field(default=None, metadata={"help": "use at most this many utterances"})
-    batch_size: int = field(default=4, metadata={"help": "calibration (and recovery) batch size"})
-    sequential: bool = field(
-        default=False,
-        metadata={"help": "calibrate layer group by layer group, in forward order, each on the "
-                          "already-compressed earlier layers (one pass per group; θ only)"})
-    seed: int = field(default=0, metadata={"help": "torch seed of calibration and recovery"})
-    pack_seconds: Optional[float] = field(
-        default=None,
-        metadata={"help": "fill each row with consecutive utterances up to this many seconds "
-                          "(calibration and recovery; Whisper: 30, as long-form transcription "
-                          "feeds its encoder); none: one utterance per row, padded"})
+    num_calib: Optional[int] = _option(None, optional(integer(1)))  # use at most this many utterances
+    batch_size: int = _option(4, integer(1))  # calibration (and recovery) batch size
+    # calibrate layer group by layer group, in forward order, each on the already-compressed
+    # earlier layers (one pass per group; θ only)
+    sequential: bool = _option(False, boolean)
+    seed: int = _option(0, integer(0))  # torch seed of calibration and recovery
+    # fill each row with consecutive utterances up to this many seconds (calibration and recovery;
+    # Whisper: 30, as long-form transcription feeds its encoder); none: one utterance per row, padded
+    pack_seconds: Optional[float] = _option(None, optional(number(0.0, 3600.0)))
 
 
 @dataclass(frozen=True)
 class Recovery(_Section):
-    steps: int = field(
-        default=0,
-        metadata={"help": "distillation steps after factoring (MSE to the dense encoder's "
-                          "outputs, only the factors train); 0: off"})
-    lr: float = field(
-        default=3e-5, metadata={"help": "Adam learning rate (3e-4 diverged on the recipe Conformer)"})
-    objective: str = field(
-        default="encoder",
-        metadata={"help": "what recovery matches: 'encoder' (MSE on the encoder output) or "
-                          "'decoder' (what the decoder reads: the CTC posteriors, KL; Whisper's "
-                          "cross-attention keys and values, MSE) or 'decoder+tokens' (Whisper: that plus "
-                          "the KL to the dense decoder's token distribution on the dense model's own "
-                          "transcripts)"})
-    scope: str = field(
-        default="end_to_end",
-        metadata={"help": "'end_to_end' (the whole encoder per step) or 'block' (each encoder "
-                          "block in turn, from cached inputs, to the dense block's output; "
-                          "steps per block, each matched by MSE)"})
-    final_steps: int = field(
-        default=0,
-        metadata={"help": "with scope block: then this many end-to-end steps under objective "
-                          "(a short pass that fixes what the blocks could not see); 0: none"})
-    recompute_blocks: bool = field(
-        default=False,
-        metadata={"help": "end-to-end steps recompute each encoder block in the backward pass instead "
-                          "of keeping its activations: the same numbers, less memory, more time "
-                          "(bench/DECISIONS.md, 'recovery's memory')"})
-    return_freed_memory: bool = field(
-        default=False,
-        metadata={"help": "from recovery on, glibc returns freed buffers of 8 MB or more to the system "
-                          "(mallopt, as MALLOC_MMAP_THRESHOLD_=8388608 would): the same numbers, less "
-                          "memory, more time; for the rest of the process"})
+    # distillation steps after factoring (MSE to the dense encoder's outputs, only the factors train); 0: off
+    steps: int = _option(0, integer(0))
+    lr: float = _option(3e-5, number(0.0, MAX_LR))  # Adam; 3e-4 diverged on the recipe Conformer
+    # what recovery matches: 'encoder' (MSE on the encoder output), 'decoder' (what the decoder reads:
+    # the CTC posteriors, KL; Whisper's cross-attention keys and values, MSE) or 'decoder+tokens' (Whisper:
+    # that plus the KL to the dense decoder's token distribution on the dense model's own transcripts)
+    objective: str = _option("encoder", choice(RECOVERY_OBJECTIVES))
+    # 'end_to_end' (the whole encoder per step) or 'block' (each encoder block in turn, from cached
+    # inputs, to the dense block's output; steps per block, each matched by MSE)
+    scope: str = _option("end_to_end", choice(RECOVERY_SCOPES))
+    # with scope block: then this many end-to-end steps under objective (a short pass that fixes
+    # what the blocks could not see); 0: none
+    final_steps: int = _option(0, integer(0))
+    # end-to-end steps recompute each encoder block in the backward pass instead of keeping its
+    # activations: the same numbers, less memory, more time (bench/DECISIONS.md, 'recovery's memory')
+    recompute_blocks: bool = _option(False, boolean)
+    # from recovery on, for the rest of the process, glibc returns freed buffers of 8 MB or more to the
+    # system (mallopt, as MALLOC_MMAP_THRESHOLD_=8388608 would): the same numbers, less memory, more time
+    return_freed_memory: bool = _option(False, boolean)
 
     def __post_init__(self):
         super().__post_init__()
@@ -144,34 +113,24 @@ class Recovery(_Section):
 
 @dataclass(frozen=True)
 class Deployment(_Section):
-    attention: str = field(
-        default="auto",
-        metadata={"help": "auto (fewer FLOPs, deterministic) | reduced | dense: how "
-                          "self-attention is computed"})
-    int8: bool = field(
-        default=False,
-        metadata={"help": "dynamic int8 at load, CPU only: the encoder's linears, and with Whisper the "
-                          "decoder's linears and vocabulary projection (recorded in the exp dir's config.yaml)"})
-    int8_smoothing: bool = field(
-        default=False,
-        metadata={"help": "smooth the linears' inputs for int8 (SmoothQuant-style, exact in float), at the sites "
-                          "that give the encoder output the lowest int8 error on calibration windows; "
-                          "Whisper only (espnet_lowrank/smoothing.py)"})
+    # self-attention: auto (fewer FLOPs, deterministic) | reduced | dense
+    attention: str = _option("auto", choice(ATTENTION_MODES))
+    # dynamic int8 at load, CPU only: the encoder's linears, and with Whisper the decoder's linears
+    # and vocabulary projection (recorded in the exp dir's config.yaml)
+    int8: bool = _option(False, boolean)
+    # smooth the linears' inputs for int8 (SmoothQuant-style, exact in float) at the sites that give the
+    # encoder output the lowest int8 error on calibration windows; Whisper only (espnet_lowrank/smoothing.py)
+    int8_smoothing: bool = _option(False, boolean)
 
 
 SECTIONS = {"targets": Targets, "ranks": Ranks, "calibration": Calibration,
             "recovery": Recovery, "deployment": Deployment}
 _SECTION_NAME = {cls: name for name, cls in SECTIONS.items()}
-# flat YAML key -> (section, field); the flat names are also the attribute names
+# flat YAML key -> (section, field): the field's name, recovery's with a "recovery_" prefix
 FLAT_KEYS: Dict[str, Tuple[str, str]] = {
-    f.name: (section, f.name) for section, cls in SECTIONS.items() for f in dataclasses.fields(cls)
-    if section != "recovery"
-}
-FLAT_KEYS.update(recovery_steps=("recovery", "steps"), recovery_lr=("recovery", "lr"),
-                 recovery_objective=("recovery", "objective"), recovery_scope=("recovery", "scope"),
-                 recovery_final_steps=("recovery", "final_steps"),
-                 recovery_recompute_blocks=("recovery", "recompute_blocks"),
-                 recovery_return_freed_memory=("recovery", "return_freed_memory"))
+    f.name: (section, f.name) for section, cls in SECTIONS.items() if section != "recovery"
+    for f in dataclasses.fields(cls)}
+FLAT_KEYS.update({f"recovery_{f.name}": ("recovery", f.name) for f in dataclasses.fields(Recovery)})
 _REMOVED = {
     "keep_dense_if_no_savings": "a layer is always kept dense where factoring would not save",
     "refit": "the least-squares refit lost to PCA and was removed (bench/DECISIONS.md)",
@@ -179,44 +138,11 @@ _REMOVED = {
 }
 
 
-_CHECKS: Dict[Tuple[str, str], Callable] = {
-    ("targets", "target_modules"): optional(regex),
-    ("targets", "exclude_modules"): regex_list,
-    ("targets", "rank_pattern"): rank_pattern,
-    ("ranks", "theta_attention"): number(0.0, 1.0),
-    ("ranks", "theta_feed_forward"): number(0.0, 1.0),
-    ("ranks", "rank_multiple"): integer(1),
-    ("ranks", "budget"): optional(number(0.0, 1.0)),
-    ("calibration", "num_calib"): optional(integer(1)),
-    ("calibration", "batch_size"): integer(1),
-    ("calibration", "sequential"): boolean,
-    ("calibration", "seed"): integer(0),
-    ("calibration", "pack_seconds"): optional(number(0.0, 3600.0)),
-    ("recovery", "steps"): integer(0),
-    ("recovery", "lr"): number(0.0, MAX_LR),
-    ("recovery", "objective"): choice(RECOVERY_OBJECTIVES),
-    ("recovery", "scope"): choice(RECOVERY_SCOPES),
-    ("recovery", "final_steps"): integer(0),
-    ("recovery", "recompute_blocks"): boolean,
-    ("recovery", "return_freed_memory"): boolean,
-    ("deployment", "attention"): choice(ATTENTION_MODES),
-    ("deployment", "int8"): boolean,
-    ("deployment", "int8_smoothing"): boolean,
-}
-
-
-
 @dataclass(frozen=True, init=False)
 class LowRankConfig:
-    """Options grouped in five frozen sections (``config.ranks.theta_attention``).
-
-    ``LowRankConfig(ranks=Ranks(theta_attention=0.98), recovery={"steps": 100})``
-    takes sections as dataclasses or dicts. The flat names of older YAML files
-    (``theta_attention=0.98``, ``recovery_lr=1e-4``; ``FLAT_KEYS``) are read as
-    a migration, here and in ``from_yaml``; a config is read by section only.
-    A config never changes after it is made; ``config.replace(...)`` returns a
-    new, checked one.
-    """
+    """Options in five frozen sections (``config.ranks.theta_attention``), given as
+    dataclasses or dicts (``LowRankConfig(ranks=Ranks(theta_attention=0.98), recovery={"steps": 100})``)
+    or, as a migration, by the flat names of older YAML files (``FLAT_KEYS``)."""
 
     targets: Targets
     ranks: Ranks
@@ -240,15 +166,13 @@ class LowRankConfig:
             object.__setattr__(self, name, part)
 
     def validate(self) -> None:
-        """Check every option and the combinations again (``compress`` does,
-        before any work); raises ValueError in one line."""
+        """Check every option and combination again (``compress`` does, before any work)."""
         for name, cls in SECTIONS.items():
             part = getattr(self, name)
             cls(**{f.name: getattr(part, f.name) for f in dataclasses.fields(cls)})
 
     def replace(self, **values) -> "LowRankConfig":
-        """A new, checked config with ``values`` (flat keys or sections) changed;
-        this one stays as it is."""
+        """A new, checked config with ``values`` (flat keys or sections) changed."""
         kept, given = self.sections(), dict(values)
         del kept["version"]
         for key, value in values.items():
@@ -277,12 +201,12 @@ class LowRankConfig:
             raise ValueError(f"{path}: {e}") from None
 
     def to_dict(self) -> dict:
-        """Flat ``{key: value}``, the names of the flat YAML form."""
+        """The flat YAML form."""
         return {"version": VERSION,
                 **{flat: _plain(getattr(getattr(self, s), f)) for flat, (s, f) in FLAT_KEYS.items()}}
 
     def sections(self) -> dict:
-        """``{section: {field: value}}``, the sectioned YAML form."""
+        """The sectioned YAML form, ``{section: {field: value}}``."""
         return {"version": VERSION,
                 **{name: {k: _plain(v) for k, v in dataclasses.asdict(getattr(self, name)).items()}
                    for name in SECTIONS}}
@@ -296,8 +220,7 @@ def _plain(value):
 
 
 def _read_yaml_file(path: str):
-    """The YAML mapping in ``path``: a regular file, at most ``MAX_FILE_BYTES``,
-    UTF-8, not empty, whose aliases expand to at most ``MAX_VALUES`` values."""
+    """The YAML mapping in a regular, UTF-8, non-empty file of bounded size and alias expansion."""
     try:
         st = os.stat(path)
     except FileNotFoundError:
@@ -329,8 +252,7 @@ def _read_yaml_file(path: str):
 
 
 def _split(values: dict):
-    """Sort flat keys and section mappings into per-section kwargs; remember
-    the key each option was given under, for the error messages."""
+    """Per-section kwargs, and the key each option was given under (for the error messages)."""
     sections: Dict[str, dict] = {name: {} for name in SECTIONS}
     labels: Dict[Tuple[str, str], str] = {}
 

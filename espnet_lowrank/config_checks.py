@@ -1,6 +1,5 @@
-"""Checks of single option values: ``check(key, value) -> value``, or a
-ValueError in one line that names the key. A message quotes at most about
-200 characters of a bad value, however large the value is."""
+"""Checks of single option values: ``check(key, value) -> value``, or a one-line
+ValueError naming the key that quotes at most ~200 characters of the bad value."""
 
 import math
 import re
@@ -14,8 +13,7 @@ _REPR.maxstring = _REPR.maxother = MAX_QUOTED
 
 
 def short_repr(value) -> str:
-    """``repr(value)`` cut to about ``MAX_QUOTED`` characters; nested or
-    aliased YAML values are never expanded in full."""
+    """``repr(value)`` cut to about ``MAX_QUOTED`` characters, never expanding nested YAML aliases."""
     text = _REPR.repr(value)
     return text if len(text) <= MAX_QUOTED else text[:MAX_QUOTED] + "..."
 
@@ -31,7 +29,7 @@ def got(value) -> str:
     return f"the string {short_repr(value)}" if isinstance(value, str) else short_repr(value)
 
 
-def number(lo: float, hi: float, lo_open: bool = True) -> Callable:
+def number(lo: float, hi: float) -> Callable:
     def check(key, value):
         if isinstance(value, str):
             hint = "without quotes"
@@ -45,11 +43,9 @@ def number(lo: float, hi: float, lo_open: bool = True) -> Callable:
             raise ValueError(f"{key}: expected a number, got {got(value)} (write {hint})")
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             raise ValueError(f"{key}: expected a number, got {got(value)}")
-        if value < lo or (lo_open and value == lo) or value > hi:
-            low = "(" if lo_open else "["
-            raise ValueError(f"{key}: must be in {low}{lo:g}, {hi:g}], got {value!r}")
+        if not lo < value <= hi:
+            raise ValueError(f"{key}: must be in ({lo:g}, {hi:g}], got {value!r}")
         return float(value)
-
     return check
 
 
@@ -60,7 +56,6 @@ def integer(minimum: int) -> Callable:
         if value < minimum:
             raise ValueError(f"{key}: must be >= {minimum}, got {value}")
         return value
-
     return check
 
 
@@ -101,13 +96,12 @@ def choice(options: Sequence[str]) -> Callable:
         if value not in options:
             raise ValueError(f"{key}: must be one of {', '.join(options)}, got {got(value)}")
         return value
-
     return check
 
 
 def expanded_size(value, limit: int) -> int:
-    """How many values ``value`` holds once YAML aliases are expanded, counted
-    up to ``limit`` + 1 (so an alias bomb costs at most ``limit`` steps)."""
+    """Values in ``value`` once YAML aliases are expanded, counted only up to ``limit`` + 1
+    (so an alias bomb costs at most ``limit`` steps)."""
     count, stack = 0, [value]
     while stack and count <= limit:
         item = stack.pop()
@@ -121,8 +115,7 @@ def expanded_size(value, limit: int) -> int:
 
 
 def positive_widths(key: str, values) -> Dict[str, int]:
-    """``key``: module name -> positive integer (a rank, a width), checked so
-    that a hand-edited config.yaml fails in one line naming the entry."""
+    """``key``: module name -> positive integer (a rank, a width); a hand-edited entry fails in one line."""
     if values is None:
         return {}
     if not isinstance(values, dict):

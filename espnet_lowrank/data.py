@@ -1,10 +1,6 @@
-"""Kaldi-style data directories: read, written, imported from LibriSpeech.
-
-A data directory holds ``wav.scp`` (``<utt_id> <path>``), optionally ``text``
-(``<utt_id> <transcript>``), ``utt2spk`` and ``spk2utt``. Relative paths in
-``wav.scp`` resolve against the data directory. ESPnet-style piped commands
-(``... |``) are not supported: convert the audio to files first.
-"""
+"""Kaldi-style data dirs (``wav.scp``, optionally ``text``, ``utt2spk``, ``spk2utt``) read,
+written, and imported from LibriSpeech. Relative ``wav.scp`` paths resolve against the data dir;
+ESPnet-style piped commands (``... |``) are not supported."""
 
 import io
 import logging
@@ -22,8 +18,8 @@ _MAX_LISTED = 5
 
 @dataclass
 class Utterance:
-    """One utterance: id (no whitespace), absolute audio path, transcript
-    (None without ``text``), speaker (None: the utt_id, when written)."""
+    """An id (no whitespace), an absolute audio path, a transcript (None without ``text``) and
+    a speaker (None: the utt_id, when written)."""
 
     utt_id: str
     wav_path: str
@@ -32,8 +28,7 @@ class Utterance:
 
 
 def read_kv_file(path: str, allow_empty_value: bool) -> Dict[str, str]:
-    """Read a Kaldi ``<key> <value>`` file (UTF-8), rejecting duplicates, bad
-    lines and bytes that are not UTF-8 (naming the line and byte offset)."""
+    """A Kaldi ``<key> <value>`` file; a duplicate, a bad line or non-UTF-8 bytes raise naming the line."""
     with open(path, "rb") as f:
         data = f.read()
     try:
@@ -49,9 +44,8 @@ def read_kv_file(path: str, allow_empty_value: bool) -> Dict[str, str]:
             continue
         parts = line.split(maxsplit=1)
         if len(parts) == 1 and not allow_empty_value:
-            raise ValueError(
-                f"{path}:{lineno}: malformed line (expected '<utt_id> <value>'): {raw.rstrip()!r}"
-            )
+            raise ValueError(f"{path}:{lineno}: malformed line (expected '<utt_id> <value>'): "
+                             f"{raw.rstrip()!r}")
         key = parts[0]
         value = parts[1].strip() if len(parts) == 2 else ""
         if key in out:
@@ -63,12 +57,9 @@ def read_kv_file(path: str, allow_empty_value: bool) -> Dict[str, str]:
 def read_data_dir(path: str, require_text: bool = False) -> List[Utterance]:
     """Utterances of a Kaldi-style data dir, sorted by id, with absolute paths.
 
-    Raises FileNotFoundError for a missing dir, ``wav.scp``, audio file or
-    (with ``require_text``) ``text``; ValueError for an empty, malformed or
-    non-UTF-8 file, duplicate ids, piped commands, audio paths that are not
-    regular files (FIFOs, directories, devices: never opened), or ``text``
-    ids not in ``wav.scp``.
-    """
+    FileNotFoundError for a missing dir, ``wav.scp``, audio file or (``require_text``) ``text``;
+    ValueError for an empty, malformed or non-UTF-8 file, duplicate ids, piped commands, audio
+    paths that are not regular files (never opened), or ``text`` ids not in ``wav.scp``."""
     path = os.path.abspath(path)
     if not os.path.isdir(path):
         raise FileNotFoundError(f"data directory not found: {path}")
@@ -89,11 +80,11 @@ def read_data_dir(path: str, require_text: bool = False) -> List[Utterance]:
     if missing:
         raise FileNotFoundError(f"{scp}: {len(missing)} of {len(resolved)} audio files are missing: "
                                 f"{listed(missing, '; ')}")
-    irregular = [f"{u} -> {w} ({kinds[u]}, not a regular file)" for u, w in resolved.items() if kinds[u] != "file"]
+    irregular = [f"{u} -> {w} ({kinds[u]}, not a regular file)" for u, w in resolved.items()
+                 if kinds[u] != "file"]
     if irregular:
         raise ValueError(f"{scp}: {len(irregular)} of {len(resolved)} audio paths are not audio files: "
                          f"{listed(irregular, '; ')}")
-
     texts: Optional[Dict[str, str]] = None
     text_path = os.path.join(path, "text")
     if os.path.isfile(text_path):
@@ -108,30 +99,24 @@ def read_data_dir(path: str, require_text: bool = False) -> List[Utterance]:
         if lacking:
             raise ValueError(f"{text_path}: no transcript for {len(lacking)} utterances: "
                              + ", ".join(lacking[:_MAX_LISTED]))
-
-    speakers: Dict[str, str] = {}
     u2s = os.path.join(path, "utt2spk")
-    if os.path.isfile(u2s):
-        speakers = read_kv_file(u2s, allow_empty_value=False)
-
+    speakers = read_kv_file(u2s, allow_empty_value=False) if os.path.isfile(u2s) else {}
     return [Utterance(u, resolved[u], None if texts is None else texts.get(u), speakers.get(u))
             for u in sorted(resolved)]
 
 
 def file_kind(path: str) -> Optional[str]:
-    """"file" for a regular file (or a link to one), None if nothing is
-    there, else what it is ("a FIFO", "a directory", ...). Never opens it:
-    opening a FIFO would block."""
+    """"file" for a regular file (or a link to one), None if nothing is there, else what it is
+    ("a FIFO", ...). Never opens it: opening a FIFO would block."""
     try:
         mode = os.stat(path).st_mode
     except FileNotFoundError:
         return None
     except OSError as e:  # e.g. a dangling link loop, no permission on a parent
         return f"cannot stat: {e.strerror}"
-    if stat.S_ISREG(mode):
-        return "file"
-    for test, kind in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
-                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")):
+    for test, kind in ((stat.S_ISREG, "file"), (stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISSOCK, "a socket")):
         if test(mode):
             return kind
     return "not a regular file"
@@ -143,10 +128,9 @@ def listed(items: List[str], sep: str = ", ") -> str:
 
 
 def write_data_dir(path: str, utts: Sequence[Utterance]) -> None:
-    """Write ``wav.scp`` (absolute paths), ``utt2spk``, ``spk2utt`` and, when
-    every utterance has a transcript, ``text``: sorted by id, atomically.
-    Refuses empty, duplicate or whitespace ids and a mix of with/without text.
-    """
+    """Write ``wav.scp`` (absolute paths), ``utt2spk``, ``spk2utt`` and, when every utterance has a
+    transcript, ``text``: sorted by id, atomically. Refuses empty, duplicate or whitespace ids and
+    a mix of with/without text."""
     seen = set()
     for u in utts:
         if not u.utt_id or any(c.isspace() for c in u.utt_id):
@@ -161,26 +145,18 @@ def write_data_dir(path: str, utts: Sequence[Utterance]) -> None:
         raise ValueError(f"some utterances have no transcript; cannot write {path}/text")
     ordered = sorted(utts, key=lambda u: u.utt_id)
     os.makedirs(path, exist_ok=True)
-    atomic_write_text(
-        os.path.join(path, "wav.scp"),
-        "".join(f"{u.utt_id} {os.path.abspath(u.wav_path)}\n" for u in ordered),
-    )
+    atomic_write_text(os.path.join(path, "wav.scp"),
+                      "".join(f"{u.utt_id} {os.path.abspath(u.wav_path)}\n" for u in ordered))
     if all(with_text):
-        atomic_write_text(
-            os.path.join(path, "text"),
-            "".join(" ".join([u.utt_id] + u.text.split()) + "\n" for u in ordered),
-        )
+        atomic_write_text(os.path.join(path, "text"),
+                          "".join(" ".join([u.utt_id] + u.text.split()) + "\n" for u in ordered))
     spk_of = {u.utt_id: (u.speaker or u.utt_id) for u in ordered}
-    atomic_write_text(
-        os.path.join(path, "utt2spk"), "".join(f"{u} {s}\n" for u, s in spk_of.items())
-    )
+    atomic_write_text(os.path.join(path, "utt2spk"), "".join(f"{u} {s}\n" for u, s in spk_of.items()))
     spk2utt: Dict[str, List[str]] = {}
     for u, s in spk_of.items():
         spk2utt.setdefault(s, []).append(u)
-    atomic_write_text(
-        os.path.join(path, "spk2utt"),
-        "".join(f"{s} {' '.join(us)}\n" for s, us in sorted(spk2utt.items())),
-    )
+    atomic_write_text(os.path.join(path, "spk2utt"),
+                      "".join(f"{s} {' '.join(us)}\n" for s, us in sorted(spk2utt.items())))
 
 
 def import_librispeech(root: str) -> List[Utterance]:
@@ -210,12 +186,9 @@ def import_librispeech(root: str) -> List[Utterance]:
 
 
 def prepare_data_dir(src: str, dst: str) -> List[Utterance]:
-    """Write ``dst`` (absolute paths) from a Kaldi data dir or a LibriSpeech
-    tree ``src``; returns the utterances written."""
-    if os.path.isfile(os.path.join(src, "wav.scp")):
-        utts = read_data_dir(src)
-    else:
-        utts = import_librispeech(src)
+    """Write ``dst`` (absolute paths) from a Kaldi data dir or a LibriSpeech tree ``src``; returns
+    the utterances written."""
+    utts = read_data_dir(src) if os.path.isfile(os.path.join(src, "wav.scp")) else import_librispeech(src)
     write_data_dir(dst, utts)
     logger.info("prepared %d utterances from %s in %s", len(utts), src, dst)
     return utts

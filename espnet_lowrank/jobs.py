@@ -1,12 +1,7 @@
-"""Run N independent jobs: locally in a process pool, or on Slurm.
-
-Each job is a command line and a log file; a failed or cancelled job raises
-with the tail of its log. This is the one place that knows about backends.
-
-A job may name its output file. It is then reused on a rerun when a done
-marker beside it holds the hash of the job's command and input files, so
-resubmitting after a failure only runs the parts that did not finish.
-"""
+"""Run N independent jobs (a command line and a log file each) locally or on Slurm; a failed
+or cancelled job raises with its log's tail. A job's named output is reused on a rerun when a
+done marker beside it holds the hash of its command and input files, so a resubmission only
+runs the parts that did not finish."""
 
 import glob
 import hashlib
@@ -36,7 +31,7 @@ _HASH_CONTENT_BYTES = 1 << 20
 
 
 class JobFailed(RuntimeError):
-    pass
+    """A job failed or was cancelled."""
 
 
 # A work dir made by :func:`work_dir_for` holds this file, naming the output
@@ -53,10 +48,8 @@ def _serves(path: str, output_dir: str) -> bool:
 
 
 def work_dir_for(output_dir: str) -> str:
-    """A work dir beside ``output_dir`` for its split jobs: one that an earlier,
-    unfinished run made for the same output (its finished parts are reused),
-    else a new one with a unique name. A folder this plugin did not make is
-    never taken, whatever its name."""
+    """A work dir beside ``output_dir`` for its split jobs: an earlier unfinished run's for the same
+    output (its finished parts are reused), else a new one; never a folder this plugin did not make."""
     out = real_path(output_dir)
     parent, base = os.path.dirname(out), os.path.basename(out)
     for candidate in sorted(glob.glob(os.path.join(glob.escape(parent), f".{glob.escape(base)}.calib-*"))):
@@ -71,9 +64,8 @@ def work_dir_for(output_dir: str) -> str:
 
 
 def remove_work_dir(path: str, output_dir: str, keep: Sequence[str] = ()) -> None:
-    """Remove a work dir made by :func:`work_dir_for` for ``output_dir``; a
-    folder without its marker, or one that holds a path of ``keep`` (the
-    source model), is left as it is."""
+    """Remove a work dir made by :func:`work_dir_for` for ``output_dir``, unless it lacks the
+    marker or holds a path of ``keep`` (the source model)."""
     if not _serves(path, output_dir) or any(is_within(k, path) for k in keep):
         logger.warning("left %s in place: not a work dir of this run", path)
         return
@@ -105,23 +97,17 @@ def inputs_hash(command: Sequence[str], output: Optional[str] = None) -> str:
         h.update(arg.encode() + b"\0")
         if output and os.path.abspath(arg) == os.path.abspath(output):
             continue
-        if os.path.isfile(arg):
-            _file_digest(h, arg)
-        elif os.path.isdir(arg):
-            for name in sorted(os.listdir(arg)):
-                if os.path.isfile(os.path.join(arg, name)):
-                    _file_digest(h, os.path.join(arg, name))
+        paths = [os.path.join(arg, n) for n in sorted(os.listdir(arg))] if os.path.isdir(arg) else [arg]
+        for path in paths:
+            if os.path.isfile(path):
+                _file_digest(h, path)
     return h.hexdigest()
-
-
-def _done_marker(output: str) -> str:
-    return output + ".done"
 
 
 def is_done(command: Sequence[str], output: str) -> bool:
     """True when ``output`` exists and was written by this very command on these inputs."""
     try:
-        with open(_done_marker(output), encoding="utf-8") as f:
+        with open(output + ".done", encoding="utf-8") as f:
             return os.path.isfile(output) and f.read().strip() == inputs_hash(command, output)
     except OSError:
         return False
@@ -136,23 +122,20 @@ class _Running:
     def slurm_id(self) -> Optional[str]:
         if not self.submit_log:
             return None
-        first = _tail(self.submit_log, 1000).split("\n", 1)[0].strip()
-        job_id = first.split(";")[0]
+        job_id = _tail(self.submit_log, 1000).split("\n", 1)[0].strip().split(";")[0]
         return job_id if job_id.isdigit() else None
 
 
 def _launch(command: Sequence[str], log_path: str, backend: str, slurm_options: str, name: str) -> _Running:
-    if backend == "local":
-        log = open(log_path, "w", encoding="utf-8")
-        return _Running(subprocess.Popen(list(command), stdout=log, stderr=subprocess.STDOUT), log)
-    # sbatch --wait blocks until the job ends; its own output (the job id, or
-    # why it was refused) goes beside the job's log, which Slurm writes.
-    submit_log = log_path + ".sbatch"
-    log = open(submit_log, "w", encoding="utf-8")
-    sbatch = ["sbatch", "--wait", "--parsable", f"--job-name={name}", f"--output={log_path}"]
-    sbatch += shlex.split(slurm_options)
-    sbatch += ["--wrap", shlex.join(["srun"] + list(command))]
-    return _Running(subprocess.Popen(sbatch, stdout=log, stderr=subprocess.STDOUT), log, submit_log)
+    argv, submit_log = list(command), None
+    if backend != "local":
+        # sbatch --wait blocks until the job ends; its own output (the job id, or
+        # why it was refused) goes beside the job's log, which Slurm writes.
+        submit_log = log_path + ".sbatch"
+        argv = ["sbatch", "--wait", "--parsable", f"--job-name={name}", f"--output={log_path}",
+                *shlex.split(slurm_options), "--wrap", shlex.join(["srun", *argv])]
+    log = open(submit_log or log_path, "w", encoding="utf-8")
+    return _Running(subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT), log, submit_log)
 
 
 def slurm_state(job_id: str) -> str:
@@ -162,10 +145,7 @@ def slurm_state(job_id: str) -> str:
                              text=True, timeout=30).stdout
     except (OSError, subprocess.TimeoutExpired):
         return "UNKNOWN"
-    for field_ in out.split():
-        if field_.startswith("JobState="):
-            return field_.split("=", 1)[1]
-    return "UNKNOWN"
+    return next((f.split("=", 1)[1] for f in out.split() if f.startswith("JobState=")), "UNKNOWN")
 
 
 def _outcome(job: _Running) -> Optional[str]:
@@ -193,23 +173,14 @@ def _stop(running: dict) -> None:
         job.log.close()
 
 
-def run_jobs(
-    commands: List[Sequence[str]],
-    log_paths: List[str],
-    backend: str = "local",
-    max_parallel: Optional[int] = None,
-    slurm_options: str = "",
-    desc: str = "jobs",
-    outputs: Optional[List[str]] = None,
-) -> None:
-    """Run every command (argv list), each logging to its log path; raise
-    JobFailed naming the failures and the first one's log tail.
-
-    ``backend`` "local" runs ``max_parallel`` processes at once (default:
-    all); "slurm" runs ``sbatch --wait`` per job with ``slurm_options`` (e.g.
-    "-p cpu --mem 8G"). With ``outputs`` (one file per job, written atomically
-    by the job), a job whose output is marked done for the same inputs is reused.
-    """
+def run_jobs(commands: List[Sequence[str]], log_paths: List[str], backend: str = "local",
+             max_parallel: Optional[int] = None, slurm_options: str = "", desc: str = "jobs",
+             outputs: Optional[List[str]] = None) -> None:
+    """Run every command (argv list), each logging to its log path; raise JobFailed naming the
+    failures and the first one's log tail. "local" runs ``max_parallel`` processes at once (default:
+    all); "slurm" runs ``sbatch --wait`` per job with ``slurm_options`` (e.g. "-p cpu --mem 8G").
+    With ``outputs`` (one file per job, written atomically by the job), a job whose output is
+    marked done for the same inputs is reused."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown job backend {backend!r}; known: {BACKENDS}")
     if backend == "slurm" and shutil.which("sbatch") is None:
@@ -226,11 +197,10 @@ def run_jobs(
                         ", ".join(str(j + 1) for j in reused))
         pending = [j for j in pending if j not in reused]
         for j in pending:  # a stale marker must not outlive a rerun that fails
-            if os.path.exists(_done_marker(outputs[j])):
-                os.remove(_done_marker(outputs[j]))
-    running = {}
+            if os.path.exists(outputs[j] + ".done"):
+                os.remove(outputs[j] + ".done")
+    running, failures = {}, {}
     limit = max_parallel or len(commands)
-    failures = {}
     try:
         with progress(total=len(pending), desc=desc, unit="job") as bar:
             while pending or running:
@@ -247,7 +217,7 @@ def run_jobs(
                     if problem:
                         failures[j] = problem
                     elif outputs is not None:
-                        atomic_write_text(_done_marker(outputs[j]), inputs_hash(commands[j], outputs[j]) + "\n")
+                        atomic_write_text(outputs[j] + ".done", inputs_hash(commands[j], outputs[j]) + "\n")
                 time.sleep(0.2)
     except BaseException:
         _stop(running)
@@ -259,24 +229,13 @@ def run_jobs(
                         f"job {first + 1} log {log_paths[first]}:\n{_tail(log_paths[first])}")
 
 
-def split_calibration(
-    compress_args: Sequence[str],
-    calib_data: str,
-    config,
-    nj: int,
-    work_dir: str,
-    backend: str = "local",
-    slurm_options: str = "",
-) -> List[str]:
-    """Calibrate over ``nj`` jobs (at most one per batch) running ``bin.compress``
-    with ``compress_args``; returns their statistics files, to merge with ``+``.
+def split_calibration(compress_args: Sequence[str], calib_data: str, config, nj: int, work_dir: str,
+                      backend: str = "local", slurm_options: str = "") -> List[str]:
+    """Calibrate over ``nj`` jobs (at most one per batch) running ``bin.compress`` with
+    ``compress_args``; returns their statistics files (in ``work_dir``), to merge with ``+``.
 
-    The calibration set (``calibration.num_calib`` utterances, sorted as one job
-    sorts them) is cut at multiples of ``calibration.batch_size``, so every job
-    sees exactly the batches one job would (same padding, same statistics).
-    Parts, logs and statistics go to ``work_dir``; parts finished by an
-    earlier run on the same inputs are reused.
-    """
+    The calibration set (sorted as one job sorts it) is cut at multiples of the batch size, so
+    every job sees exactly the batches one job would (same padding, same statistics)."""
     if config.calibration.sequential:
         raise ValueError("sequential calibration runs in one job (it re-reads the audio per "
                          "block); drop --nj or use a one-pass config")

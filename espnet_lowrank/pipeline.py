@@ -1,10 +1,6 @@
-"""The one driver: ``compress(model, calib_data, config)``.
-
-Checks every step against the model and the inputs before any work, then
-applies the steps (``espnet_lowrank/steps``: factors → recovery → balance →
-int8 smoothing → attention → int8) to a copy of the model, in order; the
-source model is never modified.
-"""
+"""The one driver, ``compress(model, calib_data, config)``: checks every step against the
+model and inputs before any work, then applies the steps (``espnet_lowrank/steps``: factors →
+recovery → balance → int8 smoothing → attention → int8) in order to a copy of the model."""
 
 import copy
 import logging
@@ -36,8 +32,7 @@ class CompressionResult:
     attention: Dict[str, str]
     config: LowRankConfig = field(default_factory=LowRankConfig)
     report: dict = field(default_factory=dict)
-    # layer name -> cumulative explained variance, for the spectra plot
-    spectra: Dict[str, List[float]] = field(default_factory=dict)
+    spectra: Dict[str, List[float]] = field(default_factory=dict)  # layer -> cumulative explained variance
     encoder_conf: dict = field(default_factory=dict)
 
 
@@ -47,9 +42,8 @@ def asr_model_of(model_or_speech2text) -> torch.nn.Module:
 
 
 def check_config(model, config: LowRankConfig) -> Dict[str, tuple]:
-    """The whole config against this model, before any work: every option,
-    patterns that match nothing, fixed ranks larger than their layer, options
-    the family lacks. Returns the target layers."""
+    """The target layers; raises, before any work, on a bad option, a pattern that matches
+    nothing, a fixed rank larger than its layer, or an option the family lacks."""
     model = asr_model_of(model)
     family = family_for(model.encoder)
     config.validate()
@@ -99,25 +93,17 @@ def _run(model, calib_data, config: LowRankConfig, stats=None, copy_model: bool 
 
 
 def calibrate_model(model, calib_data: CalibData, config: Optional[LowRankConfig] = None) -> StatsSet:
-    """Output statistics of every target layer of ``model``'s encoder; the
-    results of several jobs add up with ``+``."""
+    """Output statistics of every target layer of the encoder; several jobs' add up with ``+``."""
     run = _run(model, calib_data, config or LowRankConfig(), copy_model=False)
     return calibrate_layers(run, run.model, list(run.targets), run.windows, stop_after=False)
 
 
 def compress(model, calib_data: Optional[CalibData] = None, config: Optional[LowRankConfig] = None,
              stats: Optional[StatsSet] = None) -> CompressionResult:
-    """Compress the encoder of an ESPnet ASR model (or ``Speech2Text``).
+    """A compressed deep copy of an ESPnetASRModel (or ``Speech2Text``), which is left untouched.
 
-    Args:
-        model: ESPnetASRModel or Speech2Text; left untouched.
-        calib_data: a Kaldi-style data dir or a list of Utterances.
-        config: the method options; the defaults are LiteASR's θ pair.
-        stats: precomputed (e.g. merged) statistics; skips calibration
-            (one pass only).
-
-    Returns:
-        CompressionResult with a compressed deep copy of the model.
+    ``calib_data``: a Kaldi-style data dir or a list of Utterances; ``config`` defaults to
+    LiteASR's θ pair; ``stats``: precomputed (e.g. merged) statistics, skipping (one-pass) calibration.
     """
     config = config or LowRankConfig()
     run = _run(model, calib_data, config, stats)

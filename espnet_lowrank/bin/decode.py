@@ -6,8 +6,6 @@ split over ``--nj`` jobs, and merge the hypotheses.
         --output_dir exp/x/decode_test [--nj 4] [--backend local|slurm]
 
 Writes OUTPUT_DIR/1best_recog/text (ESPnet's layout) and OUTPUT_DIR/logdir/.
-
-The logic lives in :mod:`espnet_lowrank.decode`; this CLI only parses arguments.
 """
 
 import argparse
@@ -19,7 +17,8 @@ from espnet_lowrank.jobs import BACKENDS
 
 
 def get_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--asr_exp", required=True, help="exp dir with config.yaml and model.pth")
     parser.add_argument("--data", required=True, help="Kaldi-style data dir")
     parser.add_argument("--output_dir", required=True)

@@ -1,10 +1,7 @@
 #!/usr/bin/env python3
-"""Install (or remove) the import hook that registers the plugin with ESPnet
-whenever ``espnet2.tasks.asr`` is imported, so the stock CLIs
-(``python -m espnet2.bin.asr_inference``) accept ``encoder: lowrank``.
-
-It writes one ``.pth`` line into this environment's site-packages. The line
-imports only ``espnet_lowrank.espnet.import_hook``, which imports no ESPnet.
+"""Install (or remove) the import hook that registers the plugin with ESPnet whenever
+``espnet2.tasks.asr`` is imported, so the stock CLIs accept ``encoder: lowrank``: one ``.pth``
+line in site-packages that imports only ``espnet_lowrank.espnet.import_hook`` (no ESPnet).
 """
 
 import argparse
@@ -18,10 +15,6 @@ PTH_NAME = "espnet_lowrank_hook.pth"
 PTH_LINE = "import espnet_lowrank.espnet.import_hook as _h; _h.install()\n"
 
 
-def pth_path() -> str:
-    return os.path.join(sysconfig.get_paths()["purelib"], PTH_NAME)
-
-
 def get_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--uninstall", action="store_true", help="remove the hook")
@@ -30,7 +23,7 @@ def get_parser() -> argparse.ArgumentParser:
 
 def main(cmd: Optional[List[str]] = None) -> None:
     args = get_parser().parse_args(cmd)
-    path = pth_path()
+    path = os.path.join(sysconfig.get_paths()["purelib"], PTH_NAME)
     if args.uninstall:
         if os.path.exists(path):
             os.remove(path)

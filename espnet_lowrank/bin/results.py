@@ -4,12 +4,9 @@
     python -m espnet_lowrank.bin.results --exps exp/dense exp/dense_lowrank \\
         --test_sets data/test [data/other ...] --output RESULTS.md
 
-The first exp dir is the dense reference. Each exp dir holds
-``decode_<set>/1best_recog/text``. Size and FLOPs come from the models
-themselves; the encoder latency of every model is measured here, alternating
-with the dense one, in this run.
-
-The logic lives in :mod:`espnet_lowrank.results`; this CLI only parses arguments.
+The first exp dir is the dense reference; each holds ``decode_<set>/1best_recog/text``. Size and
+FLOPs come from the models themselves; every model's encoder latency is measured in this run,
+alternating with the dense one.
 """
 
 import argparse
@@ -21,7 +18,8 @@ from espnet_lowrank.results import write_results
 
 
 def get_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--exps", nargs="+", required=True, help="exp dirs; the first is the dense reference")
     parser.add_argument("--test_sets", nargs="+", required=True, help="Kaldi-style data dirs with text")
     parser.add_argument("--normalize", default="whisper", choices=["whisper", "basic", "none"])
@@ -35,14 +33,10 @@ def get_parser() -> argparse.ArgumentParser:
 
 def main(cmd: Optional[List[str]] = None) -> None:
     args = get_parser().parse_args(cmd)
-    command = "python -m espnet_lowrank.bin.results " + " ".join(
-        shlex.quote(a) for a in (sys.argv[1:] if cmd is None else cmd))
-    text = write_results(
-        args.exps, args.test_sets, args.output, normalize=args.normalize,
-        latency_seconds=args.latency_seconds, latency_repeats=args.latency_repeats,
-        plot=args.plot, command=command,
-    )
-    print(text)
+    command = "python -m espnet_lowrank.bin.results " + shlex.join(sys.argv[1:] if cmd is None else cmd)
+    print(write_results(args.exps, args.test_sets, args.output, normalize=args.normalize,
+                        latency_seconds=args.latency_seconds, latency_repeats=args.latency_repeats,
+                        plot=args.plot, command=command))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,5 @@
 """Score ASR hypotheses against references and print an ESPnet-style table.
 
-Usage::
-
     python -m espnet_lowrank.bin.score --ref data/test/text \\
         --hyp exp/asr/decode/test/1best_recog/text --dataset test --normalize whisper
 """
@@ -36,13 +34,12 @@ def _default_dataset(hyp: str) -> str:
 def main(cmd: Optional[Sequence[str]] = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = get_parser().parse_args(cmd)
-    refs = read_text_file(args.ref)
-    hyps = read_text_file(args.hyp)
+    refs, hyps = read_text_file(args.ref), read_text_file(args.hyp)
     dataset = args.dataset or _default_dataset(args.hyp)
     out = "## WER\n\n" + markdown_table([score_texts(refs, hyps, dataset, args.normalize)])
     if args.cer:
-        row = score_texts(refs, hyps, dataset, args.normalize, unit="char")
-        out += "\n## CER\n\n" + markdown_table([row])
+        cer = score_texts(refs, hyps, dataset, args.normalize, unit="char")
+        out += "\n## CER\n\n" + markdown_table([cer])
     print(out, end="")
     if args.out_md:
         atomic_write_text(args.out_md, out)

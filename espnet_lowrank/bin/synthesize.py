@@ -1,12 +1,7 @@
 """Synthesize a small Kaldi-style speech data directory from text with Piper TTS.
 
-Usage::
-
     python -m espnet_lowrank.bin.synthesize --texts recipes/common/texts_calib.txt \\
         --output_dir data/calib_synth --prefix calib
-
-The logic lives in :mod:`espnet_lowrank.synthesize` (Piper runs as a separate
-process, never imported); this CLI only parses arguments.
 """
 
 import argparse
@@ -36,12 +31,10 @@ def get_parser() -> argparse.ArgumentParser:
 def main(cmd: Optional[Sequence[str]] = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = get_parser().parse_args(cmd)
-    texts = read_texts(args.texts, args.num)
-    synthesize(
-        texts, args.output_dir, prefix=args.prefix, engine=args.engine, voice=args.voice,
-        length_scale=args.length_scale, noise_scale=args.noise_scale, noise_w=args.noise_w,
-        speaker=args.speaker, sample_rate=args.sample_rate, overwrite=args.overwrite,
-    )
+    synthesize(read_texts(args.texts, args.num), args.output_dir, prefix=args.prefix, engine=args.engine,
+               voice=args.voice, length_scale=args.length_scale, noise_scale=args.noise_scale,
+               noise_w=args.noise_w, speaker=args.speaker, sample_rate=args.sample_rate,
+               overwrite=args.overwrite)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,4 @@
-"""The shipped method configs, ``lowrank/<family>.yaml``, installed as package
-data (the repo's top-level ``conf/lowrank`` is a symlink to them)."""
+"""The shipped method configs, ``lowrank/<family>.yaml``, as package data (``conf/lowrank`` links here)."""
 
 import importlib.resources
 from pathlib import Path
