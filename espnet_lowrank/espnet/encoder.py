@@ -1,22 +1,8 @@
-"""``encoder: lowrank`` — a dense ESPnet encoder with a low-rank plan applied.
+"""``encoder: lowrank``: a dense ESPnet encoder (``encoder_conf.base``/``base_conf``) over which the
+compression steps rebuild their parts (``plan``, ``activation_scales``, ``attention``, ``int8``)."""
 
-    encoder: lowrank
-    encoder_conf:
-      base: conformer          # any encoder name that ESPnet's ASR task knows
-      base_conf: {...}         # the dense encoder's original encoder_conf
-      plan: {encoders.0.feed_forward.w_1: 160, ...}
-      attention: auto          # auto | reduced | dense
-      activation_scales: {...} # deployment.int8_smoothing's divisions, when any
-      int8: true               # deployment.int8, when on
-
-``LowRankEncoder(...)`` returns an instance of a subclass of the base encoder
-class (``LowRank<Base>``), so that the module layout, ``forward`` and the
-class-name checks in ESPnet (``"Whisper" in type(encoder).__name__``) are
-those of the base; only the planned layers are swapped.
-"""
-
-import logging
-from typing import Dict, Optional
+import functools
+from typing import Optional
 
 from espnet2.asr.encoder.abs_encoder import AbsEncoder
 
@@ -26,15 +12,10 @@ from espnet_lowrank.espnet.registry import register_into
 from espnet_lowrank.families import family_for
 from espnet_lowrank.steps import CONF_KEYS, STEPS
 
-logger = logging.getLogger(__name__)
-
-_SUBCLASSES: Dict[type, type] = {}
-
 
 def resolve_encoder_class(base: str) -> type:
     """The class ESPnet's ASR task registers under ``base``."""
     from espnet2.tasks import asr
-
 
     register_into(asr)
     if base is None or base.lower() == "lowrank":
@@ -44,29 +25,20 @@ def resolve_encoder_class(base: str) -> type:
     return asr.encoder_choices.get_class(base)
 
 
+@functools.cache
 def lowrank_subclass(base_cls: type) -> type:
     """``LowRank<Base>``: LowRankEncoder's constructor, the base's everything else."""
-    if base_cls not in _SUBCLASSES:
-        _SUBCLASSES[base_cls] = type(
-            f"LowRank{base_cls.__name__}",
-            (LowRankEncoder, base_cls),
-            {"_base_class": base_cls, "__module__": __name__},
-        )
-    return _SUBCLASSES[base_cls]
+    return type(f"LowRank{base_cls.__name__}", (LowRankEncoder, base_cls),
+                {"_base_class": base_cls, "__module__": __name__})
 
 
 class LowRankEncoder(AbsEncoder):
-    """Builds the base encoder, then swaps the planned layers in place.
+    """Builds the base encoder (``base``: its registered name, ``base_conf``: its arguments), then each
+    step rebuilds its part from its ``steps.CONF_KEYS`` in ``step_conf`` (``plan``: name -> rank, ...).
 
-    Args:
-        input_size: passed to the base encoder.
-        base: the base encoder's registered name (``conformer``, ``whisper_local``, ...).
-        base_conf: the base encoder's keyword arguments.
-        version: the plan format of the exp dir.
-        step_conf: each compression step's keys (``steps.CONF_KEYS``):
-            ``plan`` (module name -> rank), ``activation_scales`` (activation
-            name -> width, int8 smoothing), ``attention`` (auto | reduced |
-            dense), ``int8``; each step rebuilds its part (``Step.rebuild``).
+    ``LowRankEncoder(...)`` is an instance of ``LowRank<Base>``, a subclass of the base class, so that the
+    module layout, ``forward`` and ESPnet's class-name checks (``"Whisper" in type(encoder).__name__``)
+    are the base's.
     """
 
     _base_class: Optional[type] = None
@@ -89,8 +61,7 @@ class LowRankEncoder(AbsEncoder):
         family = family_for(self)
         for step in STEPS:  # in compress's order: factors, scaled activations, attention, int8
             step.rebuild(self, family, step_conf)
-        # ESPnet loads with strict=False, which would leave factors at their
-        # random init: every load path goes through this check.
+        # ESPnet loads with strict=False, which would leave factors at their random init: check every load
         self._lowrank_keys = frozenset(self.state_dict())
         self.register_load_state_dict_pre_hook(self._refuse_wrong_keys)
 

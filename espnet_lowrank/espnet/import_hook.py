@@ -1,11 +1,6 @@
-"""An opt-in import hook: once ``espnet2.tasks.asr`` is imported anywhere, the
-plugin registers itself, so plain ``python -m espnet2.bin.asr_inference``
-understands ``encoder: lowrank``.
-
-Installed as a ``.pth`` line by ``python -m espnet_lowrank.bin.install_hook``.
-It imports nothing from ESPnet on its own, and does nothing when ESPnet is
-absent (the watched module is then simply never imported).
-"""
+"""An opt-in import hook (a ``.pth`` line, ``espnet_lowrank.bin.install_hook``): once ``espnet2.tasks.asr``
+is imported, the plugin registers itself, so plain ESPnet understands ``encoder: lowrank``. It imports
+nothing from ESPnet itself."""
 
 import importlib.abc
 import sys

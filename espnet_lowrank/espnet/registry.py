@@ -1,9 +1,5 @@
-"""Make ESPnet's ASR task know this plugin's classes, without modifying ESPnet.
-
-``register()`` adds entries to the ``ClassChoices`` registries of
-``espnet2.tasks.asr``; it is idempotent. Classes are named by import path so
-that nothing heavy is imported until ESPnet itself asks.
-"""
+"""Make ESPnet's ASR task know this plugin's classes (``ClassChoices`` entries), idempotently, without
+modifying ESPnet; classes are named by import path so that nothing heavy is imported before ESPnet asks."""
 
 import importlib
 import logging
@@ -22,18 +18,14 @@ PLUGIN_CLASSES = {
 }
 
 
-def _load(path: str):
-    module_name, class_name = path.split(":")
-    return getattr(importlib.import_module(module_name), class_name)
-
-
 def register_into(asr_task_module) -> None:
     """Add the plugin's classes to an already imported ``espnet2.tasks.asr``."""
     for choices_name, entries in PLUGIN_CLASSES.items():
         choices = getattr(asr_task_module, choices_name)
         for name, path in entries.items():
             if name not in choices.classes:
-                choices.classes[name] = _load(path)
+                module_name, class_name = path.split(":")
+                choices.classes[name] = getattr(importlib.import_module(module_name), class_name)
     logger.debug("espnet_lowrank classes registered with espnet2.tasks.asr")
 
 

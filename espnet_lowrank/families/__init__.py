@@ -1,13 +1,6 @@
-"""Encoder families, keyed by the dense encoder's class (found through the MRO,
-so a low-rank subclass maps to its base).
-
-Adding an encoder family touches one adapter file, ``families/<name>.py``
-(which layers and roles, which attention modules, which frames count; see
-``base.EncoderFamily``; found here by its module-level ``FAMILY``), plus its
-default YAML ``conf/lowrank/<name>.yaml``. Module types (projections, attention) are
-not per family: a new type goes into the handler registry
-(``espnet_lowrank/handlers.py``).
-"""
+"""Encoder families, keyed by the dense encoder's class (through the MRO: a low-rank subclass maps to its
+base). A new family is one adapter, ``families/<name>.py`` with a module-level ``FAMILY``
+(``base.EncoderFamily``), plus ``conf/lowrank/<name>.yaml``; new module types go into ``handlers.py``."""
 
 import importlib
 import pkgutil
@@ -36,4 +29,3 @@ def family_for(encoder: nn.Module) -> EncoderFamily:
             return families[key]
     raise TypeError(f"no low-rank adapter for encoder {type(encoder).__name__}; supported: "
                     + ", ".join(sorted(families)))
-

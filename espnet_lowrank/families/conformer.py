@@ -1,7 +1,5 @@
-"""ESPnet's Conformer encoder: self-attention (plain or relative-position,
-with ``linear_pos``), the two macaron feed-forwards, and the convolution
-module's 1x1 pointwise convolutions (factored as linears).
-"""
+"""ESPnet's Conformer encoder: self-attention (plain or relative-position, with ``linear_pos``), the two
+macaron feed-forwards, and the convolution module's 1x1 pointwise convolutions (factored as linears)."""
 
 from espnet_lowrank.families.espnet_common import espnet_family
 

@@ -1,8 +1,6 @@
-"""ESPnet's E-Branchformer encoder: the attention branch (plain or
-relative-position), the cgMLP branch's channel projections
-(``channel_proj1`` is ``Sequential(Linear, GELU)``, so its ``.0``), the merge
-projection, and the optional (macaron) feed-forwards.
-"""
+"""ESPnet's E-Branchformer encoder: the attention branch (plain or relative-position), the cgMLP branch's
+channel projections (``channel_proj1`` is ``Sequential(Linear, GELU)``, so its ``.0``), the merge
+projection, and the optional (macaron) feed-forwards."""
 
 from espnet_lowrank.families.espnet_common import espnet_family
 

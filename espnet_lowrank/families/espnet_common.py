@@ -1,16 +1,11 @@
-"""Pieces shared by the ESPnet encoder adapters (Conformer, Transformer,
-E-Branchformer): the valid-frame mask taken from ``embed`` and the encoder
-frame count of a window. Their attention types are in the handler registry.
+"""What the ESPnet encoder adapters (Conformer, Transformer, E-Branchformer) share: the valid-frame mask
+from ``embed`` and the encoder frame count of a window.
 
-For the relative-position attentions, ``choose_attention_``'s "auto" mode
-compares FLOPs of q/k/v/out only: the position term (linear_pos over the
-position rows and the (T, 2T-1) position scores) is left out on both sides,
-an approximation that slightly favours the dense count when linear_pos is
-factored.
+For relative-position attention, "auto" attention compares FLOPs of q/k/v/out only (the position term
+is left out on both sides), which slightly favours the dense count when linear_pos is factored.
 """
 
-import logging
-from typing import Callable, Dict
+from typing import Dict
 
 import torch
 from torch import nn
@@ -18,12 +13,10 @@ from torch import nn
 from espnet_lowrank.calibration import FrameMaskHook
 from espnet_lowrank.families.base import EncoderFamily
 
-logger = logging.getLogger(__name__)
-
 # Feature frames per second of ESPnet's usual fbank front-end (10 ms hop).
 FEATURE_RATE = 100
 # Utterance length at which "auto" attention compares FLOPs; typical ASR segments.
-DEFAULT_WINDOW_SECONDS = 10.0
+WINDOW_SECONDS = 10.0
 
 
 def _embed_mask(output) -> torch.Tensor:
@@ -38,12 +31,10 @@ def _embed_mask(output) -> torch.Tensor:
 class EspnetFrameMask(FrameMaskHook):
     """Valid frames from ``embed``'s mask, plus the right rows for ``linear_pos``.
 
-    ``linear_pos`` runs on the position embedding (1, 2T-1, d) ("latest") or
-    (1, T, d) ("legacy"), not on the frames; while it runs, ``current`` holds
-    the position rows that the valid frames use (relative distance below the
-    longest valid length), and the frame mask is restored afterwards. The
-    pre-hook runs before the statistics hook and the restoring hook after it,
-    because ``attach`` is called after the statistics hooks are registered.
+    ``linear_pos`` runs on the position embedding (1, 2T-1, d) ("latest") or (1, T, d) ("legacy"); while
+    it runs, ``current`` holds the rows that the valid frames use (relative distance below the longest
+    valid length). ``attach`` comes after the statistics hooks, so the pre-hook runs before them and the
+    restoring hook after.
     """
 
     def __init__(self):
@@ -76,17 +67,9 @@ class EspnetFrameMask(FrameMaskHook):
         self.current = self._saved
 
 
-def embed_frame_mask() -> FrameMaskHook:
-    return EspnetFrameMask()
-
-
 def subsampled_frames(embed: nn.Module, frames: int) -> int:
-    """Frames after ``embed`` for ``frames`` input frames.
-
-    ESPnet's subsampling layers are unpadded time convolutions whose masks are
-    sliced to the conv output length, so the length follows from the conv
-    arithmetic along time (kernel axis 0 of each Conv1d/Conv2d, in order).
-    """
+    """Frames after ``embed`` for ``frames`` input frames: ESPnet's subsampling layers are unpadded time
+    convolutions whose masks are sliced to the conv output (time is axis 0 of each Conv1d/Conv2d)."""
     if embed is None:
         return frames
     for module in embed.modules():
@@ -99,23 +82,12 @@ def subsampled_frames(embed: nn.Module, frames: int) -> int:
     return frames
 
 
-def window_frames_fn(window_seconds: float) -> Callable[[nn.Module], int]:
-    def window_frames(encoder: nn.Module) -> int:
-        return subsampled_frames(getattr(encoder, "embed", None), int(round(window_seconds * FEATURE_RATE)))
-
-    return window_frames
+def window_frames(encoder: nn.Module) -> int:
+    return subsampled_frames(getattr(encoder, "embed", None), int(round(WINDOW_SECONDS * FEATURE_RATE)))
 
 
-def espnet_family(name: str, encoder_class: str, layers: Dict[str, str], attention: str,
-                  window_seconds: float = DEFAULT_WINDOW_SECONDS) -> EncoderFamily:
-    """An ESPnet encoder family with the shared attention, mask and window rules."""
-    return EncoderFamily(
-        name=name,
-        encoder_class=encoder_class,
-        layers=layers,
-        attention=attention,
-        blocks=r"encoders\.\d+",
-        frame_mask=embed_frame_mask,
-        window_seconds=window_seconds,
-        window_frames=window_frames_fn(window_seconds),
-    )
+def espnet_family(name: str, encoder_class: str, layers: Dict[str, str], attention: str) -> EncoderFamily:
+    """An ESPnet encoder family with the shared blocks, mask and window rules."""
+    return EncoderFamily(name=name, encoder_class=encoder_class, layers=layers, attention=attention,
+                         blocks=r"encoders\.\d+", frame_mask=EspnetFrameMask, window_seconds=WINDOW_SECONDS,
+                         window_frames=window_frames)

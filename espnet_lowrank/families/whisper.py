@@ -1,8 +1,5 @@
-"""Whisper's audio encoder (openai-whisper's AudioEncoder inside
-``LocalWhisperEncoder``): four attention projections and a two-layer MLP per
-block; every one of the 1500 frames counts, because the decoder cross-attends
-to all of them, padding included.
-"""
+"""Whisper's audio encoder (``LocalWhisperEncoder``): four attention projections and a two-layer MLP per
+block; all 1500 frames count, because the decoder cross-attends to all of them, padding included."""
 
 from espnet_lowrank.families.base import EncoderFamily
 

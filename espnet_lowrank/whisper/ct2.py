@@ -1,24 +1,18 @@
 """Read a CTranslate2 (faster-whisper) ``model.bin`` without ctranslate2, and map
 its ``WhisperSpec`` variables to an openai-whisper state dict."""
 
-import os
 import re
 import struct
-from typing import Dict, List, Optional, Tuple, Union
+from pathlib import Path
+from typing import Dict, List, Tuple, Union
 
 import numpy as np
 import torch
 
 from espnet_lowrank.whisper.common import CheckpointError, StateDict, dims_from_dict
 
-_CT2_DTYPES = {
-    0: np.dtype("<f4"),
-    1: np.dtype("i1"),
-    2: np.dtype("<i2"),
-    3: np.dtype("<i4"),
-    4: np.dtype("<f2"),
-    5: "bfloat16",
-}
+_CT2_DTYPES = {0: np.dtype("<f4"), 1: np.dtype("i1"), 2: np.dtype("<i2"), 3: np.dtype("<i4"),
+               4: np.dtype("<f2"), 5: "bfloat16"}
 _CT2_BINARY_VERSIONS = (6,)
 _CT2_WHISPER_REVISIONS = (3,)
 
@@ -26,11 +20,7 @@ _CT2_WHISPER_REVISIONS = (3,)
 def read_ct2_model_bin(
     data: Union[bytes, memoryview],
 ) -> Tuple[str, int, Dict[str, np.ndarray], Dict[str, str]]:
-    """Parse a CTranslate2 ``model.bin`` held in memory.
-
-    Returns ``(spec_name, revision, variables, aliases)``; arrays keep their
-    stored dtype (bfloat16 is returned as float32).
-    """
+    """``(spec_name, revision, variables, aliases)``; arrays keep their stored dtype (bfloat16 -> float32)."""
     buf = memoryview(data)
     pos = 0
 
@@ -55,9 +45,8 @@ def read_ct2_model_bin(
                               f"(supported: {_CT2_BINARY_VERSIONS})")
     spec = string()
     revision = unpack("I")
-    n_vars = unpack("I")
     variables: Dict[str, np.ndarray] = {}
-    for _ in range(n_vars):
+    for _ in range(unpack("I")):
         name = string()
         rank = unpack("B")
         shape = [unpack("I") for _ in range(rank)]
@@ -75,13 +64,12 @@ def read_ct2_model_bin(
             arr = u16.view(np.float32)
         else:
             arr = np.frombuffer(raw, dtype=dtype)
-        expected = int(np.prod(shape)) if shape else 1
+        expected = int(np.prod(shape))  # 1 for a scalar
         if arr.size != expected:
             raise CheckpointError(f"variable {name}: {arr.size} values for shape {shape}")
         variables[name] = arr.reshape(shape)
     aliases: Dict[str, str] = {}
-    n_aliases = unpack("I")
-    for _ in range(n_aliases):
+    for _ in range(unpack("I")):
         alias = string()
         aliases[alias] = string()
     if pos != len(buf):
@@ -93,20 +81,10 @@ def _f32(a: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.array(a, dtype=np.float32, copy=True))
 
 
-def _scalar(variables: Dict[str, np.ndarray], name: str) -> int:
-    if name not in variables:
-        raise CheckpointError(f"CTranslate2 Whisper model lacks {name}")
-    return int(variables[name].reshape(-1)[0])
-
-
-def ct2_whisper_to_openai(
-    variables: Dict[str, np.ndarray], aliases: Optional[Dict[str, str]] = None
-):
+def ct2_whisper_to_openai(variables: Dict[str, np.ndarray], aliases: Dict[str, str]):
     """Map the variables of a CT2 ``WhisperSpec`` to an openai-whisper state dict."""
     for name, arr in variables.items():
-        if name.endswith("weight_scale") or (
-            name.endswith("/weight") and arr.dtype == np.int8
-        ):
+        if name.endswith("weight_scale") or (name.endswith("/weight") and arr.dtype == np.int8):
             raise CheckpointError("quantized (int8) CTranslate2 models are not supported; "
                                   "convert with --quantization float16 or float32")
     used = set()
@@ -150,11 +128,8 @@ def ct2_whisper_to_openai(
 
     def self_attention(dst: str, src: str):
         norm(dst + ".attn_ln", src + "/layer_norm")
-        split_linear(
-            [dst + ".attn.query", dst + ".attn.key", dst + ".attn.value"],
-            src + "/linear_0",
-            key_index=1,
-        )
+        split_linear([dst + ".attn.query", dst + ".attn.key", dst + ".attn.value"], src + "/linear_0",
+                     key_index=1)
         linear(dst + ".attn.out", src + "/linear_1")
 
     def ffn(dst: str, src: str):
@@ -182,11 +157,8 @@ def ct2_whisper_to_openai(
         self_attention(dst, src + "/self_attention")
         norm(dst + ".cross_attn_ln", src + "/attention/layer_norm")
         linear(dst + ".cross_attn.query", src + "/attention/linear_0")
-        split_linear(
-            [dst + ".cross_attn.key", dst + ".cross_attn.value"],
-            src + "/attention/linear_1",
-            key_index=0,
-        )
+        split_linear([dst + ".cross_attn.key", dst + ".cross_attn.value"], src + "/attention/linear_1",
+                     key_index=0)
         linear(dst + ".cross_attn.out", src + "/attention/linear_2")
         ffn(dst, src + "/ffn")
     norm("decoder.ln", "decoder/layer_norm")
@@ -197,33 +169,22 @@ def ct2_whisper_to_openai(
         used.add(proj)
         if not np.array_equal(variables[proj], variables["decoder/embeddings/weight"]):
             raise CheckpointError("untied decoder output projection is not supported")
-    elif aliases is not None and aliases.get(proj, "decoder/embeddings/weight") != (
-        "decoder/embeddings/weight"
-    ):
+    elif aliases.get(proj, "decoder/embeddings/weight") != "decoder/embeddings/weight":
         raise CheckpointError(f"unexpected alias for {proj}: {aliases[proj]}")
 
-    leftovers = [
-        n for n, a in variables.items() if n not in used and a.ndim > 0 and a.size > 1
-    ]
+    leftovers = [n for n, a in variables.items() if n not in used and a.ndim > 0 and a.size > 1]
     if leftovers:
         raise CheckpointError(f"unmapped CTranslate2 variables: {sorted(leftovers)[:10]}")
 
     conv1_w = sd["encoder.conv1.weight"]
     n_vocab, n_text_state = sd["decoder.token_embedding.weight"].shape
-    dims = dims_from_dict(
-        dict(
-            n_mels=conv1_w.shape[1],
-            n_audio_ctx=sd["encoder.positional_embedding"].shape[0],
-            n_audio_state=conv1_w.shape[0],
-            n_audio_head=_scalar(variables, "encoder/num_heads"),
-            n_audio_layer=n_audio_layer,
-            n_vocab=n_vocab,
-            n_text_ctx=sd["decoder.positional_embedding"].shape[0],
-            n_text_state=n_text_state,
-            n_text_head=_scalar(variables, "decoder/num_heads"),
-            n_text_layer=n_text_layer,
-        )
-    )
+    dims = dims_from_dict(dict(
+        n_mels=conv1_w.shape[1], n_audio_ctx=sd["encoder.positional_embedding"].shape[0],
+        n_audio_state=conv1_w.shape[0], n_audio_head=int(take("encoder/num_heads").reshape(-1)[0]),
+        n_audio_layer=n_audio_layer, n_vocab=n_vocab, n_text_ctx=sd["decoder.positional_embedding"].shape[0],
+        n_text_state=n_text_state, n_text_head=int(take("decoder/num_heads").reshape(-1)[0]),
+        n_text_layer=n_text_layer,
+    ))
     return sd, dims
 
 
@@ -238,7 +199,4 @@ def load_ct2_model_bin(data: Union[bytes, memoryview]):
 
 
 def load_ct2_dir(path: str):
-    with open(os.path.join(path, "model.bin"), "rb") as f:
-        data = f.read()
-    return load_ct2_model_bin(data)
-
+    return load_ct2_model_bin(Path(path, "model.bin").read_bytes())

@@ -1,19 +1,6 @@
-"""ESPnet encoder/decoder wrappers around openai-whisper modules, built from
-dimensions given in the config and (optionally) local weights.
-
-ESPnet's own ``OpenAIWhisperEncoder``/``OpenAIWhisperDecoder`` only accept hub
-model names, assume 80 mel bins and import names that current openai-whisper
-no longer has. These classes take every dimension from the config, so that an
-exported experiment directory (config.yaml + model.pth) is self-contained.
-
-The module names are those of ``whisper.model``: ``encoders.blocks.{i}.attn.
-{query,key,value,out}``, ``encoders.blocks.{i}.mlp.{0,2}``, ... (the low-rank
-code targets them).
-
-The decoder installs :func:`espnet_lowrank.whisper.tokenizer.install_tokenizer_compat`
-when it is built (ESPnet's Whisper text classes need it); importing this
-module changes nothing.
-"""
+"""ESPnet encoder/decoder wrappers around openai-whisper modules, every dimension from the config, so that
+an exported exp dir is self-contained (ESPnet's own ``OpenAIWhisper*`` take hub names only and assume 80 mel
+bins). Module names are those of ``whisper.model`` (plans target them). Importing this changes nothing."""
 
 import logging
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -33,8 +20,9 @@ from espnet_lowrank.whisper.tokenizer import get_whisper_tokenizer, install_toke
 logger = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16000
-HOP_LENGTH = 160
 N_SAMPLES = 30 * SAMPLE_RATE  # whisper's 30 s window
+KVs = List[kv_cache.KV]
+
 
 def _reject_unknown(cls_name: str, kwargs: Dict[str, Any]) -> None:
     if kwargs:
@@ -42,7 +30,6 @@ def _reject_unknown(cls_name: str, kwargs: Dict[str, Any]) -> None:
 
 
 def _load_part(module: torch.nn.Module, init_from: str, prefix: str) -> None:
-    """Load the ``prefix`` part of a Whisper checkpoint into ``module``."""
     sd, _ = load_whisper_checkpoint(init_from)
     part = {k[len(prefix) :]: v for k, v in sd.items() if k.startswith(prefix)}
     mine = module.state_dict()
@@ -55,10 +42,7 @@ def _load_part(module: torch.nn.Module, init_from: str, prefix: str) -> None:
 
 
 class LocalWhisperEncoder(AbsEncoder):
-    """Whisper's audio encoder (log-mel front end included) from local weights.
-
-    Input: raw 16 kHz audio (B, samples). Output: (B, n_ctx, n_state).
-    """
+    """Whisper's audio encoder and log-mel front end: 16 kHz audio (B, samples) -> (B, n_ctx, n_state)."""
 
     def __init__(
         self,
@@ -87,15 +71,12 @@ class LocalWhisperEncoder(AbsEncoder):
     def output_size(self) -> int:
         return self.n_state
 
-    def log_mel(
-        self, xs_pad: torch.Tensor, ilens: torch.Tensor
-    ) -> Tuple[torch.Tensor, torch.Tensor]:
+    def log_mel(self, xs_pad: torch.Tensor, ilens: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """Per-utterance log-mel (B, n_mels, frames) exactly as whisper computes it.
 
-        The dynamic-range clamp of whisper's log-mel depends on the utterance's
-        maximum, so each utterance is processed on its own, cut to its length
-        (ESPnet pads batches) and, with ``do_pad_trim``, padded/trimmed to 30 s.
-        Cuts are counted in ``num_cut``; only the first one is logged.
+        Whisper's dynamic-range clamp depends on the utterance's maximum, so each utterance is cut to its
+        length (ESPnet pads batches) and, with ``do_pad_trim``, padded/trimmed to 30 s on its own. Cuts are
+        counted in ``num_cut``; only the first one is logged.
         """
         from whisper.audio import log_mel_spectrogram, pad_or_trim
 
@@ -106,8 +87,8 @@ class LocalWhisperEncoder(AbsEncoder):
                 if audio.shape[-1] > N_SAMPLES:
                     self.num_cut = getattr(self, "num_cut", 0) + 1
                     if self.num_cut == 1:
-                        logger.warning("an utterance of %.1f s is cut to Whisper's 30 s window (further cuts are "
-                                       "counted, not logged one by one)", audio.shape[-1] / SAMPLE_RATE)
+                        logger.warning("an utterance of %.1f s is cut to Whisper's 30 s window (further cuts "
+                                       "are counted, not logged one by one)", audio.shape[-1] / SAMPLE_RATE)
                 audio = pad_or_trim(audio, N_SAMPLES)
             mels.append(log_mel_spectrogram(audio, self.n_mels))
         lens = torch.tensor([m.shape[-1] for m in mels], device=xs_pad.device)
@@ -128,15 +109,10 @@ class LocalWhisperEncoder(AbsEncoder):
             x = block(x)
         return enc.ln_post(x)
 
-    def forward(
-        self,
-        xs_pad: torch.Tensor,
-        ilens: torch.Tensor,
-        prev_states: torch.Tensor = None,
-    ) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+    def forward(self, xs_pad: torch.Tensor, ilens: torch.Tensor, prev_states: torch.Tensor = None
+                ) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
         mel, mel_lens = self.log_mel(xs_pad, ilens)
-        mel = mel.to(self.encoders.conv1.weight.dtype)
-        xs = self.encode_mel(mel)
+        xs = self.encode_mel(mel.to(self.encoders.conv1.weight.dtype))
         if self.do_pad_trim:
             # the decoder attends to all 1500 frames, padding included
             olens = torch.full((xs.size(0),), xs.size(1), dtype=torch.long, device=xs.device)
@@ -148,21 +124,11 @@ class LocalWhisperEncoder(AbsEncoder):
 class LocalWhisperDecoder(AbsDecoder, BatchScorerInterface):
     """Whisper's text decoder as an ESPnet decoder and beam-search scorer.
 
-    ``suppress_tokens`` get -inf at every step and ``suppress_blank_tokens`` at
-    the first sampled step (when the prefix holds ``sample_begin`` tokens),
-    like whisper's ``SuppressTokens``/``SuppressBlank`` logit filters.
-
-    Decoding (:meth:`batch_score`, :meth:`greedy`) is incremental: each step
-    runs only the newest token through the blocks, with the self-attention
-    keys/values of the prefix cached in the hypothesis' state
-    (:mod:`~espnet_lowrank.whisper.kv_cache`), and projects only that position
-    onto the vocabulary.
-
-    Loop guard: in decoding (:meth:`batch_score`) a hypothesis gets only the end
-    token once its text ends in one span repeated ``loop_repeats`` times over at
-    least ``loop_tokens`` tokens (0 turns it off). Whisper's ``transcribe``
-    re-decodes such loops at a higher temperature (its compression-ratio
-    check); greedy decoding has no fallback, so the loop is cut where it shows.
+    ``suppress_tokens`` get -inf at every step and ``suppress_blank_tokens`` at the first sampled step (a
+    prefix of ``sample_begin`` tokens), like whisper's ``SuppressTokens``/``SuppressBlank``. Decoding is
+    incremental (:mod:`~espnet_lowrank.whisper.kv_cache`: only the newest token runs through the blocks and
+    onto the vocabulary). :meth:`batch_score` applies the loop guard (``loop_repeats``/``loop_tokens``, see
+    :mod:`~espnet_lowrank.whisper.loop_guard`; 0 turns it off).
     """
 
     def __init__(
@@ -189,7 +155,6 @@ class LocalWhisperDecoder(AbsDecoder, BatchScorerInterface):
 
         # Speech2Text and training build ESPnet's Whisper tokenizer after the model
         install_tokenizer_compat()
-
         n_vocab = vocab_size if n_vocab is None else n_vocab
         if n_vocab != vocab_size:
             raise ValueError(f"token_list has {vocab_size} entries but the decoder has {n_vocab}")
@@ -214,26 +179,13 @@ class LocalWhisperDecoder(AbsDecoder, BatchScorerInterface):
         if init_from is not None:
             _load_part(self.decoders, init_from, "decoder.")
 
-    # -- core ---------------------------------------------------------------
-
-    def cross_kv(self, memory: torch.Tensor) -> List[Tuple[torch.Tensor, torch.Tensor]]:
+    def cross_kv(self, memory: torch.Tensor) -> KVs:
         """Per-layer cross-attention keys and values of ``memory`` (B, T, D)."""
         memory = memory.to(self.decoders.token_embedding.weight.dtype)
-        return [
-            (block.cross_attn.key(memory), block.cross_attn.value(memory))
-            for block in self.decoders.blocks
-        ]
+        return [(b.cross_attn.key(memory), b.cross_attn.value(memory)) for b in self.decoders.blocks]
 
-    def states(
-        self,
-        tokens: torch.Tensor,
-        memory: torch.Tensor,
-        cross: Optional[List[Tuple[torch.Tensor, torch.Tensor]]] = None,
-        last_only: bool = False,
-    ) -> torch.Tensor:
-        """The decoder's final states (B, L, D), before the vocabulary
-        projection; with ``cross`` the cross-attention keys/values are not
-        recomputed; with ``last_only`` only the last position (B, 1, D)."""
+    def states(self, tokens: torch.Tensor, memory: torch.Tensor, cross: Optional[KVs] = None) -> torch.Tensor:
+        """The final states (B, L, D) before the vocabulary projection; ``cross``: from :meth:`cross_kv`."""
         dec = self.decoders
         if tokens.size(1) > self.n_ctx:
             raise ValueError(f"token prefix longer than n_ctx={self.n_ctx}")
@@ -244,35 +196,23 @@ class LocalWhisperDecoder(AbsDecoder, BatchScorerInterface):
             if cross is not None:
                 cache = {block.cross_attn.key: cross[i][0], block.cross_attn.value: cross[i][1]}
             x = block(x, memory, mask=dec.mask, kv_cache=cache)
-        return dec.ln(x[:, -1:] if last_only else x)
+        return dec.ln(x)
 
     @property
     def vocabulary(self) -> torch.Tensor:
         """(n_vocab, D): logits are ``states @ vocabulary.T`` (tied embedding)."""
         return self.decoders.token_embedding.weight
 
-    def logits(
-        self,
-        tokens: torch.Tensor,
-        memory: torch.Tensor,
-        cross: Optional[List[Tuple[torch.Tensor, torch.Tensor]]] = None,
-        last_only: bool = False,
-    ) -> torch.Tensor:
+    def logits(self, tokens: torch.Tensor, memory: torch.Tensor, cross: Optional[KVs] = None) -> torch.Tensor:
         """Whisper's ``TextDecoder.forward`` (B, L) -> (B, L, n_vocab), see :meth:`states`."""
-        x = self.states(tokens, memory, cross, last_only)
+        x = self.states(tokens, memory, cross)
         return (x @ self.vocabulary.to(x.dtype).t()).float()
 
-    def extend(
-        self,
-        tokens: torch.Tensor,
-        cross: List[Tuple[torch.Tensor, torch.Tensor]],
-        past: Optional[List[Tuple[torch.Tensor, torch.Tensor]]] = None,
-    ) -> Tuple[torch.Tensor, List[Tuple[torch.Tensor, torch.Tensor]]]:
-        """One decoding step: ``tokens`` (n, l) after the ``past`` self-attention
-        keys/values ((n, H, P, D / H) per layer; None: l tokens from position
-        0, else l = 1) -> the last position's logits (n, n_vocab) and the cache
-        (n, H, P + l, D / H) per layer; ``cross`` from :meth:`cross_kv` through
-        ``kv_cache.split_heads``, of batch n or 1."""
+    def extend(self, tokens: torch.Tensor, cross: KVs,
+               past: Optional[KVs] = None) -> Tuple[torch.Tensor, KVs]:
+        """One decoding step: ``tokens`` (n, l) after the ``past`` cache (see ``kv_cache.run_blocks``; None:
+        from position 0) -> the last position's logits (n, n_vocab) and the cache; ``cross`` from
+        :meth:`_split_cross`, of batch n or 1."""
         dec = self.decoders
         start = 0 if past is None else past[0][0].size(2)
         if start + tokens.size(1) > self.n_ctx:
@@ -291,34 +231,26 @@ class LocalWhisperDecoder(AbsDecoder, BatchScorerInterface):
             quantize_linears_(self.decoders.blocks)
             self._vocabulary_int8 = quantized_projection(self.vocabulary)
 
-    def _split_cross(self, memory: torch.Tensor) -> List[Tuple[torch.Tensor, torch.Tensor]]:
+    def _split_cross(self, memory: torch.Tensor) -> KVs:
         heads = self.decoders.blocks[0].cross_attn.n_head
-        return [(kv_cache.split_heads(k, heads), kv_cache.split_heads(v, heads)) for k, v in self.cross_kv(memory)]
+        split = kv_cache.split_heads
+        return [(split(k, heads), split(v, heads)) for k, v in self.cross_kv(memory)]
 
-    def forward(
-        self,
-        hs_pad: torch.Tensor,
-        hlens: torch.Tensor,
-        ys_in_pad: torch.Tensor,
-        ys_in_lens: torch.Tensor,
-    ) -> Tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, hs_pad: torch.Tensor, hlens: torch.Tensor, ys_in_pad: torch.Tensor,
+                ys_in_lens: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         return self.logits(ys_in_pad, hs_pad), ys_in_lens
 
     def prompt(self) -> Tuple[List[int], int]:
-        """The prefix that decoding primes with (start, [language, task,] no
-        timestamps; the exp's ``whisper_language`` / ``whisper_task``) and the
-        end token."""
-        tokenizer = get_whisper_tokenizer(self.decoders.token_embedding.num_embeddings, self.language, self.task)
+        """The prefix that decoding primes with (start, [language, task,] no timestamps) and the end token."""
+        n_vocab = self.decoders.token_embedding.num_embeddings
+        tokenizer = get_whisper_tokenizer(n_vocab, self.language, self.task)
         return list(tokenizer.sot_sequence_including_notimestamps), tokenizer.eot
 
     @torch.no_grad()
     def greedy(self, memory: torch.Tensor, max_len: int) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Greedy transcripts of ``memory`` (B, T, D) as decode.yaml makes them
-        (beam 1, the same token filters; no loop guard, so that recovery's
-        teacher transcripts stay those the shipped configs were measured
-        with): tokens (B, L) from the prefix up to and including each row's
-        end token, and a (B, L) mask of the positions whose next token is
-        part of the transcript."""
+        """Greedy transcripts of ``memory`` (B, T, D) as decode.yaml makes them (no loop guard, so that
+        recovery's teacher transcripts stay those the shipped configs were measured with): tokens (B, L) up
+        to each row's end token, and a (B, L) mask of the positions whose next token is in the transcript."""
         prefix, eot = self.prompt()
         cross = self._split_cross(memory)
         ys = torch.tensor([prefix] * memory.size(0), device=memory.device)
@@ -345,55 +277,40 @@ class LocalWhisperDecoder(AbsDecoder, BatchScorerInterface):
             logits[:, self.suppress_blank_tokens] = -float("inf")
         return torch.log_softmax(logits, dim=-1)
 
-    # -- scorer interface -----------------------------------------------------
-
-    def batch_score(
-        self, ys: torch.Tensor, states: List[Any], xs: torch.Tensor
-    ) -> Tuple[torch.Tensor, List[Any]]:
-        """ys (n, L) prefixes, xs (n, T, D) -> log-probs (n, n_vocab), states.
-
-        A hypothesis' state (:class:`~espnet_lowrank.whisper.kv_cache.HypState`)
-        holds the cross-attention keys/values of its encoder output, computed
-        once per utterance, and the self-attention keys/values of its prefix.
-        When they are missing or belong to another prefix than ``ys[:, :-1]``,
-        the whole prefix is run through the blocks.
-        """
+    def batch_score(self, ys: torch.Tensor, states: List[Any],
+                    xs: torch.Tensor) -> Tuple[torch.Tensor, List[Any]]:
+        """ys (n, L) prefixes, xs (n, T, D) -> log-probs (n, n_vocab), states (``kv_cache.HypState``); when
+        a state's cache is missing or holds another prefix than ``ys[:, :-1]``, the whole prefix is run."""
         cross = kv_cache.gather_cross(states)
         past = None if cross is None else kv_cache.gather_past(states, ys)
         if cross is None:
             # beam search expands one utterance's encoder output over its hypotheses
             cross = self._split_cross(xs[:1] if xs.size(0) > 1 and xs.stride(0) == 0 else xs)
         logits, past = self.extend(ys if past is None else ys[:, -1:], cross, past)
-        logp = self._next_logp(logits, ys.size(1))
-        if self.loop_repeats:
-            self._end_loops_(ys, logp)
-        return logp, kv_cache.scatter(cross, past, ys)
+        return self._end_loops(ys, self._next_logp(logits, ys.size(1))), kv_cache.scatter(cross, past, ys)
 
-    def batch_score_recompute(
-        self, ys: torch.Tensor, states: List[Any], xs: torch.Tensor
-    ) -> Tuple[torch.Tensor, List[Any]]:
-        """:meth:`batch_score` as it was before the self-attention cache: the
-        whole prefix through every block and every position onto the
-        vocabulary; only the cross-attention keys/values are kept in the states.
-        The reference of the tests and of ``bench/decode_speed.py``."""
-        cross = kv_cache.gather_cross(states)
-        if cross is None:
-            cross = self._split_cross(xs)
+    def batch_score_recompute(self, ys: torch.Tensor, states: List[Any],
+                              xs: torch.Tensor) -> Tuple[torch.Tensor, List[Any]]:
+        """:meth:`batch_score` before the self-attention cache (the whole prefix through every block, every
+        position onto the vocabulary): the reference of the tests and of ``bench/decode_speed.py``."""
+        cross = kv_cache.gather_cross(states) or self._split_cross(xs)
         # one copy per hypothesis, as the states were stacked then
         rows = [(k.expand(ys.size(0), -1, -1, -1).transpose(1, 2).flatten(2),
                  v.expand(ys.size(0), -1, -1, -1).transpose(1, 2).flatten(2)) for k, v in cross]
         logp = self._next_logp(self.logits(ys, xs, rows)[:, -1], ys.size(1))
-        if self.loop_repeats:
-            self._end_loops_(ys, logp)
-        return logp, kv_cache.scatter(cross, None, ys)
+        return self._end_loops(ys, logp), kv_cache.scatter(cross, None, ys)
 
-    def _end_loops_(self, ys: torch.Tensor, logp: torch.Tensor) -> None:
+    def _end_loops(self, ys: torch.Tensor, logp: torch.Tensor) -> torch.Tensor:
+        """``logp`` with only the end token left to each hypothesis that loops (in place)."""
+        if not self.loop_repeats:
+            return logp
         for row, tokens in enumerate(ys[:, self.sample_begin:].tolist()):
             if ends_in_loop(tokens, self.loop_repeats, self.loop_tokens):
                 if self._eot is None:
                     self._eot = self.prompt()[1]
                 logp[row] = -float("inf")
                 logp[row, self._eot] = 0.0
+        return logp
 
     def score(self, ys: torch.Tensor, state: Any, x: torch.Tensor) -> Tuple[torch.Tensor, Any]:
         logp, states = self.batch_score(ys.unsqueeze(0), [state], x.unsqueeze(0))

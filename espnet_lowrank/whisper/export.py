@@ -1,11 +1,6 @@
-"""Export a local Whisper checkpoint as a dense ESPnet ASR experiment directory.
-
-``export_whisper(model, output_dir)`` writes ``config.yaml`` (an ESPnet ASR
-train config using the plugin's ``whisper_local`` encoder/decoder, token list
-inlined), ``model.pth`` (the ESPnet model state dict) and ``decode.yaml``
-(greedy decoding for ``espnet2.bin.asr_inference --config``). The CLI is
-``python -m espnet_lowrank.bin.export_whisper``.
-"""
+"""Export a local Whisper checkpoint as a dense ESPnet ASR exp dir: ``config.yaml`` (the plugin's
+``whisper_local`` encoder/decoder, token list inlined), ``model.pth`` and ``decode.yaml`` (greedy decoding
+for ``espnet2.bin.asr_inference --config``). CLI: ``python -m espnet_lowrank.bin.export_whisper``."""
 
 import logging
 import os
@@ -27,40 +22,22 @@ from espnet_lowrank.whisper.tokenizer import (
 logger = logging.getLogger(__name__)
 
 
-# whisper's greedy decoding samples at most n_text_ctx // 2 tokens
-DECODE_CONFIG = {
-    "batch_size": 1,
-    "beam_size": 1,
-    "ctc_weight": 0.0,
-    "lm_weight": 0.0,
-    "penalty": 0.0,
-    "nbest": 1,
-    "minlenratio": 0.0,
-}
-
-
 def build_config(dims, language: str = "en", task: str = "transcribe") -> Dict[str, Any]:
     """The ESPnet ASR train config (a dict) of a dense Whisper model."""
-    multilingual = dims.n_vocab >= 51865
-    token_type = "whisper_multilingual" if multilingual else "whisper_en"
+    token_type = "whisper_multilingual" if dims.n_vocab >= 51865 else "whisper_en"
     tokenizer = get_whisper_tokenizer(dims.n_vocab, language, task)
     token_list = whisper_token_list(tokenizer, dims.n_vocab)
     return {
         "token_type": token_type,
         "bpemodel": token_type,
-        "non_linguistic_symbols": None,
-        "cleaner": None,
-        "g2p": None,
+        "non_linguistic_symbols": None, "cleaner": None, "g2p": None,
         "input_size": 1,  # raw audio; the encoder computes the log-mel itself
         "use_preprocessor": True,
         "preprocessor": "default",
         "preprocessor_conf": {"whisper_language": language, "whisper_task": task},
-        "frontend": None,
-        "frontend_conf": {},
-        "specaug": None,
-        "specaug_conf": {},
-        "normalize": None,
-        "normalize_conf": {},
+        "frontend": None, "frontend_conf": {},
+        "specaug": None, "specaug_conf": {},
+        "normalize": None, "normalize_conf": {},
         "model": "espnet",
         "model_conf": {
             "ctc_weight": 0.0,  # no CTC: ESPnetASRModel then keeps no ctc module
@@ -69,8 +46,7 @@ def build_config(dims, language: str = "en", task: str = "transcribe") -> Dict[s
             "sym_sos": "<|startoftranscript|>",
             "sym_eos": "<|endoftext|>",
         },
-        "preencoder": None,
-        "preencoder_conf": {},
+        "preencoder": None, "preencoder_conf": {},
         "encoder": "whisper_local",
         "encoder_conf": {
             "n_mels": dims.n_mels,
@@ -80,8 +56,7 @@ def build_config(dims, language: str = "en", task: str = "transcribe") -> Dict[s
             "n_layer": dims.n_audio_layer,
             "do_pad_trim": True,
         },
-        "postencoder": None,
-        "postencoder_conf": {},
+        "postencoder": None, "postencoder_conf": {},
         "decoder": "whisper_local",
         "decoder_conf": {
             "n_vocab": dims.n_vocab,
@@ -101,22 +76,19 @@ def build_config(dims, language: str = "en", task: str = "transcribe") -> Dict[s
 
 
 def build_decode_config(dims) -> Dict[str, Any]:
-    conf = dict(DECODE_CONFIG)
-    # a negative maxlenratio is a fixed maximum output length
-    conf["maxlenratio"] = -float(dims.n_text_ctx // 2)
-    return conf
+    # whisper's greedy decoding samples at most n_text_ctx // 2 tokens (negative maxlenratio: a fixed maximum)
+    return {"batch_size": 1, "beam_size": 1, "ctc_weight": 0.0, "lm_weight": 0.0, "penalty": 0.0, "nbest": 1,
+            "minlenratio": 0.0, "maxlenratio": -float(dims.n_text_ctx // 2)}
 
 
 def espnet_state_dict(whisper_sd: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-    """openai-whisper state dict -> ESPnetASRModel state dict."""
+    """openai-whisper state dict -> ESPnetASRModel state dict (``encoder.x`` -> ``encoder.encoders.x``)."""
     out = {}
     for k, v in whisper_sd.items():
-        if k.startswith("encoder."):
-            out["encoder.encoders." + k[len("encoder.") :]] = v
-        elif k.startswith("decoder."):
-            out["decoder.decoders." + k[len("decoder.") :]] = v
-        else:
+        part, _, rest = k.partition(".")
+        if part not in ("encoder", "decoder"):
             raise KeyError(k)
+        out[f"{part}.{part}s.{rest}"] = v
     return out
 
 
@@ -154,9 +126,7 @@ def check_exp_dir(exp_dir: str) -> None:
     register()
     from espnet2.tasks.asr import ASRTask
 
-    model, _ = ASRTask.build_model_from_file(
-        os.path.join(exp_dir, "config.yaml"), None, "cpu"
-    )
+    model, _ = ASRTask.build_model_from_file(os.path.join(exp_dir, "config.yaml"), None, "cpu")
     state = torch.load(os.path.join(exp_dir, "model.pth"), map_location="cpu", weights_only=True)
     result = model.load_state_dict(state, strict=False)
     if result.missing_keys or result.unexpected_keys:

@@ -77,20 +77,13 @@ def hf_to_openai_state_dict(sd: StateDict) -> StateDict:
 
 
 def hf_config_to_dims(config: Dict):
-    return dims_from_dict(
-        dict(
-            n_mels=config["num_mel_bins"],
-            n_audio_ctx=config["max_source_positions"],
-            n_audio_state=config["d_model"],
-            n_audio_head=config["encoder_attention_heads"],
-            n_audio_layer=config["encoder_layers"],
-            n_vocab=config["vocab_size"],
-            n_text_ctx=config["max_target_positions"],
-            n_text_state=config["d_model"],
-            n_text_head=config["decoder_attention_heads"],
-            n_text_layer=config["decoder_layers"],
-        )
-    )
+    return dims_from_dict(dict(
+        n_mels=config["num_mel_bins"], n_audio_ctx=config["max_source_positions"],
+        n_audio_state=config["d_model"], n_audio_head=config["encoder_attention_heads"],
+        n_audio_layer=config["encoder_layers"], n_vocab=config["vocab_size"],
+        n_text_ctx=config["max_target_positions"], n_text_state=config["d_model"],
+        n_text_head=config["decoder_attention_heads"], n_text_layer=config["decoder_layers"],
+    ))
 
 
 def load_hf_dir(path: str):
@@ -103,4 +96,3 @@ def load_hf_dir(path: str):
         config = json.load(f)
     sd = hf_to_openai_state_dict(load_file(os.path.join(path, "model.safetensors")))
     return sd, hf_config_to_dims(config)
-

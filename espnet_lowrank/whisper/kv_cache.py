@@ -1,12 +1,6 @@
-"""Incremental decoding for :class:`~espnet_lowrank.whisper.espnet_whisper.LocalWhisperDecoder`.
-
-A decoding step runs only the newest token through the decoder blocks: the
-self-attention keys and values of the earlier tokens come from a per-layer
-cache, and the cross-attention keys and values of the encoder output are
-computed once per utterance. Beam search carries the cache as each
-hypothesis' scorer state (:class:`HypState`), which ESPnet's ``BeamSearch``
-/ ``BatchBeamSearch`` select and reorder as any other state.
-"""
+"""Incremental decoding for ``LocalWhisperDecoder``: a step runs only the newest token through the blocks,
+with the prefix's self-attention keys/values cached and the encoder output's cross-attention ones computed
+once per utterance; beam search carries them as each hypothesis' scorer state (:class:`HypState`)."""
 
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
@@ -19,28 +13,17 @@ KV = Tuple[torch.Tensor, torch.Tensor]
 
 @dataclass(frozen=True)
 class HypState:
-    """One hypothesis' decoder state.
+    """One hypothesis' decoder state; tuples hold one entry per layer."""
 
-    Attributes:
-        cross: per layer, the cross-attention (key, value) of the encoder
-            output, each (1, H, T, D / H); hypotheses of one utterance share
-            the same tuple.
-        tokens: (L,) the prefix that ``keys``/``values`` were computed from,
-            or None when they are not cached.
-        keys: per layer, the self-attention keys (H, L, D / H) of ``tokens``.
-        values: per layer, the self-attention values (H, L, D / H) of ``tokens``.
-    """
-
-    cross: Tuple[KV, ...]
-    tokens: Optional[torch.Tensor] = None
-    keys: Tuple[torch.Tensor, ...] = ()
-    values: Tuple[torch.Tensor, ...] = ()
+    cross: Tuple[KV, ...]  # cross-attention (key, value), each (1, H, T, D / H), shared within an utterance
+    tokens: Optional[torch.Tensor] = None  # (L,) the prefix of keys/values; None: not cached
+    keys: Tuple[torch.Tensor, ...] = ()  # self-attention keys (H, L, D / H) of tokens
+    values: Tuple[torch.Tensor, ...] = ()  # self-attention values (H, L, D / H) of tokens
 
 
 def gather_cross(states: Sequence[Optional[HypState]]) -> Optional[List[KV]]:
-    """The batched cross-attention (key, value) per layer of ``states``: batch 1
-    when all hypotheses share one utterance's, else one row per hypothesis;
-    None when a state is missing."""
+    """The batched cross-attention (key, value) per layer: batch 1 when all hypotheses share one
+    utterance's, else one row each; None when a state is missing."""
     if not states or any(not isinstance(s, HypState) for s in states):
         return None
     if all(s.cross is states[0].cross for s in states):
@@ -50,8 +33,8 @@ def gather_cross(states: Sequence[Optional[HypState]]) -> Optional[List[KV]]:
 
 
 def gather_past(states: Sequence[HypState], ys: torch.Tensor) -> Optional[List[KV]]:
-    """The batched self-attention cache per layer, (n, H, L - 1, D / H), when every
-    state holds exactly the prefix ``ys[:, :-1]`` (n, L); None otherwise."""
+    """The batched self-attention cache, (n, H, L - 1, D / H) per layer, when every state holds exactly
+    the prefix ``ys[:, :-1]``; else None."""
     if any(s.tokens is None or s.tokens.size(0) != ys.size(1) - 1 for s in states):
         return None
     if not torch.equal(torch.stack([s.tokens for s in states]).to(ys.device), ys[:, :-1]):
@@ -61,8 +44,8 @@ def gather_past(states: Sequence[HypState], ys: torch.Tensor) -> Optional[List[K
 
 
 def scatter(cross: List[KV], past: Optional[List[KV]], ys: torch.Tensor) -> List[HypState]:
-    """Per-hypothesis states of a batch: ``cross`` of batch 1 or n, ``past``
-    (n, H, L, D / H) per layer for the prefixes ``ys`` (n, L), or None (not cached)."""
+    """Per-hypothesis states: ``cross`` of batch 1 or n, ``past`` (n, H, L, D / H) per layer of the prefixes
+    ``ys`` (n, L) or None (not cached)."""
     n = ys.size(0)
     if cross[0][0].size(0) == 1:
         per_hyp = [tuple(cross)] * n
@@ -82,8 +65,7 @@ def split_heads(x: torch.Tensor, n_head: int) -> torch.Tensor:
 
 
 def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = False) -> torch.Tensor:
-    """Whisper's attention (scaled dot product, as its SDPA path): q (n, H, l, d),
-    k/v (n or 1, H, T, d) -> (n, l, H * d)."""
+    """Whisper's SDPA attention: q (n, H, l, d), k/v (n or 1, H, T, d) -> (n, l, H * d)."""
     n, _, l, _ = q.shape
     if k.size(0) == 1 and n > 1 and l == 1:
         # every hypothesis reads the same encoder output: one attention with n queries
@@ -94,25 +76,11 @@ def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = Fa
     return out.transpose(1, 2).reshape(n, l, -1)
 
 
-def run_blocks(
-    blocks: Sequence[torch.nn.Module],
-    x: torch.Tensor,
-    cross: List[KV],
-    past: Optional[List[KV]] = None,
-) -> Tuple[torch.Tensor, List[KV]]:
-    """Whisper's ``ResidualAttentionBlock`` stack on new positions.
-
-    Args:
-        blocks: the decoder's blocks.
-        x: (n, l, D) embedded tokens (position embedding added).
-        cross: per layer, cross-attention (key, value) (n or 1, H, T, D / H).
-        past: per layer, self-attention (key, value) (n, H, P, D / H) of the
-            P positions before ``x``; then l must be 1. None: P = 0.
-
-    Returns:
-        The blocks' output (n, l, D) and the self-attention cache
-        (n, H, P + l, D / H) per layer.
-    """
+def run_blocks(blocks: Sequence[torch.nn.Module], x: torch.Tensor, cross: List[KV],
+               past: Optional[List[KV]] = None) -> Tuple[torch.Tensor, List[KV]]:
+    """Whisper's ``ResidualAttentionBlock`` stack on embedded tokens ``x`` (n, l, D) -> (n, l, D) and the
+    self-attention cache (n, H, P + l, D / H) per layer. ``cross``: (n or 1, H, T, D / H) per layer;
+    ``past``: (n, H, P, D / H) per layer of the P positions before ``x`` (then l = 1), None: P = 0."""
     if past is not None and x.size(1) != 1:
         raise ValueError(f"a cached step takes one position per hypothesis, got {x.size(1)}")
     new_past = []
@@ -132,10 +100,8 @@ def run_blocks(
 
 
 class TransposedVocabulary:
-    """A contiguous (D, n_vocab) copy of the tied embedding, rebuilt when the
-    weight changes: one position's logits ``x @ copy`` read it at memory speed,
-    ``x @ weight.t()`` about half as fast on CPU (it costs n_vocab * D more
-    floats of memory while decoding)."""
+    """A contiguous (D, n_vocab) copy of the tied embedding, rebuilt when the weight changes: ``x @ copy``
+    reads it at memory speed, ``x @ weight.t()`` about half as fast on CPU (costs n_vocab * D floats)."""
 
     def __init__(self):
         self._key, self._copy = None, None

@@ -1,7 +1,5 @@
-"""The Whisper decoder's loop guard: a hypothesis whose text ends in one span
-repeated ``repeats`` times over at least ``min_tokens`` tokens gets only the
-end token (Whisper's ``transcribe`` would re-decode it at a higher
-temperature; greedy decoding has no fallback, so the loop is cut where it shows)."""
+"""The Whisper decoder's loop guard: a hypothesis ending in a loop gets only the end token (Whisper's
+``transcribe`` would re-decode it at a higher temperature; greedy decoding has no fallback)."""
 
 from typing import Sequence
 
@@ -10,8 +8,7 @@ LOOP_REPEATS, LOOP_TOKENS = 4, 12
 
 
 def ends_in_loop(tokens: Sequence[int], repeats: int, min_tokens: int) -> bool:
-    """Whether ``tokens`` ends in one span repeated at least ``repeats`` times
-    in a row, the repeats covering at least ``min_tokens`` tokens."""
+    """Whether ``tokens`` ends in one span repeated >= ``repeats`` times over >= ``min_tokens`` tokens."""
     n = len(tokens)
     for span in range(1, n // repeats + 1):
         count = max(repeats, -(-min_tokens // span))

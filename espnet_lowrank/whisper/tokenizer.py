@@ -1,15 +1,8 @@
-"""The openai-whisper tokenizer as ESPnet's Whisper text classes use it.
+"""The openai-whisper tokenizer: what the export writes into ``config.yaml``, and
+:func:`install_tokenizer_compat`, which lets ESPnet's Whisper text classes (written for the old Hugging Face
+based tokenizer) run on the tiktoken-based one; it patches, so it runs only when called."""
 
-* ``get_whisper_tokenizer``, ``whisper_decoding_filters`` and
-  ``whisper_token_list``: what the export writes into ``config.yaml``;
-* :func:`install_tokenizer_compat`: lets ESPnet's ``OpenAIWhisperTokenizer``/
-  ``OpenAIWhisperTokenIDConverter`` (written for the old Hugging Face based
-  openai-whisper tokenizer) run on the current tiktoken-based one. It patches
-  ``whisper.tokenizer.Tokenizer``, so it runs only when called:
-  ``LocalWhisperDecoder`` calls it, which covers ``Speech2Text`` and training
-  (both build the model before the tokenizer).
-"""
-
+from collections import ChainMap
 from typing import Any, Dict, List, Optional
 
 
@@ -17,15 +10,9 @@ def get_whisper_tokenizer(n_vocab: int, language: Optional[str] = "en", task: st
     """The openai-whisper tokenizer that matches a model's vocabulary size."""
     from whisper.tokenizer import get_tokenizer
 
-    multilingual = n_vocab >= 51865
-    if not multilingual:
+    if n_vocab < 51865:
         return get_tokenizer(multilingual=False)
-    return get_tokenizer(
-        multilingual=True,
-        num_languages=n_vocab - 51765 - 1,
-        language=language,
-        task=task,
-    )
+    return get_tokenizer(multilingual=True, num_languages=n_vocab - 51765 - 1, language=language, task=task)
 
 
 def whisper_decoding_filters(tokenizer) -> Dict[str, Any]:
@@ -33,11 +20,7 @@ def whisper_decoding_filters(tokenizer) -> Dict[str, Any]:
     :class:`LocalWhisperDecoder`, as whisper's default greedy decoding
     (``suppress_tokens="-1"``, ``suppress_blank=True``, no timestamps) uses."""
     suppress = list(tokenizer.non_speech_tokens) + [
-        tokenizer.transcribe,
-        tokenizer.translate,
-        tokenizer.sot,
-        tokenizer.sot_prev,
-        tokenizer.sot_lm,
+        tokenizer.transcribe, tokenizer.translate, tokenizer.sot, tokenizer.sot_prev, tokenizer.sot_lm,
     ]
     if tokenizer.no_speech is not None:
         suppress.append(tokenizer.no_speech)
@@ -99,59 +82,39 @@ class HFStyleWhisperTokenizer:
     def get_added_vocab(self) -> Dict[str, int]:
         return {**self._special, **self._added}
 
-    def add_special_tokens(self, tokens: Dict[str, List[str]]) -> int:
-        n = 0
-        for t in tokens.get("additional_special_tokens", []):
-            if t not in self._special and t not in self._added:
-                i = self._next_id()
-                self._special[t] = i
-                self._by_id[i] = t
+    def _add(self, tokens: List[str], special: bool) -> int:
+        new = [t for t in dict.fromkeys(tokens) if t not in self._special and t not in self._added]
+        for t in new:
+            i = self._next_id()
+            (self._special if special else self._added)[t] = i
+            self._by_id[i] = t
+            if special:
                 self._special_ids.add(i)
-                n += 1
-        return n
+        return len(new)
+
+    def add_special_tokens(self, tokens: Dict[str, List[str]]) -> int:
+        return self._add(tokens.get("additional_special_tokens", []), special=True)
 
     def add_tokens(self, tokens: List[str]) -> int:
-        n = 0
-        for t in tokens:
-            if t not in self._special and t not in self._added:
-                i = self._next_id()
-                self._added[t] = i
-                self._by_id[i] = t
-                n += 1
-        return n
+        return self._add(tokens, special=False)
+
+    def _token(self, i: int) -> str:
+        return self._by_id[i] if i in self._by_id else self._regular_token(i)
 
     def convert_ids_to_tokens(self, ids, skip_special_tokens: bool = False):
         if isinstance(ids, int):
-            return self._by_id.get(ids) or self._regular_token(ids)
-        out = []
-        for i in ids:
-            i = int(i)
-            if i in self._special_ids:
-                if not skip_special_tokens:
-                    out.append(self._by_id[i])
-            elif i in self._by_id:
-                out.append(self._by_id[i])
-            else:
-                out.append(self._regular_token(i))
-        return out
+            return self._token(ids)
+        skipped = self._special_ids if skip_special_tokens else ()
+        return [self._token(i) for i in map(int, ids) if i not in skipped]
 
     def convert_tokens_to_ids(self, tokens):
         if isinstance(tokens, str):
             return self.convert_tokens_to_ids([tokens])[0]
         if self._regular is None:
-            self._regular = {
-                self._regular_token(i): i for i in range(self.encoding.n_vocab)
-                if i not in self._special_ids
-            }
-        out = []
-        for t in tokens:
-            if t in self._special:
-                out.append(self._special[t])
-            elif t in self._added:
-                out.append(self._added[t])
-            else:
-                out.append(self._regular[t])
-        return out
+            self._regular = {self._regular_token(i): i for i in range(self.encoding.n_vocab)
+                             if i not in self._special_ids}
+        table = ChainMap(self._special, self._added, self._regular)
+        return [table[t] for t in tokens]
 
     def tokenize(self, text: str, add_special_tokens: bool = False) -> List[str]:
         return [self._regular_token(i) for i in self.encoding.encode_ordinary(text)]
@@ -167,17 +130,14 @@ class HFStyleWhisperTokenizer:
 
 
 def _hf_view(self) -> HFStyleWhisperTokenizer:
-    view = self.__dict__.get("_espnet_hf_tokenizer")
-    if view is None:
-        view = HFStyleWhisperTokenizer(self.encoding)
-        self.__dict__["_espnet_hf_tokenizer"] = view
-    return view
+    if "_espnet_hf_tokenizer" not in self.__dict__:
+        self.__dict__["_espnet_hf_tokenizer"] = HFStyleWhisperTokenizer(self.encoding)
+    return self.__dict__["_espnet_hf_tokenizer"]
 
 
 def install_tokenizer_compat() -> None:
-    """Give ``whisper.tokenizer.Tokenizer`` the ``.tokenizer`` attribute (a
-    Hugging Face style view) that ESPnet's Whisper text classes expect.
-    Does nothing where openai-whisper already provides it."""
+    """Give ``whisper.tokenizer.Tokenizer`` the Hugging Face style ``.tokenizer`` that ESPnet's Whisper text
+    classes expect, unless openai-whisper already provides it."""
     from whisper.tokenizer import Tokenizer
 
     if "tokenizer" not in Tokenizer.__dict__ and not hasattr(Tokenizer, "tokenizer"):
