@@ -1,12 +1,6 @@
-"""Calibration: stream audio through the encoder (dense, or partly factored in
-sequential mode) and keep, per target layer, the running output statistics
-(Σ y yᵀ, Σ y, frame count) in float64 on the CPU, whatever device the model
-runs on.
-
-Activations are never stored: memory is O(d²) per layer. Statistics add up
-(``a + b`` equals one pass over both halves), so calibration can be split
-over jobs and merged afterwards.
-"""
+"""Calibration: per target layer, running output statistics (Σ y yᵀ, Σ y, frames) in
+float64 on the CPU. Activations are never stored (O(d²) per layer), and statistics add
+up (``a + b`` equals one pass over both halves), so calibration can be split over jobs."""
 
 import contextlib
 import logging
@@ -24,20 +18,18 @@ logger = logging.getLogger(__name__)
 
 
 class OutputStats:
-    """Running statistics of one layer's outputs y ∈ R^d: ``gram`` Σ y yᵀ
-    (d, d) and ``total`` Σ y (d,) in float64, ``count`` frames."""
+    """Running statistics of one layer's outputs y ∈ R^d: ``gram`` Σ y yᵀ, ``total`` Σ y, ``count``."""
 
-    def __init__(self, dim: int, device: Optional[torch.device] = None):
+    def __init__(self, dim: int):
         self.dim = dim
-        self.gram = torch.zeros(dim, dim, dtype=torch.float64, device=device)
-        self.total = torch.zeros(dim, dtype=torch.float64, device=device)
+        self.gram = torch.zeros(dim, dim, dtype=torch.float64)
+        self.total = torch.zeros(dim, dtype=torch.float64)
         self.count = 0
 
     def update(self, y: torch.Tensor) -> None:
-        """Add frames y of shape (N, d)."""
         if y.shape[-1] != self.dim:
             raise ValueError(f"expected outputs of width {self.dim}, got {tuple(y.shape)}")
-        y = y.detach().reshape(-1, self.dim).to(device=self.gram.device, dtype=torch.float64)
+        y = y.detach().reshape(-1, self.dim).to(device="cpu", dtype=torch.float64)
         if not torch.isfinite(y).all():
             raise FloatingPointError("non-finite activations during calibration; check the input audio "
                                      "and the model weights")
@@ -48,9 +40,9 @@ class OutputStats:
     def __add__(self, other: "OutputStats") -> "OutputStats":
         if other.dim != self.dim:
             raise ValueError(f"cannot merge statistics of width {self.dim} and {other.dim}")
-        merged = OutputStats(self.dim, self.gram.device)
-        merged.gram = self.gram + other.gram.to(self.gram.device)
-        merged.total = self.total + other.total.to(self.gram.device)
+        merged = OutputStats(self.dim)
+        merged.gram = self.gram + other.gram
+        merged.total = self.total + other.total
         merged.count = self.count + other.count
         return merged
 
@@ -59,7 +51,6 @@ class OutputStats:
         return self.total / self.count
 
     def covariance(self) -> torch.Tensor:
-        """Centered output covariance, (d, d) float64."""
         if self.count == 0:
             raise ValueError("no frames were collected for this layer")
         mean = self.mean
@@ -78,11 +69,8 @@ class OutputStats:
 
 
 class StatsSet(dict):
-    """Layer name -> OutputStats, with the same merge rule as its members.
-
-    ``seconds`` and ``peak_rss_mb`` record what collecting them cost (summed
-    and maxed over merged jobs), so split calibration reports its real cost.
-    """
+    """Layer name -> OutputStats, merged like its members. ``seconds`` and ``peak_rss_mb`` (summed
+    and maxed over merged jobs) record what collecting them cost, so split calibration reports it."""
 
     _META = "__calibration_cost__"
 
@@ -118,22 +106,11 @@ class StatsSet(dict):
     def merge_files(cls, paths: List[str]) -> "StatsSet":
         if not paths:
             raise ValueError("no statistics files to merge")
-        merged = cls.load(paths[0])
-        for path in paths[1:]:
-            merged = merged + cls.load(path)
-        return merged
-
-
-def frames_of(layer: nn.Module, tensor: torch.Tensor) -> torch.Tensor:
-    """(B, T, d) frames of a layer's input or output; Conv1d tensors are (B, d, T)."""
-    if isinstance(layer, nn.Conv1d) or getattr(layer, "channels_first", False):
-        return tensor.transpose(1, 2)
-    return tensor
+        return sum((cls.load(path) for path in paths[1:]), cls.load(paths[0]))
 
 
 class StopForward(Exception):
-    """Raised by a hook once every layer of interest has run, so that a
-    forward pass stops there; ``calibrate`` catches it."""
+    """Raised by a hook once every layer of interest has run; ``calibrate`` catches it."""
 
 
 @contextlib.contextmanager
@@ -141,24 +118,19 @@ def collect_output_stats(
     encoder: nn.Module,
     layer_names: Iterable[str],
     frame_mask: Optional["FrameMaskHook"] = None,
-    device: Optional[torch.device] = None,
     stop_after: bool = False,
 ) -> Iterator[StatsSet]:
-    """Hook the named layers of ``encoder``; on every forward, add their
-    output frames (only the valid ones when ``frame_mask`` is given) to the
-    yielded StatsSet, on ``device`` (default CPU) in float64. With
-    ``stop_after``, raise StopForward once all of them ran in a forward. The
-    hooks are removed on exit, whatever happens.
-    """
+    """Add the named layers' output frames (the valid ones, with ``frame_mask``) to the yielded
+    StatsSet on every forward; with ``stop_after``, raise StopForward once all of them ran."""
     modules = dict(encoder.named_modules())
     layer_names = list(layer_names)
-    stats = StatsSet()
-    handles = []
-    pending = set()
+    stats, handles, pending = StatsSet(), [], set()
 
     def make_hook(name: str, layer: nn.Module):
+        channels_first = isinstance(layer, nn.Conv1d) or getattr(layer, "channels_first", False)
+
         def hook(_module, _inputs, output):
-            frames = frames_of(layer, output)
+            frames = output.transpose(1, 2) if channels_first else output  # to (B, T, d)
             mask = frame_mask.current if frame_mask is not None else None
             if mask is not None:
                 if mask.shape != frames.shape[:2]:
@@ -181,7 +153,7 @@ def collect_output_stats(
             if name not in modules:
                 raise KeyError(f"no module named {name!r} in the encoder")
             layer = modules[name]
-            stats[name] = OutputStats(layer_dims(layer)[1], device=device)
+            stats[name] = OutputStats(layer_dims(layer)[1])
             handles.append(layer.register_forward_hook(make_hook(name, layer)))
         if frame_mask is not None:
             handles.extend(frame_mask.attach(encoder))
@@ -192,9 +164,8 @@ def collect_output_stats(
 
 
 class FrameMaskHook:
-    """Captures the (B, T) valid-frame mask, ``extract(output)``, from the
-    output of the encoder submodule ``module_name`` (e.g. ESPnet's ``embed``,
-    which returns ``(xs, masks)``)."""
+    """The (B, T) valid-frame mask, ``extract(output)`` of the encoder submodule ``module_name``
+    (e.g. ESPnet's ``embed``, which returns ``(xs, masks)``)."""
 
     def __init__(self, module_name: str, extract: Callable[[object], torch.Tensor]):
         self.module_name = module_name
@@ -210,31 +181,25 @@ class FrameMaskHook:
         return [module.register_forward_hook(hook)]
 
 
-Batch = Tuple[torch.Tensor, torch.Tensor]
-
-
 class NonFiniteActivations(FloatingPointError, ValueError):
-    """Non-finite activations in a calibration batch, naming its files: bad
-    input (e.g. absurdly loud audio), so also a ValueError, which the CLI
-    reports in one line."""
+    """Non-finite activations in a calibration batch: bad input (e.g. absurdly loud audio), so
+    also a ValueError, which the CLI reports in one line."""
 
 
 def calibrate(
     encode: Callable[[torch.Tensor, torch.Tensor], object],
     encoder: nn.Module,
-    batches: Iterable[Batch],
+    batches: Iterable[Tuple[torch.Tensor, torch.Tensor]],
     layer_names: List[str],
     frame_mask: Optional[FrameMaskHook] = None,
-    device: Optional[torch.device] = None,
     total: Optional[int] = None,
     stop_after: bool = False,
 ) -> StatsSet:
-    """Run ``encode(speech, lengths)`` over every batch (at least one) and
-    return the output statistics of ``layer_names`` (names relative to
-    ``encoder``); with ``stop_after``, each forward stops once those ran."""
+    """Output statistics of ``layer_names`` (relative to ``encoder``) over ``encode(speech, lengths)``
+    of every batch (at least one); with ``stop_after``, each forward stops once those ran."""
     num_batches = 0
     cut_before = _num_cut(encoder)
-    with collect_output_stats(encoder, layer_names, frame_mask, device, stop_after) as stats:
+    with collect_output_stats(encoder, layer_names, frame_mask, stop_after) as stats:
         with torch.no_grad():
             for speech, lengths in progress(batches, total=total, desc="calibration", unit="batch"):
                 try:
@@ -255,6 +220,5 @@ def calibrate(
 
 
 def _num_cut(encoder: nn.Module) -> int:
-    """Rows the encoder's front end has cut to its fixed input window so far
-    (``num_cut``, counted by Whisper's log-mel)."""
+    """Rows cut to the front end's fixed input window so far (``num_cut``, counted by Whisper's log-mel)."""
     return sum(getattr(m, "num_cut", 0) for m in encoder.modules())

@@ -1,8 +1,5 @@
-"""Decode a Kaldi-style data dir with the stock ``espnet2.bin.asr_inference``,
-split over ``nj`` jobs (local processes or Slurm), and merge the hypotheses into
-``OUTPUT_DIR/1best_recog/text`` (ESPnet's layout). The CLI is
-``python -m espnet_lowrank.bin.decode``.
-"""
+"""Decode a Kaldi-style data dir with the stock ``espnet2.bin.asr_inference`` over ``nj`` jobs (local or
+Slurm) into ``OUTPUT_DIR/1best_recog/text``. CLI: ``python -m espnet_lowrank.bin.decode``."""
 
 import os
 import sys
@@ -17,12 +14,8 @@ def split_keys(keys: List[str], nj: int) -> List[List[str]]:
     """Contiguous, nearly equal parts; never an empty part."""
     nj = max(1, min(nj, len(keys)))
     size, extra = divmod(len(keys), nj)
-    parts, start = [], 0
-    for j in range(nj):
-        end = start + size + (1 if j < extra else 0)
-        parts.append(keys[start:end])
-        start = end
-    return parts
+    bounds = [j * size + min(j, extra) for j in range(nj + 1)]  # the first ``extra`` parts get one more
+    return [keys[start:end] for start, end in zip(bounds, bounds[1:])]
 
 
 def decode(asr_exp: str, data: str, output_dir: str, nj: int = 1, backend: str = "local",

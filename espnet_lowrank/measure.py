@@ -1,5 +1,4 @@
-"""Size, FLOPs and latency of an encoder, measured the same way for the dense
-and the compressed model."""
+"""Size, FLOPs and latency of an encoder, measured alike for the dense and the compressed model."""
 
 import io
 import os
@@ -11,6 +10,7 @@ from contextlib import contextmanager
 from typing import Dict, Iterator, Tuple
 
 import torch
+from torch.ao.nn.quantized.dynamic import Linear as DynamicInt8Linear
 from torch.utils.flop_counter import FlopCounterMode
 
 from espnet_lowrank.handlers import is_dense_projection
@@ -18,22 +18,17 @@ from espnet_lowrank.handlers import is_dense_projection
 SAMPLE_RATE = 16000
 
 
-def _dummy_input(seconds: float, batch: int = 1) -> Tuple[torch.Tensor, torch.Tensor]:
+def _dummy_input(seconds: float) -> Tuple[torch.Tensor, torch.Tensor]:
     samples = int(seconds * SAMPLE_RATE)
-    generator = torch.Generator().manual_seed(0)
-    speech = 0.01 * torch.randn(batch, samples, generator=generator)
-    return speech, torch.full((batch,), samples, dtype=torch.long)
+    speech = 0.01 * torch.randn(1, samples, generator=torch.Generator().manual_seed(0))
+    return speech, torch.tensor([samples])
 
 
-def linear_params(module: torch.nn.Module) -> int:
-    """Parameters of all projections in ``module``: dense ones (``nn.Linear``,
-    1x1 ``Conv1d``), the factors of low-rank ones (their ``down``/``up``
-    children are such projections) and int8 linears (as many weights, 1 byte
-    each: see :func:`encoder_mb` for bytes)."""
-    from torch.ao.nn.quantized.dynamic import Linear as DynamicInt8Linear
-
+def encoder_linear_params(model) -> int:
+    """Parameters of the encoder's projections: dense ones (``nn.Linear``, 1x1 ``Conv1d``), the low-rank
+    factors (such projections) and int8 linears (as many weights; :func:`encoder_mb` counts bytes)."""
     total = 0
-    for m in module.modules():
+    for m in model.encoder.modules():
         if is_dense_projection(m):
             total += sum(p.numel() for p in m.parameters(recurse=False))
         elif isinstance(m, DynamicInt8Linear):
@@ -53,9 +48,8 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-# Which kernels do the float arithmetic. Each changes the last bits of a
-# result, which recovery's Adam steps grow into another model (bench/DECISIONS.md,
-# "what a recovery run depends on"), so a run is reproducible only under the same ones.
+# Which kernels do the float arithmetic: each changes a result's last bits, which recovery's Adam steps
+# grow into another model (bench/DECISIONS.md, "what a recovery run depends on"); pin them to reproduce.
 ARITHMETIC_ENV = ("ATEN_CPU_CAPABILITY", "MKL_CBWR", "DNNL_MAX_CPU_ISA", "OMP_NUM_THREADS")
 
 
@@ -72,8 +66,7 @@ def cpu_model() -> str:
 
 
 def runtime_facts(device) -> dict:
-    """What a compression's numbers depend on besides its config and data:
-    torch, the device, the CPU kernels' ISA, threads and the pinning variables."""
+    """What a compression's numbers depend on besides its config and data."""
     device = torch.device(device)
     facts = {"torch": torch.__version__, "device": str(device), "cpu": cpu_model(),
              "cpu_capability": torch.backends.cpu.get_cpu_capability(), "threads": torch.get_num_threads(),
@@ -84,8 +77,7 @@ def runtime_facts(device) -> dict:
 
 
 class StepCosts:
-    """Wall time (summed over calls) and the process's peak RSS after each
-    named step of a compression, for report.json."""
+    """Per named step of a compression: wall time (summed over calls) and the peak RSS after it."""
 
     def __init__(self):
         self.steps: Dict[str, Dict[str, float]] = {}
@@ -99,10 +91,6 @@ class StepCosts:
             entry = self.steps.setdefault(name, {"seconds": 0.0, "peak_rss_mb": 0.0})
             entry["seconds"] = round(entry["seconds"] + time.perf_counter() - started, 2)
             entry["peak_rss_mb"] = round(peak_rss_mb(), 1)
-
-
-def encoder_linear_params(model) -> int:
-    return linear_params(model.encoder)
 
 
 def _sdpa_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
@@ -127,13 +115,11 @@ def encoder_flops(model, seconds: float) -> int:
 
 
 @torch.no_grad()
-def paired_latency(dense, compressed, seconds: float, repeats: int = 5, warmup: int = 1):
-    """Median latencies (dense, compressed), timed alternately so that
-    machine noise hits both alike."""
+def paired_latency(dense, compressed, seconds: float, repeats: int = 5):
+    """Median latencies (dense, compressed), timed alternately so that machine noise hits both alike."""
     speech, lengths = _dummy_input(seconds)
-    for _ in range(warmup):
-        dense.encode(speech, lengths)
-        compressed.encode(speech, lengths)
+    dense.encode(speech, lengths)  # warm-up
+    compressed.encode(speech, lengths)
     times = {"dense": [], "compressed": []}
     for _ in range(repeats):
         for name, model in (("dense", dense), ("compressed", compressed)):

@@ -1,26 +1,6 @@
-"""Short recovery (``recovery_steps: N``): a few hundred steps of distillation
-after factoring, on the calibration audio (valid frames only). Only the
-low-rank factors train; every other weight stays as it was. The objective:
-
-- ``encoder``: MSE between the compressed and the dense encoder outputs;
-- ``decoder``: what the decoder reads from the encoder output. Whisper's
-  decoder reads it only through each layer's cross-attention key and value
-  projections (MSE, each tensor scaled by the dense one's mean square); an
-  ESPnet CTC model reads the CTC posteriors (KL to the dense model's). Plain
-  MSE weighs every direction of the encoder output alike, these weigh them
-  as the decoder does. No labels are needed;
-- ``decoder+tokens`` (Whisper): the decoder objective plus the KL to the dense
-  decoder's next-token distribution, teacher-forced on the dense model's own
-  greedy transcript of each window (the KL alone lost on LibriSpeech).
-
-The scope: ``end_to_end`` runs the whole encoder per step; ``block``
-(:func:`recover_blocks_`) trains one encoder block at a time from cached
-inputs, so a step costs one block; ``final_steps`` then runs a short end-to-end
-pass under the objective (the pipeline calls :func:`recover_` after it).
-
-Runs in eval mode (no dropout or SpecAugment) with gradients on, so the
-student sees exactly the forward it will run at inference.
-"""
+"""Short recovery (``recovery_steps: N``): distillation of the low-rank factors (every other weight
+frozen) towards the dense model on the calibration audio's valid frames, end to end or one encoder
+block at a time. Runs in eval mode with gradients on: the student sees the forward it will run."""
 
 import contextlib
 import ctypes
@@ -30,6 +10,7 @@ import time
 from typing import List, Optional
 
 import torch
+from torch.utils.checkpoint import checkpoint
 
 from espnet_lowrank.batches import iter_batches
 from espnet_lowrank.data import Utterance
@@ -52,9 +33,11 @@ def _valid_mse(student: torch.Tensor, teacher: torch.Tensor, lengths: torch.Tens
 
 
 def compared_output(model, objective: str) -> str:
-    """What ``objective`` compares on ``model``: 'encoder', 'cross_kv' (Whisper's
-    decoder) or 'ctc'. An objective the model cannot give is refused here,
-    before any work."""
+    """What ``objective`` compares on ``model``; one the model cannot give is refused before any work.
+    ``encoder``: encoder outputs (MSE). ``decoder``, weighing the output's directions as the decoder does:
+    Whisper's cross-attention keys and values ('cross_kv', MSE per tensor / dense mean square) or the CTC
+    posteriors ('ctc', KL). ``decoder+tokens`` ('cross_kv+tokens'): plus the next-token KL, teacher-forced
+    on the dense model's greedy transcript (the KL alone lost on LibriSpeech). No labels are needed."""
     if objective == "encoder":
         return "encoder"
     if objective == "decoder+tokens":
@@ -71,8 +54,7 @@ def compared_output(model, objective: str) -> str:
 
 
 def _view(model, encoder_out: torch.Tensor, output: str, transcript=None) -> List[torch.Tensor]:
-    """The tensors compared for ``output`` (see :func:`compared_output`);
-    ``transcript`` is (tokens, mask of the positions the token KL covers)."""
+    """The tensors compared for ``output``; ``transcript``: (tokens, mask of the positions the KL covers)."""
     if output == "cross_kv+tokens":  # + the decoder's final states at the transcript's positions
         cross = model.decoder.cross_kv(encoder_out)
         tokens, mask = transcript
@@ -84,19 +66,12 @@ def _view(model, encoder_out: torch.Tensor, output: str, transcript=None) -> Lis
     return [encoder_out]
 
 
-def _kl(log_teacher: torch.Tensor, log_student: torch.Tensor) -> torch.Tensor:
-    """KL(teacher || student) per row, averaged."""
-    return (log_teacher.exp() * (log_teacher - log_student)).sum(-1).mean()
-
-
 def token_kl(teacher_states: torch.Tensor, student_states: torch.Tensor, vocabulary: torch.Tensor,
              rows: int = 64) -> torch.Tensor:
-    """KL(teacher || student) of the next-token distributions ``states @
-    vocabulary.T``, averaged over the (N, D) rows; differentiable in
-    ``student_states`` only. Computed ``rows`` at a time together with its
-    gradient, (p_student - p_teacher) @ vocabulary / N, so no (N, n_vocab)
-    tensor or autograd copy of one is ever held: with them, Whisper's 51,865
-    logits per position put recovery over 4 GB."""
+    """KL(teacher || student) of the next-token distributions ``states @ vocabulary.T``, averaged over
+    the (N, D) rows, differentiable in ``student_states`` only. Computed ``rows`` at a time with its
+    gradient, (p_student - p_teacher) @ vocabulary / N, so no (N, n_vocab) tensor or autograd copy
+    of one is held: with them, Whisper's 51,865 logits per position put recovery over 4 GB."""
     n = student_states.shape[0]
     total = student_states.new_zeros(())
     grad = torch.zeros_like(student_states)
@@ -123,17 +98,15 @@ def _loss(student: List[torch.Tensor], teacher: List[torch.Tensor], lengths: tor
                    for s, t in zip(student, teacher)) / len(teacher)
     if output == "ctc":  # KL(dense || compressed) over the valid frames
         mask = valid_mask(lengths, teacher[0].shape[1])
-        return _kl(teacher[0][mask], student[0][mask])
+        log_t, log_s = teacher[0][mask], student[0][mask]
+        return (log_t.exp() * (log_t - log_s)).sum(-1).mean()
     return _valid_mse(student[0], teacher[0], lengths)
 
 
 def _train_keep_best(model, params, loss_of, n_batches: int, steps: int, lr: float, desc: str):
-    """Adam on ``params`` only (every other parameter of ``model`` frozen
-    meanwhile), batch ``step % n_batches`` per step. After every pass over
-    the batches the loss over all of them is measured and the best factors
-    are kept: a too-large LR can raise the loss, and the start (plain PCA)
-    must never be replaced by something worse. Returns (loss before, loss
-    after, step the kept factors are from)."""
+    """Adam on ``params`` only, batch ``step % n_batches`` per step. After every pass over the batches
+    the loss on all of them picks the factors kept: a too-large LR can raise the loss, and the start
+    (plain PCA) must never be replaced by something worse. Returns (loss before, after, kept step)."""
     trainable = {id(p) for p in params}
     frozen = [p for p in model.parameters() if id(p) not in trainable and p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=lr)
@@ -185,8 +158,8 @@ def _batches(compressed, utts: List[Utterance], steps: int, batch_size: int,
     if not params:
         raise ValueError("no low-rank layers to train: the plan factored nothing")
     device = params[0].device
-    return [(s.to(device), n.to(device)) for s, n in iter_batches(utts, batch_size, pack_seconds=pack_seconds,
-                                                                          max_seconds=max_seconds)]
+    batches = iter_batches(utts, batch_size, pack_seconds=pack_seconds, max_seconds=max_seconds)
+    return [(s.to(device), n.to(device)) for s, n in batches]
 
 
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
@@ -195,13 +168,11 @@ FREED_TO_SYSTEM_BYTES = 8 << 20  # measured: bench/DECISIONS.md, "recovery's mem
 
 
 def return_freed_memory() -> bool:
-    """Make glibc serve allocations of 8 MB or more from their own mappings,
-    which go back to the system when freed, and give back what its heap holds
-    free now: what ``MALLOC_MMAP_THRESHOLD_=8388608`` does from start-up.
-    Otherwise glibc keeps freed activations of up to 32 MB in its heap, where
-    they fragment it and the process grows past what is alive. It holds for the
-    rest of the process (glibc has no way back to its adaptive thresholds).
-    False where the C library has no ``mallopt`` or it refuses a setting."""
+    """Make glibc serve allocations of 8 MB or more from their own mappings, which go back to the
+    system when freed, and trim its heap now (``MALLOC_MMAP_THRESHOLD_=8388608`` from start-up).
+    Otherwise freed activations of up to 32 MB stay in the heap, fragment it and the process grows
+    past what is alive. Holds for the rest of the process (glibc cannot go back to its adaptive
+    thresholds). False where the C library has no ``mallopt`` or it refuses a setting."""
     try:
         libc = ctypes.CDLL(None)
         mallopt, malloc_trim = libc.mallopt, libc.malloc_trim
@@ -215,13 +186,8 @@ def return_freed_memory() -> bool:
 
 @contextlib.contextmanager
 def checkpointed(model, blocks: Optional[str]):
-    """Within the context, each module of ``model`` whose name matches
-    ``blocks`` recomputes its forward in the backward pass instead of keeping
-    its activations (torch.utils.checkpoint), so a training step holds one
-    block's activations at a time. The same operations run on the same inputs,
-    so the gradients do not change."""
-    from torch.utils.checkpoint import checkpoint
-
+    """The modules matching ``blocks`` recompute their forward in the backward pass (torch.utils.checkpoint),
+    so a step holds one block's activations at a time; the gradients do not change."""
     modules = [m for _, m in matching_modules(model, blocks)]
     for module in modules:
         module.forward = functools.partial(checkpoint, module.forward, use_reentrant=False)
@@ -235,29 +201,21 @@ def checkpointed(model, blocks: Optional[str]):
 def recover_(compressed, dense, utts: List[Utterance], steps: int, lr: float = 3e-5,
              batch_size: int = 4, objective: str = "encoder", pack_seconds: Optional[float] = None,
              recompute_blocks: Optional[str] = None, max_seconds: Optional[float] = None) -> dict:
-    """Train ``compressed``'s low-rank factors for ``steps`` steps to match
-    ``dense`` on ``utts`` under ``objective`` (in place). After every pass over
-    the batches the loss over all of them is measured, and the factors with the
-    lowest one are kept (the calibration factors when nothing improved).
-    ``recompute_blocks`` (a regex of encoder block names) recomputes those
-    blocks in the backward pass (:func:`checkpointed`).
-    Returns the loss before and after and the step the kept factors are from."""
+    """Train ``compressed``'s factors in place for ``steps`` steps to match ``dense`` under ``objective``,
+    keeping the best (see :func:`_train_keep_best`). ``recompute_blocks``: see :func:`checkpointed`."""
     output = compared_output(compressed, objective)
     batches = _batches(compressed, utts, steps, batch_size, pack_seconds, max_seconds)
     params = factor_parameters(compressed.encoder)
-    # Only the dense encoder output is cached: the decoder's views of it (Whisper's
-    # cross-attention keys and values are 2 x layers times its size) are recomputed
-    # per step, which costs a few projections and makes the cache 2 x layers smaller.
-    # The dense teacher's pass is minutes on a busy CPU: it gets its own bars.
+    # Only the dense encoder output is cached: its decoder views (Whisper's cross-attention keys and
+    # values, 2 x layers times its size) are recomputed per step, for a few projections.
     with torch.no_grad():
         targets = [dense.encode(speech, lengths)
                    for speech, lengths in progress(batches, desc="recovery: dense teacher", unit="batch")]
-        # the dense model's own transcripts, which the token KL teacher-forces
-        transcripts = [(None, None)] * len(targets)
-        if "tokens" in output:
+        transcripts, vocabulary = [(None, None)] * len(targets), None
+        if "tokens" in output:  # the dense model's own transcripts, which the token KL teacher-forces
             transcripts = [dense.decoder.greedy(out, dense.decoder.n_ctx // 2)
                            for out, _ in progress(targets, desc="recovery: teacher transcripts", unit="batch")]
-    vocabulary = dense.decoder.vocabulary.detach() if "tokens" in output else None
+            vocabulary = dense.decoder.vocabulary.detach()
     compressed.eval()
 
     def loss_of(i):
@@ -282,16 +240,14 @@ def recover_(compressed, dense, utts: List[Utterance], steps: int, lr: float = 3
 
 
 def _hidden(block_output) -> torch.Tensor:
-    """The hidden states in a block's output: ESPnet blocks return
-    ``((x, pos_emb), mask)`` or ``(x, mask)``, Whisper's return ``x``."""
+    """ESPnet blocks return ``((x, pos_emb), mask)`` or ``(x, mask)``, Whisper's return ``x``."""
     while isinstance(block_output, tuple):
         block_output = block_output[0]
     return block_output
 
 
 def _block_io(model, first, last, batches):
-    """One forward per batch: what ``first`` is called with, as (args, kwargs),
-    the hidden states ``last`` returns, and the encoder's output lengths."""
+    """Per batch: what ``first`` is called with (args, kwargs), what ``last`` returns, the output lengths."""
     inputs, outputs, lens = [], [], []
     handles = [first.register_forward_pre_hook(lambda _m, args, kwargs: inputs.append((args, kwargs)),
                                                with_kwargs=True),
@@ -309,12 +265,9 @@ def _block_io(model, first, last, batches):
 def recover_blocks_(compressed, dense, utts: List[Utterance], blocks: str, steps: int,
                     lr: float = 3e-5, batch_size: int = 4, pack_seconds: Optional[float] = None,
                     max_seconds: Optional[float] = None) -> dict:
-    """Block-wise recovery (``recovery.scope: block``): each encoder block
-    (module names matching ``blocks``) in forward order, ``steps`` steps each,
-    trains its factors so that, from the compressed model's input to it, it
-    gives the dense model's output of that block (MSE, valid frames). Block
-    inputs are cached, so a step costs one block, not the whole encoder; each
-    block keeps its best factors."""
+    """``recovery.scope: block``: each block matching ``blocks``, in forward order, trains ``steps`` steps
+    to give, from the compressed model's input to it, the dense model's output of that block (MSE).
+    Block inputs are cached, so a step costs one block, not the whole encoder."""
     batches = _batches(compressed, utts, steps, batch_size, pack_seconds, max_seconds)
     student_blocks, teacher_blocks = ([m for _, m in matching_modules(encoder, blocks)]
                                       for encoder in (compressed.encoder, dense.encoder))
@@ -339,8 +292,7 @@ def recover_blocks_(compressed, dense, utts: List[Utterance], blocks: str, steps
 
             before, after, best_step = _train_keep_best(
                 compressed, params, loss_of, len(batches), steps, lr, f"recovery block {i}")
-            per_block.append({"block": i, "loss_before": before, "loss_after": after,
-                              "best_step": best_step})
+            per_block.append({"block": i, "loss_before": before, "loss_after": after, "best_step": best_step})
         student_in = advance(student, student_in)
     # The last block's output (what the encoder's final norm reads), before and after.
     before = sum(_valid_mse(b, _hidden(t[0]), n).item()

@@ -1,8 +1,5 @@
-"""Small plotting and markdown helpers for experiment reports.
-
-Figures use matplotlib's Agg backend (no display needed) and are written
-atomically as PNG files.
-"""
+"""report.json / report.md of a compression, and its figures (matplotlib's Agg backend, no display
+needed; PNGs written atomically)."""
 
 import logging
 from typing import List, Mapping
@@ -17,10 +14,8 @@ logger = logging.getLogger(__name__)
 
 def _pyplot():
     import matplotlib
-
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
-
     return plt
 
 
@@ -33,16 +28,13 @@ def _save(fig, path: str) -> None:
 
 
 def plot_variance_spectra(spectra: Mapping[str, np.ndarray], path: str) -> None:
-    """PNG of the cumulative explained-variance curves (layer name -> (D,)
-    values in [0, 1] for 1..D kept components), one line per layer."""
+    """Cumulative explained-variance curves (layer name -> (D,) values for 1..D kept components)."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for name, curve in spectra.items():
         curve = np.asarray(curve, dtype=float).reshape(-1)
         ax.plot(np.arange(1, len(curve) + 1), curve, label=name, linewidth=1)
-    ax.set_xlabel("kept rank")
-    ax.set_ylabel("cumulative explained variance")
-    ax.set_ylim(0, 1.02)
+    ax.set(xlabel="kept rank", ylabel="cumulative explained variance", ylim=(0, 1.02))
     ax.grid(True, alpha=0.3)
     if 0 < len(spectra) <= 16:
         ax.legend(fontsize="x-small", ncol=2)
@@ -50,8 +42,7 @@ def plot_variance_spectra(spectra: Mapping[str, np.ndarray], path: str) -> None:
 
 
 def plot_ranks(ranks: Mapping[str, int], full: Mapping[str, int], path: str) -> None:
-    """PNG bar chart of the kept rank against the full rank of each layer
-    (``full`` must cover every layer of ``ranks``)."""
+    """Bars of each layer's kept rank against its full rank."""
     missing = [k for k in ranks if k not in full]
     if missing:
         raise ValueError(f"no full rank for layers: {', '.join(missing[:5])}")
@@ -61,16 +52,14 @@ def plot_ranks(ranks: Mapping[str, int], full: Mapping[str, int], path: str) -> 
     fig, ax = plt.subplots(figsize=(max(6.0, 0.3 * len(names) + 2), 4.5))
     ax.bar(x, [full[n] for n in names], color="lightgray", label="full")
     ax.bar(x, [ranks[n] for n in names], color="tab:blue", label="kept")
-    ax.set_xticks(x)
-    ax.set_xticklabels(names, rotation=90, fontsize="x-small")
+    ax.set_xticks(x, names, rotation=90, fontsize="x-small")
     ax.set_ylabel("rank")
     ax.legend()
     _save(fig, path)
 
 
 def plot_wer_vs_size(points: List[dict], path: str, xlabel: str = "parameters") -> None:
-    """PNG of WER (percent) against model size, ``points`` being dicts with
-    ``label``, ``size`` and ``wer``, plotted in order of size."""
+    """WER (%) against model size; ``points`` are dicts with ``label``, ``size`` and ``wer``."""
     for i, p in enumerate(points):
         for key in ("label", "size", "wer"):
             if key not in p:
@@ -82,8 +71,7 @@ def plot_wer_vs_size(points: List[dict], path: str, xlabel: str = "parameters") 
     for p in pts:
         ax.annotate(str(p["label"]), (p["size"], p["wer"]), textcoords="offset points",
                     xytext=(4, 4), fontsize="x-small")
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel("WER (%)")
+    ax.set(xlabel=xlabel, ylabel="WER (%)")
     ax.grid(True, alpha=0.3)
     _save(fig, path)
 
@@ -98,9 +86,7 @@ def markdown_kv_table(d: Mapping[str, object]) -> str:
 
 
 def build_report(source, compressed, family, config, plan, attention, measured: dict) -> dict:
-    """report.json of a compression: the plan, per-layer decisions, size and
-    FLOPs of both encoders, and what the steps measured (calibration cost,
-    recovery losses, int8 smoothing errors)."""
+    """report.json: the plan, per-layer decisions, both encoders' size and FLOPs, what the steps measured."""
     return {
         "family": family.name,
         "config": config.to_dict(),
@@ -130,10 +116,8 @@ def runtime_line(runtime):
 
 def compression_report_md(report: dict) -> str:
     """report.md of a compressed exp dir, from its report.json values."""
-    dense_p = report["encoder_linear_params_dense"]
-    comp_p = report["encoder_linear_params_compressed"]
-    dense_f = report["encoder_flops_dense"]
-    comp_f = report["encoder_flops_compressed"]
+    dense_p, comp_p = report["encoder_linear_params_dense"], report["encoder_linear_params_compressed"]
+    dense_f, comp_f = report["encoder_flops_dense"], report["encoder_flops_compressed"]
     summary = {
         "family": report["family"],
         "low-rank config": report.get("lowrank_config_file", "(given in code)"),
@@ -165,9 +149,7 @@ def compression_report_md(report: dict) -> str:
              "|---|---|---:|---:|---:|---:|---:|"]
     for layer in report["layers"]:
         rank = layer["rank"] if layer["rank"] is not None else "dense"
-        lines.append(
-            f"| {layer['name']} | {layer['role']} | {layer['d_in']} | {layer['d_out']} | "
-            f"{rank} | {layer['rank_from_theta']} | {layer['explained_variance']:.4f} |"
-        )
+        lines.append(f"| {layer['name']} | {layer['role']} | {layer['d_in']} | {layer['d_out']} | "
+                     f"{rank} | {layer['rank_from_theta']} | {layer['explained_variance']:.4f} |")
     lines += ["", "![variance spectra](variance_spectra.png)", "", "![ranks](ranks.png)", ""]
     return "\n".join(lines)

@@ -1,12 +1,6 @@
-"""Stage 13: score decoded test sets and write an ESPnet-style RESULTS.md.
-
-The first exp dir is the dense reference. Each exp dir holds
-``decode_<set>/1best_recog/text``. Size and FLOPs come from the models
-themselves; the encoder latency of every model is measured here, alternating
-with the dense one, in this run. End-to-end decoding time comes from the stock
-``asr_inference`` logs of stage 12, as ESPnet's ``calculate_rtf.py`` reads
-them. The CLI is ``python -m espnet_lowrank.bin.results``.
-"""
+"""Stage 13: score decoded test sets (``decode_<set>/1best_recog/text`` in each exp dir, the first
+the dense reference) and write an ESPnet-style RESULTS.md with size, FLOPs, encoder latency (measured
+here) and decoding time (from stage 12's logs). CLI: ``python -m espnet_lowrank.bin.results``."""
 
 import datetime
 import glob
@@ -34,9 +28,8 @@ MARK = re.compile(r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) \([^)]*\) INFO: (spee
 
 
 def decoding_seconds(decode_dir: str) -> Optional[float]:
-    """Seconds spent decoding, summed over utterances: from each utterance's
-    "speech length" line to its "best hypo" line in ``decode_dir``'s
-    ``logdir/asr_inference.*.log`` (model loading not counted); None without logs."""
+    """Seconds from each utterance's "speech length" line to its "best hypo" line, summed over
+    ``decode_dir``'s ``logdir/asr_inference.*.log`` (model loading not counted); None without logs."""
     total, found = 0.0, False
     for log in sorted(glob.glob(os.path.join(decode_dir, "logdir", "asr_inference.*.log"))):
         start = None
@@ -51,13 +44,8 @@ def decoding_seconds(decode_dir: str) -> Optional[float]:
     return total if found else None
 
 
-def audio_seconds(utts) -> float:
-    return sum(soundfile.info(u.wav_path).duration for u in utts)
-
-
 def float_flops(exp: str, model, seconds: float) -> int:
-    """Encoder FLOPs of ``exp``; an int8 exp dir is counted as its float model,
-    since the FLOP counter does not see int8 kernels."""
+    """Encoder FLOPs; an int8 exp dir counts as its float model (the counter does not see int8 kernels)."""
     config = read_yaml(os.path.join(exp, "config.yaml"))
     if not (config.get("encoder_conf") or {}).get("int8"):
         return encoder_flops(model, seconds)
@@ -71,15 +59,11 @@ def float_flops(exp: str, model, seconds: float) -> int:
 def plugin_commit() -> str:
     """The plugin checkout's commit, or "-" outside a git checkout."""
     try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10,
-                             cwd=os.path.dirname(os.path.abspath(__file__)))
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                             timeout=10, cwd=os.path.dirname(os.path.abspath(__file__)))
         return out.stdout.strip() or "-"
     except (OSError, subprocess.SubprocessError):
         return "-"
-
-
-def machine_line() -> str:
-    return f"{cpu_model()}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
 
 
 def write_results(
@@ -92,38 +76,35 @@ def write_results(
     plot: Optional[str] = None,
     command: str = "",
 ) -> str:
-    """Score ``exps`` (the first is the dense reference) on ``test_sets``, time
-    their encoders, and write RESULTS.md to ``output`` plus a WER-vs-size PNG;
-    returns the Markdown. ``command`` is the line recorded as the one that made it."""
+    """Write RESULTS.md to ``output`` plus a WER-vs-size PNG; returns the Markdown. ``command`` is
+    recorded as the line that made it."""
     dense_exp = exps[0]
     models = {exp: load_asr_model(f"{exp}/config.yaml", f"{exp}/model.pth")[0] for exp in exps}
     family = family_for(models[dense_exp].encoder)
     seconds = latency_seconds or family.window_seconds
-
+    set_names = [os.path.basename(os.path.normpath(t)) for t in test_sets]
     # Per-set ESPnet tables.
     sections, wers, decode_s, audio_s = [], {exp: {} for exp in exps}, {exp: [] for exp in exps}, 0.0
-    for test_set in test_sets:
-        name = os.path.basename(os.path.normpath(test_set))
+    for test_set, name in zip(test_sets, set_names):
         utts = read_data_dir(test_set, require_text=True)
         refs = {u.utt_id: u.text for u in utts}
-        audio_s += audio_seconds(utts)
+        audio_s += sum(soundfile.info(u.wav_path).duration for u in utts)
         rows = []
         for exp in exps:
             decode_s[exp].append(decoding_seconds(os.path.join(exp, f"decode_{name}")))
             hyps = read_text_file(os.path.join(exp, f"decode_{name}", "1best_recog", "text"))
-            row = score_texts(refs, hyps, dataset=f"{os.path.basename(exp)}/decode_{name}",
-                              normalize=normalize)
-            rows.append(row)
-            wers[exp][name] = row.err
+            rows.append(score_texts(refs, hyps, dataset=f"{os.path.basename(exp)}/decode_{name}",
+                                    normalize=normalize))
+            wers[exp][name] = rows[-1].err
         sections.append(f"### WER: {name}\n\n{markdown_table(rows)}")
-
     # Size, FLOPs, latency, calibration cost.
     dense = models[dense_exp]
     dense_params = encoder_linear_params(dense)
     dense_flops = float_flops(dense_exp, dense, family.window_seconds)
-    summary = ["| model | " + " | ".join(f"WER {os.path.basename(os.path.normpath(t))}" for t in test_sets)
-               + " | decode time (s) | RTF | decode time ratio | enc. linear params | params ratio | enc. MB | enc. GFLOPs | FLOPs ratio | enc. latency (s)"
-               " | latency ratio | compress time (s) | compress peak RSS (MB) |",
+    summary = ["| model | " + " | ".join(f"WER {name}" for name in set_names)
+               + " | decode time (s) | RTF | decode time ratio | enc. linear params | params ratio | enc. MB"
+               " | enc. GFLOPs | FLOPs ratio | enc. latency (s) | latency ratio | compress time (s)"
+               " | compress peak RSS (MB) |",
                "|---|" + "---:|" * (len(test_sets) + 12)]
     dense_decode = None if None in decode_s[dense_exp] else sum(decode_s[dense_exp])
     points = []
@@ -131,12 +112,8 @@ def write_results(
         model = models[exp]
         params = encoder_linear_params(model)
         flops = float_flops(exp, model, family.window_seconds)
-        if exp == dense_exp:
-            latency_dense, latency = paired_latency(dense, dense, seconds, latency_repeats)
-            latency_ratio = 1.0
-        else:
-            latency_dense, latency = paired_latency(dense, model, seconds, latency_repeats)
-            latency_ratio = latency / latency_dense
+        latency_dense, latency = paired_latency(dense, model, seconds, latency_repeats)
+        latency_ratio = 1.0 if exp == dense_exp else latency / latency_dense
         report_path = os.path.join(exp, "report.json")
         report = json.load(open(report_path)) if os.path.isfile(report_path) else {}
         # calibration (summed over jobs) plus the later steps (plan, recovery, attention)
@@ -148,23 +125,19 @@ def write_results(
         decode = None if None in decode_s[exp] else sum(decode_s[exp])
         timing = (f"{decode:.1f} | {decode / audio_s:.3f} | "
                   + (f"{decode / dense_decode:.3f}" if dense_decode else "-")) if decode else "- | - | -"
-        summary.append(
-            f"| {os.path.basename(exp)} | "
-            + " | ".join(f"{wers[exp][os.path.basename(os.path.normpath(t))]:.1f}" for t in test_sets)
-            + f" | {timing} | {params:,} | {params / dense_params:.3f} | {encoder_mb(model):.1f} | {flops / 1e9:.2f}"
-            f" | {flops / dense_flops:.3f}"
-            f" | {latency:.3f} | {latency_ratio:.3f} | {compress_s or '-'} | {rss or '-'} |"
-        )
-        first_set = os.path.basename(os.path.normpath(test_sets[0]))
-        points.append({"label": os.path.basename(exp), "size": params, "wer": wers[exp][first_set]})
-
+        wer_cells = " | ".join(f"{wers[exp][name]:.1f}" for name in set_names)
+        summary.append(f"| {os.path.basename(exp)} | {wer_cells} | {timing} | {params:,}"
+                       f" | {params / dense_params:.3f} | {encoder_mb(model):.1f} | {flops / 1e9:.2f}"
+                       f" | {flops / dense_flops:.3f} | {latency:.3f} | {latency_ratio:.3f}"
+                       f" | {compress_s or '-'} | {rss or '-'} |")
+        points.append({"label": os.path.basename(exp), "size": params, "wer": wers[exp][set_names[0]]})
     plot = plot or os.path.join(os.path.dirname(os.path.abspath(output)), "wer_vs_size.png")
     plot_wer_vs_size(points, plot, xlabel="encoder linear params")
     text = "\n".join([
-        "# RESULTS",
-        "",
+        "# RESULTS", "",
         f"- date: {datetime.date.today().isoformat()}, plugin commit {plugin_commit()}",
-        f"- machine: {machine_line()}",
+        f"- machine: {cpu_model()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads",
         f"- command: `{command}`",
         f"- WER: corpus WER (%), text normalizer: {normalize}",
         f"- decode time: stage 12's stock asr_inference, summed over every utterance of every test set "
@@ -174,14 +147,7 @@ def write_results(
         f"- FLOPs: encoder forward on {family.window_seconds:g} s of audio (int8 exp dirs: their float "
         "model's, as the counter does not see int8 kernels); latency: median of "
         f"{latency_repeats} runs on {seconds:g} s, alternating with the dense model",
-        "",
-        "## Summary",
-        "",
-        *summary,
-        "",
-        f"![WER against size]({os.path.basename(plot)})",
-        "",
-        *sections,
+        "", "## Summary", "", *summary, "", f"![WER against size]({os.path.basename(plot)})", "", *sections,
     ])
     atomic_write_text(output, text + "\n")
     return text

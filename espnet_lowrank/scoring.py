@@ -1,9 +1,5 @@
-"""Corpus-level WER/CER scoring in the style of ESPnet's RESULTS.md.
-
-Rates are corpus rates: the sum of errors over all utterances divided by the
-sum of reference units (words or characters), not the mean of per-utterance
-rates. Alignment counts come from jiwer 4.
-"""
+"""WER/CER scoring in the style of ESPnet's RESULTS.md. Rates are corpus rates (all errors over all
+reference units, not a mean of per-utterance rates); alignment counts come from jiwer 4."""
 
 import logging
 import re
@@ -23,9 +19,8 @@ _MAX_LISTED = 10
 
 @dataclass
 class ScoreRow:
-    """One row of an ESPnet results table: sentences, reference units (words,
-    or characters for CER), then percentages of ``wrd`` (correct, sub, del,
-    ins, err = sub + del + ins) and of sentences with any error (``s_err``)."""
+    """One row of an ESPnet results table: sentences, reference units (words, or characters for CER),
+    then percentages of ``wrd`` (err = sub + del + ins) and of sentences with any error (``s_err``)."""
 
     dataset: str
     snt: int
@@ -39,7 +34,6 @@ class ScoreRow:
     unit: str = "word"
 
     def cells(self) -> List[str]:
-        """Table cells in ``COLUMNS`` order, percentages with one decimal."""
         return [self.dataset, str(self.snt), str(self.wrd)] + [
             f"{v:.1f}" for v in (self.corr, self.sub, self.dele, self.ins, self.err, self.s_err)
         ]
@@ -54,8 +48,7 @@ def basic_normalize(text: str) -> str:
 
 
 def get_normalizer(normalize: str) -> Callable[[str], str]:
-    """"whisper" (openai-whisper's ``EnglishTextNormalizer``), "basic"
-    (``basic_normalize``) or "none" (whitespace squeezed only)."""
+    """"whisper" (openai-whisper's ``EnglishTextNormalizer``), "basic" or "none" (whitespace squeezed)."""
     if normalize == "whisper":
         from whisper.normalizers import EnglishTextNormalizer
 
@@ -82,9 +75,8 @@ def score_texts(
     normalize: str = "whisper",
     unit: str = "word",
 ) -> ScoreRow:
-    """Corpus WER (``unit="word"``) or CER ("char"; spaces count) of ``hyps``
-    against ``refs`` (id -> text). Every reference needs a hypothesis (else
-    ValueError); extra hypotheses are ignored with a warning."""
+    """Corpus WER (``unit="word"``) or CER ("char"; spaces count) of ``hyps`` against ``refs`` (id -> text).
+    Every reference needs a hypothesis (else ValueError); extra hypotheses are ignored with a warning."""
     if unit not in ("word", "char"):
         raise ValueError(f"unit must be 'word' or 'char', got {unit!r}")
     if not refs:
@@ -97,15 +89,12 @@ def score_texts(
     extra = set(hyps) - set(refs)
     if extra:
         logger.warning("%d hypothesis ids have no reference and are ignored", len(extra))
-    aligned = _align(refs, hyps, normalize, unit)
-    ids = list(aligned)
-    hits = subs = dels = inss = sent_err = 0
-    for out in aligned.values():
-        hits += out.hits
-        subs += out.substitutions
-        dels += out.deletions
-        inss += out.insertions
-        sent_err += int(out.substitutions + out.deletions + out.insertions > 0)
+    aligned = list(_align(refs, hyps, normalize, unit).values())
+    hits = sum(out.hits for out in aligned)
+    subs = sum(out.substitutions for out in aligned)
+    dels = sum(out.deletions for out in aligned)
+    inss = sum(out.insertions for out in aligned)
+    sent_err = sum(out.substitutions + out.deletions + out.insertions > 0 for out in aligned)
     n = hits + subs + dels
     if n == 0:
         logger.warning("references of %s are all empty after normalization", dataset)
@@ -113,8 +102,8 @@ def score_texts(
     def pct(x: int, d: int) -> float:
         return 100.0 * x / d if d else (0.0 if x == 0 else float("inf"))
 
-    return ScoreRow(dataset, len(ids), n, pct(hits, n), pct(subs, n), pct(dels, n), pct(inss, n),
-                    pct(subs + dels + inss, n), pct(sent_err, len(ids)), unit)
+    return ScoreRow(dataset, len(aligned), n, pct(hits, n), pct(subs, n), pct(dels, n), pct(inss, n),
+                    pct(subs + dels + inss, n), pct(sent_err, len(aligned)), unit)
 
 
 def utterance_errors(refs: Dict[str, str], hyps: Dict[str, str], normalize: str = "whisper") -> Dict[str, tuple]:
@@ -125,10 +114,8 @@ def utterance_errors(refs: Dict[str, str], hyps: Dict[str, str], normalize: str 
 
 def paired_bootstrap(base: Dict[str, tuple], other: Dict[str, tuple], samples: int = 2000,
                      seed: int = 0) -> tuple:
-    """WER(other) - WER(base) in absolute points, with a 95% interval from
-    resampling utterances (the same draw for both systems, so their shared
-    hard utterances cancel). Inputs come from ``utterance_errors`` on the
-    same ids. Returns (delta, low, high)."""
+    """(delta, low, high): WER(other) - WER(base) in points with a 95% interval from resampling utterances
+    (the same draw for both systems, so their shared hard utterances cancel); from ``utterance_errors``."""
     import numpy as np
 
     if set(base) != set(other):
@@ -154,8 +141,7 @@ def _fmt(v: object) -> str:
 
 
 def markdown_table(rows: Sequence[ScoreRow], extra_columns: Optional[Dict[str, List]] = None) -> str:
-    """An ESPnet-style markdown table of ``rows``, with ``extra_columns``
-    (name -> one value per row; floats to 4 significant digits) after S.Err."""
+    """ESPnet-style table of ``rows``; ``extra_columns`` (name -> one value per row) follow S.Err."""
     extra_columns = extra_columns or {}
     for name, values in extra_columns.items():
         if len(values) != len(rows):

@@ -1,21 +1,7 @@
-"""Measured per-layer sensitivity for the global budget (``ranks.budget``).
-
-A layer's discarded share of its own output variance says nothing about what
-the rest of the encoder does with that error (as an allocation criterion it
-lost badly, bench/DECISIONS.md). Here each layer's cost of a cut is measured end
-to end: with
-only that layer cut to rank k (its output projected onto its top-k principal
-directions, exactly what the factored layer computes), the relative squared
-error of the encoder output against the dense one, on a few calibration
-windows. The budget allocator then spends rank where this error falls most
-per unit of cost; the errors of different layers are summed as if they were
-independent.
-
-A probe only changes what runs after its layer, so every module that finishes
-before the layer starts (earlier blocks, the front end, q before k) returns
-its dense output from a cache instead of recomputing it: the same numbers,
-about half the work.
-"""
+"""Measured per-layer sensitivity for the global budget (``ranks.budget``): the relative squared error
+of the encoder output with only one layer cut to rank k (its output projected onto its top-k principal
+directions, as the factored layer computes). A layer's discarded share of its own output variance lost
+badly as an allocation criterion (bench/DECISIONS.md); the allocator sums errors as if independent."""
 
 import itertools
 from contextlib import contextmanager
@@ -27,9 +13,8 @@ from espnet_lowrank.factorize import Spectrum
 from espnet_lowrank.progress import progress
 from espnet_lowrank.nn_utils import valid_mask
 
-# Windows of calibration audio the errors are measured on: the pool's first
-# two (3000 encoder frames for Whisper); each probe is one encoder forward.
-# Four spread over the pool's corpora lost on VCTK (bench/DECISIONS.md).
+# The pool's first two calibration windows (3000 encoder frames for Whisper); each probe is one
+# encoder forward. Four spread over the pool's corpora lost on VCTK (bench/DECISIONS.md).
 NUM_WINDOWS = 2
 
 
@@ -44,7 +29,7 @@ def _projector(spec: Spectrum, rank: int):
 
 
 def _encoder_output(model, batch) -> torch.Tensor:
-    """Encoder output frames (N, D) of one batch, padding dropped."""
+    """(N, D) frames, padding dropped."""
     enc, lens = model.encode(*batch)[:2]
     return enc[valid_mask(lens, enc.shape[1])]
 
@@ -68,11 +53,10 @@ def _ancestors(name: str) -> List[str]:
 
 
 class _DensePrefix:
-    """The dense outputs of the modules a probe need not recompute.
-
-    Candidates are the children of the probed layers' ancestors (blocks, their
-    sublayers, the front end) that run once per forward. For a layer L, those
-    that end before L starts are skipped; the outermost of them are cached."""
+    """The dense outputs of the modules a probe need not recompute: a probe only changes what runs
+    after its layer, so every module that ends before it starts (earlier blocks, the front end, q
+    before k) returns its cached output: the same numbers, about half the work. Candidates are the
+    children of the probed layers' ancestors that run once per forward; the outermost are cached."""
 
     def __init__(self, model, batches, layers: List[str]):
         self.modules = dict(model.named_modules())
@@ -139,10 +123,8 @@ def measure_sensitivity(
     batches: List[Tuple[torch.Tensor, torch.Tensor]],
     probes: Dict[str, Tuple[Spectrum, Iterable[int]]],
 ) -> Dict[str, Dict[int, float]]:
-    """name -> {rank: relative squared error of the encoder output when only
-    that layer is cut to that rank}, for ``probes`` (name -> (spectrum, ranks)),
-    over ``batches`` of ``model.encode`` inputs. The model is left as it was."""
-    modules = dict(model.encoder.named_modules())
+    """name -> {rank: relative squared error of the encoder output with only that layer cut to that
+    rank}, for ``probes`` (name -> (spectrum, ranks)) over ``batches``. The model is left as it was."""
     work = [(name, spec, int(k)) for name, (spec, ranks) in probes.items() for k in ranks]
     lost: Dict[str, Dict[int, float]] = {name: {} for name in probes}
     was_training = model.training
@@ -152,7 +134,7 @@ def measure_sensitivity(
             prefix = _DensePrefix(model, batches, [f"encoder.{n}" for n in probes])
             energy = sum(float(d.double().pow(2).sum()) for d in prefix.dense)
             for name, spec, k in progress(work, desc="sensitivity", unit="probe"):
-                handle = modules[name].register_forward_hook(_projector(spec, k))
+                handle = model.encoder.get_submodule(name).register_forward_hook(_projector(spec, k))
                 try:
                     err = 0.0
                     with prefix.skipping_before(f"encoder.{name}"):

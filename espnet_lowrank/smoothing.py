@@ -1,26 +1,6 @@
-"""Smoothing of the linears' inputs for dynamic int8 (``deployment.int8_smoothing``).
-
-Dynamic int8 quantizes a linear's input with one scale per tensor, so input
-channels with a large range push the others into a few levels (Whisper base's
-GELU outputs reach 200 where the median channel's maximum is 11). As in
-SmoothQuant, input channel j is divided by s_j = max|x_j|^β / max|W[:, j]|^(1−β)
-and weight column j multiplied by s_j, which keeps W x. Where the division goes
-depends on what produces the input (``SITES``, per encoder family, kept here
-beside the step as llm-compressor keeps its SmoothQuant mappings):
-- a LayerNorm: into its weight and bias;
-- the value projection (read by ``out`` after attention mixes frames, not
-  channels): into its output rows;
-- an activation (GELU before fc2): a ``ScaledActivation`` that divides at run
-  time, whose ``scale`` buffer is stored in model.pth.
-The float model computes the same up to rounding.
-
-No fixed choice helps every model (bench/DECISIONS.md, "int8 with the linears'
-inputs smoothed"): on Whisper base, smoothing every site cuts the encoder's
-int8 error 0.123 -> 0.086; on tiny.en the same doubles it, and only the
-LayerNorm sites help. So compress measures each candidate's int8 error of the
-encoder output on calibration windows that the ranges did not come from, and
-keeps the lowest.
-"""
+"""Smoothing of the linears' inputs for dynamic int8 (``deployment.int8_smoothing``): dynamic int8 has
+one scale per input tensor, so channels with a large range push the others into a few levels (Whisper
+base's GELU outputs reach 200, the median channel's maximum 11). Floats stay the same up to rounding."""
 
 import copy
 import logging
@@ -48,22 +28,17 @@ ERROR_WINDOWS = 8  # the next windows, on which the candidates' int8 error is co
 
 @dataclass(frozen=True)
 class SmoothingSite:
-    """One smoothed input, inside every encoder block.
-
-    Attributes:
-        kind: "norm" (a LayerNorm), "value" (the value projection, read by the
-            attention output) or "activation" (a parameter-free activation).
-        producer: the module (name inside the block) whose output is the input.
-        readers: the linears (names inside the block) that read it.
-    """
+    """One smoothed input in every encoder block: the output of ``producer`` (a LayerNorm for "norm",
+    the value projection for "value", a parameter-free activation for "activation"), which the
+    linears ``readers`` read; names are inside the block."""
 
     kind: str
     producer: str
     readers: Tuple[str, ...]
 
 
-# family name -> the inputs it may smooth inside each encoder block; a family
-# without an entry is refused.
+# family name -> the inputs it may smooth (kept here beside the step, as llm-compressor keeps its
+# SmoothQuant mappings); a family without an entry is refused.
 SITES: Dict[str, Tuple[SmoothingSite, ...]] = {
     "whisper": (
         SmoothingSite("norm", "attn_ln", ("attn.query", "attn.key", "attn.value")),
@@ -91,7 +66,6 @@ class ScaledActivation(nn.Module):
 
 
 def check_supported(family) -> None:
-    """Refuse ``int8_smoothing`` for a family that declares no sites."""
     if not sites_of(family):
         raise ValueError(f"deployment.int8_smoothing: no smoothing sites are declared for {family.name} "
                          "encoders (only Whisper's); set it to false")
@@ -131,7 +105,8 @@ def input_ranges(model, family, windows, batch_size: int) -> Dict[Tuple[str, int
 
 @torch.no_grad()
 def smooth_(encoder: nn.Module, family, ranges, kinds, betas: Dict[str, float] = BETAS) -> None:
-    """Smooth every site whose kind is in ``kinds`` (with β from ``betas``), in place."""
+    """SmoothQuant, in place, for the sites whose kind is in ``kinds``: input channel j is divided by
+    s_j = max|x_j|^β / max|W[:, j]|^(1−β) and the readers' weight column j multiplied by it."""
     for name, block in family.block_modules(encoder):
         for i, site in enumerate(sites_of(family)):
             if site.kind not in kinds:
@@ -147,11 +122,11 @@ def smooth_(encoder: nn.Module, family, ranges, kinds, betas: Dict[str, float] =
             if site.kind == "norm":
                 producer.weight.div_(s)
                 producer.bias.div_(s)
-            elif site.kind == "value":
+            elif site.kind == "value":  # read by ``out`` after attention mixes frames, not channels
                 rows = producer.up if hasattr(producer, "up") else producer
                 rows.weight.view(s.numel(), -1).div_(s[:, None])
                 rows.bias.div_(s)
-            else:
+            else:  # divides at run time; its ``scale`` buffer is stored in model.pth
                 scaled = ScaledActivation(producer, s.numel()).to(s)
                 scaled.scale.copy_(s)
                 set_submodule(block, site.producer, scaled)
@@ -168,15 +143,10 @@ def build_scaled_activations_(encoder: nn.Module, widths: Dict[str, int]) -> Non
         set_submodule(encoder, name, ScaledActivation(encoder.get_submodule(name), int(width)))
 
 
-def _encoding_copy(cpu_model) -> nn.Module:
-    """A copy of a CPU model for ``encode``: the decoder and CTC, which encode
-    does not run, are shared instead of copied."""
-    shared = (getattr(cpu_model, name, None) for name in ("decoder", "ctc"))
-    return copy.deepcopy(cpu_model, {id(m): m for m in shared if m is not None})
-
-
 def _relative_int8_error(cpu_model, family, ranges, kinds, windows, batch_size, reference) -> float:
-    trial = _encoding_copy(cpu_model).eval()
+    # the decoder and CTC, which encode does not run, are shared instead of copied
+    shared = (getattr(cpu_model, name, None) for name in ("decoder", "ctc"))
+    trial = copy.deepcopy(cpu_model, {id(m): m for m in shared if m is not None}).eval()
     smooth_(trial.encoder, family, ranges, kinds)
     quantize_linears_(trial.encoder)
     out = _encode(trial, family, windows, batch_size, torch.device("cpu"))
@@ -184,15 +154,15 @@ def _relative_int8_error(cpu_model, family, ranges, kinds, windows, batch_size, 
 
 
 def smooth_for_int8_(model, family, windows, batch_size: int) -> dict:
-    """Pick the candidate with the lowest int8 error of the encoder output and
-    apply it to ``model`` in place; returns the measurements for report.json."""
+    """Apply, in place, the candidate with the lowest int8 error of the encoder output; returns the
+    measurements for report.json. No fixed choice helps every model (bench/DECISIONS.md): smoothing
+    every site cuts base's error 0.123 -> 0.086 but doubles tiny.en's, where only the norms help."""
     # compared on windows the ranges did not see: in-sample, smoothing looks better than it is
     split = max(1, min(RANGE_WINDOWS, len(windows) // 2))
     ranges = input_ranges(model, family, windows[:split], batch_size)
     held = windows[split:split + ERROR_WINDOWS] or windows[:split]
     # int8 runs on CPU: a model elsewhere is copied there once
-    on_cpu = next(model.parameters()).device.type == "cpu"
-    cpu_model = model if on_cpu else copy.deepcopy(model).cpu()
+    cpu_model = model if next(model.parameters()).device.type == "cpu" else copy.deepcopy(model).cpu()
     with kept_modes(cpu_model):
         reference = _encode(cpu_model.eval(), family, held, batch_size, torch.device("cpu"))
         errors = {c: round(_relative_int8_error(cpu_model, family, ranges, CANDIDATES[c], held, batch_size,
