@@ -48,7 +48,12 @@ lm_exp=${lm_exp:-exp/lm_$(basename "${lm_config}" .yaml)}
 asr_stats=exp/asr_stats_$(basename "${asr_config}" .yaml)
 lm_stats=exp/lm_stats_$(basename "${lm_config}" .yaml)
 token_dir=data/sd/token_list/bpe_unigram${nbpe}
-[ -z "${bpe_from}" ] || token_dir=data/sd/token_list/$(basename "${bpe_from}")
+if [ -n "${bpe_from}" ]; then
+    for f in bpe.model config.yaml feats_stats.npz; do
+        [ -f "${bpe_from}/${f}" ] || { echo "$0: ERROR: --bpe_from ${bpe_from}: no ${f}" >&2; exit 1; }
+    done
+    token_dir=data/sd/token_list/$(basename "${bpe_from}")
+fi
 bpemodel=${token_dir}/bpe.model
 token_list=${token_dir}/tokens.txt
 raw=dump/sd/raw

@@ -14,16 +14,21 @@ cd "$(dirname "$0")/.."
 what=${1:-start}; task=${2:-asr}; shift $(($# < 2 ? $# : 2))
 root=$(cd ../../.. && pwd)
 python=${PYTHON:-${root}/.venv/bin/python}
-asr_config=conf/train_asr_conformer_sd.yaml; lm_config=conf/train_lm_sd.yaml
+usage() { echo "usage: $0 [start|status|stop] [asr|lm] [local/speaker.sh options]" >&2; exit 1; }
+# The exp dir as local/speaker.sh names it: --asr_exp / --lm_exp, else exp/<task>_<config name>.
+asr_config=conf/train_asr_conformer_sd.yaml; lm_config=conf/train_lm_sd.yaml; asr_exp=; lm_exp=
 args=("$@")
 while [ $# -gt 0 ]; do
-    case "$1" in --asr_config) asr_config=$2 ;; --lm_config) lm_config=$2 ;; esac
+    case "$1" in
+        --asr_config) asr_config=$2 ;; --lm_config) lm_config=$2 ;;
+        --asr_exp) asr_exp=$2 ;; --lm_exp) lm_exp=$2 ;;
+    esac
     shift
 done
 case "${task}" in
-    asr) exp=exp/asr_$(basename "${asr_config}" .yaml); stage=11 ;;
-    lm) exp=exp/lm_$(basename "${lm_config}" .yaml); stage=8 ;;
-    *) echo "usage: $0 [start|status|stop] [asr|lm] [local/speaker.sh options]" >&2; exit 1 ;;
+    asr) exp=${asr_exp:-exp/asr_$(basename "${asr_config}" .yaml)}; stage=11 ;;
+    lm) exp=${lm_exp:-exp/lm_$(basename "${lm_config}" .yaml)}; stage=8 ;;
+    *) usage ;;
 esac
 pidfile=${exp}/background.pid
 running() { [ -f "${pidfile}" ] && kill -0 "$(cat "${pidfile}")" 2>/dev/null; }
@@ -44,5 +49,5 @@ case "${what}" in
             >> "${exp}/background.log" 2>&1 < /dev/null &
         echo $! > "${pidfile}"
         echo "started pid $! (log: ${exp}/train.log)" ;;
-    *) echo "usage: $0 [start|status|stop] [asr|lm] [local/speaker.sh options]" >&2; exit 1 ;;
+    *) usage ;;
 esac

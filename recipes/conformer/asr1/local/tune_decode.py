@@ -16,10 +16,8 @@ import os
 import sys
 import time
 
-import soundfile
-import torch
-
 from espnet_lowrank.data import read_data_dir
+from espnet_lowrank.eval.decode import transcribe
 from espnet_lowrank.scoring import score_texts
 from espnet_lowrank.utils import atomic_write_text
 
@@ -41,10 +39,8 @@ def decode_row(args, utts, beam: int, ctc: float, lm: float) -> dict:
         lm_train_config=os.path.join(args.lm_exp, "config.yaml") if use_lm else None,
         lm_file=args.lm_model if use_lm else None,
         beam_size=beam, ctc_weight=ctc, lm_weight=lm, penalty=0.0, nbest=1, device="cpu")
-    hyps, start = {}, time.perf_counter()
-    for u in utts:
-        wav, _ = soundfile.read(u.wav_path, dtype="float32")
-        hyps[u.utt_id] = s2t(torch.from_numpy(wav))[0][0]
+    start = time.perf_counter()
+    hyps = transcribe(s2t, utts)
     seconds = time.perf_counter() - start
     refs = {u.utt_id: u.text for u in utts}
     row = score_texts(refs, hyps, dataset=os.path.basename(args.data), normalize="basic")
