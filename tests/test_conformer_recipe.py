@@ -23,20 +23,23 @@ pytestmark = pytest.mark.slow
 
 SHIPPED_EXP = Path("exp") / "asr_train_asr_conformer"
 SHIPPED_FILES = ("config.yaml", "model.pth", "bpe.model", "feats_stats.npz", "decode.yaml", "train_summary.md")
+SHIPPED_LM = Path("exp") / "lm_train_lm_sd_ft"  # the LM that SHIPPED_EXP's decode.yaml fuses
+SHIPPED_LM_FILES = ("config.yaml", "model.pth", "bpe.model", "train_summary.md")
 
 
 def _copy_recipe(dst: Path, shipped: bool = False) -> Path:
     """recipes/common, recipes/conformer/asr1 (no data/exp/dump) and conf/lowrank, as a
-    fresh clone has them; ``shipped``: plus the committed files of the trained Conformer."""
+    fresh clone has them; ``shipped``: plus the committed files of the trained Conformer and its LM."""
     ignore = shutil.ignore_patterns("data", "exp", "dump", "RESULTS.md", "__pycache__")
     shutil.copytree(ROOT / "recipes" / "common", dst / "recipes" / "common")
     recipe = dst / "recipes" / "conformer" / "asr1"
     shutil.copytree(ROOT / "recipes" / "conformer" / "asr1", recipe, ignore=ignore)
     shutil.copytree(ROOT / "conf" / "lowrank", dst / "conf" / "lowrank")
     if shipped:
-        (recipe / SHIPPED_EXP).mkdir(parents=True)
-        for name in SHIPPED_FILES:
-            shutil.copyfile(ROOT / "recipes" / "conformer" / "asr1" / SHIPPED_EXP / name, recipe / SHIPPED_EXP / name)
+        for exp, names in ((SHIPPED_EXP, SHIPPED_FILES), (SHIPPED_LM, SHIPPED_LM_FILES)):
+            (recipe / exp).mkdir(parents=True)
+            for name in names:
+                shutil.copyfile(ROOT / "recipes" / "conformer" / "asr1" / exp / name, recipe / exp / name)
     return recipe
 
 

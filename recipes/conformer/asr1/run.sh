@@ -34,7 +34,7 @@ tiny=false
 setup=default              # default | speaker (stages 1-11: local/speaker.sh)
 asr_config=                # default: conf/train_asr_conformer.yaml (tiny: conf/train_tiny.yaml)
 asr_exp=                   # default: exp/asr_<config name>
-inference_config=          # default: conf/decode_asr.yaml (tiny: conf/decode_tiny.yaml)
+inference_config=          # default: conf/decode_asr.yaml; --stage 12+: <asr_exp>/decode.yaml (tiny: conf/decode_tiny.yaml)
 inference_asr_model=       # default: <asr_exp>/model.pth
 lowrank_config=            # default: conf/lowrank/<family>.yaml (tiny: conf/lowrank_tiny.yaml); "none": no compression
 lowrank_configs=           # several configs (a θ sweep): "a.yaml b.yaml"
@@ -86,9 +86,14 @@ elif [ "${setup}" != default ]; then
 fi
 test_sets=${test_sets:-test_synth test_real test_real_seen}
 asr_config=${asr_config:-conf/train_asr_conformer.yaml}
-inference_config=${inference_config:-conf/decode_asr.yaml}
 results=${results:-RESULTS.md}
 asr_exp=${asr_exp:-exp/asr_$(basename "${asr_config}" .yaml)}
+# Stages 12-13 alone decode with the exp dir's own decode.yaml (the shipped one: CTC + LM);
+# a model trained by stage 11 gets conf/decode_asr.yaml (no LM: its BPE is new).
+if [ -z "${inference_config}" ] && [ ${stage} -ge 12 ] && [ -f "${asr_exp}/decode.yaml" ]; then
+    inference_config=${asr_exp}/decode.yaml
+fi
+inference_config=${inference_config:-conf/decode_asr.yaml}
 model_file=${inference_asr_model:-${asr_exp}/model.pth}
 token_dir=data/token_list/bpe_unigram${nbpe}
 bpemodel=${token_dir}/bpe.model

@@ -17,6 +17,9 @@ Subcommands:
         sentences of text_corpora, normalized (upper case, [A-Z' ] only), de-duplicated, without
         any sentence of the --exclude dirs (dev/test). The ARCTIC prompt list is never read:
         it holds the dev/test prompts.
+  lm_unseen SRC --lm_text FILE --out DIR
+        DIR = the utterances of SRC whose transcript is not in the LM text: a test set on
+        which shallow fusion cannot recall a sentence it was trained on
   minutes DIR...  utterances, prompts and minutes of each Kaldi dir
 """
 
@@ -167,6 +170,20 @@ def cmd_lm_text(args) -> None:
           f"({dropped} lines dropped: a dev/test transcript)", file=sys.stderr)
 
 
+def cmd_lm_unseen(args) -> None:
+    from espnet_lowrank.data import read_data_dir, write_data_dir
+
+    with open(args.lm_text, encoding="utf-8") as f:
+        lm = {norm(line.split(" ", 1)[1]) for line in f if " " in line.strip()}
+    utts = read_data_dir(args.src, require_text=True)
+    keep = [u for u in utts if norm(u.text) not in lm]
+    if not keep:
+        die(f"{args.src}: every transcript is in {args.lm_text}")
+    write_data_dir(args.out, keep)
+    print(f"{args.out}: {len(keep)} of {len(utts)} utterances of {args.src} "
+          f"({len(utts) - len(keep)} read a sentence of the LM text)", file=sys.stderr)
+
+
 def cmd_minutes(args) -> None:
     import soundfile as sf
 
@@ -198,6 +215,10 @@ def main(argv=None) -> None:
     s.add_argument("--corpora", required=True)
     s.add_argument("--train_text", required=True)
     s.add_argument("--exclude", nargs="+", required=True)
+    s.add_argument("--out", required=True)
+    s = sub.add_parser("lm_unseen")
+    s.add_argument("src")
+    s.add_argument("--lm_text", required=True)
     s.add_argument("--out", required=True)
     s = sub.add_parser("minutes")
     s.add_argument("dirs", nargs="+")
