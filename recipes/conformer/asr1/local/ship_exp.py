@@ -50,8 +50,9 @@ def ship(exp: str, model: str) -> None:
     model_path = os.path.join(exp, "model.pth")
     _copy(chosen, model_path)  # the rename replaces a model.pth symlink, never its target
     atomic_write_text(config_path, yaml.safe_dump(config, sort_keys=False, allow_unicode=True))
+    copied = "bpe.model, feats_stats.npz" if is_asr else "bpe.model"
     print(f"{exp}: model.pth ({os.path.getsize(model_path) / 1e6:.1f} MB, from {model}), "
-          f"bpe.model{', feats_stats.npz' if is_asr else ''}, config.yaml with paths relative to {os.getcwd()}", file=sys.stderr)
+          f"{copied}, config.yaml with paths relative to {os.getcwd()}", file=sys.stderr)
 
 
 def main(argv=None) -> None:
