@@ -173,6 +173,8 @@ def cmd_lm_text(args) -> None:
 def cmd_lm_unseen(args) -> None:
     from espnet_lowrank.data import read_data_dir, write_data_dir
 
+    if not os.path.isfile(args.lm_text):
+        die(f"LM text not found: {args.lm_text} (local/speaker.sh stage 6 writes dump/sd/lm/train.txt)")
     with open(args.lm_text, encoding="utf-8") as f:
         lm = {norm(line.split(" ", 1)[1]) for line in f if " " in line.strip()}
     utts = read_data_dir(args.src, require_text=True)
