@@ -197,3 +197,25 @@ def test_greedy_matches_full_recompute_on_speech(speech, dense_exp):
     assert 10 < steps < 100 and counts["vocab"] == len(audio) * steps
     assert counts["block"] == len(audio) * (PROMPT_LEN + steps - 1)
     assert torch.equal(ys, ref)
+
+
+@pytest.mark.slow
+def test_stage_profile_splits_one_decode_into_its_stages(shared_data_dir, dense_exp):
+    """bench/stage_profile.py: the exclusive stage times add up to the decode's time, every stage took
+    some, and a step of the int8 column reads a quarter of the float vocabulary's bytes."""
+    from cli import bench_module  # tests/ is on sys.path
+
+    profile = bench_module("stage_profile")
+    audio = dict(read_utts(shared_data_dir, 1))
+    (wav,) = audio.values()
+    results = [profile.profile("dense", str(dense_exp), int8, wav, repeats=1) for int8 in (False, True)]
+    for r in results:
+        stages = r["stages"]
+        assert set(stages) == {s for s, _ in profile.STAGES} and min(stages.values()) > 0, stages
+        assert abs(sum(stages.values()) - r["total"]) < 0.02 * r["total"], (stages, r["total"])
+        assert r["steps"] > 10 and r["text"]
+    dense, int8 = results
+    assert int8["megabytes"]["vocabulary"] == dense["megabytes"]["vocabulary"] / 4
+    assert int8["megabytes"]["decoder_blocks"] < 0.7 * dense["megabytes"]["decoder_blocks"]
+    table = profile.table(results)
+    assert table.count("\n") == len(profile.STAGES) + 3 and "MB/step" in table
