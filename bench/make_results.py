@@ -134,6 +134,32 @@ def model_table(rows, model):
     return out, floats, dense
 
 
+def e2e_section(rows, add):
+    """One table per e2e_speed.py run: each variant at each thread count against the run's dense row."""
+    add("## End to end (CPU, batch 1)")
+    add("")
+    add("`bench/e2e_speed.py` transcribes every item through `Speech2Text` with each exp dir's decode.yaml as it was")
+    add("at the run's commit (`--beams` replacing its beam), and with faster-whisper on the same weights; rows alternate")
+    add("in one process. × dense is the time over the dense row's at the same thread count, encoder share the part of")
+    add("the time spent in the encoder.")
+    add("")
+    for source in sorted({r["source"] for r in find(rows, kind="e2e")}):
+        sel = find(rows, kind="e2e", source=source)
+        sets = list(sel[0]["sets"])
+        add(f"`{sel[0]['model']}`, {sel[0]['commit']}, {sel[0]['date']} (`{Path(source).parent.name}/e2e.md`):")
+        add("")
+        add("| variant | threads | s | RTF | × dense | encoder share | "
+            + " | ".join(f"WER {k} ({sel[0]['sets'][k]['utts']}, S / D / I)" for k in sets) + " |")
+        add("|---|---|---|---|---|---|" + "---|" * len(sets))
+        for r in sel:
+            share = "" if r["encoder_share"] is None else f"{100 * r['encoder_share']:.0f} %"
+            add(f"| {r['name']} | {r['threads']} | {r['seconds']} | {r['rtf']:.3f} | {r['vs_dense']:.2f} | {share} | "
+                + " | ".join(wer_sdi(r["sets"][k]) for k in sets) + " |")
+        add("")
+        add(f"    {sel[0]['command']}")
+        add("")
+
+
 def render(rows):
     L = []
     add = L.append
@@ -141,7 +167,7 @@ def render(rows):
     add("# Measured results")
     add("")
     add("One table per model with the shipped configs, dense, LiteASR mode and int8; then what compressing costs,")
-    add("the default config, the Conformer recipe and the encoder speed. Every number is a row of")
+    add("the default config, the Conformer recipe, end-to-end decoding and the encoder speed. Every number is a row of")
     add("`bench/ledger.jsonl` (one JSON line per run: commit, date, config and a hash of its settings, machine,")
     add("sets, metrics, and the committed file it was read from); `python bench/make_results.py` writes this file")
     add("from it, and `tests/test_ledger.py` checks that the two agree. Levers tried, kept or lost, are one line each")
@@ -233,8 +259,9 @@ def render(rows):
     add("## ESPnet Conformer (the recipe's model, d 144, 8 blocks)")
     add("")
     conf = find(rows, kind="recipe", model="conformer")
-    sets = ["test_synth", "test_real", "test_real_seen"]
-    add(f"Corpus WER, basic normalizer; {conf[0]['machine']}. `lowrank_best` is `recipes/conformer/asr1/conf/lowrank/best.yaml`; one run.")
+    sets = list(conf[0]["sets"])
+    add(f"Corpus WER, basic normalizer, the recipe's decode config (`exp/asr_train_asr_conformer/decode.yaml`); "
+        f"{conf[0]['machine']}. `lowrank_X` is `recipes/conformer/asr1/conf/lowrank/X.yaml`; one run.")
     add("")
     add("| row | kept % | " + " | ".join(f"WER {s}" for s in sets) + " | enc. MB | latency ratio | compress s | commit, date |")
     add("|---|---|" + "---|" * len(sets) + "---|---|---|---|")
@@ -266,6 +293,7 @@ def render(rows):
             add(f"| `{r['id'].split('/', 1)[1]}` | {r.get('machine') or 'not recorded'} | {before:.6f} → {after:.9f} | "
                 f"{r['cost']['seconds']} | {r['commit']}, {r['date']} |")
         add("")
+    e2e_section(rows, add)
     # speed
     add("## Encoder speed (CPU, fp32, batch 1)")
     add("")
@@ -295,7 +323,7 @@ def render(rows):
     add("")
     add("## Other result folders")
     add("")
-    n = {k: sum(1 for r in rows if r["kind"] == k) for k in ("heldout", "rescore", "cost", "pareto", "recipe", "speed")}
+    n = {k: sum(1 for r in rows if r["kind"] == k) for k in ("heldout", "rescore", "cost", "pareto", "recipe", "e2e", "speed")}
     add(f"The ledger holds {len(rows)} rows: " + ", ".join(f"{v} {k}" for k, v in n.items()) + ". Rows not in the tables")
     add("above (role `other`) are the levers of [DECISIONS.md](DECISIONS.md); each names its `bench/results/` folder.")
     return "\n".join(L) + "\n"

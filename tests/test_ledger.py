@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 
 from espnet_lowrank.eval.ledger import machine_of, settings_hash, wer_entry
-from cli import bench_script, run_cli  # tests/ is on sys.path
+from cli import bench_module, bench_script, run_cli  # tests/ is on sys.path
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "RESULTS.md"
@@ -22,6 +22,16 @@ REF = re.compile(r"(?<![\w/])(?:bench/)?(RESULTS|DECISIONS)\.md\)?[,:]?\s*\(?\s*
 def test_results_md_is_what_the_generator_makes_from_the_ledger():
     run = bench_script("make_results", "--check", cwd=ROOT, timeout=120, check=False)
     assert run.returncode == 0, run.stderr
+
+
+def test_ledger_is_what_the_committed_result_files_give():
+    """A result file committed without ``make_results.py --import`` (after the commit) leaves the ledger stale."""
+    gen = bench_module("make_results")
+    rebuilt = gen.build_ledger(ROOT, gen.SHIPPED, gen.DIARY_COMMIT, gen.DIARY_TABLES)
+    ledger = [json.loads(line) for line in LEDGER.read_text().splitlines()]
+    stale = [r["id"] for r, s in zip(rebuilt, ledger) if json.dumps(r, sort_keys=True) != json.dumps(s, sort_keys=True)]
+    assert len(rebuilt) == len(ledger) and not stale, (len(rebuilt), len(ledger), stale[:5])
+    assert {r["kind"] for r in ledger} >= {"heldout", "cost", "recipe", "e2e", "speed"}
 
 
 def test_results_md_is_short_and_names_the_diary():

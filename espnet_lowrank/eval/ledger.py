@@ -1,6 +1,7 @@
 """bench/ledger.jsonl's rows, read from committed result files: held-out
 and Pareto tables, rescored pairs (score_hyps output), compress-cost reports,
-the recipes' RESULTS.md summaries and the diary's speed tables. Each row names
+the recipes' RESULTS.md summaries, end-to-end runs (e2e_speed output) and the
+diary's speed tables. Each row names
 its source file, the commit that added it and its date, and a hash of the
 config's settings. Only git and the files are read; nothing loads a model."""
 
@@ -234,6 +235,28 @@ def pareto_rows(root):
     return out
 
 
+def e2e_rows(root):
+    """Every row of every e2e.json (bench/e2e_speed.py), one per variant and thread count."""
+    out = []
+    for f in sorted((root / "bench/results").glob("e2e_*/e2e.json")):
+        d = json.loads(f.read_text())
+        rel = f.relative_to(root).as_posix()
+        commit, date = added(root, rel)
+        model = f.parent.name[len("e2e_"):]
+        for threads, rows in d["results"].items():
+            for r in rows:
+                sets = {k: dict(wer=round(w["err"], 4), sub=round(w["sub"], 4), dele=round(w["dele"], 4),
+                                ins=round(w["ins"], 4), utts=w["snt"]) for k, w in r["wer"].items()}
+                share = r.get("encoder_share")
+                out.append(dict(
+                    id=f"{f.parent.name}:{threads}:{r['name']}", kind="e2e", model=model, name=r["name"],
+                    role="dense" if r["name"].startswith("dense") and r["vs_dense"] == 1.0 else "other",
+                    threads=int(threads), seconds=round(r["seconds"], 1), rtf=round(r["rtf"], 4),
+                    vs_dense=round(r["vs_dense"], 3), encoder_share=None if share is None else round(share, 3),
+                    sets=sets, commit=commit, date=date, source=rel, command=d["command"]))
+    return out
+
+
 def recipe_rows(root):
     """The summary rows of the recipes' RESULTS.md."""
     out = []
@@ -304,7 +327,7 @@ def build_ledger(root, shipped, diary_commit, diary_tables):
     """Every ledger row, read from the committed files under ``root``."""
     costs = cost_rows(root)
     rows = (heldout_rows(root, costs, shipped) + rescore_rows(root, shipped) + list(costs.values())
-            + pareto_rows(root) + recipe_rows(root) + diary_rows(root, diary_commit, diary_tables))
+            + pareto_rows(root) + recipe_rows(root) + e2e_rows(root) + diary_rows(root, diary_commit, diary_tables))
     for model, (config, rs) in shipped.items():
         for r in rs:
             c = costs[r["cost"]]
