@@ -211,7 +211,7 @@ def main(argv=None) -> None:
     s.add_argument("heldout", nargs="+")
     s = sub.add_parser("speed_perturb")
     s.add_argument("src")
-    s.add_argument("--factors", type=float, nargs="+", required=True)
+    s.add_argument("--factors", type=float, nargs="*", required=True)
     s.add_argument("--out", required=True)
     s = sub.add_parser("lm_text")
     s.add_argument("--corpora", required=True)
