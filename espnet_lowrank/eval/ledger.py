@@ -27,6 +27,15 @@ def added(root, path):
     return out[0], out[1]
 
 
+def committed_json(root, *patterns):
+    """(path, data, repository-relative path, commit, date) of each JSON result file under
+    bench/results matching ``patterns``, in path order; commit and date from :func:`added`."""
+    files = sorted(f for pattern in patterns for f in (root / "bench/results").glob(pattern))
+    for f in files:
+        rel = f.relative_to(root).as_posix()
+        yield (f, json.loads(f.read_text()), rel, *added(root, rel))
+
+
 def settings_hash(settings):
     """12 hex digits of the sha256 of the settings as sorted, compact JSON."""
     blob = json.dumps(settings, sort_keys=True, separators=(",", ":"))
@@ -71,12 +80,7 @@ def machine_of(runtime):
 def cost_rows(root):
     """id -> row of every compress-cost report (cost.json)."""
     rows = {}
-    files = list((root / "bench/results").glob("cost_*/cost.json"))
-    files += list((root / "bench/results").glob("arithmetic_env/*/cost.json"))
-    for f in sorted(files):
-        d = json.loads(f.read_text())
-        rel = f.relative_to(root).as_posix()
-        commit, date = added(root, rel)
+    for f, d, rel, commit, date in committed_json(root, "cost_*/cost.json", "arithmetic_env/*/cost.json"):
         report = f.parent / "report.json"
         cfg = d.get("config")
         chash, hash_of = None, None
@@ -118,10 +122,7 @@ def heldout_rows(root, costs, shipped):
         for r in rs:
             runs[(r["heldout"], r["row"])] = (model, config, r)
     out = []
-    for f in sorted((root / "bench/results").glob("*/heldout.json")):
-        d = json.loads(f.read_text())
-        rel = f.relative_to(root).as_posix()
-        commit, date = added(root, rel)
+    for f, d, rel, commit, date in committed_json(root, "*/heldout.json"):
         folder = f.parent.name
         model = re.match(r"Model `([^`]+)`", d["meta"]).group(1)
         threads = re.search(r"(\d+) threads", d["meta"])
@@ -211,10 +212,7 @@ def rescore_rows(root, shipped):
 def pareto_rows(root):
     """Every row of every pareto.json."""
     out = []
-    for f in sorted((root / "bench/results").glob("*/pareto.json")):
-        d = json.loads(f.read_text())
-        rel = f.relative_to(root).as_posix()
-        commit, date = added(root, rel)
+    for f, d, rel, commit, date in committed_json(root, "*/pareto.json"):
         model = re.match(r"Model `([^`]+)`", d["meta"]).group(1) if isinstance(d, dict) else None
         for i, row in enumerate(d["rows"]):
             sets = {}
@@ -238,10 +236,7 @@ def pareto_rows(root):
 def e2e_rows(root):
     """Every row of every e2e.json (bench/e2e_speed.py), one per variant and thread count."""
     out = []
-    for f in sorted((root / "bench/results").glob("e2e_*/e2e.json")):
-        d = json.loads(f.read_text())
-        rel = f.relative_to(root).as_posix()
-        commit, date = added(root, rel)
+    for f, d, rel, commit, date in committed_json(root, "e2e_*/e2e.json"):
         model = f.parent.name[len("e2e_"):]
         for threads, rows in d["results"].items():
             for r in rows:
