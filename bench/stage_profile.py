@@ -45,13 +45,18 @@ STAGES = [
 
 
 class StageClock:
-    """Accumulates wall time per stage by wrapping the callables that run the stages."""
+    """Accumulates wall time and calls per stage by wrapping the callables that run the stages."""
 
     def __init__(self):
         self.seconds: Dict[str, float] = defaultdict(float)
-        self.steps = 0
+        self.calls: Dict[str, int] = defaultdict(int)
 
-    def wrap(self, owner, attr: str, stage: str) -> None:
+    def clear(self) -> None:
+        self.seconds.clear()
+        self.calls.clear()
+
+    def wrap(self, owner, attr: str, stage: str):
+        """Replace ``owner.attr`` with a timed call of it; returns the original."""
         inner = getattr(owner, attr)
 
         def timed(*args, **kwargs):
@@ -60,9 +65,10 @@ class StageClock:
                 return inner(*args, **kwargs)
             finally:
                 self.seconds[stage] += time.perf_counter() - start
-                self.steps += stage == "batch_score"
+                self.calls[stage] += 1
 
         setattr(owner, attr, timed)
+        return inner
 
 
 def instrument(s2t, clock: StageClock) -> None:
@@ -97,7 +103,8 @@ def step_megabytes(s2t) -> Dict[str, float]:
         blocks += sum(p.numel() * p.element_size() for p in block.parameters() if id(p) not in skip)
         blocks += sum(b.numel() * b.element_size() for b in block.buffers())
         blocks += sum(_packed_bytes(m) for m in block.modules())
-    enc_out = 1500 * dec.decoders.token_embedding.embedding_dim * 4 * 2 * len(dec.decoders.blocks)
+    frames = s2t.asr_model.encoder.n_ctx  # the 30 s window's encoder frames, keys and values in float32
+    enc_out = frames * dec.decoders.token_embedding.embedding_dim * 4 * 2 * len(dec.decoders.blocks)
     vocab = dec.vocabulary.numel() * (1 if dec._vocabulary_int8 is not None else 4)
     return {"decoder_blocks": (blocks + enc_out) / 1e6, "vocabulary": vocab / 1e6}
 
@@ -114,21 +121,11 @@ def profile(name: str, exp: str, int8: bool, audio, repeats: int) -> Dict[str, o
     variant = espnet_variant(name, exp, int8=int8)
     s2t, clock = variant.engine, StageClock()
     instrument(s2t, clock)
-    run_blocks = kv_cache.run_blocks
-
-    def timed_blocks(*args, **kwargs):
-        start = time.perf_counter()
-        try:
-            return run_blocks(*args, **kwargs)
-        finally:
-            clock.seconds["decoder_blocks"] += time.perf_counter() - start
-
-    kv_cache.run_blocks = timed_blocks
+    run_blocks = clock.wrap(kv_cache, "run_blocks", "decoder_blocks")  # module-level: put back below
     try:
         runs, text = [], ""
         for i in range(repeats + 1):
-            clock.seconds.clear()
-            clock.steps = 0
+            clock.clear()
             start = time.perf_counter()
             with torch.no_grad():
                 text = s2t(audio)[0][0]
@@ -139,7 +136,7 @@ def profile(name: str, exp: str, int8: bool, audio, repeats: int) -> Dict[str, o
         kv_cache.run_blocks = run_blocks
     stages = {s: statistics.median(r[1][s] for r in runs) for s, _ in STAGES}
     return {"name": name, "total": statistics.median(r[0] for r in runs), "stages": stages,
-            "steps": clock.steps, "megabytes": step_megabytes(s2t), "text": text}
+            "steps": clock.calls["batch_score"], "megabytes": step_megabytes(s2t), "text": text}
 
 
 def table(results: List[Dict[str, object]]) -> str:
